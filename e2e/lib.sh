@@ -1,0 +1,122 @@
+# shellcheck shell=bash
+# Shared helpers for the e2e scripts. Source it; it defines paths and
+# idempotent installers. Everything is cached under $HOOKWARDEN_CACHE so a
+# second run costs nothing, and nothing is installed by hand.
+set -euo pipefail
+
+E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(cd "$E2E_DIR/.." && pwd)
+HOOKWARDEN_CACHE=${HOOKWARDEN_CACHE:-$HOME/.cache/hookwarden}
+TOOLS_BIN=$HOOKWARDEN_CACHE/bin
+# The pinned tools come first, whatever else the machine has.
+export PATH=$TOOLS_BIN:$PATH
+# Runtime state (data dirs, logs, pid files, kubeconfig) of the local system.
+STATE_DIR=${HOOKWARDEN_STATE:-$HOOKWARDEN_CACHE/state}
+ENV_FILE=$STATE_DIR/env
+
+KUBE_VERSION=v1.34.4
+ETCD_VERSION=v3.6.4
+HELM_VERSION=v3.19.5
+
+log() { printf '[e2e] %s\n' "$*" >&2; }
+die() { printf '[e2e] error: %s\n' "$*" >&2; exit 1; }
+
+# go_build NAME VERSION MODULE_DIR PACKAGE [LDFLAGS]
+# Builds PACKAGE inside the wrapper module MODULE_DIR into
+# $TOOLS_BIN/NAME-VERSION once, then links $TOOLS_BIN/NAME to it.
+go_build() {
+  local name=$1 version=$2 moddir=$3 pkg=$4 ldflags=${5:-}
+  local out=$TOOLS_BIN/$name-$version
+  mkdir -p "$TOOLS_BIN"
+  if [[ ! -x $out ]]; then
+    command -v go >/dev/null || die "go is required to build $name"
+    log "building $name $version (first run only; cached in $TOOLS_BIN)"
+    local start=$SECONDS
+    (cd "$moddir" && CGO_ENABLED=0 GOFLAGS=-mod=readonly \
+      go build -trimpath -ldflags "-s -w $ldflags" -o "$out.tmp" "$pkg")
+    mv "$out.tmp" "$out"
+    log "built $name in $((SECONDS - start))s"
+  fi
+  ln -sfn "$out" "$TOOLS_BIN/$name"
+}
+
+kube_ldflags() {
+  local v=${KUBE_VERSION#v} p=k8s.io/component-base/version
+  local major=${v%%.*} rest=${v#*.}
+  local minor=${rest%%.*}
+  echo "-X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=$major -X $p.gitMinor=$minor" \
+       "-X $p.gitTreeState=clean -X $p.buildDate=1970-01-01T00:00:00Z" \
+       "-X $p/verflag.programName=kubernetes"
+}
+
+ensure_etcd() {
+  go_build etcd "$ETCD_VERSION" "$E2E_DIR/tools/etcd" .
+}
+
+ensure_kube() {
+  local ld; ld=$(kube_ldflags)
+  go_build kube-apiserver "$KUBE_VERSION" "$E2E_DIR/tools/kube" k8s.io/kubernetes/cmd/kube-apiserver "$ld"
+  go_build kube-controller-manager "$KUBE_VERSION" "$E2E_DIR/tools/kube" k8s.io/kubernetes/cmd/kube-controller-manager "$ld"
+}
+
+ensure_helm() {
+  go_build helm "$HELM_VERSION" "$E2E_DIR/tools/helm" helm.sh/helm/v3/cmd/helm \
+    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+}
+
+# kubectl from the same release, so client and server are never skewed.
+ensure_kubectl() {
+  go_build kubectl "$KUBE_VERSION" "$E2E_DIR/tools/kube" k8s.io/kubernetes/cmd/kubectl "$(kube_ldflags)"
+}
+
+ensure_redis() {
+  command -v redis-server >/dev/null && return
+  log "installing redis-server (Debian package)"
+  if [[ $(id -u) -ne 0 ]]; then die "redis-server is missing and apt-get needs root"; fi
+  # NB: a fresh machine has no package lists; update once, only when needed.
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null 2>&1 || {
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null
+  }
+  # Debian starts a system redis on 6379; the tests use their own on a free port.
+  command -v systemctl >/dev/null && systemctl disable --now redis-server >/dev/null 2>&1 || true
+}
+
+ensure_tools() {
+  ensure_etcd
+  ensure_kube
+  ensure_helm
+  ensure_kubectl
+  ensure_redis
+}
+
+# free_port: ask the kernel for an unused loopback port.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# wait_for DESCRIPTION SECONDS CMD...: poll CMD until it succeeds.
+wait_for() {
+  local what=$1 secs=$2; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.2
+  done
+}
+
+# stop_pidfile FILE: TERM the process in FILE, then KILL it if it lingers.
+stop_pidfile() {
+  local f=$1 pid
+  [[ -f $f ]] || return 0
+  pid=$(cat "$f")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  fi
+  rm -f "$f"
+}
+
+# alive PIDFILE: is the process recorded in PIDFILE running?
+alive() { [[ -f $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }

@@ -1,0 +1,238 @@
+//! `AgentPolicy`: where events go, how hard, and the kill switch.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::{Duration, events};
+
+/// Which downstream agents receive the events of the WebhookConfigs that name
+/// this policy, and how dispatch behaves. Receivers obey the policy's
+/// **status** (written by the operator from this spec), never the spec itself.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "hookwarden.io",
+    version = "v1alpha1",
+    kind = "AgentPolicy",
+    plural = "agentpolicies",
+    shortname = "ap",
+    category = "hookwarden",
+    namespaced,
+    status = "AgentPolicyStatus",
+    derive = "PartialEq",
+    printcolumn = r#"{"name":"Enabled","type":"boolean","jsonPath":".status.enabled"}"#,
+    printcolumn = r#"{"name":"Concurrency","type":"integer","jsonPath":".status.concurrency"}"#,
+    printcolumn = r#"{"name":"Queue Limit","type":"integer","jsonPath":".status.queueLimit","priority":1}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.reason","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentPolicySpec {
+    /// The kill switch. `false`: receivers keep accepting and queuing
+    /// deliveries but dispatch nothing; set it back to `true` and they drain
+    /// the queue. Takes effect within a second.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+
+    /// Dispatches in flight at once, per receiver replica. Changes apply live.
+    #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1, max = 256))]
+    pub concurrency: i32,
+
+    /// Queued deliveries allowed before receivers answer GitHub with 503 and
+    /// `Retry-After` instead of accepting more.
+    #[serde(default = "default_queue_limit")]
+    #[schemars(range(min = 1, max = 10_000_000))]
+    pub queue_limit: i64,
+
+    /// Downstream agents. Each event goes to every agent whose filters match.
+    #[serde(default)]
+    #[schemars(extend("maxItems" = 64, "x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub agents: Vec<Agent>,
+
+    /// Per-agent circuit breaker: stop calling an agent that keeps failing,
+    /// then probe it once before closing again.
+    #[serde(default)]
+    pub circuit_breaker: CircuitBreaker,
+
+    /// Retries of a failed dispatch before it goes to the dead-letter stream.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+}
+
+/// One downstream HTTP endpoint that receives events as CloudEvents.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Agent {
+    /// Unique name of the agent within the policy (an RFC 1123 label); used
+    /// in metrics, logs and the admin API.
+    #[schemars(extend("pattern" = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength" = 63))]
+    pub name: String,
+
+    /// URL the CloudEvent is POSTed to.
+    #[schemars(extend("pattern" = r"^https?://[^\s/$.?#][^\s]*$", "maxLength" = 2048))]
+    pub url: String,
+
+    /// Events the agent wants, by `X-GitHub-Event` name; empty or `*` means
+    /// every event.
+    #[serde(default)]
+    #[schemars(schema_with = "events::event_list")]
+    pub events: Vec<String>,
+
+    /// Repositories the agent wants, as `owner/name` or `owner/*`; empty
+    /// means every repository.
+    #[serde(default)]
+    #[schemars(extend(
+        "maxItems" = 256,
+        "x-kubernetes-list-type" = "set",
+        "items" = {"type": "string", "maxLength": 140,
+                   "pattern": r"^[A-Za-z0-9](-?[A-Za-z0-9]){0,38}/([A-Za-z0-9._-]{1,100}|\*)$"}
+    ))]
+    pub repositories: Vec<String>,
+
+    /// Seconds to wait for the agent's answer before counting the attempt as
+    /// failed.
+    #[serde(default = "default_timeout_seconds")]
+    #[schemars(range(min = 1, max = 300))]
+    pub timeout_seconds: i32,
+}
+
+/// Circuit-breaker settings, applied to each agent separately.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CircuitBreaker {
+    /// Percentage of failed calls within the window that opens the circuit.
+    #[serde(default = "default_error_threshold")]
+    #[schemars(range(min = 1, max = 100))]
+    pub error_threshold_percent: i32,
+    /// Calls needed within the window before the percentage is judged.
+    #[serde(default = "default_volume_threshold")]
+    #[schemars(range(min = 1, max = 10_000))]
+    pub volume_threshold: i32,
+    /// Length of the rolling window, in seconds.
+    #[serde(default = "default_window_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub window_seconds: i32,
+    /// Seconds an open circuit waits before letting one probe call through
+    /// (half-open).
+    #[serde(default = "default_reset_timeout_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub reset_timeout_seconds: i32,
+}
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        Self {
+            error_threshold_percent: default_error_threshold(),
+            volume_threshold: default_volume_threshold(),
+            window_seconds: default_window_seconds(),
+            reset_timeout_seconds: default_reset_timeout_seconds(),
+        }
+    }
+}
+
+/// How the delay between attempts grows.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RetryStrategy {
+    #[default]
+    Exponential,
+    Linear,
+    Fixed,
+    Fibonacci,
+}
+
+/// Retry settings for a failed dispatch.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("duration(self.initialDelay) <= duration(self.maxDelay)")
+    .message("initialDelay must not exceed maxDelay"))]
+#[serde(rename_all = "camelCase")]
+pub struct RetryPolicy {
+    /// Growth of the delay: `exponential` (doubles), `linear` (adds
+    /// `initialDelay`), `fixed`, or `fibonacci`. Jitter is always added.
+    #[serde(default)]
+    pub strategy: RetryStrategy,
+    /// Attempts in all, the first included, before the event is dead-lettered.
+    #[serde(default = "default_max_attempts")]
+    #[schemars(range(min = 1, max = 20))]
+    pub max_attempts: i32,
+    /// Delay before the first retry, as a duration such as `1s` or `500ms`.
+    #[serde(default = "default_initial_delay")]
+    pub initial_delay: Duration,
+    /// Upper bound on any delay, as a duration such as `5m`.
+    #[serde(default = "default_max_delay")]
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            strategy: RetryStrategy::default(),
+            max_attempts: default_max_attempts(),
+            initial_delay: default_initial_delay(),
+            max_delay: default_max_delay(),
+        }
+    }
+}
+
+/// The effective settings receivers obey, written by the operator from the
+/// spec (validated and clamped) or by a safety rule that tripped the switch.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentPolicyStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Whether receivers dispatch. May be `false` while the spec says `true`
+    /// when a safety rule tripped the switch; `reason` says why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Dispatches in flight per receiver replica.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<i32>,
+    /// Queued deliveries allowed before receivers answer 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_limit: Option<i64>,
+    /// Why the effective values are what they are, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Current state: `Ready`, ...
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_concurrency() -> i32 {
+    4
+}
+fn default_queue_limit() -> i64 {
+    10_000
+}
+fn default_timeout_seconds() -> i32 {
+    10
+}
+fn default_error_threshold() -> i32 {
+    50
+}
+fn default_volume_threshold() -> i32 {
+    10
+}
+fn default_window_seconds() -> i32 {
+    60
+}
+fn default_reset_timeout_seconds() -> i32 {
+    30
+}
+fn default_max_attempts() -> i32 {
+    5
+}
+fn default_initial_delay() -> Duration {
+    "1s".parse().expect("valid literal")
+}
+fn default_max_delay() -> Duration {
+    "5m".parse().expect("valid literal")
+}

@@ -1,0 +1,256 @@
+//! `WebhookConfig`: one GitHub webhook on a repository or an organization.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::{DNS_SUBDOMAIN, Duration, SecretKeyRef, events};
+
+/// `owner/name`, as GitHub allows them (owner: letters, digits, single
+/// hyphens, 39 characters at most; name: letters, digits, `.`, `-`, `_`).
+pub const REPOSITORY_PATTERN: &str =
+    r"^[A-Za-z0-9](-?[A-Za-z0-9]){0,38}/[A-Za-z0-9._-]{1,100}$";
+/// A GitHub organization login.
+pub const ORGANIZATION_PATTERN: &str = r"^[A-Za-z0-9](-?[A-Za-z0-9]){0,38}$";
+/// GitHub.com's REST API; GitHub Enterprise Server lives at `https://HOST/api/v3`.
+pub const DEFAULT_API_URL: &str = "https://api.github.com";
+
+/// A GitHub webhook on one repository or organization, registered and kept in
+/// shape by the hookwarden operator, with its HMAC secret held in a Kubernetes
+/// Secret and rotated without rejecting a delivery.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "hookwarden.io",
+    version = "v1alpha1",
+    kind = "WebhookConfig",
+    plural = "webhookconfigs",
+    shortname = "whc",
+    category = "hookwarden",
+    namespaced,
+    status = "WebhookConfigStatus",
+    derive = "PartialEq",
+    printcolumn = r#"{"name":"Repository","type":"string","jsonPath":".spec.repository"}"#,
+    printcolumn = r#"{"name":"Organization","type":"string","jsonPath":".spec.organization"}"#,
+    printcolumn = r#"{"name":"Hook ID","type":"integer","jsonPath":".status.hookId"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.url","priority":1}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = kube::core::Rule::new("has(self.repository) != has(self.organization)")
+    .message("exactly one of repository or organization must be set"))]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookConfigSpec {
+    /// Repository that owns the hook, as `owner/name`. Exactly one of
+    /// `repository` and `organization` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = REPOSITORY_PATTERN, "maxLength" = 140))]
+    pub repository: Option<String>,
+
+    /// Organization that owns the hook (an organization webhook sees events of
+    /// every repository in it). Exactly one of `repository` and `organization`
+    /// is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = ORGANIZATION_PATTERN, "maxLength" = 39))]
+    pub organization: Option<String>,
+
+    /// GitHub events the hook subscribes to, by their `X-GitHub-Event` name
+    /// (`push`, `pull_request`, ...), or `["*"]` for every event. GitHub's own
+    /// default is `["push"]`.
+    #[serde(default = "default_events")]
+    #[schemars(schema_with = "events::event_list", extend("minItems" = 1))]
+    #[x_kube(validation = kube::core::Rule::new("!('*' in self) || size(self) == 1")
+        .message("'*' already means every event; list it alone"))]
+    pub events: Vec<String>,
+
+    /// Public URL GitHub delivers to. Defaults to the receiver's configured
+    /// public base URL followed by `/hooks/{namespace}/{name}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = r"^https?://[^\s/$.?#][^\s]*$", "maxLength" = 2048))]
+    pub url: Option<String>,
+
+    /// Payload encoding GitHub uses: `json` (application/json) or `form`
+    /// (application/x-www-form-urlencoded with a `payload` field). hookwarden
+    /// always sends it explicitly, because GitHub's own default is `form`.
+    #[serde(default)]
+    pub content_type: ContentType,
+
+    /// Whether GitHub sends deliveries to the hook. `false` keeps the hook
+    /// registered but silent.
+    #[serde(default = "default_true")]
+    pub active: bool,
+
+    /// How the operator authenticates to GitHub, and which GitHub it talks to.
+    pub github: GitHubSpec,
+
+    /// Automatic rotation of the hook's HMAC secret.
+    #[serde(default)]
+    pub secret_rotation: SecretRotation,
+
+    /// Name of the Secret holding the hook's HMAC keys. Defaults to
+    /// `{name}-hmac`. The operator creates and owns it; do not share it between
+    /// WebhookConfigs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = DNS_SUBDOMAIN, "maxLength" = 253))]
+    pub secret_name: Option<String>,
+
+    /// Name of the AgentPolicy, in the same namespace, whose agents receive
+    /// this hook's events.
+    #[serde(default = "default_agent_policy")]
+    #[schemars(extend("pattern" = DNS_SUBDOMAIN, "maxLength" = 253))]
+    pub agent_policy: String,
+}
+
+/// Payload encoding of deliveries.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ContentType {
+    #[default]
+    Json,
+    Form,
+}
+
+/// Credentials and endpoint for the GitHub REST API.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("has(self.tokenSecretRef) != has(self.app)")
+    .message("exactly one of tokenSecretRef or app must be set"))]
+#[serde(rename_all = "camelCase")]
+pub struct GitHubSpec {
+    /// Secret key holding a personal access token: classic with the
+    /// `admin:repo_hook` (or `admin:org_hook`) scope, or fine-grained with
+    /// "Webhooks: read and write" permission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_secret_ref: Option<SecretKeyRef>,
+
+    /// Authenticate as a GitHub App installation instead of with a token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<GitHubApp>,
+
+    /// Base URL of the GitHub REST API. Set it for GitHub Enterprise Server
+    /// (`https://HOST/api/v3`).
+    #[serde(default = "default_api_url")]
+    #[schemars(extend("pattern" = r"^https?://[^\s]+$", "maxLength" = 2048))]
+    pub api_url: String,
+}
+
+/// A GitHub App installation whose tokens manage the hook.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GitHubApp {
+    /// The App's numeric ID (App settings → About).
+    #[schemars(range(min = 1))]
+    pub app_id: i64,
+    /// The installation's numeric ID on the repository's owner or organization.
+    #[schemars(range(min = 1))]
+    pub installation_id: i64,
+    /// Secret key holding the App's PEM-encoded RSA private key.
+    pub private_key_secret_ref: SecretKeyRef,
+}
+
+/// When the HMAC secret is replaced. A new key is added beside the old one,
+/// receivers load it, GitHub is switched to it and confirmed by a ping, and
+/// the old key is dropped after `overlap`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[x_kube(validation = kube::core::Rule::new("duration(self.interval) >= duration('1m')")
+    .message("interval must be at least 1m"))]
+#[x_kube(validation = kube::core::Rule::new("duration(self.overlap) < duration(self.interval)")
+    .message("overlap must be shorter than interval"))]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRotation {
+    /// Time between rotations, as a duration such as `720h` (30 days) or
+    /// `1h30m` (units: ms, s, m, h). At least `1m`.
+    #[serde(default = "default_rotation_interval")]
+    pub interval: Duration,
+    /// How long the previous key stays valid after GitHub has switched to the
+    /// new one, as a duration such as `10m`. Shorter than `interval`.
+    #[serde(default = "default_rotation_overlap")]
+    pub overlap: Duration,
+}
+
+impl Default for SecretRotation {
+    fn default() -> Self {
+        Self { interval: default_rotation_interval(), overlap: default_rotation_overlap() }
+    }
+}
+
+/// Observed state of a WebhookConfig, written by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookConfigStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// GitHub's ID of the registered hook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_id: Option<i64>,
+
+    /// The URL the hook delivers to, as registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+
+    /// Name of the Secret holding the HMAC keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+
+    /// When GitHub last switched to a new secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rotation_time: Option<Time>,
+
+    /// The most recent delivery GitHub reports for the hook, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_delivery: Option<DeliverySummary>,
+
+    /// GitHub's REST rate-limit budget as last seen by the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitStatus>,
+
+    /// Current state: `Ready`, `HookRegistered`, `SecretInSync`, ...
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// A summary of one delivery as GitHub recorded it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliverySummary {
+    /// The `X-GitHub-Delivery` GUID.
+    pub guid: String,
+    /// The event name.
+    pub event: String,
+    /// HTTP status the receiver answered (0 when it could not be reached).
+    pub status_code: i32,
+    /// When GitHub delivered it.
+    pub delivered_at: Time,
+}
+
+/// GitHub's rate-limit headers from the operator's latest call.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitStatus {
+    /// `x-ratelimit-limit`: requests allowed per window.
+    pub limit: i64,
+    /// `x-ratelimit-remaining`: requests left in the window.
+    pub remaining: i64,
+    /// `x-ratelimit-reset`: when the window resets.
+    pub reset_time: Time,
+}
+
+fn default_events() -> Vec<String> {
+    vec!["push".to_owned()]
+}
+fn default_true() -> bool {
+    true
+}
+fn default_api_url() -> String {
+    DEFAULT_API_URL.to_owned()
+}
+fn default_agent_policy() -> String {
+    "default".to_owned()
+}
+fn default_rotation_interval() -> Duration {
+    "720h".parse().expect("valid literal")
+}
+fn default_rotation_overlap() -> Duration {
+    "10m".parse().expect("valid literal")
+}

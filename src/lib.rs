@@ -1,0 +1,12 @@
+//! hookwarden: GitHub webhooks run the Kubernetes way.
+//!
+//! The operator reconciles `WebhookConfig` resources into GitHub webhook
+//! registrations with rotated HMAC secrets, and `AgentPolicy` resources into
+//! the effective settings receivers obey. The receiver verifies, de-duplicates,
+//! queues durably and dispatches deliveries to downstream agents.
+//!
+//! Modules:
+//! - [`api`]: the custom resource types (the source of the CRD YAML in `crds/`),
+//!   their validation and condition vocabulary.
+
+pub mod api;
