@@ -82,6 +82,13 @@ ensure_redis() {
   command -v systemctl >/dev/null && systemctl disable --now redis-server >/dev/null 2>&1 || true
 }
 
+# rustfmt and clippy run in e2e/test; rustup adds them where they are missing.
+ensure_rust_components() {
+  command -v cargo >/dev/null || die "cargo is required (install Rust with rustup)"
+  cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+  cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
+}
+
 ensure_tools() {
   ensure_etcd
   ensure_kube

@@ -3,7 +3,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "hookwarden", version, about = "GitHub webhooks, run the Kubernetes way")]
+#[command(
+    name = "hookwarden",
+    version,
+    about = "GitHub webhooks, run the Kubernetes way"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

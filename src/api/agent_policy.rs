@@ -19,6 +19,7 @@ use super::{Duration, events};
     category = "hookwarden",
     namespaced,
     status = "AgentPolicyStatus",
+    doc = "Where a WebhookConfig's events are dispatched, and the kill switch that stops them.",
     derive = "PartialEq",
     printcolumn = r#"{"name":"Enabled","type":"boolean","jsonPath":".status.enabled"}"#,
     printcolumn = r#"{"name":"Concurrency","type":"integer","jsonPath":".status.concurrency"}"#,
@@ -133,7 +134,9 @@ impl Default for CircuitBreaker {
 }
 
 /// How the delay between attempts grows.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum RetryStrategy {
     #[default]

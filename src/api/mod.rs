@@ -54,7 +54,8 @@ pub enum Error {
 }
 
 /// Every CustomResourceDefinition of the API, in a stable order.
-pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     vec![WebhookConfig::crd(), AgentPolicy::crd()]
 }
@@ -69,4 +70,74 @@ pub fn crds_yaml() -> Result<String, Error> {
         out.push_str(&yaml);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn committed_crd_yaml_is_generated_from_the_types() {
+        let committed = include_str!("../../crds/hookwarden.yaml");
+        assert!(
+            committed == crds_yaml().unwrap(),
+            "crds/hookwarden.yaml is stale: run `cargo run -- crds > crds/hookwarden.yaml`"
+        );
+    }
+
+    /// Walks a schema and collects the paths of properties without a description.
+    fn undocumented(schema: &Value, path: &str, out: &mut Vec<String>) {
+        if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+            for (name, prop) in props {
+                let here = format!("{path}.{name}");
+                let described = prop
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .is_some_and(|d| !d.trim().is_empty());
+                // apiVersion, kind and metadata are Kubernetes' own, documented by kubectl.
+                if !described && !path.is_empty() {
+                    out.push(here.clone());
+                }
+                undocumented(prop, &here, out);
+            }
+        }
+        if let Some(items) = schema.get("items") {
+            undocumented(items, &format!("{path}[]"), out);
+        }
+    }
+
+    #[test]
+    fn every_field_has_a_description() {
+        for crd in crds() {
+            let schema =
+                serde_json::to_value(&crd.spec.versions[0].schema).unwrap()["openAPIV3Schema"]
+                    .clone();
+            let mut missing = Vec::new();
+            undocumented(&schema, "", &mut missing);
+            assert!(
+                missing.is_empty(),
+                "{}: fields without a description: {missing:?}",
+                crd.spec.names.kind
+            );
+        }
+    }
+
+    #[test]
+    fn conditions_are_a_list_map_keyed_by_type() {
+        for crd in crds() {
+            let schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
+            let conditions =
+                &schema["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"];
+            assert_eq!(
+                conditions["x-kubernetes-list-type"], "map",
+                "{}",
+                crd.spec.names.kind
+            );
+            assert_eq!(
+                conditions["x-kubernetes-list-map-keys"],
+                serde_json::json!(["type"])
+            );
+        }
+    }
 }

@@ -8,8 +8,7 @@ use super::{DNS_SUBDOMAIN, Duration, SecretKeyRef, events};
 
 /// `owner/name`, as GitHub allows them (owner: letters, digits, single
 /// hyphens, 39 characters at most; name: letters, digits, `.`, `-`, `_`).
-pub const REPOSITORY_PATTERN: &str =
-    r"^[A-Za-z0-9](-?[A-Za-z0-9]){0,38}/[A-Za-z0-9._-]{1,100}$";
+pub const REPOSITORY_PATTERN: &str = r"^[A-Za-z0-9](-?[A-Za-z0-9]){0,38}/[A-Za-z0-9._-]{1,100}$";
 /// A GitHub organization login.
 pub const ORGANIZATION_PATTERN: &str = r"^[A-Za-z0-9](-?[A-Za-z0-9]){0,38}$";
 /// GitHub.com's REST API; GitHub Enterprise Server lives at `https://HOST/api/v3`.
@@ -28,6 +27,7 @@ pub const DEFAULT_API_URL: &str = "https://api.github.com";
     category = "hookwarden",
     namespaced,
     status = "WebhookConfigStatus",
+    doc = "A GitHub webhook on a repository or organization, managed by hookwarden.",
     derive = "PartialEq",
     printcolumn = r#"{"name":"Repository","type":"string","jsonPath":".spec.repository"}"#,
     printcolumn = r#"{"name":"Organization","type":"string","jsonPath":".spec.organization"}"#,
@@ -82,7 +82,10 @@ pub struct WebhookConfigSpec {
     /// How the operator authenticates to GitHub, and which GitHub it talks to.
     pub github: GitHubSpec,
 
-    /// Automatic rotation of the hook's HMAC secret.
+    /// Automatic rotation of the hook's HMAC secret: a new key is added to
+    /// the Secret beside the old one, receivers load it, GitHub is switched to
+    /// it and confirmed by a ping, and the old key is dropped after `overlap`.
+    /// No delivery is rejected along the way.
     #[serde(default)]
     pub secret_rotation: SecretRotation,
 
@@ -101,7 +104,9 @@ pub struct WebhookConfigSpec {
 }
 
 /// Payload encoding of deliveries.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ContentType {
     #[default]
@@ -146,9 +151,7 @@ pub struct GitHubApp {
     pub private_key_secret_ref: SecretKeyRef,
 }
 
-/// When the HMAC secret is replaced. A new key is added beside the old one,
-/// receivers load it, GitHub is switched to it and confirmed by a ping, and
-/// the old key is dropped after `overlap`.
+/// When the HMAC secret is replaced (see `WebhookConfigSpec::secret_rotation`).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
 #[x_kube(validation = kube::core::Rule::new("duration(self.interval) >= duration('1m')")
     .message("interval must be at least 1m"))]
@@ -168,7 +171,10 @@ pub struct SecretRotation {
 
 impl Default for SecretRotation {
     fn default() -> Self {
-        Self { interval: default_rotation_interval(), overlap: default_rotation_overlap() }
+        Self {
+            interval: default_rotation_interval(),
+            overlap: default_rotation_overlap(),
+        }
     }
 }
 

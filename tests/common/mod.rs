@@ -1,0 +1,177 @@
+//! Shared helpers for the integration tests: they talk to the real local
+//! system that `e2e/up` starts, and only to it.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client, Config,
+    api::{DeleteParams, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+
+/// Connection details of the local system, read from the env file that
+/// `e2e/up` writes. The tests never fall back to an ambient KUBECONFIG, so
+/// they cannot touch a real cluster by accident.
+pub struct TestEnv {
+    vars: HashMap<String, String>,
+}
+
+impl TestEnv {
+    pub fn load() -> Self {
+        let path = std::env::var_os("HOOKWARDEN_ENV")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                PathBuf::from(std::env::var("HOME").expect("HOME is set"))
+                    .join(".cache/hookwarden/state/env")
+            });
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+            panic!(
+                "the local system is not up ({} is missing): run `e2e/up`, or run the whole suite with `e2e/test`",
+                path.display()
+            )
+        });
+        let vars = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        Self { vars }
+    }
+
+    pub fn var(&self, name: &str) -> &str {
+        self.vars
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} missing from the e2e env file"))
+    }
+
+    pub fn kubeconfig(&self) -> &Path {
+        Path::new(self.var("KUBECONFIG"))
+    }
+
+    pub async fn client(&self) -> Client {
+        let kubeconfig = Kubeconfig::read_from(self.kubeconfig()).expect("read e2e kubeconfig");
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("load e2e kubeconfig");
+        Client::try_from(config).expect("build client")
+    }
+
+    /// Runs the pinned kubectl against the local cluster.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new(Path::new(self.var("HOOKWARDEN_BIN")).join("kubectl"))
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .current_dir(repo_dir())
+            .output()
+            .expect("run kubectl")
+    }
+
+    /// Runs kubectl and returns its stdout, failing the test on a non-zero exit.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8 output")
+    }
+}
+
+pub fn repo_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A namespace of its own for one test, deleted when dropped.
+pub struct TestNamespace {
+    pub name: String,
+    kubeconfig: PathBuf,
+    kubectl: PathBuf,
+}
+
+impl TestNamespace {
+    pub async fn create(env: &TestEnv) -> Self {
+        let name = format!("hw-test-{:08x}", rand::random::<u32>());
+        let api: Api<Namespace> = Api::all(env.client().await);
+        let ns: Namespace = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": name, "labels": { "hookwarden.io/test": "true" } }
+        }))
+        .unwrap();
+        api.create(&PostParams::default(), &ns)
+            .await
+            .expect("create test namespace");
+        Self {
+            name,
+            kubeconfig: env.kubeconfig().to_owned(),
+            kubectl: Path::new(env.var("HOOKWARDEN_BIN")).join("kubectl"),
+        }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // NB: Drop cannot await; kubectl is synchronous and does not need the
+        // test's runtime. Namespace deletion itself finishes in the background.
+        let _ = Command::new(&self.kubectl)
+            .args(["delete", "namespace", &self.name, "--wait=false"])
+            .env("KUBECONFIG", &self.kubeconfig)
+            .output();
+    }
+}
+
+/// Polls `check` until it returns `Some`, or fails the test after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Deletes an object and ignores "already gone".
+pub async fn delete_ignoring_absent<K>(api: &Api<K>, name: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 404 => {}
+        Err(e) => panic!("delete {name}: {e}"),
+    }
+}
+
+/// JSON merge patch (RFC 7386): `null` removes a key.
+pub fn merge(base: &mut serde_json::Value, patch: &serde_json::Value) {
+    use serde_json::Value;
+    match (base, patch) {
+        (Value::Object(base), Value::Object(patch)) => {
+            for (k, v) in patch {
+                if v.is_null() {
+                    base.remove(k);
+                } else {
+                    merge(base.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (base, patch) => *base = patch.clone(),
+    }
+}
