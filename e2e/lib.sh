@@ -89,12 +89,23 @@ ensure_rust_components() {
   cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 }
 
+# GitHub's OpenAPI descriptions and example payloads, pinned in e2e/npm.
+ensure_npm() {
+  local dir=$E2E_DIR/npm
+  command -v npm >/dev/null || die "npm is required (install Node.js)"
+  if [[ ! -f $dir/node_modules/.package-lock.json || $dir/package-lock.json -nt $dir/node_modules/.package-lock.json ]]; then
+    log "installing npm fixtures (cached by npm)"
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  fi
+}
+
 ensure_tools() {
   ensure_etcd
   ensure_kube
   ensure_helm
   ensure_kubectl
   ensure_redis
+  ensure_npm
 }
 
 # free_port: ask the kernel for an unused loopback port.

@@ -8,5 +8,13 @@
 //! Modules:
 //! - [`api`]: the custom resource types (the source of the CRD YAML in `crds/`),
 //!   their validation and condition vocabulary.
+//! - [`keys`]: the layout of a hook's HMAC keys in its Secret.
+//! - [`signature`]: GitHub's `X-Hub-Signature-256`, signed and verified.
+//! - [`receiver`]: the receiver: ingest, queue, dispatch.
+//! - [`telemetry`]: logging and metrics.
 
 pub mod api;
+pub mod keys;
+pub mod receiver;
+pub mod signature;
+pub mod telemetry;

@@ -175,3 +175,34 @@ pub fn merge(base: &mut serde_json::Value, patch: &serde_json::Value) {
         (base, patch) => *base = patch.clone(),
     }
 }
+
+/// `e2e/npm/node_modules`, where GitHub's descriptions and examples live.
+pub fn npm_fixtures() -> PathBuf {
+    let dir = repo_dir().join("e2e/npm/node_modules/@octokit");
+    assert!(
+        dir.is_dir(),
+        "npm fixtures missing: run `e2e/up` (or `e2e/test`), which installs them"
+    );
+    dir
+}
+
+/// Every example payload GitHub publishes: `(event, payload)`.
+pub fn webhook_examples() -> Vec<(String, serde_json::Value)> {
+    let path = npm_fixtures().join("webhooks-examples/api.github.com/index.json");
+    let index: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(path).expect("read webhooks-examples"))
+            .expect("parse index");
+    index
+        .into_iter()
+        .flat_map(|event| {
+            let name = event["name"].as_str().expect("event name").to_owned();
+            let examples = event["examples"].as_array().cloned().unwrap_or_default();
+            examples.into_iter().map(move |e| (name.clone(), e))
+        })
+        .collect()
+}
+
+/// A random key prefix, so tests sharing one Redis never see each other.
+pub fn redis_prefix() -> String {
+    format!("hwtest-{:08x}", rand::random::<u32>())
+}

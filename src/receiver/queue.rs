@@ -1,0 +1,556 @@
+//! The durable queue: Redis Streams, one stream per AgentPolicy.
+//!
+//! Keys, for policy `ns/policy` under the configured prefix `p`:
+//! - `p:{ns/policy}:events`: the queue. Receivers read it through the consumer
+//!   group [`GROUP`], so replicas share the work; an entry is deleted once it is
+//!   settled, so `XLEN` is the queue length.
+//! - `p:{ns/policy}:retry`: sorted set of scheduled retries (score: due time).
+//! - `p:{ns/policy}:dead`: the dead-letter stream.
+//! - `p:dedup:{ns/hook}:{guid}`: delivery GUIDs seen in the last 3 days.
+//!
+//! Every multi-step change is one Lua script, so a crash never leaves a
+//! delivery half-queued or half-settled.
+
+use std::{collections::HashMap, sync::LazyLock};
+
+use bytes::Bytes;
+use redis::{AsyncCommands, Script, aio::ConnectionManager};
+use serde_json::json;
+
+/// Consumer group all receivers join.
+pub const GROUP: &str = "receivers";
+/// GitHub keeps deliveries, and redelivers them with the same GUID, for 3 days.
+pub const DEDUP_TTL_SECS: u64 = 3 * 24 * 3600;
+
+/// Errors from the queue.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue is full ({limit} deliveries)")]
+    Full { limit: u64 },
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("corrupt queue entry {id}: {what}")]
+    Corrupt { id: String, what: &'static str },
+}
+
+impl QueueError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Full { .. } => "queue_full",
+            Self::Redis(_) => "redis_unavailable",
+            Self::Corrupt { .. } => "corrupt_entry",
+        }
+    }
+}
+
+pub type Result<T, E = QueueError> = std::result::Result<T, E>;
+
+/// A namespaced name: `namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// One accepted delivery, as queued.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// `X-GitHub-Delivery`.
+    pub guid: String,
+    /// `X-GitHub-Event`.
+    pub event: String,
+    /// The WebhookConfig it arrived through.
+    pub hook: ObjectRef,
+    /// `repository.full_name`, when the payload has one.
+    pub repository: Option<String>,
+    /// `action`, when the payload has one.
+    pub action: Option<String>,
+    /// The JSON payload (decoded from `payload=` for form deliveries).
+    pub payload: Bytes,
+    /// When the receiver accepted it, Unix milliseconds.
+    pub received_ms: u64,
+    /// Set on a retry or replay: the one agent it is for.
+    pub agent: Option<String>,
+    /// Attempts already made for `agent`.
+    pub attempt: u32,
+}
+
+impl Delivery {
+    fn to_fields(&self) -> Vec<(&'static str, Vec<u8>)> {
+        let mut f = vec![
+            ("guid", self.guid.clone().into_bytes()),
+            ("event", self.event.clone().into_bytes()),
+            ("hook", self.hook.to_string().into_bytes()),
+            ("received", self.received_ms.to_string().into_bytes()),
+            ("attempt", self.attempt.to_string().into_bytes()),
+            ("payload", self.payload.to_vec()),
+        ];
+        for (name, value) in [
+            ("repository", &self.repository),
+            ("action", &self.action),
+            ("agent", &self.agent),
+        ] {
+            if let Some(v) = value {
+                f.push((name, v.clone().into_bytes()));
+            }
+        }
+        f
+    }
+
+    fn from_fields(id: &str, mut map: HashMap<String, Vec<u8>>) -> Result<Self> {
+        let corrupt = |what| QueueError::Corrupt {
+            id: id.to_owned(),
+            what,
+        };
+        let mut text = |name: &'static str| -> Option<String> {
+            map.remove(name).and_then(|v| String::from_utf8(v).ok())
+        };
+        let hook = text("hook").ok_or_else(|| corrupt("hook"))?;
+        let (namespace, name) = hook.split_once('/').ok_or_else(|| corrupt("hook"))?;
+        Ok(Self {
+            guid: text("guid").ok_or_else(|| corrupt("guid"))?,
+            event: text("event").ok_or_else(|| corrupt("event"))?,
+            hook: ObjectRef::new(namespace, name),
+            repository: text("repository"),
+            action: text("action"),
+            received_ms: text("received")
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| corrupt("received"))?,
+            agent: text("agent"),
+            attempt: text("attempt").and_then(|v| v.parse().ok()).unwrap_or(0),
+            payload: map
+                .remove("payload")
+                .map(Bytes::from)
+                .ok_or_else(|| corrupt("payload"))?,
+        })
+    }
+
+    /// Flat `[field, value, ...]` JSON for storing inside Lua-managed sets.
+    fn to_flat_json(&self, extra: &[(&str, String)]) -> String {
+        let mut flat: Vec<serde_json::Value> = Vec::new();
+        for (k, v) in self.to_fields() {
+            flat.push(k.into());
+            flat.push(String::from_utf8_lossy(&v).into_owned().into());
+        }
+        for (k, v) in extra {
+            flat.push((*k).into());
+            flat.push(v.clone().into());
+        }
+        serde_json::Value::Array(flat).to_string()
+    }
+}
+
+/// A queued delivery together with its stream entry id.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    pub id: String,
+    pub delivery: Delivery,
+}
+
+/// What enqueueing did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Newly queued under this entry id.
+    Queued(String),
+    /// Seen before (a redelivery): not queued again.
+    Duplicate,
+}
+
+/// A dead letter: a delivery one agent never accepted.
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    pub id: String,
+    pub delivery: Delivery,
+    pub error: String,
+    pub failed_ms: u64,
+}
+
+/// How one delivery ended for each agent, applied atomically by [`Queue::settle`].
+#[derive(Debug, Default)]
+pub struct Settlement {
+    /// `(agent, due Unix ms, attempts made)` to try again later.
+    pub retries: Vec<(String, u64, u32)>,
+    /// `(agent, attempts made, last error)` given up on.
+    pub dead: Vec<(String, u32, String)>,
+}
+
+static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('EXISTS', KEYS[2]) == 1 then return 'dup' end
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 'full' end
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+redis.call('SET', KEYS[2], id, 'EX', ARGV[2])
+return id
+"#,
+    )
+});
+
+// KEYS: events, retry, dead. ARGV: group, id, now_ms, n_retries,
+// (due, member)*, n_dead, member*. Members are flat JSON field lists.
+static SETTLE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local i = 5
+for _ = 1, tonumber(ARGV[4]) do
+  redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+local n_dead = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n_dead do
+  redis.call('XADD', KEYS[3], '*', unpack(cjson.decode(ARGV[i])))
+  i = i + 1
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+return 1
+"#,
+    )
+});
+
+// KEYS: retry, events. ARGV: now_ms, max. Moves due retries into the stream.
+static PROMOTE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, m in ipairs(due) do
+  redis.call('XADD', KEYS[2], '*', unpack(cjson.decode(m)))
+  redis.call('ZREM', KEYS[1], m)
+end
+return #due
+"#,
+    )
+});
+
+// KEYS: dead, events. ARGV: id. Moves one dead letter back into the queue.
+static REPLAY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local e = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
+if #e == 0 then return 0 end
+local f = e[1][2]
+local out = {}
+for j = 1, #f, 2 do
+  local k = f[j]
+  if k ~= 'error' and k ~= 'failed' and k ~= 'attempt' then
+    out[#out + 1] = k; out[#out + 1] = f[j + 1]
+  end
+end
+out[#out + 1] = 'attempt'; out[#out + 1] = '0'
+redis.call('XADD', KEYS[2], '*', unpack(out))
+redis.call('XDEL', KEYS[1], ARGV[1])
+return 1
+"#,
+    )
+});
+
+/// Handle on the queue of every policy. Cheap to clone.
+#[derive(Clone)]
+pub struct Queue {
+    conn: ConnectionManager,
+    prefix: String,
+}
+
+impl Queue {
+    /// Connects (lazily reconnecting afterwards) to `redis_url`; every key
+    /// starts with `prefix`.
+    pub async fn connect(redis_url: &str, prefix: &str) -> Result<Self> {
+        let client = redis::Client::open(redis_url)?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
+            .set_response_timeout(Some(std::time::Duration::from_secs(5)))
+            .set_number_of_retries(1);
+        let conn = ConnectionManager::new_with_config(client, config).await?;
+        Ok(Self {
+            conn,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    fn key(&self, policy: &ObjectRef, what: &str) -> String {
+        format!("{}:{{{policy}}}:{what}", self.prefix)
+    }
+
+    fn dedup_key(&self, hook: &ObjectRef, guid: &str) -> String {
+        format!("{}:dedup:{{{hook}}}:{guid}", self.prefix)
+    }
+
+    /// Is Redis answering?
+    pub async fn ping(&self) -> Result<()> {
+        let _: String = redis::cmd("PING")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// Queues `delivery` for `policy` unless its GUID was seen, or the queue
+    /// holds `limit` deliveries already.
+    pub async fn enqueue(
+        &self,
+        policy: &ObjectRef,
+        delivery: &Delivery,
+        limit: u64,
+    ) -> Result<Enqueued> {
+        let mut script = ENQUEUE.prepare_invoke();
+        script
+            .key(self.key(policy, "events"))
+            .key(self.dedup_key(&delivery.hook, &delivery.guid));
+        script.arg(limit).arg(DEDUP_TTL_SECS);
+        for (k, v) in delivery.to_fields() {
+            script.arg(k).arg(v);
+        }
+        let reply: String = script.invoke_async(&mut self.conn.clone()).await?;
+        match reply.as_str() {
+            "dup" => Ok(Enqueued::Duplicate),
+            "full" => Err(QueueError::Full { limit }),
+            _ => Ok(Enqueued::Queued(reply)),
+        }
+    }
+
+    /// Deliveries waiting or in flight for `policy`.
+    pub async fn len(&self, policy: &ObjectRef) -> Result<u64> {
+        Ok(self.conn.clone().xlen(self.key(policy, "events")).await?)
+    }
+
+    /// Scheduled retries for `policy`.
+    pub async fn retry_len(&self, policy: &ObjectRef) -> Result<u64> {
+        Ok(self.conn.clone().zcard(self.key(policy, "retry")).await?)
+    }
+
+    /// Dead letters for `policy`.
+    pub async fn dead_len(&self, policy: &ObjectRef) -> Result<u64> {
+        Ok(self.conn.clone().xlen(self.key(policy, "dead")).await?)
+    }
+
+    /// Creates the consumer group (and the stream) if missing.
+    pub async fn ensure_group(&self, policy: &ObjectRef) -> Result<()> {
+        let res: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(self.key(policy, "events"))
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut self.conn.clone())
+            .await;
+        match res {
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => Ok(other?),
+        }
+    }
+
+    /// Reads up to `count` new entries for `consumer`, waiting up to `block_ms`.
+    pub async fn read(
+        &self,
+        policy: &ObjectRef,
+        consumer: &str,
+        count: usize,
+        block_ms: u64,
+    ) -> Result<Vec<Entry>> {
+        let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(block_ms)
+            .arg("STREAMS")
+            .arg(self.key(policy, "events"))
+            .arg(">")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let ids = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
+        ids.map(|sid| entry_from(sid.id, sid.map)).collect()
+    }
+
+    /// Takes over entries another consumer left unacknowledged for longer
+    /// than `min_idle_ms` (it crashed, or lost its connection).
+    pub async fn reclaim(
+        &self,
+        policy: &ObjectRef,
+        consumer: &str,
+        min_idle_ms: u64,
+        count: usize,
+    ) -> Result<Vec<Entry>> {
+        let reply: redis::streams::StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(self.key(policy, "events"))
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(min_idle_ms)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        reply
+            .claimed
+            .into_iter()
+            .map(|sid| entry_from(sid.id, sid.map))
+            .collect()
+    }
+
+    /// Acknowledges and deletes entry `id`, atomically scheduling the retries
+    /// and writing the dead letters `outcome` lists.
+    pub async fn settle(
+        &self,
+        policy: &ObjectRef,
+        entry: &Entry,
+        outcome: &Settlement,
+        now_ms: u64,
+    ) -> Result<()> {
+        let mut script = SETTLE.prepare_invoke();
+        script
+            .key(self.key(policy, "events"))
+            .key(self.key(policy, "retry"))
+            .key(self.key(policy, "dead"));
+        script
+            .arg(GROUP)
+            .arg(&entry.id)
+            .arg(now_ms)
+            .arg(outcome.retries.len());
+        for (agent, due, attempts) in &outcome.retries {
+            let retry = Delivery {
+                agent: Some(agent.clone()),
+                attempt: *attempts,
+                ..entry.delivery.clone()
+            };
+            // NB: the id makes each member unique, so two retries never merge.
+            script
+                .arg(due)
+                .arg(retry.to_flat_json(&[("origin", entry.id.clone())]));
+        }
+        script.arg(outcome.dead.len());
+        for (agent, attempts, error) in &outcome.dead {
+            let dead = Delivery {
+                agent: Some(agent.clone()),
+                attempt: *attempts,
+                ..entry.delivery.clone()
+            };
+            script.arg(
+                dead.to_flat_json(&[("error", error.clone()), ("failed", now_ms.to_string())]),
+            );
+        }
+        let _: i64 = script.invoke_async(&mut self.conn.clone()).await?;
+        Ok(())
+    }
+
+    /// Moves retries that are due into the queue; returns how many.
+    pub async fn promote_due(&self, policy: &ObjectRef, now_ms: u64, max: usize) -> Result<u64> {
+        let mut script = PROMOTE.prepare_invoke();
+        script
+            .key(self.key(policy, "retry"))
+            .key(self.key(policy, "events"))
+            .arg(now_ms)
+            .arg(max);
+        Ok(script.invoke_async(&mut self.conn.clone()).await?)
+    }
+
+    /// Up to `count` dead letters, oldest first.
+    pub async fn dead_letters(&self, policy: &ObjectRef, count: usize) -> Result<Vec<DeadLetter>> {
+        let reply: redis::streams::StreamRangeReply = self
+            .conn
+            .clone()
+            .xrange_count(self.key(policy, "dead"), "-", "+", count)
+            .await?;
+        reply
+            .ids
+            .into_iter()
+            .map(|sid| {
+                let mut map = bytes_map(sid.map);
+                let error = map
+                    .remove("error")
+                    .map(|v| String::from_utf8_lossy(&v).into_owned())
+                    .unwrap_or_default();
+                let failed_ms = map
+                    .remove("failed")
+                    .and_then(|v| String::from_utf8(v).ok()?.parse().ok())
+                    .unwrap_or_default();
+                Ok(DeadLetter {
+                    delivery: Delivery::from_fields(&sid.id, map)?,
+                    id: sid.id,
+                    error,
+                    failed_ms,
+                })
+            })
+            .collect()
+    }
+
+    /// Puts dead letter `id` back in the queue, for its agent, with a fresh
+    /// attempt budget. Returns false when no such dead letter exists.
+    pub async fn replay(&self, policy: &ObjectRef, id: &str) -> Result<bool> {
+        let mut script = REPLAY.prepare_invoke();
+        script
+            .key(self.key(policy, "dead"))
+            .key(self.key(policy, "events"))
+            .arg(id);
+        let moved: i64 = script.invoke_async(&mut self.conn.clone()).await?;
+        Ok(moved == 1)
+    }
+
+    /// Deletes every dead letter of `policy`; returns how many there were.
+    pub async fn purge_dead(&self, policy: &ObjectRef) -> Result<u64> {
+        let key = self.key(policy, "dead");
+        let (len, _): (u64, i64) = redis::pipe()
+            .atomic()
+            .xlen(&key)
+            .del(&key)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(len)
+    }
+}
+
+fn bytes_map(map: HashMap<String, redis::Value>) -> HashMap<String, Vec<u8>> {
+    map.into_iter()
+        .filter_map(|(k, v)| match v {
+            redis::Value::BulkString(b) => Some((k, b)),
+            redis::Value::SimpleString(s) => Some((k, s.into_bytes())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn entry_from(id: String, map: HashMap<String, redis::Value>) -> Result<Entry> {
+    let delivery = Delivery::from_fields(&id, bytes_map(map))?;
+    Ok(Entry { id, delivery })
+}
+
+impl Queue {
+    /// Remembers the latest verified ping of a hook, and which key signed it.
+    pub async fn record_ping(&self, ping: &Delivery, key_version: &str) -> Result<()> {
+        let key = format!("{}:ping:{{{}}}", self.prefix, ping.hook);
+        let value =
+            json!({ "guid": ping.guid, "keyVersion": key_version, "receivedMs": ping.received_ms });
+        let _: () = self
+            .conn
+            .clone()
+            .set_ex(key, value.to_string(), DEDUP_TTL_SECS)
+            .await?;
+        Ok(())
+    }
+
+    /// The latest verified ping of `hook`, as recorded by [`Queue::record_ping`].
+    pub async fn last_ping(&self, hook: &ObjectRef) -> Result<Option<serde_json::Value>> {
+        let raw: Option<String> = self
+            .conn
+            .clone()
+            .get(format!("{}:ping:{{{hook}}}", self.prefix))
+            .await?;
+        Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+    }
+}

@@ -1,0 +1,214 @@
+//! What the receiver knows about the cluster, kept current by watches:
+//! which hooks exist, the keys of each, and the effective settings of each
+//! AgentPolicy. Plain data behind locks, so the HTTP layer and the tests use
+//! it without a Kubernetes client.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, RwLock},
+};
+
+use tokio::sync::watch;
+
+use super::queue::ObjectRef;
+use crate::{
+    api::{Agent, AgentPolicy, CircuitBreaker, RetryPolicy},
+    keys::HmacKey,
+};
+
+/// Queue limit used while a hook's AgentPolicy is unknown or has no status.
+pub const DEFAULT_QUEUE_LIMIT: u64 = 10_000;
+
+/// Where a hook's deliveries are verified and queued.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HookInfo {
+    /// The Secret with the hook's keys.
+    pub secret: ObjectRef,
+    /// The AgentPolicy whose queue and agents get its events.
+    pub policy: ObjectRef,
+}
+
+/// The effective settings of one AgentPolicy. The switch, the concurrency and
+/// the queue limit come from its **status** only: the operator is their one
+/// writer. Without a status, nothing is dispatched and deliveries wait.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicySettings {
+    pub enabled: bool,
+    pub concurrency: usize,
+    pub queue_limit: u64,
+    pub reason: String,
+    pub agents: Vec<Agent>,
+    pub circuit_breaker: CircuitBreaker,
+    pub retry: RetryPolicy,
+}
+
+impl PolicySettings {
+    pub fn from_policy(policy: &AgentPolicy) -> Self {
+        let status = policy.status.as_ref();
+        let enabled = status.and_then(|s| s.enabled);
+        Self {
+            enabled: enabled.unwrap_or(false),
+            concurrency: status
+                .and_then(|s| s.concurrency)
+                .map_or(1, |c| c.max(1) as usize),
+            queue_limit: status
+                .and_then(|s| s.queue_limit)
+                .map_or(DEFAULT_QUEUE_LIMIT, |l| l.max(1) as u64),
+            reason: match (enabled, status.and_then(|s| s.reason.clone())) {
+                (None, _) => "waiting for the operator to write the policy's status".to_owned(),
+                (Some(_), reason) => reason.unwrap_or_default(),
+            },
+            agents: policy.spec.agents.clone(),
+            circuit_breaker: policy.spec.circuit_breaker.clone(),
+            retry: policy.spec.retry.clone(),
+        }
+    }
+}
+
+/// The receiver's view of hooks, keys and policies.
+#[derive(Default)]
+pub struct Registry {
+    hooks: RwLock<HashMap<ObjectRef, HookInfo>>,
+    keys: RwLock<HashMap<ObjectRef, Arc<[HmacKey]>>>,
+    policies: RwLock<HashMap<ObjectRef, watch::Sender<Arc<PolicySettings>>>>,
+    /// Bumped whenever a policy appears or disappears.
+    policy_set: watch::Sender<u64>,
+    /// Set once each watch has listed everything (for `/readyz`).
+    synced: RwLock<Synced>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Synced {
+    hooks: bool,
+    keys: bool,
+    policies: bool,
+}
+
+/// Which watch finished its initial list.
+#[derive(Clone, Copy, Debug)]
+pub enum Watched {
+    Hooks,
+    Keys,
+    Policies,
+}
+
+impl Registry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn hook(&self, hook: &ObjectRef) -> Option<HookInfo> {
+        self.hooks.read().unwrap().get(hook).cloned()
+    }
+
+    pub fn set_hook(&self, hook: ObjectRef, info: HookInfo) {
+        self.hooks.write().unwrap().insert(hook, info);
+    }
+
+    pub fn remove_hook(&self, hook: &ObjectRef) {
+        self.hooks.write().unwrap().remove(hook);
+    }
+
+    /// The keys of Secret `secret`; empty when none are loaded.
+    pub fn keys(&self, secret: &ObjectRef) -> Arc<[HmacKey]> {
+        self.keys
+            .read()
+            .unwrap()
+            .get(secret)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(Vec::new()))
+    }
+
+    pub fn set_keys(&self, secret: ObjectRef, keys: Vec<HmacKey>) {
+        self.keys.write().unwrap().insert(secret, keys.into());
+    }
+
+    pub fn remove_keys(&self, secret: &ObjectRef) {
+        self.keys.write().unwrap().remove(secret);
+    }
+
+    /// Versions of the keys loaded per Secret, for reporting what this
+    /// replica can verify (never the keys themselves).
+    pub fn loaded_key_versions(&self) -> HashMap<ObjectRef, Vec<String>> {
+        let keys = self.keys.read().unwrap();
+        keys.iter()
+            .map(|(s, k)| {
+                (
+                    s.clone(),
+                    k.iter().map(|k| k.version().to_owned()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// Current settings of `policy`, if it exists.
+    pub fn policy(&self, policy: &ObjectRef) -> Option<Arc<PolicySettings>> {
+        self.policies
+            .read()
+            .unwrap()
+            .get(policy)
+            .map(|tx| tx.borrow().clone())
+    }
+
+    /// A receiver that sees every change of `policy`'s settings, if it exists.
+    pub fn subscribe_policy(
+        &self,
+        policy: &ObjectRef,
+    ) -> Option<watch::Receiver<Arc<PolicySettings>>> {
+        self.policies
+            .read()
+            .unwrap()
+            .get(policy)
+            .map(watch::Sender::subscribe)
+    }
+
+    /// Every known policy.
+    pub fn policy_refs(&self) -> Vec<ObjectRef> {
+        self.policies.read().unwrap().keys().cloned().collect()
+    }
+
+    /// Notified when a policy appears or disappears.
+    pub fn watch_policy_set(&self) -> watch::Receiver<u64> {
+        self.policy_set.subscribe()
+    }
+
+    pub fn set_policy(&self, policy: ObjectRef, settings: PolicySettings) {
+        let mut policies = self.policies.write().unwrap();
+        match policies.get(&policy) {
+            Some(tx) => {
+                tx.send_if_modified(|current| {
+                    let changed = **current != settings;
+                    if changed {
+                        *current = Arc::new(settings);
+                    }
+                    changed
+                });
+            }
+            None => {
+                policies.insert(policy, watch::channel(Arc::new(settings)).0);
+                self.policy_set.send_modify(|g| *g += 1);
+            }
+        }
+    }
+
+    pub fn remove_policy(&self, policy: &ObjectRef) {
+        if self.policies.write().unwrap().remove(policy).is_some() {
+            self.policy_set.send_modify(|g| *g += 1);
+        }
+    }
+
+    pub fn mark_synced(&self, what: Watched) {
+        let mut s = self.synced.write().unwrap();
+        match what {
+            Watched::Hooks => s.hooks = true,
+            Watched::Keys => s.keys = true,
+            Watched::Policies => s.policies = true,
+        }
+    }
+
+    /// True once hooks, keys and policies have all been listed.
+    pub fn is_synced(&self) -> bool {
+        let s = *self.synced.read().unwrap();
+        s.hooks && s.keys && s.policies
+    }
+}

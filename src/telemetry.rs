@@ -1,0 +1,146 @@
+//! Logging and metrics, registered once per process.
+//!
+//! Metric names follow the existing PR Manager runbook, whose alerts and
+//! dashboards use them: `github_webhooks_total` (received),
+//! `github_webhook_processed_total`, `github_webhook_errors_total`,
+//! `github_webhook_queue_length`, `github_webhook_processing_duration_seconds`,
+//! `webhook_circuit_breaker_open`, `agents_enabled`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Installs the global tracing subscriber: JSON lines, filtered by `RUST_LOG`
+/// (default `info`).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_current_span(false)
+        .try_init();
+}
+
+/// The receiver's metrics.
+pub struct ReceiverMetrics {
+    registry: Registry,
+    /// Deliveries received with a valid signature, by event.
+    pub received: IntCounterVec,
+    /// Deliveries rejected before queuing, by reason.
+    pub rejected: IntCounterVec,
+    /// Redeliveries recognised by GUID and not queued again.
+    pub duplicates: IntCounterVec,
+    /// Dispatches that ended, by agent and result (`success`, `retry`, `dead_letter`).
+    pub processed: IntCounterVec,
+    /// Failed dispatch attempts, by agent and reason.
+    pub errors: IntCounterVec,
+    /// Time from acceptance to the end of a dispatch, by agent.
+    pub duration: HistogramVec,
+    /// Deliveries waiting or in flight, by policy.
+    pub queue_length: IntGaugeVec,
+    /// Dead letters, by policy.
+    pub dead_letters: IntGaugeVec,
+    /// 1 while an agent's circuit is open (0.5 is not used: half-open counts as open).
+    pub breaker_open: IntGaugeVec,
+    /// 1 while a policy's effective `enabled` is true.
+    pub agents_enabled: IntGaugeVec,
+}
+
+impl ReceiverMetrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
+            g
+        };
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "github_webhook_processing_duration_seconds",
+                "Seconds from acceptance to the end of a dispatch",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ]),
+            &["agent"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(duration.clone()))
+            .expect("unique metric");
+        Self {
+            received: counter(
+                "github_webhooks_total",
+                "Deliveries received with a valid signature",
+                &["event"],
+            ),
+            rejected: counter(
+                "hookwarden_rejected_deliveries_total",
+                "Deliveries rejected before queuing, by reason",
+                &["reason"],
+            ),
+            duplicates: counter(
+                "hookwarden_duplicate_deliveries_total",
+                "Redeliveries recognised by GUID and not queued again",
+                &["event"],
+            ),
+            processed: counter(
+                "github_webhook_processed_total",
+                "Dispatches that ended, by agent and result",
+                &["agent", "result"],
+            ),
+            errors: counter(
+                "github_webhook_errors_total",
+                "Failed dispatch attempts",
+                &["agent", "reason"],
+            ),
+            duration,
+            queue_length: gauge(
+                "github_webhook_queue_length",
+                "Deliveries waiting or in flight",
+                &["policy"],
+            ),
+            dead_letters: gauge(
+                "hookwarden_dead_letters",
+                "Dead letters waiting for replay or purge",
+                &["policy"],
+            ),
+            breaker_open: gauge(
+                "webhook_circuit_breaker_open",
+                "1 while the agent's circuit is open",
+                &["agent"],
+            ),
+            agents_enabled: gauge(
+                "agents_enabled",
+                "1 while dispatch is enabled for the policy",
+                &["policy"],
+            ),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encode metrics");
+        String::from_utf8(out).expect("metrics are UTF-8")
+    }
+}
+
+impl Default for ReceiverMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

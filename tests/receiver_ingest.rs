@@ -1,0 +1,477 @@
+//! The receiver's ingest path against a real Redis: what GitHub sends is
+//! verified and queued durably exactly once; everything else gets a clear
+//! error and queues nothing.
+
+mod common;
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    Router,
+    body::Body,
+    http::{Request, StatusCode},
+};
+use common::{TestEnv, redis_prefix, webhook_examples};
+use hookwarden::{
+    api::{CircuitBreaker, RetryPolicy},
+    keys::HmacKey,
+    receiver::{
+        http::{AppState, DEFAULT_BODY_LIMIT, router},
+        queue::{ObjectRef, Queue},
+        registry::{HookInfo, PolicySettings, Registry},
+    },
+    signature,
+    telemetry::ReceiverMetrics,
+};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const KEY: &str = "It's a Secret to Everybody";
+
+struct Harness {
+    app: Router,
+    registry: Arc<Registry>,
+    queue: Queue,
+    policy: ObjectRef,
+}
+
+async fn harness_with(redis_url: &str, body_limit: usize) -> Harness {
+    let queue = Queue::connect(redis_url, &redis_prefix())
+        .await
+        .expect("connect to redis");
+    let registry = Arc::new(Registry::new());
+    let secret = ObjectRef::new("team", "repo-hook-hmac");
+    let policy = ObjectRef::new("team", "default");
+    registry.set_hook(
+        ObjectRef::new("team", "repo-hook"),
+        HookInfo {
+            secret: secret.clone(),
+            policy: policy.clone(),
+        },
+    );
+    registry.set_keys(secret, vec![HmacKey::new("000000000001", KEY)]);
+    let state = AppState {
+        registry: registry.clone(),
+        queue: queue.clone(),
+        metrics: Arc::new(ReceiverMetrics::new()),
+        body_limit,
+    };
+    Harness {
+        app: router(state),
+        registry,
+        queue,
+        policy,
+    }
+}
+
+async fn harness() -> Harness {
+    harness_with(TestEnv::load().var("REDIS_URL"), DEFAULT_BODY_LIMIT).await
+}
+
+/// A delivery as GitHub sends it.
+fn delivery(
+    event: &str,
+    guid: &str,
+    content_type: &str,
+    body: Vec<u8>,
+    signature: Option<String>,
+) -> Request<Body> {
+    let mut req = Request::post("/hooks/team/repo-hook")
+        .header("x-github-event", event)
+        .header("x-github-delivery", guid)
+        .header("content-type", content_type)
+        .header("user-agent", "GitHub-Hookshot/abc123");
+    if let Some(sig) = signature {
+        req = req.header("x-hub-signature-256", sig);
+    }
+    req.body(Body::from(body)).unwrap()
+}
+
+fn signed(event: &str, guid: &str, body: &[u8]) -> Request<Body> {
+    delivery(
+        event,
+        guid,
+        "application/json",
+        body.to_vec(),
+        Some(signature::sign(KEY.as_bytes(), body)),
+    )
+}
+
+async fn send(app: &Router, req: Request<Body>) -> (StatusCode, Value, Option<String>) {
+    let res = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let retry_after = res
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        retry_after,
+    )
+}
+
+fn guid() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+#[tokio::test]
+async fn githubs_test_vector_passes_the_signature_check() {
+    let h = harness().await;
+    // The published vector's body is not JSON: it must get past the signature
+    // (not 401) and then fail parsing (400).
+    let req = delivery(
+        "push",
+        &guid(),
+        "application/json",
+        b"Hello, World!".to_vec(),
+        Some("sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17".into()),
+    );
+    let (status, body, _) = send(&h.app, req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("malformed payload"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn every_github_example_is_accepted_and_a_flipped_byte_is_rejected() {
+    let h = harness().await;
+    let examples = webhook_examples();
+    assert!(
+        examples.len() > 300,
+        "expected GitHub's full example set, got {}",
+        examples.len()
+    );
+    let mut queued = 0;
+    for (event, payload) in &examples {
+        let body = serde_json::to_vec(payload).unwrap();
+        let (status, reply, _) = send(&h.app, signed(event, &guid(), &body)).await;
+        let want = if event == "ping" {
+            StatusCode::OK
+        } else {
+            StatusCode::ACCEPTED
+        };
+        assert_eq!(status, want, "{event}: {reply}");
+        if event != "ping" {
+            queued += 1;
+        }
+
+        let mut tampered = body.clone();
+        let middle = tampered.len() / 2;
+        tampered[middle] ^= 0x01;
+        let sig = signature::sign(KEY.as_bytes(), &body);
+        let req = delivery(event, &guid(), "application/json", tampered, Some(sig));
+        let (status, reply, _) = send(&h.app, req).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{event} with a flipped byte: {reply}"
+        );
+    }
+    assert_eq!(
+        h.queue.len(&h.policy).await.unwrap(),
+        queued,
+        "each accepted delivery queued once, no tampered one"
+    );
+}
+
+#[tokio::test]
+async fn form_encoded_deliveries_are_accepted_with_the_json_payload_queued() {
+    let h = harness().await;
+    let payload = json!({"action": "opened", "repository": {"full_name": "octo-org/hello-world"}});
+    let body: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("payload", &payload.to_string())
+        .finish();
+    let sig = signature::sign(KEY.as_bytes(), body.as_bytes());
+    let req = delivery(
+        "issues",
+        &guid(),
+        "application/x-www-form-urlencoded",
+        body.into_bytes(),
+        Some(sig),
+    );
+    let (status, reply, _) = send(&h.app, req).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
+
+    h.queue.ensure_group(&h.policy).await.unwrap();
+    let entries = h.queue.read(&h.policy, "test", 10, 100).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    let d = &entries[0].delivery;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&d.payload).unwrap(),
+        payload
+    );
+    assert_eq!(d.repository.as_deref(), Some("octo-org/hello-world"));
+    assert_eq!(d.action.as_deref(), Some("opened"));
+    assert_eq!(d.event, "issues");
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_and_queues_nothing() {
+    let h = harness_with(TestEnv::load().var("REDIS_URL"), 64 * 1024).await;
+    let body = br#"{"action":"opened"}"#.to_vec();
+    let sig = Some(signature::sign(KEY.as_bytes(), &body));
+    let big = serde_json::to_vec(&json!({"x": "y".repeat(70 * 1024)})).unwrap();
+    let big_sig = Some(signature::sign(KEY.as_bytes(), &big));
+    let sha1_only = Request::post("/hooks/team/repo-hook")
+        .header("x-github-event", "push")
+        .header("x-github-delivery", guid())
+        .header("content-type", "application/json")
+        .header(
+            "x-hub-signature",
+            signature::sign_sha1(KEY.as_bytes(), &body),
+        )
+        .body(Body::from(body.clone()))
+        .unwrap();
+    let unknown_hook = Request::post("/hooks/team/nope")
+        .header("x-github-event", "push")
+        .header("x-github-delivery", guid())
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", sig.clone().unwrap())
+        .body(Body::from(body.clone()))
+        .unwrap();
+    let no_guid = Request::post("/hooks/team/repo-hook")
+        .header("x-github-event", "push")
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", sig.clone().unwrap())
+        .body(Body::from(body.clone()))
+        .unwrap();
+    let form_without_payload = b"other=1".to_vec();
+    let form_sig = Some(signature::sign(KEY.as_bytes(), &form_without_payload));
+    let wrong_key = Some(signature::sign(b"not the key", &body));
+
+    let cases: Vec<(&str, Request<Body>, StatusCode, &str)> = vec![
+        (
+            "unsigned",
+            delivery("push", &guid(), "application/json", body.clone(), None),
+            StatusCode::UNAUTHORIZED,
+            "missing X-Hub-Signature-256",
+        ),
+        (
+            "SHA-1 signature only",
+            sha1_only,
+            StatusCode::UNAUTHORIZED,
+            "missing X-Hub-Signature-256",
+        ),
+        (
+            "signed with another key",
+            delivery("push", &guid(), "application/json", body.clone(), wrong_key),
+            StatusCode::UNAUTHORIZED,
+            "does not match any current key",
+        ),
+        (
+            "malformed signature",
+            delivery(
+                "push",
+                &guid(),
+                "application/json",
+                body.clone(),
+                Some("sha256=abc".into()),
+            ),
+            StatusCode::UNAUTHORIZED,
+            "malformed X-Hub-Signature-256",
+        ),
+        (
+            "unknown hook",
+            unknown_hook,
+            StatusCode::NOT_FOUND,
+            "no WebhookConfig team/nope",
+        ),
+        (
+            "body over the cap",
+            delivery("push", &guid(), "application/json", big, big_sig),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "exceeds 65536 bytes",
+        ),
+        (
+            "text/plain",
+            delivery("push", &guid(), "text/plain", body.clone(), sig.clone()),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported content type",
+        ),
+        (
+            "malformed JSON",
+            delivery(
+                "push",
+                &guid(),
+                "application/json",
+                b"{\"a\":".to_vec(),
+                Some(signature::sign(KEY.as_bytes(), b"{\"a\":")),
+            ),
+            StatusCode::BAD_REQUEST,
+            "malformed payload",
+        ),
+        (
+            "JSON that is not an object",
+            delivery(
+                "push",
+                &guid(),
+                "application/json",
+                b"[1,2]".to_vec(),
+                Some(signature::sign(KEY.as_bytes(), b"[1,2]")),
+            ),
+            StatusCode::BAD_REQUEST,
+            "malformed payload",
+        ),
+        (
+            "form without payload",
+            delivery(
+                "push",
+                &guid(),
+                "application/x-www-form-urlencoded",
+                form_without_payload,
+                form_sig,
+            ),
+            StatusCode::BAD_REQUEST,
+            "no payload field",
+        ),
+        (
+            "no delivery GUID",
+            no_guid,
+            StatusCode::BAD_REQUEST,
+            "x-github-delivery",
+        ),
+        (
+            "event name with spaces",
+            delivery(
+                "pull request",
+                &guid(),
+                "application/json",
+                body.clone(),
+                sig.clone(),
+            ),
+            StatusCode::BAD_REQUEST,
+            "x-github-event",
+        ),
+    ];
+    for (what, req, want, text) in cases {
+        let (status, reply, _) = send(&h.app, req).await;
+        assert_eq!(status, want, "{what}: {reply}");
+        let message = reply["error"].as_str().unwrap_or_default();
+        assert!(message.contains(text), "{what}: {message:?} lacks {text:?}");
+        assert!(!message.contains(KEY), "{what}: error leaks the key");
+    }
+    let res = h
+        .app
+        .clone()
+        .oneshot(
+            Request::get("/hooks/team/repo-hook")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(
+        h.queue.len(&h.policy).await.unwrap(),
+        0,
+        "nothing rejected was queued"
+    );
+
+    // A hook whose keys are not loaded yet answers 503, so GitHub's record
+    // shows a failure the operator's redelivery pass will retry.
+    h.registry
+        .set_keys(ObjectRef::new("team", "repo-hook-hmac"), vec![]);
+    let (status, reply, retry_after) = send(&h.app, signed("push", &guid(), &body)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reply}");
+    assert!(retry_after.is_some());
+}
+
+#[tokio::test]
+async fn a_redelivery_is_answered_but_not_queued_twice() {
+    let h = harness().await;
+    let id = guid();
+    let body = br#"{"action":"opened"}"#;
+    let (first, ..) = send(&h.app, signed("issues", &id, body)).await;
+    let (second, reply, _) = send(&h.app, signed("issues", &id, body)).await;
+    assert_eq!(first, StatusCode::ACCEPTED);
+    assert_eq!(second, StatusCode::OK);
+    assert_eq!(reply["status"], "duplicate");
+    assert_eq!(h.queue.len(&h.policy).await.unwrap(), 1);
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_503_with_retry_after() {
+    let h = harness().await;
+    let settings = PolicySettings {
+        enabled: true,
+        concurrency: 1,
+        queue_limit: 2,
+        reason: String::new(),
+        agents: vec![],
+        circuit_breaker: CircuitBreaker::default(),
+        retry: RetryPolicy::default(),
+    };
+    h.registry.set_policy(h.policy.clone(), settings);
+    let body = br#"{"action":"opened"}"#;
+    let first = guid();
+    for id in [first.clone(), guid()] {
+        assert_eq!(
+            send(&h.app, signed("issues", &id, body)).await.0,
+            StatusCode::ACCEPTED
+        );
+    }
+    let (status, reply, retry_after) = send(&h.app, signed("issues", &guid(), body)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reply}");
+    assert_eq!(retry_after.as_deref(), Some("30"));
+    assert_eq!(h.queue.len(&h.policy).await.unwrap(), 2);
+    // A redelivery of something already queued is still a success.
+    assert_eq!(
+        send(&h.app, signed("issues", &first, body)).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn redis_down_means_503_never_a_silent_2xx() {
+    // A Redis of this test's own, so stopping it disturbs no other test.
+    let dir = std::env::temp_dir().join(redis_prefix());
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = std::process::Command::new("redis-server")
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--dir",
+        ])
+        .arg(&dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    let url = format!("redis://127.0.0.1:{port}");
+    common::eventually(
+        "private redis to start",
+        Duration::from_secs(10),
+        || async { Queue::connect(&url, "x").await.ok().map(|_| ()) },
+    )
+    .await;
+    let h = harness_with(&url, DEFAULT_BODY_LIMIT).await;
+    assert_eq!(
+        send(&h.app, signed("push", &guid(), b"{}")).await.0,
+        StatusCode::ACCEPTED
+    );
+
+    redis.kill().unwrap();
+    redis.wait().unwrap();
+    let (status, reply, retry_after) = send(&h.app, signed("push", &guid(), b"{}")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reply}");
+    assert_eq!(reply["error"], "queue unavailable; retry later");
+    assert!(retry_after.is_some());
+    let _ = std::fs::remove_dir_all(dir);
+}
