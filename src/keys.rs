@@ -109,18 +109,20 @@ mod tests {
 
     #[test]
     fn reads_keys_oldest_first_and_ignores_other_entries() {
-        let mut secret = Secret::default();
-        secret.data = Some(
-            [
-                ("key-001700000200", "new"),
-                ("key-001700000100", "old"),
-                ("note", "not a key"),
-                ("key-001700000300", ""),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), ByteString(v.as_bytes().to_vec())))
-            .collect(),
-        );
+        let secret = Secret {
+            data: Some(
+                [
+                    ("key-001700000200", "new"),
+                    ("key-001700000100", "old"),
+                    ("note", "not a key"),
+                    ("key-001700000300", ""),
+                ]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), ByteString(v.as_bytes().to_vec())))
+                .collect(),
+            ),
+            ..Secret::default()
+        };
         let keys = keys_from_secret(&secret);
         let versions: Vec<_> = keys.iter().map(HmacKey::version).collect();
         assert_eq!(versions, ["001700000100", "001700000200"]);
