@@ -41,7 +41,7 @@ pub struct ReceiverMetrics {
     pub queue_length: IntGaugeVec,
     /// Dead letters, by policy.
     pub dead_letters: IntGaugeVec,
-    /// 1 while an agent's circuit is open (0.5 is not used: half-open counts as open).
+    /// 1 while an agent's circuit is open or half-open.
     pub breaker_open: IntGaugeVec,
     /// 1 while a policy's effective `enabled` is true.
     pub agents_enabled: IntGaugeVec,
@@ -72,7 +72,7 @@ impl ReceiverMetrics {
             .buckets(vec![
                 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
             ]),
-            &["agent"],
+            &["policy", "agent"],
         )
         .expect("valid metric");
         registry
@@ -97,12 +97,12 @@ impl ReceiverMetrics {
             processed: counter(
                 "github_webhook_processed_total",
                 "Dispatches that ended, by agent and result",
-                &["agent", "result"],
+                &["policy", "agent", "result"],
             ),
             errors: counter(
                 "github_webhook_errors_total",
                 "Failed dispatch attempts",
-                &["agent", "reason"],
+                &["policy", "agent", "reason"],
             ),
             duration,
             queue_length: gauge(
@@ -118,7 +118,7 @@ impl ReceiverMetrics {
             breaker_open: gauge(
                 "webhook_circuit_breaker_open",
                 "1 while the agent's circuit is open",
-                &["agent"],
+                &["policy", "agent"],
             ),
             agents_enabled: gauge(
                 "agents_enabled",

@@ -6,6 +6,9 @@
 //!   dead letters.
 //! - [`registry`]: hooks, keys and policy settings, kept current by watches.
 
+pub mod backoff;
+pub mod breaker;
+pub mod dispatch;
 pub mod http;
 pub mod queue;
 pub mod registry;

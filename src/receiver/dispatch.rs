@@ -1,0 +1,529 @@
+//! Workers: read a policy's queue through the consumer group and deliver each
+//! event, as a CloudEvent, to every agent of the policy that wants it.
+//!
+//! One worker per AgentPolicy. It obeys the policy's effective settings live:
+//! with `enabled: false` it dispatches nothing (what it already read is held,
+//! not lost); the number of dispatches in flight follows `concurrency` as it
+//! changes. Each agent has its own timeout and circuit breaker, and agents are
+//! called concurrently, so one failing agent never holds up another. An entry
+//! is settled (acknowledged) only once every matching agent has succeeded, has
+//! a retry scheduled in Redis, or has a dead letter, all in one atomic step.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use tokio::{task::JoinSet, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    backoff,
+    breaker::{Breaker, State},
+    http::now_ms,
+    queue::{Delivery, Entry, ObjectRef, Queue, Settlement},
+    registry::{PolicySettings, Registry},
+};
+use crate::{api::Agent, telemetry::ReceiverMetrics};
+
+/// Tuning of the workers.
+#[derive(Clone, Debug)]
+pub struct DispatchConfig {
+    /// Redis URL and key prefix, for each worker's own blocking connection.
+    pub redis_url: String,
+    pub redis_prefix: String,
+    /// This replica's consumer name in the group.
+    pub consumer: String,
+    /// How long a blocking read waits for new entries.
+    pub read_block: Duration,
+    /// Entries another consumer left unacknowledged this long beyond the
+    /// slowest agent's timeout are taken over.
+    pub reclaim_after: Duration,
+    /// On shutdown, how long in-flight dispatches may take to finish.
+    pub shutdown_grace: Duration,
+}
+
+/// Why one call to one agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("circuit open")]
+    CircuitOpen { retry_at: Instant },
+    #[error("timed out")]
+    Timeout,
+    #[error("agent answered HTTP {0}")]
+    Status(u16),
+    #[error("request failed: {0}")]
+    Transport(String),
+    #[error("agent no longer in the policy")]
+    AgentGone,
+}
+
+impl Failure {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::CircuitOpen { .. } => "circuit_open",
+            Self::Timeout => "timeout",
+            Self::Status(_) => "http_status",
+            Self::Transport(_) => "transport",
+            Self::AgentGone => "agent_gone",
+        }
+    }
+}
+
+/// Does `agent` want `event` from `repository`?
+pub fn wants(agent: &Agent, event: &str, repository: Option<&str>) -> bool {
+    let event_ok = agent.events.is_empty() || agent.events.iter().any(|e| e == "*" || e == event);
+    let repo_ok = agent.repositories.is_empty()
+        || repository.is_some_and(|repo| {
+            // NB: GitHub owner and repository names are case-insensitive.
+            agent
+                .repositories
+                .iter()
+                .any(|pattern| match pattern.strip_suffix("/*") {
+                    Some(owner) => repo
+                        .split_once('/')
+                        .is_some_and(|(o, _)| o.eq_ignore_ascii_case(owner)),
+                    None => pattern.eq_ignore_ascii_case(repo),
+                })
+        });
+    event_ok && repo_ok
+}
+
+/// CloudEvents 1.0 binary-mode headers for `delivery`. The delivery GUID is
+/// the event id, so an agent can de-duplicate retries and redeliveries.
+pub fn cloudevent_headers(delivery: &Delivery) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(HeaderName::from_static(name), v);
+        }
+    };
+    put("ce-specversion", "1.0".into());
+    put("ce-id", delivery.guid.clone());
+    put("ce-source", format!("/hookwarden/{}", delivery.hook));
+    let kind = match &delivery.action {
+        Some(action) => format!("com.github.{}.{action}", delivery.event),
+        None => format!("com.github.{}", delivery.event),
+    };
+    put("ce-type", kind);
+    put("ce-time", rfc3339_ms(delivery.received_ms));
+    if let Some(repo) = &delivery.repository {
+        put("ce-subject", repo.clone());
+    }
+    put("content-type", "application/json".into());
+    h
+}
+
+fn rfc3339_ms(ms: u64) -> String {
+    let ts = k8s_openapi::jiff::Timestamp::from_millisecond(ms as i64).unwrap_or_default();
+    ts.to_string()
+}
+
+/// The workers of one receiver replica.
+pub struct Dispatcher {
+    queue: Queue,
+    registry: Arc<Registry>,
+    metrics: Arc<ReceiverMetrics>,
+    http: reqwest::Client,
+    config: DispatchConfig,
+    breakers: Mutex<HashMap<(ObjectRef, String), Arc<Breaker>>>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        queue: Queue,
+        registry: Arc<Registry>,
+        metrics: Arc<ReceiverMetrics>,
+        config: DispatchConfig,
+    ) -> Self {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("hookwarden/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("HTTP client");
+        Self {
+            queue,
+            registry,
+            metrics,
+            http,
+            config,
+            breakers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// State of every agent's breaker, for the admin API.
+    pub fn breaker_states(&self) -> Vec<(ObjectRef, String, State)> {
+        let breakers = self.breakers.lock().unwrap();
+        breakers
+            .iter()
+            .map(|((p, a), b)| (p.clone(), a.clone(), b.state()))
+            .collect()
+    }
+
+    /// Runs one worker per AgentPolicy until `shutdown`, then lets in-flight
+    /// dispatches finish within the grace period.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut policy_set = self.registry.watch_policy_set();
+        let mut workers: HashMap<ObjectRef, CancellationToken> = HashMap::new();
+        let mut tasks = JoinSet::new();
+        loop {
+            let current = self.registry.policy_refs();
+            for policy in &current {
+                if !workers.contains_key(policy) {
+                    let stop = shutdown.child_token();
+                    workers.insert(policy.clone(), stop.clone());
+                    tasks.spawn(self.clone().run_policy(policy.clone(), stop));
+                }
+            }
+            workers.retain(|policy, stop| {
+                let keep = current.contains(policy);
+                if !keep {
+                    stop.cancel();
+                }
+                keep
+            });
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                changed = policy_set.changed() => if changed.is_err() { break },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    async fn run_policy(self: Arc<Self>, policy: ObjectRef, stop: CancellationToken) {
+        let Some(mut settings_rx) = self.registry.subscribe_policy(&policy) else {
+            return;
+        };
+        // NB: a blocking XREADGROUP holds its connection; give it one of its own
+        // so ingest and settling never wait behind it.
+        let reader = loop {
+            match Queue::connect(&self.config.redis_url, &self.config.redis_prefix).await {
+                Ok(q) => match q.ensure_group(&policy).await {
+                    Ok(()) => break q,
+                    Err(error) => {
+                        tracing::warn!(%policy, %error, "cannot create consumer group; retrying")
+                    }
+                },
+                Err(error) => tracing::warn!(%policy, %error, "cannot connect to redis; retrying"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        };
+        tracing::info!(%policy, consumer = %self.config.consumer, "worker started");
+        let policy_label = policy.to_string();
+        let mut inflight = JoinSet::new();
+        let mut held: VecDeque<Entry> = VecDeque::new();
+        let mut next_housekeeping = Instant::now();
+        let mut next_reclaim = Instant::now();
+        while !stop.is_cancelled() {
+            let settings = settings_rx.borrow_and_update().clone();
+            self.metrics
+                .agents_enabled
+                .with_label_values(&[&policy_label])
+                .set(i64::from(settings.enabled));
+            while let Some(done) = inflight.try_join_next() {
+                if let Err(error) = done {
+                    tracing::error!(%policy, %error, "dispatch task failed");
+                }
+            }
+            let now = Instant::now();
+            if now >= next_housekeeping {
+                next_housekeeping = now + Duration::from_secs(1);
+                self.housekeeping(&policy, &policy_label).await;
+                if now >= next_reclaim {
+                    next_reclaim = now + Duration::from_secs(5);
+                    let idle = self.reclaim_idle(&settings);
+                    match reader
+                        .reclaim(&policy, &self.config.consumer, idle.as_millis() as u64, 100)
+                        .await
+                    {
+                        Ok(entries) if !entries.is_empty() => {
+                            tracing::info!(%policy, count = entries.len(), "reclaimed entries of a stalled consumer");
+                            held.extend(entries);
+                        }
+                        Ok(_) => {}
+                        Err(error) => tracing::warn!(%policy, %error, "reclaim failed"),
+                    }
+                }
+            }
+            let free = if settings.enabled {
+                settings.concurrency.saturating_sub(inflight.len())
+            } else {
+                0
+            };
+            if free > 0 && !held.is_empty() {
+                for entry in held.drain(..free.min(held.len())) {
+                    inflight.spawn(self.clone().process(policy.clone(), entry));
+                }
+                continue;
+            }
+            if free > 0 {
+                // Not cancelled midway: entries read are always either dispatched or held.
+                match reader
+                    .read(
+                        &policy,
+                        &self.config.consumer,
+                        free,
+                        self.config.read_block.as_millis() as u64,
+                    )
+                    .await
+                {
+                    Ok(entries) => held.extend(entries),
+                    Err(error) => {
+                        tracing::warn!(%policy, %error, "queue read failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+                continue;
+            }
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                changed = settings_rx.changed() => if changed.is_err() { break },
+                Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
+                _ = tokio::time::sleep_until(next_housekeeping) => {}
+            }
+        }
+        // Held entries stay pending in Redis: another replica reclaims them.
+        let drained = tokio::time::timeout(self.config.shutdown_grace, async {
+            while inflight.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(%policy, unfinished = inflight.len(), "grace period over; unfinished entries will be reclaimed");
+            inflight.abort_all();
+        }
+        tracing::info!(%policy, "worker stopped");
+    }
+
+    /// Idle time after which another consumer's entry is taken over: longer
+    /// than any agent may legitimately take.
+    fn reclaim_idle(&self, settings: &PolicySettings) -> Duration {
+        let slowest = settings
+            .agents
+            .iter()
+            .map(|a| a.timeout_seconds.max(1) as u64)
+            .max()
+            .unwrap_or(10);
+        self.config.reclaim_after + Duration::from_secs(slowest)
+    }
+
+    async fn housekeeping(&self, policy: &ObjectRef, label: &str) {
+        if let Err(error) = self.queue.promote_due(policy, now_ms(), 100).await {
+            tracing::warn!(%policy, %error, "could not promote due retries");
+        }
+        if let Ok(len) = self.queue.len(policy).await {
+            self.metrics
+                .queue_length
+                .with_label_values(&[label])
+                .set(len as i64);
+        }
+        if let Ok(len) = self.queue.dead_len(policy).await {
+            self.metrics
+                .dead_letters
+                .with_label_values(&[label])
+                .set(len as i64);
+        }
+    }
+
+    fn breaker(&self, policy: &ObjectRef, agent: &str, settings: &PolicySettings) -> Arc<Breaker> {
+        let mut breakers = self.breakers.lock().unwrap();
+        let breaker = breakers
+            .entry((policy.clone(), agent.to_owned()))
+            .or_insert_with(|| Arc::new(Breaker::new(settings.circuit_breaker.clone())));
+        breaker.reconfigure(&settings.circuit_breaker);
+        breaker.clone()
+    }
+
+    async fn process(self: Arc<Self>, policy: ObjectRef, entry: Entry) {
+        let Some(settings) = self.registry.policy(&policy) else {
+            return;
+        };
+        let d = &entry.delivery;
+        let targets: Vec<Result<&Agent, String>> = match &d.agent {
+            // A retry or replay is for one agent only.
+            Some(name) => vec![
+                settings
+                    .agents
+                    .iter()
+                    .find(|a| &a.name == name)
+                    .ok_or_else(|| name.clone()),
+            ],
+            None => settings
+                .agents
+                .iter()
+                .filter(|a| wants(a, &d.event, d.repository.as_deref()))
+                .map(Ok)
+                .collect(),
+        };
+        let calls = targets.iter().map(|target| async {
+            match target {
+                Ok(agent) => (
+                    agent.name.clone(),
+                    self.call(&policy, agent, &settings, d).await,
+                ),
+                Err(name) => (name.clone(), Err(Failure::AgentGone)),
+            }
+        });
+        let outcomes = futures::future::join_all(calls).await;
+
+        let policy_label = policy.to_string();
+        let mut settlement = Settlement::default();
+        let now = now_ms();
+        for (agent, outcome) in outcomes {
+            let labels = |result: &str| [policy_label.clone(), agent.clone(), result.to_owned()];
+            let Err(failure) = outcome else {
+                self.metrics
+                    .processed
+                    .with_label_values(&labels("success"))
+                    .inc();
+                continue;
+            };
+            let attempts = d.attempt + 1;
+            self.metrics
+                .errors
+                .with_label_values(&labels(failure.metric_label()))
+                .inc();
+            let gone = matches!(failure, Failure::AgentGone);
+            if gone || attempts >= settings.retry.max_attempts.max(1) as u32 {
+                tracing::warn!(%policy, agent, delivery_id = %d.guid, attempts, error = %failure, "dead-lettered");
+                self.metrics
+                    .processed
+                    .with_label_values(&labels("dead_letter"))
+                    .inc();
+                settlement.dead.push((agent, attempts, failure.to_string()));
+            } else {
+                let mut wait = backoff::delay(&settings.retry, attempts);
+                if let Failure::CircuitOpen { retry_at } = failure {
+                    wait = wait.max(retry_at.saturating_duration_since(Instant::now()));
+                }
+                tracing::info!(%policy, agent, delivery_id = %d.guid, attempts, retry_in_ms = wait.as_millis() as u64, error = %failure, "retry scheduled");
+                self.metrics
+                    .processed
+                    .with_label_values(&labels("retry"))
+                    .inc();
+                settlement
+                    .retries
+                    .push((agent, now + wait.as_millis() as u64, attempts));
+            }
+        }
+        for attempt in 1..=3 {
+            match self.queue.settle(&policy, &entry, &settlement, now).await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(%policy, delivery_id = %d.guid, attempt, %error, "could not settle; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        // Left pending: a later reclaim processes it again (agents see the
+        // same CloudEvent id and can de-duplicate).
+        tracing::error!(%policy, delivery_id = %d.guid, "could not settle; entry stays pending for reclaim");
+    }
+
+    async fn call(
+        &self,
+        policy: &ObjectRef,
+        agent: &Agent,
+        settings: &PolicySettings,
+        d: &Delivery,
+    ) -> Result<(), Failure> {
+        let breaker = self.breaker(policy, &agent.name, settings);
+        let labels = [policy.to_string(), agent.name.clone()];
+        let permit = breaker.acquire().map_err(|r| Failure::CircuitOpen {
+            retry_at: r.retry_at,
+        })?;
+        let response = self
+            .http
+            .post(&agent.url)
+            .timeout(Duration::from_secs(agent.timeout_seconds.max(1) as u64))
+            .headers(cloudevent_headers(d))
+            .body(d.payload.clone())
+            .send()
+            .await;
+        let result = match response {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(Failure::Status(r.status().as_u16())),
+            Err(e) if e.is_timeout() => Err(Failure::Timeout),
+            Err(e) => Err(Failure::Transport(e.without_url().to_string())),
+        };
+        breaker.record(permit, result.is_ok());
+        let open = breaker.state() != State::Closed;
+        self.metrics
+            .breaker_open
+            .with_label_values(&labels)
+            .set(i64::from(open));
+        let elapsed = now_ms().saturating_sub(d.received_ms) as f64 / 1000.0;
+        self.metrics
+            .duration
+            .with_label_values(&labels)
+            .observe(elapsed);
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(events: &[&str], repositories: &[&str]) -> Agent {
+        Agent {
+            name: "a".into(),
+            url: "http://a/".into(),
+            events: events.iter().map(|s| s.to_string()).collect(),
+            repositories: repositories.iter().map(|s| s.to_string()).collect(),
+            timeout_seconds: 10,
+        }
+    }
+
+    #[test]
+    fn filters_by_event_and_repository() {
+        let repo = Some("Octo-Org/Hello-World");
+        assert!(wants(&agent(&[], &[]), "push", None));
+        assert!(wants(&agent(&["*"], &[]), "push", repo));
+        assert!(wants(&agent(&["push", "issues"], &[]), "issues", repo));
+        assert!(!wants(&agent(&["push"], &[]), "issues", repo));
+        assert!(
+            wants(&agent(&[], &["octo-org/hello-world"]), "push", repo),
+            "names are case-insensitive"
+        );
+        assert!(wants(&agent(&[], &["octo-org/*"]), "push", repo));
+        assert!(!wants(&agent(&[], &["octo-org/other"]), "push", repo));
+        assert!(!wants(&agent(&[], &["other/*"]), "push", repo));
+        assert!(
+            !wants(&agent(&[], &["octo-org/*"]), "push", None),
+            "no repository, no match"
+        );
+        assert!(
+            !wants(&agent(&["push"], &["octo-org/*"]), "issues", repo),
+            "both filters must match"
+        );
+    }
+
+    #[test]
+    fn cloudevent_headers_carry_the_delivery() {
+        let d = Delivery {
+            guid: "72d3162e-cc78-11e3-81ab-4c9367dc0958".into(),
+            event: "pull_request".into(),
+            hook: ObjectRef::new("team", "repo"),
+            repository: Some("octo-org/hello-world".into()),
+            action: Some("opened".into()),
+            payload: bytes::Bytes::from_static(b"{}"),
+            received_ms: 1_700_000_000_123,
+            agent: None,
+            attempt: 0,
+        };
+        let h = cloudevent_headers(&d);
+        let get = |n: &str| h.get(n).unwrap().to_str().unwrap().to_owned();
+        assert_eq!(get("ce-specversion"), "1.0");
+        assert_eq!(get("ce-id"), d.guid);
+        assert_eq!(get("ce-type"), "com.github.pull_request.opened");
+        assert_eq!(get("ce-source"), "/hookwarden/team/repo");
+        assert_eq!(get("ce-subject"), "octo-org/hello-world");
+        assert_eq!(get("ce-time"), "2023-11-14T22:13:20.123Z");
+        assert_eq!(get("content-type"), "application/json");
+    }
+}
