@@ -10,11 +10,35 @@
 //!   their validation and condition vocabulary.
 //! - [`keys`]: the layout of a hook's HMAC keys in its Secret.
 //! - [`signature`]: GitHub's `X-Hub-Signature-256`, signed and verified.
+//! - [`operator`]: the operator's controllers.
 //! - [`receiver`]: the receiver: ingest, queue, dispatch.
 //! - [`telemetry`]: logging and metrics.
 
 pub mod api;
 pub mod keys;
+pub mod operator;
 pub mod receiver;
 pub mod signature;
 pub mod telemetry;
+
+/// Resolves on SIGTERM (what Kubernetes sends) or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

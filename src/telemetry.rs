@@ -144,3 +144,73 @@ impl Default for ReceiverMetrics {
         Self::new()
     }
 }
+
+/// The operator's metrics.
+pub struct OperatorMetrics {
+    registry: Registry,
+    /// Reconciles, by controller and outcome.
+    pub reconciles: IntCounterVec,
+    /// Failed reconciles, by controller and reason.
+    pub reconcile_errors: IntCounterVec,
+    /// Reconcile duration, by controller.
+    pub reconcile_duration: HistogramVec,
+}
+
+impl OperatorMetrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let reconciles = IntCounterVec::new(
+            Opts::new(
+                "hookwarden_reconciles_total",
+                "Reconciles by controller and outcome",
+            ),
+            &["controller", "outcome"],
+        )
+        .expect("valid metric");
+        let reconcile_errors = IntCounterVec::new(
+            Opts::new(
+                "hookwarden_reconcile_errors_total",
+                "Failed reconciles by controller and reason",
+            ),
+            &["controller", "reason"],
+        )
+        .expect("valid metric");
+        let reconcile_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "hookwarden_reconcile_duration_seconds",
+                "Reconcile duration",
+            ),
+            &["controller"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(reconciles.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(reconcile_errors.clone()))
+            .expect("unique metric");
+        registry
+            .register(Box::new(reconcile_duration.clone()))
+            .expect("unique metric");
+        Self {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encode metrics");
+        String::from_utf8(out).expect("metrics are UTF-8")
+    }
+}
+
+impl Default for OperatorMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

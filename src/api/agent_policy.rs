@@ -60,6 +60,24 @@ pub struct AgentPolicySpec {
     /// Retries of a failed dispatch before it goes to the dead-letter stream.
     #[serde(default)]
     pub retry: RetryPolicy,
+
+    /// Rules by which the operator trips the kill switch on its own.
+    #[serde(default)]
+    pub safety: Safety,
+}
+
+/// Automatic safety rules. A tripped rule shows in `status.reason`, the
+/// `Dispatching` condition and an Event; it clears when its cause is gone
+/// (dead letters replayed or purged) or its limit is raised in spec.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Safety {
+    /// Stop dispatching while more than this many dead letters wait for the
+    /// policy: agents that keep failing should be looked at, not hammered.
+    /// Unset: no limit. Needs the operator to reach Redis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_dead_letters: Option<i64>,
 }
 
 /// One downstream HTTP endpoint that receives events as CloudEvents.

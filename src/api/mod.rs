@@ -53,6 +53,47 @@ pub enum Error {
     },
 }
 
+/// Why a controller cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("cannot reach the Kubernetes API: {0}")]
+    Kube(#[source] kube::Error),
+    #[error("the {0} CRD is not installed: install the Helm chart, or `kubectl apply -f crds/`")]
+    CrdMissing(String),
+    #[error("cannot listen: {0}")]
+    Listen(#[source] std::io::Error),
+}
+
+/// Fails fast, with a message that says what to do, when a CRD is missing.
+pub async fn check_installed(client: &kube::Client) -> Result<(), InstallError> {
+    let probe = kube::api::ListParams::default().limit(1);
+    for (crd, result) in [
+        (
+            "webhookconfigs.hookwarden.io",
+            kube::Api::<WebhookConfig>::all(client.clone())
+                .list_metadata(&probe)
+                .await
+                .map(drop),
+        ),
+        (
+            "agentpolicies.hookwarden.io",
+            kube::Api::<AgentPolicy>::all(client.clone())
+                .list_metadata(&probe)
+                .await
+                .map(drop),
+        ),
+    ] {
+        match result {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {
+                return Err(InstallError::CrdMissing(crd.to_owned()));
+            }
+            Err(e) => return Err(InstallError::Kube(e)),
+        }
+    }
+    Ok(())
+}
+
 /// Every CustomResourceDefinition of the API, in a stable order.
 pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>

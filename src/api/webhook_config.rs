@@ -260,3 +260,15 @@ fn default_rotation_interval() -> Duration {
 fn default_rotation_overlap() -> Duration {
     "10m".parse().expect("valid literal")
 }
+
+impl WebhookConfig {
+    /// Name of the Secret holding the hook's keys: as recorded in status,
+    /// else as asked in spec, else `{name}-hmac`.
+    pub fn secret_name(&self) -> String {
+        self.status
+            .as_ref()
+            .and_then(|s| s.secret_name.clone())
+            .or_else(|| self.spec.secret_name.clone())
+            .unwrap_or_else(|| format!("{}-hmac", kube::ResourceExt::name_any(self)))
+    }
+}

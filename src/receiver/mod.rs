@@ -4,7 +4,8 @@
 //! - [`http`]: the axum router (ingest, health, metrics).
 //! - [`queue`]: Redis Streams: enqueue with de-duplication, settle, retries,
 //!   dead letters.
-//! - [`registry`]: hooks, keys and policy settings, kept current by watches.
+//! - [`registry`]: hooks, keys and policy settings, kept current by [`watch`].
+//! - [`dispatch`]: workers, with [`breaker`] and [`backoff`].
 
 pub mod backoff;
 pub mod breaker;
@@ -12,3 +13,113 @@ pub mod dispatch;
 pub mod http;
 pub mod queue;
 pub mod registry;
+pub mod watch;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use kube::Client;
+use tokio_util::sync::CancellationToken;
+
+use crate::telemetry::ReceiverMetrics;
+use dispatch::{DispatchConfig, Dispatcher};
+use queue::Queue;
+use registry::Registry;
+
+/// Settings of one receiver process.
+#[derive(Clone, Debug)]
+pub struct ReceiverConfig {
+    pub listen: SocketAddr,
+    pub redis_url: String,
+    pub redis_prefix: String,
+    /// Watch only this namespace (default: all).
+    pub namespace: Option<String>,
+    pub body_limit: usize,
+    pub consumer: String,
+    pub shutdown_grace: Duration,
+    pub reclaim_after: Duration,
+}
+
+/// Why the receiver could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Install(#[from] crate::api::InstallError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("server error: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// Runs the receiver until SIGTERM or Ctrl-C, then shuts down gracefully:
+/// stops accepting, lets in-flight dispatches finish within the grace period
+/// (the rest stay pending in Redis for another replica), and returns.
+pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), Error> {
+    crate::api::check_installed(&client).await?;
+    let queue = connect_redis(&config).await;
+    let registry = Arc::new(Registry::new());
+    let metrics = Arc::new(ReceiverMetrics::new());
+    watch::spawn(&client, config.namespace.as_deref(), registry.clone());
+
+    let shutdown = CancellationToken::new();
+    let dispatcher = Arc::new(Dispatcher::new(
+        queue.clone(),
+        registry.clone(),
+        metrics.clone(),
+        DispatchConfig {
+            redis_url: config.redis_url.clone(),
+            redis_prefix: config.redis_prefix.clone(),
+            consumer: config.consumer.clone(),
+            read_block: Duration::from_millis(250),
+            reclaim_after: config.reclaim_after,
+            shutdown_grace: config.shutdown_grace,
+        },
+    ));
+    let workers = tokio::spawn(dispatcher.clone().run(shutdown.clone()));
+
+    let state = http::AppState {
+        registry,
+        queue,
+        metrics,
+        body_limit: config.body_limit,
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: config.listen,
+            source,
+        })?;
+    tracing::info!(listen = %config.listen, consumer = %config.consumer, "receiver listening");
+    let stop = shutdown.clone();
+    axum::serve(listener, http::router(state))
+        .with_graceful_shutdown(async move {
+            crate::shutdown_signal().await;
+            tracing::info!("shutting down: no new deliveries, finishing in-flight dispatches");
+            stop.cancel();
+        })
+        .await
+        .map_err(Error::Serve)?;
+    shutdown.cancel();
+    let _ = workers.await;
+    tracing::info!("receiver stopped");
+    Ok(())
+}
+
+/// Connects to Redis, waiting for it: until it answers there is nothing to
+/// accept deliveries into.
+async fn connect_redis(config: &ReceiverConfig) -> Queue {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match Queue::connect(&config.redis_url, &config.redis_prefix).await {
+            Ok(queue) => return queue,
+            Err(error) => {
+                tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "redis unavailable");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

@@ -105,6 +105,10 @@ impl Registry {
         self.hooks.write().unwrap().insert(hook, info);
     }
 
+    pub fn hook_refs(&self) -> Vec<ObjectRef> {
+        self.hooks.read().unwrap().keys().cloned().collect()
+    }
+
     pub fn remove_hook(&self, hook: &ObjectRef) {
         self.hooks.write().unwrap().remove(hook);
     }
@@ -121,6 +125,10 @@ impl Registry {
 
     pub fn set_keys(&self, secret: ObjectRef, keys: Vec<HmacKey>) {
         self.keys.write().unwrap().insert(secret, keys.into());
+    }
+
+    pub fn key_refs(&self) -> Vec<ObjectRef> {
+        self.keys.read().unwrap().keys().cloned().collect()
     }
 
     pub fn remove_keys(&self, secret: &ObjectRef) {

@@ -1,0 +1,123 @@
+//! Keeps the [`Registry`] current from the Kubernetes API: WebhookConfigs
+//! (which hook uses which Secret and policy), hookwarden's Secrets (the keys,
+//! reloaded the moment the operator writes one) and AgentPolicies (the
+//! effective settings from their status).
+
+use std::{collections::HashSet, sync::Arc};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    runtime::{WatchStreamExt, watcher},
+};
+
+use super::{
+    queue::ObjectRef,
+    registry::{HookInfo, PolicySettings, Registry, Watched},
+};
+use crate::{
+    api::{AgentPolicy, WebhookConfig},
+    keys::{MANAGED_BY, keys_from_secret},
+};
+
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as Resource>::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn object_ref<K: Resource>(obj: &K) -> ObjectRef {
+    ObjectRef::new(obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+/// Starts the three watches; they run until the process ends, riding out
+/// API errors with backoff.
+pub fn spawn(client: &Client, namespace: Option<&str>, registry: Arc<Registry>) {
+    let hooks = api::<WebhookConfig>(client, namespace);
+    tokio::spawn(follow(
+        hooks,
+        watcher::Config::default(),
+        registry.clone(),
+        Watched::Hooks,
+        Registry::hook_refs,
+        |r, whc| {
+            let ns = whc.namespace().unwrap_or_default();
+            let info = HookInfo {
+                secret: ObjectRef::new(ns.clone(), whc.secret_name()),
+                policy: ObjectRef::new(ns, whc.spec.agent_policy.clone()),
+            };
+            r.set_hook(object_ref(whc), info);
+        },
+        Registry::remove_hook,
+    ));
+
+    let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+    let secrets = api::<Secret>(client, namespace);
+    tokio::spawn(follow(
+        secrets,
+        watcher::Config::default().labels(&selector),
+        registry.clone(),
+        Watched::Keys,
+        Registry::key_refs,
+        |r, secret| {
+            let keys = keys_from_secret(secret);
+            tracing::info!(secret = %object_ref(secret), versions = ?keys.iter().map(|k| k.version()).collect::<Vec<_>>(), "keys loaded");
+            r.set_keys(object_ref(secret), keys);
+        },
+        Registry::remove_keys,
+    ));
+
+    let policies = api::<AgentPolicy>(client, namespace);
+    tokio::spawn(follow(
+        policies,
+        watcher::Config::default(),
+        registry,
+        Watched::Policies,
+        Registry::policy_refs,
+        |r, policy| {
+            r.set_policy(object_ref(policy), PolicySettings::from_policy(policy));
+        },
+        Registry::remove_policy,
+    ));
+}
+
+/// Applies a watch to the registry. A re-list (after a disconnect) also
+/// removes what disappeared meanwhile.
+async fn follow<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    registry: Arc<Registry>,
+    what: Watched,
+    known: fn(&Registry) -> Vec<ObjectRef>,
+    apply: impl Fn(&Registry, &K),
+    delete: fn(&Registry, &ObjectRef),
+) where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let mut events = watcher(api, config).default_backoff().boxed();
+    let mut seen = HashSet::new();
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(watcher::Event::Init) => seen.clear(),
+            Ok(watcher::Event::InitApply(obj)) => {
+                seen.insert(object_ref(&obj));
+                apply(&registry, &obj);
+            }
+            Ok(watcher::Event::InitDone) => {
+                for gone in known(&registry).into_iter().filter(|r| !seen.contains(r)) {
+                    delete(&registry, &gone);
+                }
+                registry.mark_synced(what);
+            }
+            Ok(watcher::Event::Apply(obj)) => apply(&registry, &obj),
+            Ok(watcher::Event::Delete(obj)) => delete(&registry, &object_ref(&obj)),
+            Err(error) => tracing::warn!(?what, %error, "watch error; retrying"),
+        }
+    }
+}
