@@ -12,12 +12,14 @@
 //! - [`signature`]: GitHub's `X-Hub-Signature-256`, signed and verified.
 //! - [`operator`]: the operator's controllers.
 //! - [`receiver`]: the receiver: ingest, queue, dispatch.
+//! - [`sample_agent`]: a recording HTTP sink standing in for an agent.
 //! - [`telemetry`]: logging and metrics.
 
 pub mod api;
 pub mod keys;
 pub mod operator;
 pub mod receiver;
+pub mod sample_agent;
 pub mod signature;
 pub mod telemetry;
 

@@ -29,6 +29,12 @@ enum Command {
     Receiver(ReceiverArgs),
     /// Run the controllers (AgentPolicy effective settings).
     Operator(OperatorArgs),
+    /// A recording HTTP sink that stands in for a downstream agent.
+    SampleAgent {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: SocketAddr,
+    },
 }
 
 #[derive(clap::Args)]
@@ -106,6 +112,20 @@ fn main() -> ExitCode {
                     Err(error) => return fail(error),
                 };
                 match receiver::run(config, client).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(error) => fail(error),
+                }
+            })
+        }
+        Command::SampleAgent { listen } => {
+            hookwarden::telemetry::init_logging();
+            runtime().block_on(async {
+                let listener = match tokio::net::TcpListener::bind(listen).await {
+                    Ok(l) => l,
+                    Err(error) => return fail(format!("cannot listen on {listen}: {error}")),
+                };
+                tracing::info!(%listen, "sample agent listening");
+                match hookwarden::sample_agent::serve(listener, Default::default()).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(error) => fail(error),
                 }

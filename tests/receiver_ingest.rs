@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use axum::{
     Router,
@@ -433,45 +433,17 @@ async fn a_full_queue_answers_503_with_retry_after() {
 #[tokio::test]
 async fn redis_down_means_503_never_a_silent_2xx() {
     // A Redis of this test's own, so stopping it disturbs no other test.
-    let dir = std::env::temp_dir().join(redis_prefix());
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut redis = std::process::Command::new("redis-server")
-        .args([
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--dir",
-        ])
-        .arg(&dir)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("start redis-server");
-    let url = format!("redis://127.0.0.1:{port}");
-    common::eventually(
-        "private redis to start",
-        Duration::from_secs(10),
-        || async { Queue::connect(&url, "x").await.ok().map(|_| ()) },
-    )
-    .await;
+    let redis = common::PrivateRedis::start();
+    let url = redis.url.clone();
     let h = harness_with(&url, DEFAULT_BODY_LIMIT).await;
     assert_eq!(
         send(&h.app, signed("push", &guid(), b"{}")).await.0,
         StatusCode::ACCEPTED
     );
 
-    redis.kill().unwrap();
-    redis.wait().unwrap();
+    redis.kill();
     let (status, reply, retry_after) = send(&h.app, signed("push", &guid(), b"{}")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reply}");
     assert_eq!(reply["error"], "queue unavailable; retry later");
     assert!(retry_after.is_some());
-    let _ = std::fs::remove_dir_all(dir);
 }

@@ -206,3 +206,88 @@ pub fn webhook_examples() -> Vec<(String, serde_json::Value)> {
 pub fn redis_prefix() -> String {
     format!("hwtest-{:08x}", rand::random::<u32>())
 }
+
+/// A redis-server of one test's own (append-only file on), for tests that
+/// stop or restart it without disturbing the others.
+pub struct PrivateRedis {
+    pub url: String,
+    port: u16,
+    dir: PathBuf,
+    child: std::sync::Mutex<std::process::Child>,
+}
+
+impl PrivateRedis {
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(redis_prefix());
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Self::spawn(port, &dir);
+        let redis = Self {
+            url: format!("redis://127.0.0.1:{port}"),
+            port,
+            dir,
+            child: std::sync::Mutex::new(child),
+        };
+        redis.wait_ready();
+        redis
+    }
+
+    fn spawn(port: u16, dir: &Path) -> std::process::Child {
+        Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--dir",
+            ])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start redis-server (installed by e2e/up)")
+    }
+
+    fn wait_ready(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the server abruptly.
+    pub fn kill(&self) {
+        let mut child = self.child.lock().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Stops it as an orchestrator would (SIGTERM: the append-only file is
+    /// flushed) and starts it again on the same port and data.
+    pub fn restart(&self) {
+        let mut child = self.child.lock().unwrap();
+        let _ = Command::new("kill").arg(child.id().to_string()).status();
+        let _ = child.wait();
+        *child = Self::spawn(self.port, &self.dir);
+        drop(child);
+        self.wait_ready();
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

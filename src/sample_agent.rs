@@ -1,0 +1,171 @@
+//! `hookwarden sample-agent`: a small HTTP sink that stands in for a
+//! downstream agent. It records every CloudEvent it gets, and can be told to
+//! fail or be slow, so the whole path can be watched and tested.
+//!
+//! - `POST /{agent}`: an event for agent `{agent}`; answered per its mode.
+//! - `PUT /_mode/{agent}` with body `ok`, `fail` or `slow:<ms>`.
+//! - `GET /_received/{agent}`: what it got, as JSON `[{id, type, subject, attempt, bytes}]`.
+//! - `GET /_stats/{agent}`: `{received, inFlight, maxInFlight}`.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+    routing::{get, post, put},
+};
+use serde::Serialize;
+
+/// How an agent answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    #[default]
+    Ok,
+    Fail,
+    Slow(u64),
+}
+
+/// One received CloudEvent.
+#[derive(Clone, Debug, Serialize)]
+pub struct Received {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub subject: Option<String>,
+    pub bytes: usize,
+}
+
+#[derive(Default)]
+struct AgentState {
+    mode: Mode,
+    received: Vec<Received>,
+    in_flight: usize,
+    max_in_flight: usize,
+}
+
+/// The sink's state, shared by its handlers (and inspectable in-process).
+#[derive(Clone, Default)]
+pub struct Sink {
+    agents: Arc<Mutex<HashMap<String, AgentState>>>,
+}
+
+impl Sink {
+    pub fn set_mode(&self, agent: &str, mode: Mode) {
+        self.agents
+            .lock()
+            .unwrap()
+            .entry(agent.to_owned())
+            .or_default()
+            .mode = mode;
+    }
+
+    /// Events agent `agent` accepted (answered 2xx), in arrival order.
+    pub fn received(&self, agent: &str) -> Vec<Received> {
+        self.agents
+            .lock()
+            .unwrap()
+            .get(agent)
+            .map(|a| a.received.clone())
+            .unwrap_or_default()
+    }
+
+    /// The most requests agent `agent` had in flight at once.
+    pub fn max_in_flight(&self, agent: &str) -> usize {
+        self.agents
+            .lock()
+            .unwrap()
+            .get(agent)
+            .map_or(0, |a| a.max_in_flight)
+    }
+
+    /// Forgets the in-flight high-water mark.
+    pub fn reset_max_in_flight(&self, agent: &str) {
+        if let Some(a) = self.agents.lock().unwrap().get_mut(agent) {
+            a.max_in_flight = a.in_flight;
+        }
+    }
+}
+
+pub fn router(sink: Sink) -> Router {
+    Router::new()
+        .route("/{agent}", post(receive))
+        .route("/_mode/{agent}", put(set_mode))
+        .route(
+            "/_received/{agent}",
+            get(|State(s): State<Sink>, Path(a): Path<String>| async move { Json(s.received(&a)) }),
+        )
+        .route("/_stats/{agent}", get(stats))
+        .with_state(sink)
+}
+
+async fn receive(
+    State(sink): State<Sink>,
+    Path(agent): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> StatusCode {
+    let header = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let mode = {
+        let mut agents = sink.agents.lock().unwrap();
+        let a = agents.entry(agent.clone()).or_default();
+        a.in_flight += 1;
+        a.max_in_flight = a.max_in_flight.max(a.in_flight);
+        a.mode
+    };
+    if let Mode::Slow(ms) = mode {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let mut agents = sink.agents.lock().unwrap();
+    let a = agents.get_mut(&agent).expect("entry created above");
+    a.in_flight -= 1;
+    if mode == Mode::Fail {
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    }
+    a.received.push(Received {
+        id: header("ce-id").unwrap_or_default(),
+        kind: header("ce-type").unwrap_or_default(),
+        subject: header("ce-subject"),
+        bytes: body.len(),
+    });
+    tracing::info!(agent, id = ?header("ce-id"), kind = ?header("ce-type"), "event received");
+    StatusCode::OK
+}
+
+async fn set_mode(State(sink): State<Sink>, Path(agent): Path<String>, body: String) -> StatusCode {
+    let mode = match body.trim() {
+        "ok" => Mode::Ok,
+        "fail" => Mode::Fail,
+        other => match other.strip_prefix("slow:").and_then(|ms| ms.parse().ok()) {
+            Some(ms) => Mode::Slow(ms),
+            None => return StatusCode::BAD_REQUEST,
+        },
+    };
+    sink.set_mode(&agent, mode);
+    StatusCode::NO_CONTENT
+}
+
+async fn stats(State(sink): State<Sink>, Path(agent): Path<String>) -> Json<serde_json::Value> {
+    let agents = sink.agents.lock().unwrap();
+    let (received, in_flight, max) = agents.get(&agent).map_or((0, 0, 0), |a| {
+        (a.received.len(), a.in_flight, a.max_in_flight)
+    });
+    Json(serde_json::json!({ "received": received, "inFlight": in_flight, "maxInFlight": max }))
+}
+
+/// Serves the sink on `listener` until SIGTERM or Ctrl-C.
+pub async fn serve(listener: tokio::net::TcpListener, sink: Sink) -> std::io::Result<()> {
+    axum::serve(listener, router(sink))
+        .with_graceful_shutdown(crate::shutdown_signal())
+        .await
+}

@@ -1,0 +1,393 @@
+//! Dispatch against a real Redis and real HTTP agents (the sample agent):
+//! routing, the kill switch, live concurrency, circuit breaking, retries,
+//! dead letters and replay, reclaiming a crashed consumer's work, and a Redis
+//! restart.
+
+mod common;
+
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use common::{TestEnv, eventually, redis_prefix};
+use hookwarden::{
+    api::{Agent, CircuitBreaker, RetryPolicy, RetryStrategy},
+    receiver::{
+        dispatch::{DispatchConfig, Dispatcher},
+        queue::{Delivery, ObjectRef, Queue},
+        registry::{PolicySettings, Registry},
+    },
+    sample_agent::{self, Mode, Sink},
+    telemetry::ReceiverMetrics,
+};
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct World {
+    redis_url: String,
+    prefix: String,
+    queue: Queue,
+    registry: Arc<Registry>,
+    metrics: Arc<ReceiverMetrics>,
+    sink: Sink,
+    sink_url: String,
+    policy: ObjectRef,
+    settings: PolicySettings,
+}
+
+impl World {
+    async fn new(redis_url: &str) -> Self {
+        let prefix = redis_prefix();
+        let queue = Queue::connect(redis_url, &prefix).await.unwrap();
+        let sink = Sink::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sink_url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(axum::serve(listener, sample_agent::router(sink.clone())).into_future());
+        let settings = PolicySettings {
+            enabled: true,
+            concurrency: 4,
+            queue_limit: 10_000,
+            reason: String::new(),
+            agents: vec![],
+            circuit_breaker: CircuitBreaker::default(),
+            retry: RetryPolicy {
+                strategy: RetryStrategy::Fixed,
+                max_attempts: 5,
+                initial_delay: "100ms".parse().unwrap(),
+                max_delay: "1s".parse().unwrap(),
+            },
+        };
+        Self {
+            redis_url: redis_url.to_owned(),
+            prefix,
+            queue,
+            registry: Arc::new(Registry::new()),
+            metrics: Arc::new(ReceiverMetrics::new()),
+            sink,
+            sink_url,
+            policy: ObjectRef::new("team", "default"),
+            settings,
+        }
+    }
+
+    fn agent(&self, name: &str, events: &[&str]) -> Agent {
+        Agent {
+            name: name.into(),
+            url: format!("{}/{name}", self.sink_url),
+            events: events.iter().map(|e| e.to_string()).collect(),
+            repositories: vec![],
+            timeout_seconds: 2,
+        }
+    }
+
+    /// Publishes `self.settings` as the policy's effective settings.
+    fn apply(&self) {
+        self.registry
+            .set_policy(self.policy.clone(), self.settings.clone());
+    }
+
+    /// Starts a receiver's workers under consumer name `consumer`.
+    fn start(&self, consumer: &str) -> CancellationToken {
+        let dispatcher = Arc::new(Dispatcher::new(
+            self.queue.clone(),
+            self.registry.clone(),
+            self.metrics.clone(),
+            DispatchConfig {
+                redis_url: self.redis_url.clone(),
+                redis_prefix: self.prefix.clone(),
+                consumer: consumer.into(),
+                read_block: Duration::from_millis(100),
+                reclaim_after: Duration::from_secs(1),
+                shutdown_grace: Duration::from_secs(5),
+            },
+        ));
+        let stop = CancellationToken::new();
+        tokio::spawn(dispatcher.run(stop.clone()));
+        stop
+    }
+
+    async fn enqueue(&self, event: &str, n: usize) -> Vec<String> {
+        let mut guids = Vec::new();
+        for _ in 0..n {
+            let guid = format!("{:032x}", rand::random::<u128>());
+            let d = Delivery {
+                guid: guid.clone(),
+                event: event.into(),
+                hook: ObjectRef::new("team", "repo-hook"),
+                repository: Some("octo-org/hello-world".into()),
+                action: Some("opened".into()),
+                payload: Bytes::from(format!(r#"{{"n":"{guid}"}}"#)),
+                received_ms: 1,
+                agent: None,
+                attempt: 0,
+            };
+            self.queue.enqueue(&self.policy, &d, 10_000).await.unwrap();
+            guids.push(guid);
+        }
+        guids
+    }
+
+    fn ids(&self, agent: &str) -> Vec<String> {
+        self.sink
+            .received(agent)
+            .into_iter()
+            .map(|r| r.id)
+            .collect()
+    }
+
+    async fn until_received(&self, agent: &str, want: &[String]) {
+        let want: HashSet<&String> = want.iter().collect();
+        eventually(
+            &format!("{agent} to receive {} events", want.len()),
+            WAIT,
+            || async {
+                let got = self.ids(agent);
+                want.iter().all(|id| got.contains(id)).then_some(())
+            },
+        )
+        .await;
+    }
+}
+
+async fn world() -> World {
+    World::new(TestEnv::load().var("REDIS_URL")).await
+}
+
+#[tokio::test]
+async fn events_reach_every_matching_agent_as_cloudevents() {
+    let mut w = world().await;
+    w.settings.agents = vec![
+        w.agent("reviewer", &["pull_request"]),
+        w.agent("triage", &["issues"]),
+        w.agent("audit", &[]),
+    ];
+    w.apply();
+    let _stop = w.start("a");
+    let prs = w.enqueue("pull_request", 3).await;
+    let issues = w.enqueue("issues", 2).await;
+    let all: Vec<String> = prs.iter().chain(&issues).cloned().collect();
+    w.until_received("audit", &all).await;
+    w.until_received("reviewer", &prs).await;
+    w.until_received("triage", &issues).await;
+    assert_eq!(
+        w.ids("reviewer").len(),
+        3,
+        "reviewer wants pull requests only"
+    );
+    assert_eq!(w.ids("triage").len(), 2, "triage wants issues only");
+    let event = &w.sink.received("reviewer")[0];
+    assert_eq!(event.kind, "com.github.pull_request.opened");
+    assert_eq!(event.subject.as_deref(), Some("octo-org/hello-world"));
+    eventually("the queue to drain", WAIT, || async {
+        (w.queue.len(&w.policy).await.unwrap() == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn kill_switch_holds_events_and_reenabling_drains_each_exactly_once() {
+    let mut w = world().await;
+    w.settings.agents = vec![w.agent("a", &[])];
+    w.settings.enabled = false;
+    w.apply();
+    let _stop = w.start("a");
+    let guids = w.enqueue("push", 20).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        w.ids("a").is_empty(),
+        "nothing is dispatched while disabled"
+    );
+    assert_eq!(
+        w.queue.len(&w.policy).await.unwrap(),
+        20,
+        "everything waits in the queue"
+    );
+
+    w.settings.enabled = true;
+    w.apply();
+    w.until_received("a", &guids).await;
+    let got = w.ids("a");
+    assert_eq!(got.len(), 20, "each event once: {got:?}");
+    assert_eq!(got.iter().collect::<HashSet<_>>().len(), 20);
+
+    // Off again mid-stream: events queued afterwards wait again.
+    w.settings.enabled = false;
+    w.apply();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    w.enqueue("push", 5).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(w.ids("a").len(), 20);
+}
+
+#[tokio::test]
+async fn concurrency_changes_apply_without_a_restart() {
+    let mut w = world().await;
+    w.settings.agents = vec![w.agent("slow", &[])];
+    w.settings.concurrency = 1;
+    w.sink.set_mode("slow", Mode::Slow(300));
+    w.apply();
+    let _stop = w.start("a");
+    let guids = w.enqueue("push", 24).await;
+    eventually("a few dispatches at concurrency 1", WAIT, || async {
+        (w.ids("slow").len() >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(w.sink.max_in_flight("slow"), 1);
+
+    w.settings.concurrency = 4;
+    w.apply();
+    eventually("4 dispatches in flight", WAIT, || async {
+        (w.sink.max_in_flight("slow") == 4).then_some(())
+    })
+    .await;
+    w.until_received("slow", &guids).await;
+    assert_eq!(
+        w.sink.max_in_flight("slow"),
+        4,
+        "never more than the new concurrency"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_agent_opens_its_circuit_while_a_healthy_one_keeps_receiving() {
+    let mut w = world().await;
+    w.settings.agents = vec![w.agent("broken", &[]), w.agent("healthy", &[])];
+    w.settings.circuit_breaker = CircuitBreaker {
+        error_threshold_percent: 50,
+        volume_threshold: 3,
+        window_seconds: 30,
+        reset_timeout_seconds: 2,
+    };
+    w.settings.retry.max_attempts = 20;
+    w.sink.set_mode("broken", Mode::Fail);
+    w.apply();
+    let _stop = w.start("a");
+    let guids = w.enqueue("push", 10).await;
+    w.until_received("healthy", &guids).await;
+
+    let open = || {
+        w.metrics
+            .breaker_open
+            .with_label_values(&["team/default", "broken"])
+            .get()
+    };
+    eventually("broken's circuit to open", WAIT, || async {
+        (open() == 1).then_some(())
+    })
+    .await;
+    let healthy_open = w
+        .metrics
+        .breaker_open
+        .with_label_values(&["team/default", "healthy"])
+        .get();
+    assert_eq!(healthy_open, 0, "healthy's circuit stays closed");
+    let calls_while_failing = w
+        .metrics
+        .errors
+        .with_label_values(&["team/default", "broken", "http_status"])
+        .get();
+    assert!(
+        calls_while_failing < 10,
+        "an open circuit fails fast instead of calling: {calls_while_failing} calls"
+    );
+
+    // The agent recovers: after the reset timeout one probe goes through,
+    // succeeds, closes the circuit, and the retries deliver everything.
+    w.sink.set_mode("broken", Mode::Ok);
+    w.until_received("broken", &guids).await;
+    assert_eq!(open(), 0, "closed again after a successful probe");
+    assert_eq!(
+        w.ids("healthy").len(),
+        10,
+        "the healthy agent got each event exactly once"
+    );
+}
+
+#[tokio::test]
+async fn retries_end_in_a_dead_letter_that_can_be_replayed() {
+    let mut w = world().await;
+    w.settings.agents = vec![w.agent("flaky", &[])];
+    w.settings.retry.max_attempts = 3;
+    w.sink.set_mode("flaky", Mode::Fail);
+    w.apply();
+    let _stop = w.start("a");
+    let guids = w.enqueue("push", 1).await;
+    let dead = eventually("a dead letter", WAIT, || async {
+        let dead = w.queue.dead_letters(&w.policy, 10).await.unwrap();
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].delivery.guid, guids[0]);
+    assert_eq!(dead[0].delivery.agent.as_deref(), Some("flaky"));
+    assert_eq!(
+        dead[0].delivery.attempt, 3,
+        "dead-lettered after maxAttempts"
+    );
+    assert_eq!(dead[0].error, "agent answered HTTP 500");
+    let failed_calls = w
+        .metrics
+        .errors
+        .with_label_values(&["team/default", "flaky", "http_status"])
+        .get();
+    assert_eq!(failed_calls, 3, "three attempts in all");
+    assert_eq!(w.queue.len(&w.policy).await.unwrap(), 0);
+    assert_eq!(w.queue.retry_len(&w.policy).await.unwrap(), 0);
+
+    w.sink.set_mode("flaky", Mode::Ok);
+    assert!(w.queue.replay(&w.policy, &dead[0].id).await.unwrap());
+    assert!(
+        !w.queue.replay(&w.policy, &dead[0].id).await.unwrap(),
+        "a replayed letter is gone"
+    );
+    w.until_received("flaky", &guids).await;
+    assert_eq!(w.queue.dead_len(&w.policy).await.unwrap(), 0);
+
+    // Purge empties the dead-letter stream.
+    w.sink.set_mode("flaky", Mode::Fail);
+    w.enqueue("push", 2).await;
+    eventually("two dead letters", WAIT, || async {
+        (w.queue.dead_len(&w.policy).await.unwrap() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(w.queue.purge_dead(&w.policy).await.unwrap(), 2);
+    assert_eq!(w.queue.dead_len(&w.policy).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn a_crashed_consumers_entries_are_reclaimed_by_another() {
+    let mut w = world().await;
+    w.settings.agents = vec![w.agent("a", &[])];
+    w.apply();
+    let guids = w.enqueue("push", 5).await;
+    // A consumer reads the entries and dies before settling them: they sit in
+    // its pending list, exactly what a SIGKILL leaves behind.
+    w.queue.ensure_group(&w.policy).await.unwrap();
+    let taken = w.queue.read(&w.policy, "crashed", 10, 100).await.unwrap();
+    assert_eq!(taken.len(), 5);
+
+    let _stop = w.start("survivor");
+    w.until_received("a", &guids).await;
+    assert_eq!(w.ids("a").len(), 5);
+    eventually("the queue to drain", WAIT, || async {
+        (w.queue.len(&w.policy).await.unwrap() == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_redis_restart_loses_nothing() {
+    let redis = common::PrivateRedis::start();
+    let mut w = World::new(&redis.url).await;
+    w.settings.agents = vec![w.agent("a", &[])];
+    w.settings.enabled = false;
+    w.apply();
+    let guids = w.enqueue("push", 50).await;
+    let stop = w.start("a");
+    redis.restart();
+    w.settings.enabled = true;
+    w.apply();
+    w.until_received("a", &guids).await;
+    assert_eq!(w.ids("a").len(), 50);
+    stop.cancel();
+}
