@@ -291,3 +291,75 @@ impl Drop for PrivateRedis {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A `hookwarden` process started by a test, killed when dropped.
+pub struct Process {
+    pub name: String,
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts `hookwarden ARGS` with the e2e cluster's KUBECONFIG, logging to a temp file.
+    pub fn start(env: &TestEnv, name: &str, args: &[&str], vars: &[(&str, &str)]) -> Self {
+        let log = std::env::temp_dir().join(format!("{name}-{}.log", redis_prefix()));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_hookwarden"))
+            .args(args)
+            .env("KUBECONFIG", env.kubeconfig())
+            .env("RUST_LOG", "info")
+            .envs(vars.iter().copied())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("start hookwarden");
+        Self {
+            name: name.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit; returns how long it took.
+    pub fn terminate(&mut self) -> Duration {
+        let start = std::time::Instant::now();
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        start.elapsed()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- log of {} ---\n{}", self.name, self.log());
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

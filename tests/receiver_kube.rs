@@ -1,0 +1,452 @@
+//! The receiver and operator as real processes against the real apiserver and
+//! Redis, driven the way a user drives them: `kubectl patch`, Secret updates,
+//! signed HTTP deliveries, SIGKILL and SIGTERM.
+
+mod common;
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use common::{Process, TestEnv, TestNamespace, eventually, free_port, redis_prefix};
+use hookwarden::{
+    api::AgentPolicy,
+    keys::{HmacKey, MANAGED_BY, WEBHOOK_CONFIG_LABEL},
+    sample_agent::{self, Mode, Sink},
+    signature,
+};
+use k8s_openapi::{ByteString, api::core::v1::Secret};
+use kube::{
+    Api,
+    api::{Patch, PatchParams, PostParams},
+};
+use serde_json::json;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+struct System {
+    env: TestEnv,
+    ns: TestNamespace,
+    prefix: String,
+    sink: Sink,
+    http: reqwest::Client,
+    _operator: Process,
+}
+
+impl System {
+    /// A namespace with an AgentPolicy (agents in `agents`, each `(name, timeoutSeconds)`),
+    /// a WebhookConfig `repo-hook`, its Secret holding `key`, and a running operator.
+    async fn new(agents: &[(&str, i32)], key: &HmacKey) -> Self {
+        let env = TestEnv::load();
+        let ns = TestNamespace::create(&env).await;
+        let prefix = redis_prefix();
+        let sink = Sink::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sink_url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(axum::serve(listener, sample_agent::router(sink.clone())).into_future());
+
+        let agents: Vec<_> = agents
+            .iter()
+            .map(|(name, timeout)| json!({"name": name, "url": format!("{sink_url}/{name}"), "timeoutSeconds": timeout}))
+            .collect();
+        let policy = json!({
+            "apiVersion": "hookwarden.io/v1alpha1", "kind": "AgentPolicy",
+            "metadata": {"name": "default"},
+            "spec": {"concurrency": 4, "agents": agents,
+                     "retry": {"strategy": "fixed", "initialDelay": "200ms", "maxDelay": "1s", "maxAttempts": 10}}
+        });
+        let hook = json!({
+            "apiVersion": "hookwarden.io/v1alpha1", "kind": "WebhookConfig",
+            "metadata": {"name": "repo-hook"},
+            "spec": {"repository": "octo-org/hello-world", "events": ["*"],
+                     "github": {"tokenSecretRef": {"name": "github-token", "key": "token"}}}
+        });
+        let client = env.client().await;
+        let pp = PostParams::default();
+        let dynamic = |kind| {
+            let ar = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+                "hookwarden.io",
+                "v1alpha1",
+                kind,
+            ));
+            Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), &ns.name, &ar)
+        };
+        dynamic("AgentPolicy")
+            .create(&pp, &serde_json::from_value(policy).unwrap())
+            .await
+            .unwrap();
+        dynamic("WebhookConfig")
+            .create(&pp, &serde_json::from_value(hook).unwrap())
+            .await
+            .unwrap();
+        let secrets: Api<Secret> = Api::namespaced(client, &ns.name);
+        secrets.create(&pp, &key_secret(&[key])).await.unwrap();
+
+        let operator = Process::start(
+            &env,
+            "operator",
+            &[
+                "operator",
+                "--listen",
+                &format!("127.0.0.1:{}", free_port()),
+            ],
+            &[
+                ("HOOKWARDEN_NAMESPACE", &ns.name),
+                ("REDIS_URL", env.var("REDIS_URL")),
+                ("HOOKWARDEN_REDIS_PREFIX", &prefix),
+            ],
+        );
+        let system = Self {
+            env,
+            ns,
+            prefix,
+            sink,
+            http: reqwest::Client::new(),
+            _operator: operator,
+        };
+        eventually(
+            "the operator to write the policy's status",
+            WAIT,
+            || async { (system.policy().await.status?.enabled == Some(true)).then_some(()) },
+        )
+        .await;
+        system
+    }
+
+    async fn policy(&self) -> AgentPolicy {
+        Api::<AgentPolicy>::namespaced(self.env.client().await, &self.ns.name)
+            .get("default")
+            .await
+            .unwrap()
+    }
+
+    /// Starts a receiver replica and waits until it is ready.
+    async fn receiver(&self, consumer: &str) -> (Process, String) {
+        let port = free_port();
+        let process = Process::start(
+            &self.env,
+            consumer,
+            &[
+                "receiver",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--consumer",
+                consumer,
+                "--reclaim-after-seconds",
+                "1",
+            ],
+            &[
+                ("HOOKWARDEN_NAMESPACE", &self.ns.name),
+                ("REDIS_URL", self.env.var("REDIS_URL")),
+                ("HOOKWARDEN_REDIS_PREFIX", &self.prefix),
+            ],
+        );
+        let base = format!("http://127.0.0.1:{port}");
+        let ready = format!("{base}/readyz");
+        eventually(&format!("receiver {consumer} ready"), WAIT, || async {
+            let r = self.http.get(&ready).send().await.ok()?;
+            r.status().is_success().then_some(())
+        })
+        .await;
+        (process, base)
+    }
+
+    /// POSTs a signed delivery; returns the HTTP status.
+    async fn deliver(&self, base: &str, key: &HmacKey, guid: &str) -> u16 {
+        let body = json!({"action": "opened", "repository": {"full_name": "octo-org/hello-world"}})
+            .to_string();
+        let r = self
+            .http
+            .post(format!("{base}/hooks/{}/repo-hook", self.ns.name))
+            .header("x-github-event", "pull_request")
+            .header("x-github-delivery", guid)
+            .header("content-type", "application/json")
+            .header(
+                "x-hub-signature-256",
+                signature::sign(key.secret(), body.as_bytes()),
+            )
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        r.status().as_u16()
+    }
+
+    async fn deliver_many(&self, base: &str, key: &HmacKey, n: usize) -> Vec<String> {
+        let mut guids = Vec::new();
+        for _ in 0..n {
+            let guid = new_guid();
+            assert_eq!(self.deliver(base, key, &guid).await, 202);
+            guids.push(guid);
+        }
+        guids
+    }
+
+    fn kubectl_patch_policy(&self, patch: &str) {
+        self.env.kubectl_ok(&[
+            "patch",
+            "agentpolicy",
+            "default",
+            "-n",
+            &self.ns.name,
+            "--type",
+            "merge",
+            "-p",
+            patch,
+        ]);
+    }
+
+    fn ids(&self, agent: &str) -> Vec<String> {
+        self.sink
+            .received(agent)
+            .into_iter()
+            .map(|r| r.id)
+            .collect()
+    }
+
+    async fn until_received(&self, agent: &str, want: &[String]) {
+        eventually(
+            &format!("{agent} to receive {} events", want.len()),
+            WAIT,
+            || async {
+                let got: HashSet<String> = self.ids(agent).into_iter().collect();
+                want.iter().all(|id| got.contains(id)).then_some(())
+            },
+        )
+        .await;
+    }
+
+    async fn metric(&self, base: &str, line_prefix: &str) -> Option<f64> {
+        let text = self
+            .http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find(|l| l.starts_with(line_prefix))?
+            .rsplit(' ')
+            .next()?
+            .parse()
+            .ok()
+    }
+}
+
+fn key_secret(keys: &[&HmacKey]) -> Secret {
+    let data: BTreeMap<String, ByteString> = keys
+        .iter()
+        .map(|k| (k.entry_name(), ByteString(k.secret().to_vec())))
+        .collect();
+    let mut secret = Secret {
+        data: Some(data),
+        ..Secret::default()
+    };
+    secret.metadata.name = Some("repo-hook-hmac".into());
+    secret.metadata.labels = Some(
+        [
+            (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+            (WEBHOOK_CONFIG_LABEL.to_owned(), "repo-hook".to_owned()),
+        ]
+        .into(),
+    );
+    secret
+}
+
+fn new_guid() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+#[tokio::test]
+async fn kill_switch_and_concurrency_follow_kubectl_patch_live() {
+    let key = HmacKey::generate(1);
+    let s = System::new(&[("reviewer", 10)], &key).await;
+    let (_receiver, base) = s.receiver("r1").await;
+    let first = s.deliver_many(&base, &key, 3).await;
+    s.until_received("reviewer", &first).await;
+
+    // Off: the receiver stops dispatching within a second of the patch...
+    let enabled_metric = format!("agents_enabled{{policy=\"{}/default\"}}", s.ns.name);
+    let patched = Instant::now();
+    s.kubectl_patch_policy(r#"{"spec":{"enabled":false}}"#);
+    eventually(
+        "the receiver to see the switch",
+        Duration::from_secs(5),
+        || async { (s.metric(&base, &enabled_metric).await == Some(0.0)).then_some(()) },
+    )
+    .await;
+    let took = patched.elapsed();
+    assert!(took < Duration::from_secs(1), "kill switch took {took:?}");
+    // ...but keeps accepting and queuing.
+    let held = s.deliver_many(&base, &key, 10).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(s.ids("reviewer").len(), 3, "nothing dispatched while off");
+    let policy = s.policy().await;
+    assert_eq!(
+        policy.status.as_ref().unwrap().reason.as_deref(),
+        Some("disabled in spec")
+    );
+
+    // On again: everything held arrives, once.
+    s.kubectl_patch_policy(r#"{"spec":{"enabled":true}}"#);
+    s.until_received("reviewer", &held).await;
+    let got = s.ids("reviewer");
+    assert_eq!(got.len(), 13, "each event exactly once: {got:?}");
+
+    // Concurrency follows the patch without a restart.
+    s.sink.set_mode("reviewer", Mode::Slow(400));
+    s.kubectl_patch_policy(r#"{"spec":{"concurrency":1}}"#);
+    eventually("concurrency 1 in status", WAIT, || async {
+        (s.policy().await.status?.concurrency == Some(1)).then_some(())
+    })
+    .await;
+    s.sink.reset_max_in_flight("reviewer");
+    let slow1 = s.deliver_many(&base, &key, 4).await;
+    s.until_received("reviewer", &slow1).await;
+    assert_eq!(s.sink.max_in_flight("reviewer"), 1);
+    s.kubectl_patch_policy(r#"{"spec":{"concurrency":3}}"#);
+    eventually("concurrency 3 in status", WAIT, || async {
+        (s.policy().await.status?.concurrency == Some(3)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let slow3 = s.deliver_many(&base, &key, 9).await;
+    s.until_received("reviewer", &slow3).await;
+    assert_eq!(s.sink.max_in_flight("reviewer"), 3);
+}
+
+#[tokio::test]
+async fn keys_rotate_while_deliveries_flow_without_a_rejection() {
+    let old = HmacKey::generate(1);
+    let new = HmacKey::generate(2);
+    let s = Arc::new(System::new(&[("reviewer", 10)], &old).await);
+    let (_receiver, base) = s.receiver("r1").await;
+
+    // GitHub keeps delivering throughout, signing with whichever key it has.
+    let use_new = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, rejected) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let traffic = {
+        let (s, base, old, new) = (s.clone(), base.clone(), old.clone(), new.clone());
+        let (use_new, stop, sent, rejected) = (
+            use_new.clone(),
+            stop.clone(),
+            sent.clone(),
+            rejected.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                let key = if use_new.load(Ordering::SeqCst) {
+                    &new
+                } else {
+                    &old
+                };
+                if s.deliver(&base, key, &new_guid()).await != 202 {
+                    rejected.fetch_add(1, Ordering::SeqCst);
+                }
+                sent.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let secrets: Api<Secret> = Api::namespaced(s.env.client().await, &s.ns.name);
+    let pp = PatchParams::default();
+    // 1. The new key joins the old one.
+    secrets
+        .replace("repo-hook-hmac", &PostParams::default(), &{
+            let mut sec = key_secret(&[&old, &new]);
+            sec.metadata.resource_version = secrets
+                .get("repo-hook-hmac")
+                .await
+                .unwrap()
+                .metadata
+                .resource_version;
+            sec
+        })
+        .await
+        .unwrap();
+    // 2. The receiver has loaded it (a probe signed with it is accepted).
+    eventually("the receiver to load the new key", WAIT, || async {
+        (s.deliver(&base, &new, &new_guid()).await == 202).then_some(())
+    })
+    .await;
+    // 3. GitHub switches to the new key.
+    use_new.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // 4. After the overlap the old key goes.
+    let remove_old = json!({"data": {old.entry_name(): null}});
+    secrets
+        .patch("repo-hook-hmac", &pp, &Patch::Merge(&remove_old))
+        .await
+        .unwrap();
+    eventually("the receiver to drop the old key", WAIT, || async {
+        (s.deliver(&base, &old, &new_guid()).await == 401).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    traffic.await.unwrap();
+    assert!(
+        sent.load(Ordering::SeqCst) > 20,
+        "traffic flowed throughout"
+    );
+    assert_eq!(
+        rejected.load(Ordering::SeqCst),
+        0,
+        "no delivery rejected during rotation"
+    );
+}
+
+#[tokio::test]
+async fn a_replica_killed_mid_dispatch_hands_its_work_to_another() {
+    let key = HmacKey::generate(1);
+    let s = System::new(&[("slow", 5)], &key).await;
+    s.sink.set_mode("slow", Mode::Slow(1500));
+    let (mut first, base) = s.receiver("r1").await;
+    let guids = s.deliver_many(&base, &key, 8).await;
+    eventually("dispatches in flight", WAIT, || async {
+        (s.sink.max_in_flight("slow") > 0).then_some(())
+    })
+    .await;
+    first.kill(); // SIGKILL: no settling, no goodbye
+
+    let (_second, _) = s.receiver("r2").await;
+    s.until_received("slow", &guids).await;
+    let got = s.ids("slow");
+    // At-least-once: what was mid-call when r1 died may arrive twice (same
+    // CloudEvent id), everything arrives.
+    assert!(got.len() >= 8 && got.len() <= 12, "{got:?}");
+}
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_work_and_exits_promptly() {
+    let key = HmacKey::generate(1);
+    let s = System::new(&[("slow", 10)], &key).await;
+    s.sink.set_mode("slow", Mode::Slow(2000));
+    let (mut receiver, base) = s.receiver("r1").await;
+    let guids = s.deliver_many(&base, &key, 2).await;
+    eventually("dispatches in flight", WAIT, || async {
+        (s.sink.max_in_flight("slow") == 2).then_some(())
+    })
+    .await;
+    // NB: terminate() blocks until the process exits; keep it off the
+    // runtime that serves the sample agent the receiver is still calling.
+    let (took, receiver) = tokio::task::spawn_blocking(move || (receiver.terminate(), receiver))
+        .await
+        .unwrap();
+    assert!(took < Duration::from_secs(30), "shutdown took {took:?}");
+    // The dispatches in flight were finished, not abandoned.
+    s.until_received("slow", &guids).await;
+    assert!(
+        receiver.log().contains("receiver stopped"),
+        "{}",
+        receiver.log()
+    );
+}
