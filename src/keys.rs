@@ -30,20 +30,12 @@ impl HmacKey {
     /// A fresh key from the OS RNG, versioned by `created_unix_secs`.
     pub fn generate(created_unix_secs: u64) -> Self {
         let mut raw = [0u8; 32];
-        rand::rngs::OsRng
-            .try_fill_bytes(&mut raw)
-            .expect("the OS RNG is available");
-        Self {
-            version: format!("{created_unix_secs:012}"),
-            secret: hex::encode(raw).into_bytes(),
-        }
+        rand::rngs::OsRng.try_fill_bytes(&mut raw).expect("the OS RNG is available");
+        Self { version: format!("{created_unix_secs:012}"), secret: hex::encode(raw).into_bytes() }
     }
 
     pub fn new(version: impl Into<String>, secret: impl Into<Vec<u8>>) -> Self {
-        Self {
-            version: version.into(),
-            secret: secret.into(),
-        }
+        Self { version: version.into(), secret: secret.into() }
     }
 
     /// The version, e.g. `001732330000`.
@@ -70,10 +62,7 @@ impl AsRef<[u8]> for HmacKey {
 
 impl fmt::Debug for HmacKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HmacKey")
-            .field("version", &self.version)
-            .field("secret", &"<redacted>")
-            .finish()
+        f.debug_struct("HmacKey").field("version", &self.version).field("secret", &"<redacted>").finish()
     }
 }
 
@@ -133,9 +122,6 @@ mod tests {
     fn debug_redacts_the_secret() {
         let key = HmacKey::new("1", "s3cr3t-value");
         let shown = format!("{key:?}");
-        assert!(
-            !shown.contains("s3cr3t-value") && shown.contains("redacted"),
-            "{shown}"
-        );
+        assert!(!shown.contains("s3cr3t-value") && shown.contains("redacted"), "{shown}");
     }
 }

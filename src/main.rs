@@ -5,15 +5,15 @@ use std::{net::SocketAddr, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand};
 use hookwarden::{
     operator::{self, OperatorConfig},
-    receiver::{self, ReceiverConfig, http::DEFAULT_BODY_LIMIT},
+    receiver::{
+        self, ReceiverConfig, admin,
+        http::DEFAULT_BODY_LIMIT,
+        queue::{ActivityFilter, ObjectRef},
+    },
 };
 
 #[derive(Parser)]
-#[command(
-    name = "hookwarden",
-    version,
-    about = "GitHub webhooks, run the Kubernetes way"
-)]
+#[command(name = "hookwarden", version, about = "GitHub webhooks, run the Kubernetes way")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -29,11 +29,58 @@ enum Command {
     Receiver(ReceiverArgs),
     /// Run the controllers (AgentPolicy effective settings).
     Operator(OperatorArgs),
+    /// Talk to a receiver's admin API.
+    Admin {
+        /// Base URL of the receiver's admin listener.
+        #[arg(long, env = "HOOKWARDEN_ADMIN_URL", default_value = "http://127.0.0.1:8082")]
+        url: String,
+        /// Bearer token (the receiver's HOOKWARDEN_ADMIN_TOKEN).
+        #[arg(long, env = "HOOKWARDEN_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
+        #[command(subcommand)]
+        action: AdminAction,
+    },
     /// A recording HTTP sink that stands in for a downstream agent.
     SampleAgent {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8090")]
         listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminAction {
+    /// Every policy: effective settings, queue sizes, circuits.
+    Policies,
+    /// Set an AgentPolicy's spec.enabled to true (NAMESPACE/NAME).
+    Enable { policy: String },
+    /// Set an AgentPolicy's spec.enabled to false (NAMESPACE/NAME): the kill switch.
+    Disable { policy: String },
+    /// List a policy's dead letters.
+    DeadLetters {
+        policy: String,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Put one dead letter back in the queue.
+    Replay { policy: String, id: String },
+    /// Delete all of a policy's dead letters.
+    Purge { policy: String },
+    /// Recent deliveries and dispatches, newest first.
+    Deliveries {
+        /// queued, duplicate, rejected, delivered, retry or dead_letter.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        event: Option<String>,
+        /// owner/name
+        #[arg(long)]
+        repository: Option<String>,
+        /// NAMESPACE/NAME of a WebhookConfig
+        #[arg(long)]
+        hook: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
     },
 }
 
@@ -77,6 +124,13 @@ struct ReceiverArgs {
     /// Seconds in-flight dispatches may take to finish on SIGTERM.
     #[arg(long, env = "HOOKWARDEN_SHUTDOWN_GRACE", default_value_t = 25)]
     shutdown_grace_seconds: u64,
+    /// Address of the admin API (keep it off the public Ingress).
+    #[arg(long, env = "HOOKWARDEN_ADMIN_LISTEN", default_value = "0.0.0.0:8082")]
+    admin_listen: SocketAddr,
+    /// Bearer token of the admin API; unset turns the API off. The chart
+    /// fills it from a Secret.
+    #[arg(long = "admin-token", env = "HOOKWARDEN_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     /// Seconds beyond the slowest agent's timeout after which a crashed
     /// replica's unacknowledged deliveries are taken over.
     #[arg(long, env = "HOOKWARDEN_RECLAIM_AFTER", default_value_t = 15)]
@@ -105,6 +159,8 @@ fn main() -> ExitCode {
                 consumer,
                 shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
                 reclaim_after: Duration::from_secs(args.reclaim_after_seconds),
+                admin_listen: args.admin_listen,
+                admin_token: args.admin_token,
             };
             runtime().block_on(async {
                 let client = match kube::Client::try_default().await {
@@ -113,6 +169,21 @@ fn main() -> ExitCode {
                 };
                 match receiver::run(config, client).await {
                     Ok(()) => ExitCode::SUCCESS,
+                    Err(error) => fail(error),
+                }
+            })
+        }
+        Command::Admin { url, token, action } => {
+            let call = match admin_call(action) {
+                Ok(call) => call,
+                Err(error) => return fail(error),
+            };
+            runtime().block_on(async {
+                match admin::call(&url, &token, call).await {
+                    Ok(answer) => {
+                        println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
+                        ExitCode::SUCCESS
+                    }
                     Err(error) => fail(error),
                 }
             })
@@ -154,11 +225,28 @@ fn main() -> ExitCode {
     }
 }
 
+fn admin_call(action: AdminAction) -> Result<admin::Call, String> {
+    let policy = |p: &str| match p.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => Ok(ObjectRef::new(ns, name)),
+        _ => Err(format!("expected NAMESPACE/NAME, got {p:?}")),
+    };
+    Ok(match action {
+        AdminAction::Policies => admin::Call::Policies,
+        AdminAction::Enable { policy: p } => admin::Call::SetEnabled { policy: policy(&p)?, enabled: true },
+        AdminAction::Disable { policy: p } => admin::Call::SetEnabled { policy: policy(&p)?, enabled: false },
+        AdminAction::DeadLetters { policy: p, limit } => {
+            admin::Call::DeadLetters { policy: policy(&p)?, limit }
+        }
+        AdminAction::Replay { policy: p, id } => admin::Call::Replay { policy: policy(&p)?, id },
+        AdminAction::Purge { policy: p } => admin::Call::Purge { policy: policy(&p)? },
+        AdminAction::Deliveries { status, event, repository, hook, limit } => {
+            admin::Call::Deliveries { filter: ActivityFilter { status, event, repository, hook }, limit }
+        }
+    })
+}
+
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
 }
 
 /// This process's name: the pod's (POD_NAME, HOSTNAME), else a random one.

@@ -57,31 +57,17 @@ pub struct Sink {
 
 impl Sink {
     pub fn set_mode(&self, agent: &str, mode: Mode) {
-        self.agents
-            .lock()
-            .unwrap()
-            .entry(agent.to_owned())
-            .or_default()
-            .mode = mode;
+        self.agents.lock().unwrap().entry(agent.to_owned()).or_default().mode = mode;
     }
 
     /// Events agent `agent` accepted (answered 2xx), in arrival order.
     pub fn received(&self, agent: &str) -> Vec<Received> {
-        self.agents
-            .lock()
-            .unwrap()
-            .get(agent)
-            .map(|a| a.received.clone())
-            .unwrap_or_default()
+        self.agents.lock().unwrap().get(agent).map(|a| a.received.clone()).unwrap_or_default()
     }
 
     /// The most requests agent `agent` had in flight at once.
     pub fn max_in_flight(&self, agent: &str) -> usize {
-        self.agents
-            .lock()
-            .unwrap()
-            .get(agent)
-            .map_or(0, |a| a.max_in_flight)
+        self.agents.lock().unwrap().get(agent).map_or(0, |a| a.max_in_flight)
     }
 
     /// Forgets the in-flight high-water mark.
@@ -110,12 +96,7 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> StatusCode {
-    let header = |n: &str| {
-        headers
-            .get(n)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
+    let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
     let mode = {
         let mut agents = sink.agents.lock().unwrap();
         let a = agents.entry(agent.clone()).or_default();
@@ -157,15 +138,12 @@ async fn set_mode(State(sink): State<Sink>, Path(agent): Path<String>, body: Str
 
 async fn stats(State(sink): State<Sink>, Path(agent): Path<String>) -> Json<serde_json::Value> {
     let agents = sink.agents.lock().unwrap();
-    let (received, in_flight, max) = agents.get(&agent).map_or((0, 0, 0), |a| {
-        (a.received.len(), a.in_flight, a.max_in_flight)
-    });
+    let (received, in_flight, max) =
+        agents.get(&agent).map_or((0, 0, 0), |a| (a.received.len(), a.in_flight, a.max_in_flight));
     Json(serde_json::json!({ "received": received, "inFlight": in_flight, "maxInFlight": max }))
 }
 
 /// Serves the sink on `listener` until SIGTERM or Ctrl-C.
 pub async fn serve(listener: tokio::net::TcpListener, sink: Sink) -> std::io::Result<()> {
-    axum::serve(listener, router(sink))
-        .with_graceful_shutdown(crate::shutdown_signal())
-        .await
+    axum::serve(listener, router(sink)).with_graceful_shutdown(crate::shutdown_signal()).await
 }

@@ -73,9 +73,7 @@ pub fn verify<K: AsRef<[u8]>>(
 }
 
 fn parse(header: &[u8]) -> Result<[u8; 32], SignatureError> {
-    let hex_digits = header
-        .strip_prefix(PREFIX.as_bytes())
-        .ok_or(SignatureError::Malformed)?;
+    let hex_digits = header.strip_prefix(PREFIX.as_bytes()).ok_or(SignatureError::Malformed)?;
     if hex_digits.len() != 64 {
         return Err(SignatureError::Malformed);
     }
@@ -91,46 +89,27 @@ mod tests {
     // GitHub's published test vector ("Validating webhook deliveries").
     const SECRET: &str = "It's a Secret to Everybody";
     const BODY: &str = "Hello, World!";
-    const EXPECTED: &str =
-        "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+    const EXPECTED: &str = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
 
     #[test]
     fn github_test_vector() {
         assert_eq!(sign(SECRET.as_bytes(), BODY.as_bytes()), EXPECTED);
-        assert_eq!(
-            verify(Some(EXPECTED.as_bytes()), BODY.as_bytes(), &[SECRET]),
-            Ok(0)
-        );
+        assert_eq!(verify(Some(EXPECTED.as_bytes()), BODY.as_bytes(), &[SECRET]), Ok(0));
     }
 
     #[test]
     fn any_current_key_is_accepted() {
         let keys = ["old-key", SECRET, "newer-key"];
-        assert_eq!(
-            verify(Some(EXPECTED.as_bytes()), BODY.as_bytes(), &keys),
-            Ok(1)
-        );
+        assert_eq!(verify(Some(EXPECTED.as_bytes()), BODY.as_bytes(), &keys), Ok(1));
     }
 
     #[test]
     fn rejects_wrong_key_body_or_shape() {
         let header = Some(EXPECTED.as_bytes());
-        assert_eq!(
-            verify(header, BODY.as_bytes(), &["other"]),
-            Err(SignatureError::Mismatch)
-        );
-        assert_eq!(
-            verify(header, b"Hello, World?", &[SECRET]),
-            Err(SignatureError::Mismatch)
-        );
-        assert_eq!(
-            verify::<&str>(header, BODY.as_bytes(), &[]),
-            Err(SignatureError::Mismatch)
-        );
-        assert_eq!(
-            verify(None, BODY.as_bytes(), &[SECRET]),
-            Err(SignatureError::Missing)
-        );
+        assert_eq!(verify(header, BODY.as_bytes(), &["other"]), Err(SignatureError::Mismatch));
+        assert_eq!(verify(header, b"Hello, World?", &[SECRET]), Err(SignatureError::Mismatch));
+        assert_eq!(verify::<&str>(header, BODY.as_bytes(), &[]), Err(SignatureError::Mismatch));
+        assert_eq!(verify(None, BODY.as_bytes(), &[SECRET]), Err(SignatureError::Missing));
         let upper = EXPECTED.replace("sha256=", "SHA256=");
         let sha1 = sign_sha1(SECRET.as_bytes(), BODY.as_bytes());
         for bad in [
@@ -153,9 +132,6 @@ mod tests {
     #[test]
     fn upper_case_hex_digits_are_the_same_digest() {
         let upper = format!("sha256={}", EXPECTED["sha256=".len()..].to_uppercase());
-        assert_eq!(
-            verify(Some(upper.as_bytes()), BODY.as_bytes(), &[SECRET]),
-            Ok(0)
-        );
+        assert_eq!(verify(Some(upper.as_bytes()), BODY.as_bytes(), &[SECRET]), Ok(0));
     }
 }

@@ -15,11 +15,7 @@ use prometheus::{
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_current_span(false)
-        .try_init();
+    let _ = tracing_subscriber::fmt().json().with_env_filter(filter).with_current_span(false).try_init();
 }
 
 /// The receiver's metrics.
@@ -52,16 +48,12 @@ impl ReceiverMetrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
             c
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
             g
         };
         let duration = HistogramVec::new(
@@ -69,15 +61,11 @@ impl ReceiverMetrics {
                 "github_webhook_processing_duration_seconds",
                 "Seconds from acceptance to the end of a dispatch",
             )
-            .buckets(vec![
-                0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-            ]),
+            .buckets(vec![0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0]),
             &["policy", "agent"],
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(duration.clone()))
-            .expect("unique metric");
+        registry.register(Box::new(duration.clone())).expect("unique metric");
         Self {
             received: counter(
                 "github_webhooks_total",
@@ -132,9 +120,7 @@ impl ReceiverMetrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("encode metrics");
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("encode metrics");
         String::from_utf8(out).expect("metrics are UTF-8")
     }
 }
@@ -160,51 +146,29 @@ impl OperatorMetrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let reconciles = IntCounterVec::new(
-            Opts::new(
-                "hookwarden_reconciles_total",
-                "Reconciles by controller and outcome",
-            ),
+            Opts::new("hookwarden_reconciles_total", "Reconciles by controller and outcome"),
             &["controller", "outcome"],
         )
         .expect("valid metric");
         let reconcile_errors = IntCounterVec::new(
-            Opts::new(
-                "hookwarden_reconcile_errors_total",
-                "Failed reconciles by controller and reason",
-            ),
+            Opts::new("hookwarden_reconcile_errors_total", "Failed reconciles by controller and reason"),
             &["controller", "reason"],
         )
         .expect("valid metric");
         let reconcile_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "hookwarden_reconcile_duration_seconds",
-                "Reconcile duration",
-            ),
+            HistogramOpts::new("hookwarden_reconcile_duration_seconds", "Reconcile duration"),
             &["controller"],
         )
         .expect("valid metric");
-        registry
-            .register(Box::new(reconciles.clone()))
-            .expect("unique metric");
-        registry
-            .register(Box::new(reconcile_errors.clone()))
-            .expect("unique metric");
-        registry
-            .register(Box::new(reconcile_duration.clone()))
-            .expect("unique metric");
-        Self {
-            registry,
-            reconciles,
-            reconcile_errors,
-            reconcile_duration,
-        }
+        registry.register(Box::new(reconciles.clone())).expect("unique metric");
+        registry.register(Box::new(reconcile_errors.clone())).expect("unique metric");
+        registry.register(Box::new(reconcile_duration.clone())).expect("unique metric");
+        Self { registry, reconciles, reconcile_errors, reconcile_duration }
     }
 
     pub fn render(&self) -> String {
         let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .expect("encode metrics");
+        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("encode metrics");
         String::from_utf8(out).expect("metrics are UTF-8")
     }
 }

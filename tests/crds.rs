@@ -9,8 +9,7 @@ use std::time::Duration;
 use common::{TestEnv, TestNamespace, eventually, merge};
 use hookwarden::api::{AgentPolicy, ContentType, WebhookConfig, WebhookConfigSpec};
 use k8s_openapi::{
-    api::core::v1::ConfigMap,
-    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    api::core::v1::ConfigMap, apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 };
 use kube::{
     Api, Resource, ResourceExt,
@@ -18,10 +17,7 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-const CRD_NAMES: [&str; 2] = [
-    "webhookconfigs.hookwarden.io",
-    "agentpolicies.hookwarden.io",
-];
+const CRD_NAMES: [&str; 2] = ["webhookconfigs.hookwarden.io", "agentpolicies.hookwarden.io"];
 
 #[tokio::test]
 async fn crds_apply_and_become_established() {
@@ -29,84 +25,52 @@ async fn crds_apply_and_become_established() {
     env.kubectl_ok(&["apply", "--server-side", "--force-conflicts", "-f", "crds/"]);
     let crds: Api<CustomResourceDefinition> = Api::all(env.client().await);
     for name in CRD_NAMES {
-        let crd = eventually(
-            &format!("{name} Established"),
-            Duration::from_secs(30),
-            || async {
-                let crd = crds.get(name).await.ok()?;
-                let established = crd
-                    .status
-                    .as_ref()?
-                    .conditions
-                    .as_ref()?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
-                established.then_some(crd)
-            },
-        )
+        let crd = eventually(&format!("{name} Established"), Duration::from_secs(30), || async {
+            let crd = crds.get(name).await.ok()?;
+            let established = crd
+                .status
+                .as_ref()?
+                .conditions
+                .as_ref()?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            established.then_some(crd)
+        })
         .await;
-        assert_eq!(
-            crd.spec.names.categories.as_deref(),
-            Some(&["hookwarden".to_owned()][..])
-        );
+        assert_eq!(crd.spec.names.categories.as_deref(), Some(&["hookwarden".to_owned()][..]));
         let version = &crd.spec.versions[0];
         assert!(
-            version
-                .subresources
-                .as_ref()
-                .and_then(|s| s.status.as_ref())
-                .is_some(),
+            version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(),
             "{name} has a status subresource"
         );
     }
     let out = env.kubectl_ok(&["get", "crd", CRD_NAMES[0], CRD_NAMES[1]]);
-    assert!(
-        out.contains(CRD_NAMES[0]) && out.contains(CRD_NAMES[1]),
-        "{out}"
-    );
+    assert!(out.contains(CRD_NAMES[0]) && out.contains(CRD_NAMES[1]), "{out}");
 }
 
 #[tokio::test]
 async fn kubectl_explain_shows_field_descriptions() {
     let env = TestEnv::load();
     let cases = [
-        (
-            "whc.spec.secretRotation",
-            &["Time between rotations", "interval", "overlap", "1h30m"][..],
-        ),
+        ("whc.spec.secretRotation", &["Time between rotations", "interval", "overlap", "1h30m"][..]),
         ("whc.spec.repository", &["owner/name", "Exactly one of"]),
-        (
-            "whc.spec.github.app.privateKeySecretRef",
-            &["PEM-encoded RSA private key"],
-        ),
+        ("whc.spec.github.app.privateKeySecretRef", &["PEM-encoded RSA private key"]),
         ("whc.status.hookId", &["GitHub's ID of the registered hook"]),
         ("ap.spec.enabled", &["kill switch", "dispatch nothing"]),
-        (
-            "ap.spec.circuitBreaker.errorThresholdPercent",
-            &["Percentage of failed calls"],
-        ),
+        ("ap.spec.circuitBreaker.errorThresholdPercent", &["Percentage of failed calls"]),
         ("ap.spec.retry.strategy", &["exponential", "fibonacci"]),
         ("ap.status", &["effective settings receivers obey"]),
     ];
     // NB: a CRD is Established a moment before discovery and OpenAPI publish it.
-    eventually(
-        "kubectl to discover the CRDs",
-        Duration::from_secs(30),
-        || async {
-            let seen = ["whc.spec", "ap.spec"]
-                .iter()
-                .all(|r| env.kubectl(&["explain", r]).status.success());
-            seen.then_some(())
-        },
-    )
+    eventually("kubectl to discover the CRDs", Duration::from_secs(30), || async {
+        let seen = ["whc.spec", "ap.spec"].iter().all(|r| env.kubectl(&["explain", r]).status.success());
+        seen.then_some(())
+    })
     .await;
     for (path, wanted) in cases {
         let out = env.kubectl_ok(&["explain", path]);
         for text in wanted {
-            assert!(
-                out.contains(text),
-                "`kubectl explain {path}` lacks {text:?}:\n{out}"
-            );
+            assert!(out.contains(text), "`kubectl explain {path}` lacks {text:?}:\n{out}");
         }
     }
 }
@@ -119,60 +83,30 @@ async fn samples_are_accepted_with_defaults_applied() {
 
     let client = env.client().await;
     let whc: Api<WebhookConfig> = Api::namespaced(client.clone(), &ns.name);
-    let org = whc
-        .get("octo-org")
-        .await
-        .expect("organization sample stored");
+    let org = whc.get("octo-org").await.expect("organization sample stored");
     // Fields the sample leaves out come back with the schema's defaults.
     assert_eq!(org.spec.content_type, ContentType::Json);
     assert!(org.spec.active);
     assert_eq!(org.spec.agent_policy, "default");
     assert_eq!(org.spec.secret_rotation.interval.to_string(), "720h");
-    assert_eq!(
-        org.spec.secret_rotation.overlap.get(),
-        Duration::from_secs(600)
-    );
-    let repo = whc
-        .get("hello-world")
-        .await
-        .expect("repository sample stored");
+    assert_eq!(org.spec.secret_rotation.overlap.get(), Duration::from_secs(600));
+    let repo = whc.get("hello-world").await.expect("repository sample stored");
     assert_eq!(repo.spec.github.api_url, "https://api.github.com");
 
-    let policy = Api::<AgentPolicy>::namespaced(client, &ns.name)
-        .get("default")
-        .await
-        .unwrap();
+    let policy = Api::<AgentPolicy>::namespaced(client, &ns.name).get("default").await.unwrap();
     assert_eq!(policy.spec.agents[0].name, "reviewer");
     assert_eq!(policy.spec.retry.max_delay.get(), Duration::from_secs(300));
 
     let table = env.kubectl_ok(&["get", "whc", "-n", &ns.name]);
-    for column in [
-        "NAME",
-        "REPOSITORY",
-        "ORGANIZATION",
-        "HOOK ID",
-        "READY",
-        "AGE",
-        "octo-org/hello-world",
-    ] {
-        assert!(
-            table.contains(column),
-            "`kubectl get whc` lacks {column}:\n{table}"
-        );
+    for column in ["NAME", "REPOSITORY", "ORGANIZATION", "HOOK ID", "READY", "AGE", "octo-org/hello-world"] {
+        assert!(table.contains(column), "`kubectl get whc` lacks {column}:\n{table}");
     }
     let table = env.kubectl_ok(&["get", "ap", "-n", &ns.name]);
     for column in ["ENABLED", "CONCURRENCY", "READY"] {
-        assert!(
-            table.contains(column),
-            "`kubectl get ap` lacks {column}:\n{table}"
-        );
+        assert!(table.contains(column), "`kubectl get ap` lacks {column}:\n{table}");
     }
     let all = env.kubectl_ok(&["get", "hookwarden", "-n", &ns.name, "-o", "name"]);
-    assert_eq!(
-        all.lines().count(),
-        3,
-        "the hookwarden category lists both kinds:\n{all}"
-    );
+    assert_eq!(all.lines().count(), 3, "the hookwarden category lists both kinds:\n{all}");
 }
 
 fn valid_webhook_config() -> Value {
@@ -210,11 +144,7 @@ async fn invalid_resources_are_rejected_with_the_schemas_message() {
         &ns.name,
         &ApiResource::erase::<WebhookConfig>(&()),
     );
-    let ap = Api::<DynamicObject>::namespaced_with(
-        client,
-        &ns.name,
-        &ApiResource::erase::<AgentPolicy>(&()),
-    );
+    let ap = Api::<DynamicObject>::namespaced_with(client, &ns.name, &ApiResource::erase::<AgentPolicy>(&()));
 
     // (what is wrong, which kind, merge patch on a valid object, text the error must contain)
     let cases: Vec<(&str, &Api<DynamicObject>, Value, &[&str])> = vec![
@@ -290,12 +220,7 @@ async fn invalid_resources_are_rejected_with_the_schemas_message() {
             json!({"spec": {"url": "ftp://example.com/hook"}}),
             &["spec.url", "should match"],
         ),
-        (
-            "no github section",
-            &whc,
-            json!({"spec": {"github": null}}),
-            &["spec.github", "Required value"],
-        ),
+        ("no github section", &whc, json!({"spec": {"github": null}}), &["spec.github", "Required value"]),
         (
             "token and app at once",
             &whc,
@@ -362,10 +287,7 @@ async fn invalid_resources_are_rejected_with_the_schemas_message() {
             "negative timeout",
             &ap,
             json!({"spec": {"agents": [{"name": "a", "url": "http://a/", "timeoutSeconds": -1}]}}),
-            &[
-                "spec.agents[0].timeoutSeconds",
-                "greater than or equal to 1",
-            ],
+            &["spec.agents[0].timeoutSeconds", "greater than or equal to 1"],
         ),
         (
             "agent without url",
@@ -401,19 +323,13 @@ async fn invalid_resources_are_rejected_with_the_schemas_message() {
             "error threshold over 100 %",
             &ap,
             json!({"spec": {"circuitBreaker": {"errorThresholdPercent": 101}}}),
-            &[
-                "spec.circuitBreaker.errorThresholdPercent",
-                "less than or equal to 100",
-            ],
+            &["spec.circuitBreaker.errorThresholdPercent", "less than or equal to 100"],
         ),
         (
             "zero reset timeout",
             &ap,
             json!({"spec": {"circuitBreaker": {"resetTimeoutSeconds": 0}}}),
-            &[
-                "spec.circuitBreaker.resetTimeoutSeconds",
-                "greater than or equal to 1",
-            ],
+            &["spec.circuitBreaker.resetTimeoutSeconds", "greater than or equal to 1"],
         ),
         (
             "unknown retry strategy",
@@ -437,21 +353,14 @@ async fn invalid_resources_are_rejected_with_the_schemas_message() {
 
     let mut failures = Vec::new();
     for (i, (what, api, patch, wanted)) in cases.iter().enumerate() {
-        let mut body = if std::ptr::eq(*api, &whc) {
-            valid_webhook_config()
-        } else {
-            valid_agent_policy()
-        };
+        let mut body = if std::ptr::eq(*api, &whc) { valid_webhook_config() } else { valid_agent_policy() };
         merge(&mut body, patch);
         body["metadata"]["name"] = json!(format!("case-{i}"));
         let obj: DynamicObject = serde_json::from_value(body).unwrap();
         match api.create(&PostParams::default(), &obj).await {
             Ok(_) => failures.push(format!("{what}: accepted")),
             Err(kube::Error::Api(status)) => {
-                let missing: Vec<_> = wanted
-                    .iter()
-                    .filter(|w| !status.message.contains(*w))
-                    .collect();
+                let missing: Vec<_> = wanted.iter().filter(|w| !status.message.contains(*w)).collect();
                 if status.code != 422 || !missing.is_empty() {
                     failures.push(format!(
                         "{what}: HTTP {} {:?}, lacks {missing:?}",
@@ -473,9 +382,7 @@ async fn invalid_resources_are_rejected_with_the_schemas_message() {
     // down to its patch.
     for (api, body) in [(&whc, valid_webhook_config()), (&ap, valid_agent_policy())] {
         let obj: DynamicObject = serde_json::from_value(body).unwrap();
-        api.create(&PostParams::default(), &obj)
-            .await
-            .expect("valid base accepted");
+        api.create(&PostParams::default(), &obj).await.expect("valid base accepted");
     }
 }
 
@@ -488,38 +395,22 @@ async fn status_is_written_only_through_the_status_subresource() {
     let env = TestEnv::load();
     let ns = TestNamespace::create(&env).await;
     let api: Api<WebhookConfig> = Api::namespaced(env.client().await, &ns.name);
-    let created = api
-        .create(
-            &PostParams::default(),
-            &WebhookConfig::new("status", sample_spec()),
-        )
-        .await
-        .unwrap();
+    let created =
+        api.create(&PostParams::default(), &WebhookConfig::new("status", sample_spec())).await.unwrap();
 
     // A write to the main resource drops status changes.
     let mut with_status = created.clone();
     with_status.status = Some(serde_json::from_value(json!({"hookId": 42})).unwrap());
-    let replaced = api
-        .replace("status", &PostParams::default(), &with_status)
-        .await
-        .unwrap();
-    assert_eq!(
-        replaced.status, None,
-        "main resource must not accept status"
-    );
+    let replaced = api.replace("status", &PostParams::default(), &with_status).await.unwrap();
+    assert_eq!(replaced.status, None, "main resource must not accept status");
     assert_eq!(api.get("status").await.unwrap().status, None);
 
     // The status subresource stores status, and ignores spec changes.
     let patch = json!({"status": {"hookId": 42}, "spec": {"repository": "someone/else"}});
-    api.patch_status("status", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
+    api.patch_status("status", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     let stored = api.get("status").await.unwrap();
     assert_eq!(stored.status.and_then(|s| s.hook_id), Some(42));
-    assert_eq!(
-        stored.spec.repository.as_deref(),
-        Some("octo-org/hello-world")
-    );
+    assert_eq!(stored.spec.repository.as_deref(), Some("octo-org/hello-world"));
 }
 
 #[tokio::test]
@@ -528,13 +419,8 @@ async fn deleting_an_owner_garbage_collects_what_it_owns() {
     let ns = TestNamespace::create(&env).await;
     let client = env.client().await;
     let whcs: Api<WebhookConfig> = Api::namespaced(client.clone(), &ns.name);
-    let owner = whcs
-        .create(
-            &PostParams::default(),
-            &WebhookConfig::new("owner", sample_spec()),
-        )
-        .await
-        .unwrap();
+    let owner =
+        whcs.create(&PostParams::default(), &WebhookConfig::new("owner", sample_spec())).await.unwrap();
     let owner_ref = owner.controller_owner_ref(&()).expect("owner reference");
 
     let cms: Api<ConfigMap> = Api::namespaced(client, &ns.name);
@@ -544,24 +430,12 @@ async fn deleting_an_owner_garbage_collects_what_it_owns() {
     cms.create(&PostParams::default(), &owned).await.unwrap();
     let mut bystander = ConfigMap::default();
     bystander.metadata.name = Some("bystander".into());
-    cms.create(&PostParams::default(), &bystander)
-        .await
-        .unwrap();
+    cms.create(&PostParams::default(), &bystander).await.unwrap();
 
-    whcs.delete(&owner.name_any(), &DeleteParams::background())
-        .await
-        .unwrap();
-    eventually(
-        "the owned ConfigMap to be collected",
-        Duration::from_secs(60),
-        || async {
-            matches!(cms.get("owned").await, Err(kube::Error::Api(s)) if s.code == 404)
-                .then_some(())
-        },
-    )
+    whcs.delete(&owner.name_any(), &DeleteParams::background()).await.unwrap();
+    eventually("the owned ConfigMap to be collected", Duration::from_secs(60), || async {
+        matches!(cms.get("owned").await, Err(kube::Error::Api(s)) if s.code == 404).then_some(())
+    })
     .await;
-    assert!(
-        cms.get("bystander").await.is_ok(),
-        "an unowned object must survive"
-    );
+    assert!(cms.get("bystander").await.is_ok(), "an unowned object must survive");
 }

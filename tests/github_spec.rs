@@ -15,12 +15,7 @@ fn event_list_matches_githubs_webhook_descriptions() {
         .as_object()
         .expect("webhooks section")
         .values()
-        .map(|w| {
-            w["post"]["x-github"]["subcategory"]
-                .as_str()
-                .expect("subcategory")
-                .replace('-', "_")
-        })
+        .map(|w| w["post"]["x-github"]["subcategory"].as_str().expect("subcategory").replace('-', "_"))
         .filter(|e| e != "ping") // sent by GitHub on its own, never subscribed to
         .collect();
     let ours: BTreeSet<String> = GITHUB_EVENTS.iter().map(|e| e.to_string()).collect();

@@ -82,8 +82,7 @@ impl World {
 
     /// Publishes `self.settings` as the policy's effective settings.
     fn apply(&self) {
-        self.registry
-            .set_policy(self.policy.clone(), self.settings.clone());
+        self.registry.set_policy(self.policy.clone(), self.settings.clone());
     }
 
     /// Starts a receiver's workers under consumer name `consumer`.
@@ -128,23 +127,15 @@ impl World {
     }
 
     fn ids(&self, agent: &str) -> Vec<String> {
-        self.sink
-            .received(agent)
-            .into_iter()
-            .map(|r| r.id)
-            .collect()
+        self.sink.received(agent).into_iter().map(|r| r.id).collect()
     }
 
     async fn until_received(&self, agent: &str, want: &[String]) {
         let want: HashSet<&String> = want.iter().collect();
-        eventually(
-            &format!("{agent} to receive {} events", want.len()),
-            WAIT,
-            || async {
-                let got = self.ids(agent);
-                want.iter().all(|id| got.contains(id)).then_some(())
-            },
-        )
+        eventually(&format!("{agent} to receive {} events", want.len()), WAIT, || async {
+            let got = self.ids(agent);
+            want.iter().all(|id| got.contains(id)).then_some(())
+        })
         .await;
     }
 }
@@ -156,11 +147,8 @@ async fn world() -> World {
 #[tokio::test]
 async fn events_reach_every_matching_agent_as_cloudevents() {
     let mut w = world().await;
-    w.settings.agents = vec![
-        w.agent("reviewer", &["pull_request"]),
-        w.agent("triage", &["issues"]),
-        w.agent("audit", &[]),
-    ];
+    w.settings.agents =
+        vec![w.agent("reviewer", &["pull_request"]), w.agent("triage", &["issues"]), w.agent("audit", &[])];
     w.apply();
     let _stop = w.start("a");
     let prs = w.enqueue("pull_request", 3).await;
@@ -169,11 +157,7 @@ async fn events_reach_every_matching_agent_as_cloudevents() {
     w.until_received("audit", &all).await;
     w.until_received("reviewer", &prs).await;
     w.until_received("triage", &issues).await;
-    assert_eq!(
-        w.ids("reviewer").len(),
-        3,
-        "reviewer wants pull requests only"
-    );
+    assert_eq!(w.ids("reviewer").len(), 3, "reviewer wants pull requests only");
     assert_eq!(w.ids("triage").len(), 2, "triage wants issues only");
     let event = &w.sink.received("reviewer")[0];
     assert_eq!(event.kind, "com.github.pull_request.opened");
@@ -193,15 +177,8 @@ async fn kill_switch_holds_events_and_reenabling_drains_each_exactly_once() {
     let _stop = w.start("a");
     let guids = w.enqueue("push", 20).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert!(
-        w.ids("a").is_empty(),
-        "nothing is dispatched while disabled"
-    );
-    assert_eq!(
-        w.queue.len(&w.policy).await.unwrap(),
-        20,
-        "everything waits in the queue"
-    );
+    assert!(w.ids("a").is_empty(), "nothing is dispatched while disabled");
+    assert_eq!(w.queue.len(&w.policy).await.unwrap(), 20, "everything waits in the queue");
 
     w.settings.enabled = true;
     w.apply();
@@ -241,11 +218,7 @@ async fn concurrency_changes_apply_without_a_restart() {
     })
     .await;
     w.until_received("slow", &guids).await;
-    assert_eq!(
-        w.sink.max_in_flight("slow"),
-        4,
-        "never more than the new concurrency"
-    );
+    assert_eq!(w.sink.max_in_flight("slow"), 4, "never more than the new concurrency");
 }
 
 #[tokio::test]
@@ -265,27 +238,12 @@ async fn a_failing_agent_opens_its_circuit_while_a_healthy_one_keeps_receiving()
     let guids = w.enqueue("push", 10).await;
     w.until_received("healthy", &guids).await;
 
-    let open = || {
-        w.metrics
-            .breaker_open
-            .with_label_values(&["team/default", "broken"])
-            .get()
-    };
-    eventually("broken's circuit to open", WAIT, || async {
-        (open() == 1).then_some(())
-    })
-    .await;
-    let healthy_open = w
-        .metrics
-        .breaker_open
-        .with_label_values(&["team/default", "healthy"])
-        .get();
+    let open = || w.metrics.breaker_open.with_label_values(&["team/default", "broken"]).get();
+    eventually("broken's circuit to open", WAIT, || async { (open() == 1).then_some(()) }).await;
+    let healthy_open = w.metrics.breaker_open.with_label_values(&["team/default", "healthy"]).get();
     assert_eq!(healthy_open, 0, "healthy's circuit stays closed");
-    let calls_while_failing = w
-        .metrics
-        .errors
-        .with_label_values(&["team/default", "broken", "http_status"])
-        .get();
+    let calls_while_failing =
+        w.metrics.errors.with_label_values(&["team/default", "broken", "http_status"]).get();
     assert!(
         calls_while_failing < 10,
         "an open circuit fails fast instead of calling: {calls_while_failing} calls"
@@ -296,11 +254,7 @@ async fn a_failing_agent_opens_its_circuit_while_a_healthy_one_keeps_receiving()
     w.sink.set_mode("broken", Mode::Ok);
     w.until_received("broken", &guids).await;
     assert_eq!(open(), 0, "closed again after a successful probe");
-    assert_eq!(
-        w.ids("healthy").len(),
-        10,
-        "the healthy agent got each event exactly once"
-    );
+    assert_eq!(w.ids("healthy").len(), 10, "the healthy agent got each event exactly once");
 }
 
 #[tokio::test]
@@ -320,26 +274,16 @@ async fn retries_end_in_a_dead_letter_that_can_be_replayed() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].delivery.guid, guids[0]);
     assert_eq!(dead[0].delivery.agent.as_deref(), Some("flaky"));
-    assert_eq!(
-        dead[0].delivery.attempt, 3,
-        "dead-lettered after maxAttempts"
-    );
+    assert_eq!(dead[0].delivery.attempt, 3, "dead-lettered after maxAttempts");
     assert_eq!(dead[0].error, "agent answered HTTP 500");
-    let failed_calls = w
-        .metrics
-        .errors
-        .with_label_values(&["team/default", "flaky", "http_status"])
-        .get();
+    let failed_calls = w.metrics.errors.with_label_values(&["team/default", "flaky", "http_status"]).get();
     assert_eq!(failed_calls, 3, "three attempts in all");
     assert_eq!(w.queue.len(&w.policy).await.unwrap(), 0);
     assert_eq!(w.queue.retry_len(&w.policy).await.unwrap(), 0);
 
     w.sink.set_mode("flaky", Mode::Ok);
     assert!(w.queue.replay(&w.policy, &dead[0].id).await.unwrap());
-    assert!(
-        !w.queue.replay(&w.policy, &dead[0].id).await.unwrap(),
-        "a replayed letter is gone"
-    );
+    assert!(!w.queue.replay(&w.policy, &dead[0].id).await.unwrap(), "a replayed letter is gone");
     w.until_received("flaky", &guids).await;
     assert_eq!(w.queue.dead_len(&w.policy).await.unwrap(), 0);
 

@@ -36,18 +36,13 @@ struct Harness {
 }
 
 async fn harness_with(redis_url: &str, body_limit: usize) -> Harness {
-    let queue = Queue::connect(redis_url, &redis_prefix())
-        .await
-        .expect("connect to redis");
+    let queue = Queue::connect(redis_url, &redis_prefix()).await.expect("connect to redis");
     let registry = Arc::new(Registry::new());
     let secret = ObjectRef::new("team", "repo-hook-hmac");
     let policy = ObjectRef::new("team", "default");
     registry.set_hook(
         ObjectRef::new("team", "repo-hook"),
-        HookInfo {
-            secret: secret.clone(),
-            policy: policy.clone(),
-        },
+        HookInfo { secret: secret.clone(), policy: policy.clone() },
     );
     registry.set_keys(secret, vec![HmacKey::new("000000000001", KEY)]);
     let state = AppState {
@@ -56,12 +51,7 @@ async fn harness_with(redis_url: &str, body_limit: usize) -> Harness {
         metrics: Arc::new(ReceiverMetrics::new()),
         body_limit,
     };
-    Harness {
-        app: router(state),
-        registry,
-        queue,
-        policy,
-    }
+    Harness { app: router(state), registry, queue, policy }
 }
 
 async fn harness() -> Harness {
@@ -88,30 +78,15 @@ fn delivery(
 }
 
 fn signed(event: &str, guid: &str, body: &[u8]) -> Request<Body> {
-    delivery(
-        event,
-        guid,
-        "application/json",
-        body.to_vec(),
-        Some(signature::sign(KEY.as_bytes(), body)),
-    )
+    delivery(event, guid, "application/json", body.to_vec(), Some(signature::sign(KEY.as_bytes(), body)))
 }
 
 async fn send(app: &Router, req: Request<Body>) -> (StatusCode, Value, Option<String>) {
     let res = app.clone().oneshot(req).await.unwrap();
     let status = res.status();
-    let retry_after = res
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        retry_after,
-    )
+    let retry_after = res.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+    let bytes = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), retry_after)
 }
 
 fn guid() -> String {
@@ -132,33 +107,19 @@ async fn githubs_test_vector_passes_the_signature_check() {
     );
     let (status, body, _) = send(&h.app, req).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("malformed payload"),
-        "{body}"
-    );
+    assert!(body["error"].as_str().unwrap().starts_with("malformed payload"), "{body}");
 }
 
 #[tokio::test]
 async fn every_github_example_is_accepted_and_a_flipped_byte_is_rejected() {
     let h = harness().await;
     let examples = webhook_examples();
-    assert!(
-        examples.len() > 300,
-        "expected GitHub's full example set, got {}",
-        examples.len()
-    );
+    assert!(examples.len() > 300, "expected GitHub's full example set, got {}", examples.len());
     let mut queued = 0;
     for (event, payload) in &examples {
         let body = serde_json::to_vec(payload).unwrap();
         let (status, reply, _) = send(&h.app, signed(event, &guid(), &body)).await;
-        let want = if event == "ping" {
-            StatusCode::OK
-        } else {
-            StatusCode::ACCEPTED
-        };
+        let want = if event == "ping" { StatusCode::OK } else { StatusCode::ACCEPTED };
         assert_eq!(status, want, "{event}: {reply}");
         if event != "ping" {
             queued += 1;
@@ -170,11 +131,7 @@ async fn every_github_example_is_accepted_and_a_flipped_byte_is_rejected() {
         let sig = signature::sign(KEY.as_bytes(), &body);
         let req = delivery(event, &guid(), "application/json", tampered, Some(sig));
         let (status, reply, _) = send(&h.app, req).await;
-        assert_eq!(
-            status,
-            StatusCode::UNAUTHORIZED,
-            "{event} with a flipped byte: {reply}"
-        );
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{event} with a flipped byte: {reply}");
     }
     assert_eq!(
         h.queue.len(&h.policy).await.unwrap(),
@@ -187,17 +144,10 @@ async fn every_github_example_is_accepted_and_a_flipped_byte_is_rejected() {
 async fn form_encoded_deliveries_are_accepted_with_the_json_payload_queued() {
     let h = harness().await;
     let payload = json!({"action": "opened", "repository": {"full_name": "octo-org/hello-world"}});
-    let body: String = form_urlencoded::Serializer::new(String::new())
-        .append_pair("payload", &payload.to_string())
-        .finish();
+    let body: String =
+        form_urlencoded::Serializer::new(String::new()).append_pair("payload", &payload.to_string()).finish();
     let sig = signature::sign(KEY.as_bytes(), body.as_bytes());
-    let req = delivery(
-        "issues",
-        &guid(),
-        "application/x-www-form-urlencoded",
-        body.into_bytes(),
-        Some(sig),
-    );
+    let req = delivery("issues", &guid(), "application/x-www-form-urlencoded", body.into_bytes(), Some(sig));
     let (status, reply, _) = send(&h.app, req).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
 
@@ -205,10 +155,7 @@ async fn form_encoded_deliveries_are_accepted_with_the_json_payload_queued() {
     let entries = h.queue.read(&h.policy, "test", 10, 100).await.unwrap();
     assert_eq!(entries.len(), 1);
     let d = &entries[0].delivery;
-    assert_eq!(
-        serde_json::from_slice::<Value>(&d.payload).unwrap(),
-        payload
-    );
+    assert_eq!(serde_json::from_slice::<Value>(&d.payload).unwrap(), payload);
     assert_eq!(d.repository.as_deref(), Some("octo-org/hello-world"));
     assert_eq!(d.action.as_deref(), Some("opened"));
     assert_eq!(d.event, "issues");
@@ -225,10 +172,7 @@ async fn bad_input_gets_a_clear_error_and_queues_nothing() {
         .header("x-github-event", "push")
         .header("x-github-delivery", guid())
         .header("content-type", "application/json")
-        .header(
-            "x-hub-signature",
-            signature::sign_sha1(KEY.as_bytes(), &body),
-        )
+        .header("x-hub-signature", signature::sign_sha1(KEY.as_bytes(), &body))
         .body(Body::from(body.clone()))
         .unwrap();
     let unknown_hook = Request::post("/hooks/team/nope")
@@ -255,12 +199,7 @@ async fn bad_input_gets_a_clear_error_and_queues_nothing() {
             StatusCode::UNAUTHORIZED,
             "missing X-Hub-Signature-256",
         ),
-        (
-            "SHA-1 signature only",
-            sha1_only,
-            StatusCode::UNAUTHORIZED,
-            "missing X-Hub-Signature-256",
-        ),
+        ("SHA-1 signature only", sha1_only, StatusCode::UNAUTHORIZED, "missing X-Hub-Signature-256"),
         (
             "signed with another key",
             delivery("push", &guid(), "application/json", body.clone(), wrong_key),
@@ -269,22 +208,11 @@ async fn bad_input_gets_a_clear_error_and_queues_nothing() {
         ),
         (
             "malformed signature",
-            delivery(
-                "push",
-                &guid(),
-                "application/json",
-                body.clone(),
-                Some("sha256=abc".into()),
-            ),
+            delivery("push", &guid(), "application/json", body.clone(), Some("sha256=abc".into())),
             StatusCode::UNAUTHORIZED,
             "malformed X-Hub-Signature-256",
         ),
-        (
-            "unknown hook",
-            unknown_hook,
-            StatusCode::NOT_FOUND,
-            "no WebhookConfig team/nope",
-        ),
+        ("unknown hook", unknown_hook, StatusCode::NOT_FOUND, "no WebhookConfig team/nope"),
         (
             "body over the cap",
             delivery("push", &guid(), "application/json", big, big_sig),
@@ -323,31 +251,14 @@ async fn bad_input_gets_a_clear_error_and_queues_nothing() {
         ),
         (
             "form without payload",
-            delivery(
-                "push",
-                &guid(),
-                "application/x-www-form-urlencoded",
-                form_without_payload,
-                form_sig,
-            ),
+            delivery("push", &guid(), "application/x-www-form-urlencoded", form_without_payload, form_sig),
             StatusCode::BAD_REQUEST,
             "no payload field",
         ),
-        (
-            "no delivery GUID",
-            no_guid,
-            StatusCode::BAD_REQUEST,
-            "x-github-delivery",
-        ),
+        ("no delivery GUID", no_guid, StatusCode::BAD_REQUEST, "x-github-delivery"),
         (
             "event name with spaces",
-            delivery(
-                "pull request",
-                &guid(),
-                "application/json",
-                body.clone(),
-                sig.clone(),
-            ),
+            delivery("pull request", &guid(), "application/json", body.clone(), sig.clone()),
             StatusCode::BAD_REQUEST,
             "x-github-event",
         ),
@@ -362,24 +273,15 @@ async fn bad_input_gets_a_clear_error_and_queues_nothing() {
     let res = h
         .app
         .clone()
-        .oneshot(
-            Request::get("/hooks/team/repo-hook")
-                .body(Body::empty())
-                .unwrap(),
-        )
+        .oneshot(Request::get("/hooks/team/repo-hook").body(Body::empty()).unwrap())
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
-    assert_eq!(
-        h.queue.len(&h.policy).await.unwrap(),
-        0,
-        "nothing rejected was queued"
-    );
+    assert_eq!(h.queue.len(&h.policy).await.unwrap(), 0, "nothing rejected was queued");
 
     // A hook whose keys are not loaded yet answers 503, so GitHub's record
     // shows a failure the operator's redelivery pass will retry.
-    h.registry
-        .set_keys(ObjectRef::new("team", "repo-hook-hmac"), vec![]);
+    h.registry.set_keys(ObjectRef::new("team", "repo-hook-hmac"), vec![]);
     let (status, reply, retry_after) = send(&h.app, signed("push", &guid(), &body)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reply}");
     assert!(retry_after.is_some());
@@ -414,20 +316,14 @@ async fn a_full_queue_answers_503_with_retry_after() {
     let body = br#"{"action":"opened"}"#;
     let first = guid();
     for id in [first.clone(), guid()] {
-        assert_eq!(
-            send(&h.app, signed("issues", &id, body)).await.0,
-            StatusCode::ACCEPTED
-        );
+        assert_eq!(send(&h.app, signed("issues", &id, body)).await.0, StatusCode::ACCEPTED);
     }
     let (status, reply, retry_after) = send(&h.app, signed("issues", &guid(), body)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reply}");
     assert_eq!(retry_after.as_deref(), Some("30"));
     assert_eq!(h.queue.len(&h.policy).await.unwrap(), 2);
     // A redelivery of something already queued is still a success.
-    assert_eq!(
-        send(&h.app, signed("issues", &first, body)).await.0,
-        StatusCode::OK
-    );
+    assert_eq!(send(&h.app, signed("issues", &first, body)).await.0, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -436,10 +332,7 @@ async fn redis_down_means_503_never_a_silent_2xx() {
     let redis = common::PrivateRedis::start();
     let url = redis.url.clone();
     let h = harness_with(&url, DEFAULT_BODY_LIMIT).await;
-    assert_eq!(
-        send(&h.app, signed("push", &guid(), b"{}")).await.0,
-        StatusCode::ACCEPTED
-    );
+    assert_eq!(send(&h.app, signed("push", &guid(), b"{}")).await.0, StatusCode::ACCEPTED);
 
     redis.kill();
     let (status, reply, retry_after) = send(&h.app, signed("push", &guid(), b"{}")).await;

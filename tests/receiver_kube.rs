@@ -28,6 +28,7 @@ use kube::{
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(30);
+const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 struct System {
     env: TestEnv,
@@ -58,7 +59,8 @@ impl System {
             "apiVersion": "hookwarden.io/v1alpha1", "kind": "AgentPolicy",
             "metadata": {"name": "default"},
             "spec": {"concurrency": 4, "agents": agents,
-                     "retry": {"strategy": "fixed", "initialDelay": "200ms", "maxDelay": "1s", "maxAttempts": 10}}
+                     "retry": {"strategy": "fixed", "initialDelay": "200ms", "maxDelay": "1s", "maxAttempts": 10},
+                     "circuitBreaker": {"resetTimeoutSeconds": 1}}
         });
         let hook = json!({
             "apiVersion": "hookwarden.io/v1alpha1", "kind": "WebhookConfig",
@@ -76,58 +78,42 @@ impl System {
             ));
             Api::<kube::api::DynamicObject>::namespaced_with(client.clone(), &ns.name, &ar)
         };
-        dynamic("AgentPolicy")
-            .create(&pp, &serde_json::from_value(policy).unwrap())
-            .await
-            .unwrap();
-        dynamic("WebhookConfig")
-            .create(&pp, &serde_json::from_value(hook).unwrap())
-            .await
-            .unwrap();
+        dynamic("AgentPolicy").create(&pp, &serde_json::from_value(policy).unwrap()).await.unwrap();
+        dynamic("WebhookConfig").create(&pp, &serde_json::from_value(hook).unwrap()).await.unwrap();
         let secrets: Api<Secret> = Api::namespaced(client, &ns.name);
         secrets.create(&pp, &key_secret(&[key])).await.unwrap();
 
         let operator = Process::start(
             &env,
             "operator",
-            &[
-                "operator",
-                "--listen",
-                &format!("127.0.0.1:{}", free_port()),
-            ],
+            &["operator", "--listen", &format!("127.0.0.1:{}", free_port())],
             &[
                 ("HOOKWARDEN_NAMESPACE", &ns.name),
                 ("REDIS_URL", env.var("REDIS_URL")),
                 ("HOOKWARDEN_REDIS_PREFIX", &prefix),
             ],
         );
-        let system = Self {
-            env,
-            ns,
-            prefix,
-            sink,
-            http: reqwest::Client::new(),
-            _operator: operator,
-        };
-        eventually(
-            "the operator to write the policy's status",
-            WAIT,
-            || async { (system.policy().await.status?.enabled == Some(true)).then_some(()) },
-        )
+        let system = Self { env, ns, prefix, sink, http: reqwest::Client::new(), _operator: operator };
+        eventually("the operator to write the policy's status", WAIT, || async {
+            (system.policy().await.status?.enabled == Some(true)).then_some(())
+        })
         .await;
         system
     }
 
     async fn policy(&self) -> AgentPolicy {
-        Api::<AgentPolicy>::namespaced(self.env.client().await, &self.ns.name)
-            .get("default")
-            .await
-            .unwrap()
+        Api::<AgentPolicy>::namespaced(self.env.client().await, &self.ns.name).get("default").await.unwrap()
     }
 
     /// Starts a receiver replica and waits until it is ready.
     async fn receiver(&self, consumer: &str) -> (Process, String) {
-        let port = free_port();
+        let (process, base, _) = self.receiver_with_admin(consumer).await;
+        (process, base)
+    }
+
+    /// A receiver replica with its admin API on; returns its base and admin URLs.
+    async fn receiver_with_admin(&self, consumer: &str) -> (Process, String, String) {
+        let (port, admin_port) = (free_port(), free_port());
         let process = Process::start(
             &self.env,
             consumer,
@@ -135,6 +121,8 @@ impl System {
                 "receiver",
                 "--listen",
                 &format!("127.0.0.1:{port}"),
+                "--admin-listen",
+                &format!("127.0.0.1:{admin_port}"),
                 "--consumer",
                 consumer,
                 "--reclaim-after-seconds",
@@ -144,6 +132,7 @@ impl System {
                 ("HOOKWARDEN_NAMESPACE", &self.ns.name),
                 ("REDIS_URL", self.env.var("REDIS_URL")),
                 ("HOOKWARDEN_REDIS_PREFIX", &self.prefix),
+                ("HOOKWARDEN_ADMIN_TOKEN", ADMIN_TOKEN),
             ],
         );
         let base = format!("http://127.0.0.1:{port}");
@@ -153,23 +142,20 @@ impl System {
             r.status().is_success().then_some(())
         })
         .await;
-        (process, base)
+        (process, base, format!("http://127.0.0.1:{admin_port}"))
     }
 
     /// POSTs a signed delivery; returns the HTTP status.
     async fn deliver(&self, base: &str, key: &HmacKey, guid: &str) -> u16 {
-        let body = json!({"action": "opened", "repository": {"full_name": "octo-org/hello-world"}})
-            .to_string();
+        let body =
+            json!({"action": "opened", "repository": {"full_name": "octo-org/hello-world"}}).to_string();
         let r = self
             .http
             .post(format!("{base}/hooks/{}/repo-hook", self.ns.name))
             .header("x-github-event", "pull_request")
             .header("x-github-delivery", guid)
             .header("content-type", "application/json")
-            .header(
-                "x-hub-signature-256",
-                signature::sign(key.secret(), body.as_bytes()),
-            )
+            .header("x-hub-signature-256", signature::sign(key.secret(), body.as_bytes()))
             .body(body)
             .send()
             .await
@@ -202,53 +188,27 @@ impl System {
     }
 
     fn ids(&self, agent: &str) -> Vec<String> {
-        self.sink
-            .received(agent)
-            .into_iter()
-            .map(|r| r.id)
-            .collect()
+        self.sink.received(agent).into_iter().map(|r| r.id).collect()
     }
 
     async fn until_received(&self, agent: &str, want: &[String]) {
-        eventually(
-            &format!("{agent} to receive {} events", want.len()),
-            WAIT,
-            || async {
-                let got: HashSet<String> = self.ids(agent).into_iter().collect();
-                want.iter().all(|id| got.contains(id)).then_some(())
-            },
-        )
+        eventually(&format!("{agent} to receive {} events", want.len()), WAIT, || async {
+            let got: HashSet<String> = self.ids(agent).into_iter().collect();
+            want.iter().all(|id| got.contains(id)).then_some(())
+        })
         .await;
     }
 
     async fn metric(&self, base: &str, line_prefix: &str) -> Option<f64> {
-        let text = self
-            .http
-            .get(format!("{base}/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
-        text.lines()
-            .find(|l| l.starts_with(line_prefix))?
-            .rsplit(' ')
-            .next()?
-            .parse()
-            .ok()
+        let text = self.http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
+        text.lines().find(|l| l.starts_with(line_prefix))?.rsplit(' ').next()?.parse().ok()
     }
 }
 
 fn key_secret(keys: &[&HmacKey]) -> Secret {
-    let data: BTreeMap<String, ByteString> = keys
-        .iter()
-        .map(|k| (k.entry_name(), ByteString(k.secret().to_vec())))
-        .collect();
-    let mut secret = Secret {
-        data: Some(data),
-        ..Secret::default()
-    };
+    let data: BTreeMap<String, ByteString> =
+        keys.iter().map(|k| (k.entry_name(), ByteString(k.secret().to_vec()))).collect();
+    let mut secret = Secret { data: Some(data), ..Secret::default() };
     secret.metadata.name = Some("repo-hook-hmac".into());
     secret.metadata.labels = Some(
         [
@@ -276,11 +236,9 @@ async fn kill_switch_and_concurrency_follow_kubectl_patch_live() {
     let enabled_metric = format!("agents_enabled{{policy=\"{}/default\"}}", s.ns.name);
     let patched = Instant::now();
     s.kubectl_patch_policy(r#"{"spec":{"enabled":false}}"#);
-    eventually(
-        "the receiver to see the switch",
-        Duration::from_secs(5),
-        || async { (s.metric(&base, &enabled_metric).await == Some(0.0)).then_some(()) },
-    )
+    eventually("the receiver to see the switch", Duration::from_secs(5), || async {
+        (s.metric(&base, &enabled_metric).await == Some(0.0)).then_some(())
+    })
     .await;
     let took = patched.elapsed();
     assert!(took < Duration::from_secs(1), "kill switch took {took:?}");
@@ -289,10 +247,7 @@ async fn kill_switch_and_concurrency_follow_kubectl_patch_live() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(s.ids("reviewer").len(), 3, "nothing dispatched while off");
     let policy = s.policy().await;
-    assert_eq!(
-        policy.status.as_ref().unwrap().reason.as_deref(),
-        Some("disabled in spec")
-    );
+    assert_eq!(policy.status.as_ref().unwrap().reason.as_deref(), Some("disabled in spec"));
 
     // On again: everything held arrives, once.
     s.kubectl_patch_policy(r#"{"spec":{"enabled":true}}"#);
@@ -335,19 +290,10 @@ async fn keys_rotate_while_deliveries_flow_without_a_rejection() {
     let (sent, rejected) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let traffic = {
         let (s, base, old, new) = (s.clone(), base.clone(), old.clone(), new.clone());
-        let (use_new, stop, sent, rejected) = (
-            use_new.clone(),
-            stop.clone(),
-            sent.clone(),
-            rejected.clone(),
-        );
+        let (use_new, stop, sent, rejected) = (use_new.clone(), stop.clone(), sent.clone(), rejected.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
-                let key = if use_new.load(Ordering::SeqCst) {
-                    &new
-                } else {
-                    &old
-                };
+                let key = if use_new.load(Ordering::SeqCst) { &new } else { &old };
                 if s.deliver(&base, key, &new_guid()).await != 202 {
                     rejected.fetch_add(1, Ordering::SeqCst);
                 }
@@ -362,12 +308,8 @@ async fn keys_rotate_while_deliveries_flow_without_a_rejection() {
     secrets
         .replace("repo-hook-hmac", &PostParams::default(), &{
             let mut sec = key_secret(&[&old, &new]);
-            sec.metadata.resource_version = secrets
-                .get("repo-hook-hmac")
-                .await
-                .unwrap()
-                .metadata
-                .resource_version;
+            sec.metadata.resource_version =
+                secrets.get("repo-hook-hmac").await.unwrap().metadata.resource_version;
             sec
         })
         .await
@@ -382,10 +324,7 @@ async fn keys_rotate_while_deliveries_flow_without_a_rejection() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     // 4. After the overlap the old key goes.
     let remove_old = json!({"data": {old.entry_name(): null}});
-    secrets
-        .patch("repo-hook-hmac", &pp, &Patch::Merge(&remove_old))
-        .await
-        .unwrap();
+    secrets.patch("repo-hook-hmac", &pp, &Patch::Merge(&remove_old)).await.unwrap();
     eventually("the receiver to drop the old key", WAIT, || async {
         (s.deliver(&base, &old, &new_guid()).await == 401).then_some(())
     })
@@ -393,15 +332,8 @@ async fn keys_rotate_while_deliveries_flow_without_a_rejection() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::SeqCst);
     traffic.await.unwrap();
-    assert!(
-        sent.load(Ordering::SeqCst) > 20,
-        "traffic flowed throughout"
-    );
-    assert_eq!(
-        rejected.load(Ordering::SeqCst),
-        0,
-        "no delivery rejected during rotation"
-    );
+    assert!(sent.load(Ordering::SeqCst) > 20, "traffic flowed throughout");
+    assert_eq!(rejected.load(Ordering::SeqCst), 0, "no delivery rejected during rotation");
 }
 
 #[tokio::test]
@@ -411,10 +343,8 @@ async fn a_replica_killed_mid_dispatch_hands_its_work_to_another() {
     s.sink.set_mode("slow", Mode::Slow(1500));
     let (mut first, base) = s.receiver("r1").await;
     let guids = s.deliver_many(&base, &key, 8).await;
-    eventually("dispatches in flight", WAIT, || async {
-        (s.sink.max_in_flight("slow") > 0).then_some(())
-    })
-    .await;
+    eventually("dispatches in flight", WAIT, || async { (s.sink.max_in_flight("slow") > 0).then_some(()) })
+        .await;
     first.kill(); // SIGKILL: no settling, no goodbye
 
     let (_second, _) = s.receiver("r2").await;
@@ -432,21 +362,138 @@ async fn sigterm_finishes_in_flight_work_and_exits_promptly() {
     s.sink.set_mode("slow", Mode::Slow(2000));
     let (mut receiver, base) = s.receiver("r1").await;
     let guids = s.deliver_many(&base, &key, 2).await;
-    eventually("dispatches in flight", WAIT, || async {
-        (s.sink.max_in_flight("slow") == 2).then_some(())
-    })
-    .await;
+    eventually("dispatches in flight", WAIT, || async { (s.sink.max_in_flight("slow") == 2).then_some(()) })
+        .await;
     // NB: terminate() blocks until the process exits; keep it off the
     // runtime that serves the sample agent the receiver is still calling.
-    let (took, receiver) = tokio::task::spawn_blocking(move || (receiver.terminate(), receiver))
-        .await
-        .unwrap();
+    let (took, receiver) =
+        tokio::task::spawn_blocking(move || (receiver.terminate(), receiver)).await.unwrap();
     assert!(took < Duration::from_secs(30), "shutdown took {took:?}");
     // The dispatches in flight were finished, not abandoned.
     s.until_received("slow", &guids).await;
+    assert!(receiver.log().contains("receiver stopped"), "{}", receiver.log());
+}
+
+/// `hookwarden admin ...` against a receiver; returns the parsed JSON output.
+fn admin_cli(admin: &str, args: &[&str]) -> Result<serde_json::Value, String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookwarden"))
+        .arg("admin")
+        .args(args)
+        .env("HOOKWARDEN_ADMIN_URL", admin)
+        .env("HOOKWARDEN_ADMIN_TOKEN", ADMIN_TOKEN)
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[tokio::test]
+async fn admin_api_and_cli_manage_policies_dead_letters_and_show_deliveries() {
+    let key = HmacKey::generate(1);
+    let s = System::new(&[("flaky", 5)], &key).await;
+    let (_receiver, base, admin) = s.receiver_with_admin("r1").await;
+    let policy = format!("{}/default", s.ns.name);
+
+    // No token, wrong token: 401, and the token is never echoed.
+    for auth in [None, Some("Bearer wrong"), Some(ADMIN_TOKEN)] {
+        let mut req = s.http.get(format!("{admin}/admin/policies"));
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let r = req.send().await.unwrap();
+        assert_eq!(r.status(), 401, "{auth:?}");
+        assert!(!r.text().await.unwrap().contains(ADMIN_TOKEN));
+    }
+    let listed = admin_cli(&admin, &["policies"]).unwrap();
+    assert_eq!(listed[0]["policy"], policy.as_str());
+    assert_eq!(listed[0]["agents"][0]["circuit"], "closed");
+
+    // disable/enable patch the AgentPolicy spec, so kubectl agrees.
+    admin_cli(&admin, &["disable", &policy]).unwrap();
+    let spec_enabled =
+        s.env.kubectl_ok(&["get", "ap", "default", "-n", &s.ns.name, "-o", "jsonpath={.spec.enabled}"]);
+    assert_eq!(spec_enabled, "false");
+    eventually("status to follow", WAIT, || async {
+        (s.policy().await.status?.enabled == Some(false)).then_some(())
+    })
+    .await;
+    admin_cli(&admin, &["enable", &policy]).unwrap();
+    eventually("status to follow", WAIT, || async {
+        (s.policy().await.status?.enabled == Some(true)).then_some(())
+    })
+    .await;
+    let missing = admin_cli(&admin, &["disable", &format!("{}/nope", s.ns.name)]).unwrap_err();
+    assert!(missing.contains("404") && missing.contains("no AgentPolicy"), "{missing}");
+
+    // A failing agent's delivery ends as a dead letter; replay delivers it.
+    s.sink.set_mode("flaky", Mode::Fail);
+    let guid = s.deliver_many(&base, &key, 1).await.remove(0);
+    let letters = eventually("a dead letter", WAIT, || async {
+        let l = admin_cli(&admin, &["dead-letters", &policy]).ok()?;
+        (l.as_array()?.len() == 1).then_some(l)
+    })
+    .await;
+    assert_eq!(letters[0]["guid"], guid.as_str());
+    assert_eq!(letters[0]["agent"], "flaky");
+    assert_eq!(letters[0]["error"], "agent answered HTTP 500");
+    s.sink.set_mode("flaky", Mode::Ok);
+    let id = letters[0]["id"].as_str().unwrap();
+    admin_cli(&admin, &["replay", &policy, id]).unwrap();
+    s.until_received("flaky", std::slice::from_ref(&guid)).await;
+    let again = admin_cli(&admin, &["replay", &policy, id]).unwrap_err();
+    assert!(again.contains("404"), "{again}");
+    assert_eq!(admin_cli(&admin, &["purge", &policy]).unwrap()["purged"], 0);
+
+    // Recent deliveries, filtered.
+    let unsigned = s
+        .http
+        .post(format!("{base}/hooks/{}/repo-hook", s.ns.name))
+        .header("x-github-event", "issues")
+        .header("x-github-delivery", "not-signed-1")
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), 401);
+    // The activity log is written when the dispatch settles, just after the agent answered.
+    eventually("the delivery in the activity log", WAIT, || async {
+        let delivered = admin_cli(&admin, &["deliveries", "--status", "delivered"]).ok()?;
+        delivered
+            .as_array()?
+            .iter()
+            .any(|d| d["guid"] == guid.as_str() && d["agent"] == "flaky")
+            .then_some(())
+    })
+    .await;
+    let dead =
+        admin_cli(&admin, &["deliveries", "--status", "dead_letter", "--repository", "octo-org/hello-world"])
+            .unwrap();
+    assert!(dead.as_array().unwrap().iter().all(|d| d["status"] == "dead_letter"));
+    assert!(!dead.as_array().unwrap().is_empty());
+    let rejected = admin_cli(&admin, &["deliveries", "--status", "rejected", "--event", "issues"]).unwrap();
+    let rejected = rejected.as_array().unwrap();
     assert!(
-        receiver.log().contains("receiver stopped"),
-        "{}",
-        receiver.log()
+        rejected.iter().any(|d| d["guid"] == "not-signed-1" && d["detail"] == "signature_missing"),
+        "{rejected:?}"
     );
+
+    // Every series the runbook's alerts and dashboards use is exported.
+    let metrics = s.http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    for series in [
+        "github_webhooks_total{event=\"pull_request\"}",
+        "github_webhook_processed_total{",
+        "github_webhook_errors_total{",
+        "github_webhook_queue_length{",
+        "github_webhook_processing_duration_seconds_bucket{",
+        "webhook_circuit_breaker_open{",
+        "agents_enabled{",
+        "hookwarden_dead_letters{",
+        "hookwarden_rejected_deliveries_total{reason=\"signature_missing\"} 1",
+    ] {
+        assert!(metrics.contains(series), "/metrics lacks {series}");
+    }
 }

@@ -152,9 +152,7 @@ impl Default for CircuitBreaker {
 }
 
 /// How the delay between attempts grows.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RetryStrategy {
     #[default]

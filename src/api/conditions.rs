@@ -59,25 +59,11 @@ mod tests {
     fn transition_time_moves_only_when_status_flips() {
         let mut c = Vec::new();
         set(&mut c, READY, true, "Applied", "ok", Some(1), &at(100));
-        set(
-            &mut c,
-            READY,
-            true,
-            "Applied",
-            "still ok",
-            Some(2),
-            &at(200),
-        );
+        set(&mut c, READY, true, "Applied", "still ok", Some(2), &at(200));
         assert_eq!(c.len(), 1);
         assert_eq!(c[0].last_transition_time, at(100));
-        assert_eq!(
-            (c[0].message.as_str(), c[0].observed_generation),
-            ("still ok", Some(2))
-        );
+        assert_eq!((c[0].message.as_str(), c[0].observed_generation), ("still ok", Some(2)));
         set(&mut c, READY, false, "Failed", "broken", Some(2), &at(300));
-        assert_eq!(
-            (c[0].status.as_str(), c[0].last_transition_time.clone()),
-            ("False", at(300))
-        );
+        assert_eq!((c[0].status.as_str(), c[0].last_transition_time.clone()), ("False", at(300)));
     }
 }

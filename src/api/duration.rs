@@ -21,9 +21,7 @@ pub struct Duration {
 
 /// Why a string is not a [`Duration`].
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error(
-    "invalid duration {0:?}: expected whole numbers with units ms, s, m or h, such as 90s or 1h30m"
-)]
+#[error("invalid duration {0:?}: expected whole numbers with units ms, s, m or h, such as 90s or 1h30m")]
 pub struct DurationError(String);
 
 impl Duration {
@@ -50,9 +48,7 @@ impl FromStr for Duration {
             }
             let number: u64 = rest[..digits].parse().map_err(|_| err())?;
             rest = &rest[digits..];
-            let unit_len = rest
-                .find(|c: char| c.is_ascii_digit())
-                .unwrap_or(rest.len());
+            let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
             let millis_per_unit: u64 = match &rest[..unit_len] {
                 "ms" => 1,
                 "s" => 1_000,
@@ -62,14 +58,9 @@ impl FromStr for Duration {
             };
             rest = &rest[unit_len..];
             let millis = number.checked_mul(millis_per_unit).ok_or_else(err)?;
-            total = total
-                .checked_add(std::time::Duration::from_millis(millis))
-                .ok_or_else(err)?;
+            total = total.checked_add(std::time::Duration::from_millis(millis)).ok_or_else(err)?;
         }
-        Ok(Self {
-            text: text.to_owned(),
-            value: total,
-        })
+        Ok(Self { text: text.to_owned(), value: total })
     }
 }
 
@@ -133,10 +124,7 @@ mod tests {
         let re = regex::Regex::new(PATTERN).unwrap();
         let pattern = |s: &str| re.is_match(s);
         for text in ["", "10", "h", "1.5h", "-1s", "1d", "1 h", "1H", "s1"] {
-            assert!(
-                text.parse::<Duration>().is_err(),
-                "{text:?} should be rejected"
-            );
+            assert!(text.parse::<Duration>().is_err(), "{text:?} should be rejected");
             assert!(!pattern(text), "{text:?} should fail the schema pattern");
         }
         for text in ["1s", "1h30m", "250ms"] {

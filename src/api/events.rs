@@ -104,15 +104,10 @@ mod tests {
         let mut sorted = GITHUB_EVENTS.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
-        assert_eq!(
-            sorted, GITHUB_EVENTS,
-            "keep the list sorted and free of duplicates"
-        );
+        assert_eq!(sorted, GITHUB_EVENTS, "keep the list sorted and free of duplicates");
         for event in GITHUB_EVENTS {
             assert!(
-                event
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit()),
+                event.chars().all(|c| c.is_ascii_lowercase() || c == '_' || c.is_ascii_digit()),
                 "{event} is not how GitHub spells an event in X-GitHub-Event"
             );
         }

@@ -39,8 +39,7 @@ pub struct SecretKeyRef {
 }
 
 /// RFC 1123 subdomain, the format of most Kubernetes object names.
-pub(crate) const DNS_SUBDOMAIN: &str =
-    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+pub(crate) const DNS_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 
 /// Errors from rendering the CRDs.
 #[derive(Debug, thiserror::Error)]
@@ -70,17 +69,11 @@ pub async fn check_installed(client: &kube::Client) -> Result<(), InstallError> 
     for (crd, result) in [
         (
             "webhookconfigs.hookwarden.io",
-            kube::Api::<WebhookConfig>::all(client.clone())
-                .list_metadata(&probe)
-                .await
-                .map(drop),
+            kube::Api::<WebhookConfig>::all(client.clone()).list_metadata(&probe).await.map(drop),
         ),
         (
             "agentpolicies.hookwarden.io",
-            kube::Api::<AgentPolicy>::all(client.clone())
-                .list_metadata(&probe)
-                .await
-                .map(drop),
+            kube::Api::<AgentPolicy>::all(client.clone()).list_metadata(&probe).await.map(drop),
         ),
     ] {
         match result {
@@ -96,8 +89,7 @@ pub async fn check_installed(client: &kube::Client) -> Result<(), InstallError> 
 
 /// Every CustomResourceDefinition of the API, in a stable order.
 pub fn crds()
--> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
-{
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
     vec![WebhookConfig::crd(), AgentPolicy::crd()]
 }
 
@@ -132,10 +124,8 @@ mod tests {
         if let Some(props) = schema.get("properties").and_then(Value::as_object) {
             for (name, prop) in props {
                 let here = format!("{path}.{name}");
-                let described = prop
-                    .get("description")
-                    .and_then(Value::as_str)
-                    .is_some_and(|d| !d.trim().is_empty());
+                let described =
+                    prop.get("description").and_then(Value::as_str).is_some_and(|d| !d.trim().is_empty());
                 // apiVersion, kind and metadata are Kubernetes' own, documented by kubectl.
                 if !described && !path.is_empty() {
                     out.push(here.clone());
@@ -152,15 +142,10 @@ mod tests {
     fn every_field_has_a_description() {
         for crd in crds() {
             let schema =
-                serde_json::to_value(&crd.spec.versions[0].schema).unwrap()["openAPIV3Schema"]
-                    .clone();
+                serde_json::to_value(&crd.spec.versions[0].schema).unwrap()["openAPIV3Schema"].clone();
             let mut missing = Vec::new();
             undocumented(&schema, "", &mut missing);
-            assert!(
-                missing.is_empty(),
-                "{}: fields without a description: {missing:?}",
-                crd.spec.names.kind
-            );
+            assert!(missing.is_empty(), "{}: fields without a description: {missing:?}", crd.spec.names.kind);
         }
     }
 
@@ -168,17 +153,9 @@ mod tests {
     fn conditions_are_a_list_map_keyed_by_type() {
         for crd in crds() {
             let schema = serde_json::to_value(&crd.spec.versions[0].schema).unwrap();
-            let conditions =
-                &schema["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"];
-            assert_eq!(
-                conditions["x-kubernetes-list-type"], "map",
-                "{}",
-                crd.spec.names.kind
-            );
-            assert_eq!(
-                conditions["x-kubernetes-list-map-keys"],
-                serde_json::json!(["type"])
-            );
+            let conditions = &schema["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"];
+            assert_eq!(conditions["x-kubernetes-list-type"], "map", "{}", crd.spec.names.kind);
+            assert_eq!(conditions["x-kubernetes-list-map-keys"], serde_json::json!(["type"]));
         }
     }
 }

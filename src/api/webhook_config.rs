@@ -104,9 +104,7 @@ pub struct WebhookConfigSpec {
 }
 
 /// Payload encoding of deliveries.
-#[derive(
-    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema,
-)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ContentType {
     #[default]
@@ -171,10 +169,7 @@ pub struct SecretRotation {
 
 impl Default for SecretRotation {
     fn default() -> Self {
-        Self {
-            interval: default_rotation_interval(),
-            overlap: default_rotation_overlap(),
-        }
+        Self { interval: default_rotation_interval(), overlap: default_rotation_overlap() }
     }
 }
 

@@ -106,29 +106,17 @@ pub async fn reconcile(policy: Arc<AgentPolicy>, ctx: Arc<Context>) -> Result<Ac
     let status = effective_status(&policy, dead, &Time(Timestamp::now()));
     if policy.status.as_ref() != Some(&status) {
         let api: Api<AgentPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
-        let patch = json!({ "apiVersion": "hookwarden.io/v1alpha1", "kind": "AgentPolicy", "status": status });
-        api.patch_status(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&patch),
-        )
-        .await
-        .map_err(Error::Kube)?;
+        let patch =
+            json!({ "apiVersion": "hookwarden.io/v1alpha1", "kind": "AgentPolicy", "status": status });
+        api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+            .await
+            .map_err(Error::Kube)?;
         let was = policy.status.as_ref().and_then(|s| s.enabled);
         if was != status.enabled {
             let on = status.enabled == Some(true);
             let event = Event {
-                type_: if on {
-                    EventType::Normal
-                } else {
-                    EventType::Warning
-                },
-                reason: if on {
-                    "DispatchEnabled"
-                } else {
-                    "DispatchDisabled"
-                }
-                .into(),
+                type_: if on { EventType::Normal } else { EventType::Warning },
+                reason: if on { "DispatchEnabled" } else { "DispatchDisabled" }.into(),
                 note: status.reason.clone(),
                 action: "UpdateEffectiveSettings".into(),
                 secondary: None,
@@ -140,11 +128,7 @@ pub async fn reconcile(policy: Arc<AgentPolicy>, ctx: Arc<Context>) -> Result<Ac
         tracing::info!(policy = %name, %namespace, enabled = ?status.enabled, concurrency = ?status.concurrency, reason = ?status.reason, "effective settings written");
     }
     // The safety rule watches a number that changes outside Kubernetes.
-    let every = if policy.spec.safety.max_dead_letters.is_some() {
-        10
-    } else {
-        300
-    };
+    let every = if policy.spec.safety.max_dead_letters.is_some() { 10 } else { 300 };
     Ok(Action::requeue(Duration::from_secs(every)))
 }
 
@@ -171,10 +155,7 @@ mod tests {
             DeadLetters::NoLimit,
             &at(1),
         );
-        assert_eq!(
-            (s.enabled, s.concurrency, s.queue_limit),
-            (Some(true), Some(7), Some(50))
-        );
+        assert_eq!((s.enabled, s.concurrency, s.queue_limit), (Some(true), Some(7), Some(50)));
         assert_eq!(s.observed_generation, Some(3));
         assert_eq!(s.reason.as_deref(), Some("enabled"));
     }
@@ -190,11 +171,7 @@ mod tests {
 
     #[test]
     fn spec_kill_switch_wins() {
-        let s = effective_status(
-            &policy(json!({"enabled": false})),
-            DeadLetters::Count(0),
-            &at(1),
-        );
+        let s = effective_status(&policy(json!({"enabled": false})), DeadLetters::Count(0), &at(1));
         assert_eq!(s.enabled, Some(false));
         assert_eq!(s.reason.as_deref(), Some("disabled in spec"));
     }
@@ -206,19 +183,8 @@ mod tests {
         assert_eq!(s.enabled, Some(true), "at the limit is still fine");
         let s = effective_status(&p, DeadLetters::Count(11), &at(2));
         assert_eq!(s.enabled, Some(false));
-        assert!(
-            s.reason
-                .as_deref()
-                .unwrap()
-                .contains("11 dead letters exceed"),
-            "{:?}",
-            s.reason
-        );
-        let dispatching = s
-            .conditions
-            .iter()
-            .find(|c| c.type_ == conditions::DISPATCHING)
-            .unwrap();
+        assert!(s.reason.as_deref().unwrap().contains("11 dead letters exceed"), "{:?}", s.reason);
+        let dispatching = s.conditions.iter().find(|c| c.type_ == conditions::DISPATCHING).unwrap();
         assert_eq!(
             (dispatching.status.as_str(), dispatching.reason.as_str()),
             ("False", REASON_DEAD_LETTERS)
@@ -226,27 +192,17 @@ mod tests {
 
         // Redis unreachable: a trip stays in place.
         p.status = Some(s);
-        assert_eq!(
-            effective_status(&p, DeadLetters::Unknown, &at(3)).enabled,
-            Some(false)
-        );
+        assert_eq!(effective_status(&p, DeadLetters::Unknown, &at(3)).enabled, Some(false));
         // Purged: dispatch resumes.
         let s = effective_status(&p, DeadLetters::Count(0), &at(4));
         assert_eq!(s.enabled, Some(true));
-        let dispatching = s
-            .conditions
-            .iter()
-            .find(|c| c.type_ == conditions::DISPATCHING)
-            .unwrap();
+        let dispatching = s.conditions.iter().find(|c| c.type_ == conditions::DISPATCHING).unwrap();
         assert_eq!(dispatching.last_transition_time, at(4));
     }
 
     #[test]
     fn unknown_dead_letters_do_not_trip_an_untripped_policy() {
         let p = policy(json!({"safety": {"maxDeadLetters": 10}}));
-        assert_eq!(
-            effective_status(&p, DeadLetters::Unknown, &at(1)).enabled,
-            Some(true)
-        );
+        assert_eq!(effective_status(&p, DeadLetters::Unknown, &at(1)).enabled, Some(true));
     }
 }

@@ -99,27 +99,20 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::ap
         queue,
     });
 
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(crate::api::InstallError::Listen)?;
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.map_err(crate::api::InstallError::Listen)?;
     let health = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
         .route(
             "/metrics",
             get(|State(m): State<Arc<OperatorMetrics>>| async move {
-                (
-                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                    m.render(),
-                )
-                    .into_response()
+                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()).into_response()
             }),
         )
         .with_state(metrics);
     tokio::spawn(async move {
-        let _ = axum::serve(listener, health)
-            .with_graceful_shutdown(crate::shutdown_signal())
-            .await;
+        let _ = axum::serve(listener, health).with_graceful_shutdown(crate::shutdown_signal()).await;
     });
     tracing::info!(listen = %config.listen, "operator started");
 
@@ -133,30 +126,17 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::ap
     Ok(())
 }
 
-async fn instrumented_reconcile(
-    policy: Arc<AgentPolicy>,
-    ctx: Arc<Context>,
-) -> Result<Action, Error> {
-    let timer = ctx
-        .metrics
-        .reconcile_duration
-        .with_label_values(&["agentpolicy"])
-        .start_timer();
+async fn instrumented_reconcile(policy: Arc<AgentPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let timer = ctx.metrics.reconcile_duration.with_label_values(&["agentpolicy"]).start_timer();
     let result = agent_policy::reconcile(policy, ctx.clone()).await;
     timer.observe_duration();
     let outcome = if result.is_ok() { "ok" } else { "error" };
-    ctx.metrics
-        .reconciles
-        .with_label_values(&["agentpolicy", outcome])
-        .inc();
+    ctx.metrics.reconciles.with_label_values(&["agentpolicy", outcome]).inc();
     result
 }
 
 fn error_policy(policy: Arc<AgentPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcile_errors
-        .with_label_values(&["agentpolicy", error.metric_label()])
-        .inc();
+    ctx.metrics.reconcile_errors.with_label_values(&["agentpolicy", error.metric_label()]).inc();
     tracing::warn!(policy = %kube::ResourceExt::name_any(policy.as_ref()), %error, "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(5))
 }

@@ -51,29 +51,15 @@ mod tests {
     }
 
     fn secs(policy: &RetryPolicy, upto: u32) -> Vec<u64> {
-        (1..=upto)
-            .map(|n| base_delay(policy, n).as_secs())
-            .collect()
+        (1..=upto).map(|n| base_delay(policy, n).as_secs()).collect()
     }
 
     #[test]
     fn each_strategy_grows_as_named_and_stops_at_the_cap() {
-        assert_eq!(
-            secs(&policy(RetryStrategy::Exponential, "1s", "10s"), 6),
-            [1, 2, 4, 8, 10, 10]
-        );
-        assert_eq!(
-            secs(&policy(RetryStrategy::Linear, "2s", "7s"), 5),
-            [2, 4, 6, 7, 7]
-        );
-        assert_eq!(
-            secs(&policy(RetryStrategy::Fixed, "3s", "1h"), 4),
-            [3, 3, 3, 3]
-        );
-        assert_eq!(
-            secs(&policy(RetryStrategy::Fibonacci, "1s", "1h"), 7),
-            [1, 1, 2, 3, 5, 8, 13]
-        );
+        assert_eq!(secs(&policy(RetryStrategy::Exponential, "1s", "10s"), 6), [1, 2, 4, 8, 10, 10]);
+        assert_eq!(secs(&policy(RetryStrategy::Linear, "2s", "7s"), 5), [2, 4, 6, 7, 7]);
+        assert_eq!(secs(&policy(RetryStrategy::Fixed, "3s", "1h"), 4), [3, 3, 3, 3]);
+        assert_eq!(secs(&policy(RetryStrategy::Fibonacci, "1s", "1h"), 7), [1, 1, 2, 3, 5, 8, 13]);
     }
 
     #[test]
@@ -90,10 +76,7 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for _ in 0..200 {
             let d = delay(&p, 2);
-            assert!(
-                d >= Duration::from_secs(2) && d <= Duration::from_millis(2400),
-                "{d:?}"
-            );
+            assert!(d >= Duration::from_secs(2) && d <= Duration::from_millis(2400), "{d:?}");
             seen.insert(d);
             assert!(delay(&p, 10) <= Duration::from_secs(10));
         }

@@ -96,17 +96,13 @@ impl Breaker {
                 inner.probe_in_flight = true;
                 Ok(Permit { probe: true })
             }
-            State::Open => Err(Rejected {
-                retry_at: inner.opened_at + reset,
-            }),
+            State::Open => Err(Rejected { retry_at: inner.opened_at + reset }),
             State::HalfOpen if !inner.probe_in_flight => {
                 inner.probe_in_flight = true;
                 Ok(Permit { probe: true })
             }
             // One probe at a time; the others wait as if the circuit were open.
-            State::HalfOpen => Err(Rejected {
-                retry_at: now + reset,
-            }),
+            State::HalfOpen => Err(Rejected { retry_at: now + reset }),
         }
     }
 
@@ -131,11 +127,7 @@ impl Breaker {
         let second = now.duration_since(inner.epoch).as_secs();
         let config = inner.config.clone();
         let window = config.window_seconds.max(1) as u64;
-        while inner
-            .buckets
-            .front()
-            .is_some_and(|(s, _, _)| s + window <= second)
-        {
+        while inner.buckets.front().is_some_and(|(s, _, _)| s + window <= second) {
             inner.buckets.pop_front();
         }
         match inner.buckets.back_mut() {
@@ -146,16 +138,12 @@ impl Breaker {
                     *failed += 1
                 }
             }
-            _ => inner
-                .buckets
-                .push_back((second, u32::from(success), u32::from(!success))),
+            _ => inner.buckets.push_back((second, u32::from(success), u32::from(!success))),
         }
         let (ok, failed) = inner
             .buckets
             .iter()
-            .fold((0u64, 0u64), |(o, f), (_, a, b)| {
-                (o + u64::from(*a), f + u64::from(*b))
-            });
+            .fold((0u64, 0u64), |(o, f), (_, a, b)| (o + u64::from(*a), f + u64::from(*b)));
         let total = ok + failed;
         if total >= config.volume_threshold.max(1) as u64
             && failed * 100 >= total * config.error_threshold_percent as u64
@@ -232,11 +220,7 @@ mod tests {
         }
         tokio::time::advance(Duration::from_secs(11)).await;
         call(&b, false);
-        assert_eq!(
-            b.state(),
-            State::Closed,
-            "the first three failures are outside the 10 s window"
-        );
+        assert_eq!(b.state(), State::Closed, "the first three failures are outside the 10 s window");
     }
 
     #[tokio::test(start_paused = true)]

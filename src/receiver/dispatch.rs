@@ -78,15 +78,10 @@ pub fn wants(agent: &Agent, event: &str, repository: Option<&str>) -> bool {
     let repo_ok = agent.repositories.is_empty()
         || repository.is_some_and(|repo| {
             // NB: GitHub owner and repository names are case-insensitive.
-            agent
-                .repositories
-                .iter()
-                .any(|pattern| match pattern.strip_suffix("/*") {
-                    Some(owner) => repo
-                        .split_once('/')
-                        .is_some_and(|(o, _)| o.eq_ignore_ascii_case(owner)),
-                    None => pattern.eq_ignore_ascii_case(repo),
-                })
+            agent.repositories.iter().any(|pattern| match pattern.strip_suffix("/*") {
+                Some(owner) => repo.split_once('/').is_some_and(|(o, _)| o.eq_ignore_ascii_case(owner)),
+                None => pattern.eq_ignore_ascii_case(repo),
+            })
         });
     event_ok && repo_ok
 }
@@ -142,23 +137,13 @@ impl Dispatcher {
             .user_agent(concat!("hookwarden/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("HTTP client");
-        Self {
-            queue,
-            registry,
-            metrics,
-            http,
-            config,
-            breakers: Mutex::new(HashMap::new()),
-        }
+        Self { queue, registry, metrics, http, config, breakers: Mutex::new(HashMap::new()) }
     }
 
     /// State of every agent's breaker, for the admin API.
     pub fn breaker_states(&self) -> Vec<(ObjectRef, String, State)> {
         let breakers = self.breakers.lock().unwrap();
-        breakers
-            .iter()
-            .map(|((p, a), b)| (p.clone(), a.clone(), b.state()))
-            .collect()
+        breakers.iter().map(|((p, a), b)| (p.clone(), a.clone(), b.state())).collect()
     }
 
     /// Runs one worker per AgentPolicy until `shutdown`, then lets in-flight
@@ -221,10 +206,7 @@ impl Dispatcher {
         let mut next_reclaim = Instant::now();
         while !stop.is_cancelled() {
             let settings = settings_rx.borrow_and_update().clone();
-            self.metrics
-                .agents_enabled
-                .with_label_values(&[&policy_label])
-                .set(i64::from(settings.enabled));
+            self.metrics.agents_enabled.with_label_values(&[&policy_label]).set(i64::from(settings.enabled));
             while let Some(done) = inflight.try_join_next() {
                 if let Err(error) = done {
                     tracing::error!(%policy, %error, "dispatch task failed");
@@ -237,10 +219,7 @@ impl Dispatcher {
                 if now >= next_reclaim {
                     next_reclaim = now + Duration::from_secs(5);
                     let idle = self.reclaim_idle(&settings);
-                    match reader
-                        .reclaim(&policy, &self.config.consumer, idle.as_millis() as u64, 100)
-                        .await
-                    {
+                    match reader.reclaim(&policy, &self.config.consumer, idle.as_millis() as u64, 100).await {
                         Ok(entries) if !entries.is_empty() => {
                             tracing::info!(%policy, count = entries.len(), "reclaimed entries of a stalled consumer");
                             held.extend(entries);
@@ -250,11 +229,7 @@ impl Dispatcher {
                     }
                 }
             }
-            let free = if settings.enabled {
-                settings.concurrency.saturating_sub(inflight.len())
-            } else {
-                0
-            };
+            let free = if settings.enabled { settings.concurrency.saturating_sub(inflight.len()) } else { 0 };
             if free > 0 && !held.is_empty() {
                 for entry in held.drain(..free.min(held.len())) {
                     inflight.spawn(self.clone().process(policy.clone(), entry));
@@ -264,12 +239,7 @@ impl Dispatcher {
             if free > 0 {
                 // Not cancelled midway: entries read are always either dispatched or held.
                 match reader
-                    .read(
-                        &policy,
-                        &self.config.consumer,
-                        free,
-                        self.config.read_block.as_millis() as u64,
-                    )
+                    .read(&policy, &self.config.consumer, free, self.config.read_block.as_millis() as u64)
                     .await
                 {
                     Ok(entries) => held.extend(entries),
@@ -302,12 +272,7 @@ impl Dispatcher {
     /// Idle time after which another consumer's entry is taken over: longer
     /// than any agent may legitimately take.
     fn reclaim_idle(&self, settings: &PolicySettings) -> Duration {
-        let slowest = settings
-            .agents
-            .iter()
-            .map(|a| a.timeout_seconds.max(1) as u64)
-            .max()
-            .unwrap_or(10);
+        let slowest = settings.agents.iter().map(|a| a.timeout_seconds.max(1) as u64).max().unwrap_or(10);
         self.config.reclaim_after + Duration::from_secs(slowest)
     }
 
@@ -316,16 +281,10 @@ impl Dispatcher {
             tracing::warn!(%policy, %error, "could not promote due retries");
         }
         if let Ok(len) = self.queue.len(policy).await {
-            self.metrics
-                .queue_length
-                .with_label_values(&[label])
-                .set(len as i64);
+            self.metrics.queue_length.with_label_values(&[label]).set(len as i64);
         }
         if let Ok(len) = self.queue.dead_len(policy).await {
-            self.metrics
-                .dead_letters
-                .with_label_values(&[label])
-                .set(len as i64);
+            self.metrics.dead_letters.with_label_values(&[label]).set(len as i64);
         }
     }
 
@@ -345,13 +304,7 @@ impl Dispatcher {
         let d = &entry.delivery;
         let targets: Vec<Result<&Agent, String>> = match &d.agent {
             // A retry or replay is for one agent only.
-            Some(name) => vec![
-                settings
-                    .agents
-                    .iter()
-                    .find(|a| &a.name == name)
-                    .ok_or_else(|| name.clone()),
-            ],
+            Some(name) => vec![settings.agents.iter().find(|a| &a.name == name).ok_or_else(|| name.clone())],
             None => settings
                 .agents
                 .iter()
@@ -361,10 +314,7 @@ impl Dispatcher {
         };
         let calls = targets.iter().map(|target| async {
             match target {
-                Ok(agent) => (
-                    agent.name.clone(),
-                    self.call(&policy, agent, &settings, d).await,
-                ),
+                Ok(agent) => (agent.name.clone(), self.call(&policy, agent, &settings, d).await),
                 Err(name) => (name.clone(), Err(Failure::AgentGone)),
             }
         });
@@ -376,24 +326,17 @@ impl Dispatcher {
         for (agent, outcome) in outcomes {
             let labels = |result: &str| [policy_label.clone(), agent.clone(), result.to_owned()];
             let Err(failure) = outcome else {
-                self.metrics
-                    .processed
-                    .with_label_values(&labels("success"))
-                    .inc();
+                self.metrics.processed.with_label_values(&labels("success")).inc();
+                settlement.log.push((agent, "delivered", None));
                 continue;
             };
             let attempts = d.attempt + 1;
-            self.metrics
-                .errors
-                .with_label_values(&labels(failure.metric_label()))
-                .inc();
+            self.metrics.errors.with_label_values(&labels(failure.metric_label())).inc();
             let gone = matches!(failure, Failure::AgentGone);
             if gone || attempts >= settings.retry.max_attempts.max(1) as u32 {
                 tracing::warn!(%policy, agent, delivery_id = %d.guid, attempts, error = %failure, "dead-lettered");
-                self.metrics
-                    .processed
-                    .with_label_values(&labels("dead_letter"))
-                    .inc();
+                self.metrics.processed.with_label_values(&labels("dead_letter")).inc();
+                settlement.log.push((agent.clone(), "dead_letter", Some(failure.to_string())));
                 settlement.dead.push((agent, attempts, failure.to_string()));
             } else {
                 let mut wait = backoff::delay(&settings.retry, attempts);
@@ -401,13 +344,9 @@ impl Dispatcher {
                     wait = wait.max(retry_at.saturating_duration_since(Instant::now()));
                 }
                 tracing::info!(%policy, agent, delivery_id = %d.guid, attempts, retry_in_ms = wait.as_millis() as u64, error = %failure, "retry scheduled");
-                self.metrics
-                    .processed
-                    .with_label_values(&labels("retry"))
-                    .inc();
-                settlement
-                    .retries
-                    .push((agent, now + wait.as_millis() as u64, attempts));
+                self.metrics.processed.with_label_values(&labels("retry")).inc();
+                settlement.log.push((agent.clone(), "retry", Some(failure.to_string())));
+                settlement.retries.push((agent, now + wait.as_millis() as u64, attempts));
             }
         }
         for attempt in 1..=3 {
@@ -433,9 +372,7 @@ impl Dispatcher {
     ) -> Result<(), Failure> {
         let breaker = self.breaker(policy, &agent.name, settings);
         let labels = [policy.to_string(), agent.name.clone()];
-        let permit = breaker.acquire().map_err(|r| Failure::CircuitOpen {
-            retry_at: r.retry_at,
-        })?;
+        let permit = breaker.acquire().map_err(|r| Failure::CircuitOpen { retry_at: r.retry_at })?;
         let response = self
             .http
             .post(&agent.url)
@@ -452,15 +389,9 @@ impl Dispatcher {
         };
         breaker.record(permit, result.is_ok());
         let open = breaker.state() != State::Closed;
-        self.metrics
-            .breaker_open
-            .with_label_values(&labels)
-            .set(i64::from(open));
+        self.metrics.breaker_open.with_label_values(&labels).set(i64::from(open));
         let elapsed = now_ms().saturating_sub(d.received_ms) as f64 / 1000.0;
-        self.metrics
-            .duration
-            .with_label_values(&labels)
-            .observe(elapsed);
+        self.metrics.duration.with_label_values(&labels).observe(elapsed);
         result
     }
 }
@@ -486,21 +417,12 @@ mod tests {
         assert!(wants(&agent(&["*"], &[]), "push", repo));
         assert!(wants(&agent(&["push", "issues"], &[]), "issues", repo));
         assert!(!wants(&agent(&["push"], &[]), "issues", repo));
-        assert!(
-            wants(&agent(&[], &["octo-org/hello-world"]), "push", repo),
-            "names are case-insensitive"
-        );
+        assert!(wants(&agent(&[], &["octo-org/hello-world"]), "push", repo), "names are case-insensitive");
         assert!(wants(&agent(&[], &["octo-org/*"]), "push", repo));
         assert!(!wants(&agent(&[], &["octo-org/other"]), "push", repo));
         assert!(!wants(&agent(&[], &["other/*"]), "push", repo));
-        assert!(
-            !wants(&agent(&[], &["octo-org/*"]), "push", None),
-            "no repository, no match"
-        );
-        assert!(
-            !wants(&agent(&["push"], &["octo-org/*"]), "issues", repo),
-            "both filters must match"
-        );
+        assert!(!wants(&agent(&[], &["octo-org/*"]), "push", None), "no repository, no match");
+        assert!(!wants(&agent(&["push"], &["octo-org/*"]), "issues", repo), "both filters must match");
     }
 
     #[test]

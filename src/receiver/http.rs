@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    queue::{Delivery, Enqueued, ObjectRef, Queue, QueueError},
+    queue::{Activity, Delivery, Enqueued, ObjectRef, Queue, QueueError},
     registry::{DEFAULT_QUEUE_LIMIT, Registry},
 };
 use crate::{
@@ -103,9 +103,7 @@ impl IngestError {
             Self::BodyRead | Self::Header(_) | Self::BadPayload(_) => StatusCode::BAD_REQUEST,
             Self::Signature(_) => StatusCode::UNAUTHORIZED,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::NoKeys | Self::QueueFull | Self::QueueUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NoKeys | Self::QueueFull | Self::QueueUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -115,9 +113,7 @@ impl IntoResponse for IngestError {
         let status = self.status();
         let mut response = (status, Json(json!({ "error": self.to_string() }))).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
         }
         response
     }
@@ -130,20 +126,28 @@ async fn ingest(
     body: Body,
 ) -> Response {
     let hook = ObjectRef::new(namespace, name);
-    let guid = headers
-        .get("x-github-delivery")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_owned();
+    let guid = headers.get("x-github-delivery").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     match accept(&state, &hook, &headers, body).await {
         Ok((status, message)) => (status, Json(json!({ "status": message }))).into_response(),
         Err(error) => {
-            state
-                .metrics
-                .rejected
-                .with_label_values(&[error.metric_label()])
-                .inc();
+            state.metrics.rejected.with_label_values(&[error.metric_label()]).inc();
             tracing::warn!(%hook, delivery_id = %guid, reason = error.metric_label(), %error, "delivery rejected");
+            // The queue logs its own refusals; Redis being down needs no record.
+            if !matches!(error, IngestError::QueueFull | IngestError::QueueUnavailable) {
+                let event = headers.get("x-github-event").and_then(|v| v.to_str().ok()).unwrap_or("");
+                let record = Activity {
+                    at_ms: now_ms(),
+                    guid: guid.chars().take(64).collect(),
+                    event: event.chars().take(64).collect(),
+                    hook: hook.to_string(),
+                    policy: None,
+                    repository: None,
+                    status: "rejected".into(),
+                    agent: None,
+                    detail: Some(error.metric_label().into()),
+                };
+                let _ = state.queue.record_activity(&record).await;
+            }
             error.into_response()
         }
     }
@@ -155,50 +159,33 @@ async fn accept(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, &'static str), IngestError> {
-    let hook = state
-        .registry
-        .hook(hook_ref)
-        .ok_or_else(|| IngestError::UnknownHook(hook_ref.clone()))?;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    let hook = state.registry.hook(hook_ref).ok_or_else(|| IngestError::UnknownHook(hook_ref.clone()))?;
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|len| len > state.body_limit) {
         return Err(IngestError::TooLarge(state.body_limit));
     }
-    let body = axum::body::to_bytes(body, state.body_limit)
-        .await
-        .map_err(|e| {
-            // NB: axum reports an exceeded limit as an error whose source is LengthLimitError.
-            if std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            {
-                IngestError::TooLarge(state.body_limit)
-            } else {
-                IngestError::BodyRead
-            }
-        })?;
+    let body = axum::body::to_bytes(body, state.body_limit).await.map_err(|e| {
+        // NB: axum reports an exceeded limit as an error whose source is LengthLimitError.
+        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+            IngestError::TooLarge(state.body_limit)
+        } else {
+            IngestError::BodyRead
+        }
+    })?;
 
     let keys = state.registry.keys(&hook.secret);
     if keys.is_empty() {
         return Err(IngestError::NoKeys);
     }
-    let key = signature::verify(
-        headers.get(signature::HEADER).map(HeaderValue::as_bytes),
-        &body,
-        &keys,
-    )?;
+    let key = signature::verify(headers.get(signature::HEADER).map(HeaderValue::as_bytes), &body, &keys)?;
 
     let event = header_token(headers, "x-github-event", |c| {
         c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'
     })?;
-    let guid = header_token(headers, "x-github-delivery", |c| {
-        c.is_ascii_alphanumeric() || c == '-'
-    })?;
+    let guid = header_token(headers, "x-github-delivery", |c| c.is_ascii_alphanumeric() || c == '-')?;
     let payload = match media_type(headers) {
         Some(m) if m.eq_ignore_ascii_case("application/json") => body,
-        Some(m) if m.eq_ignore_ascii_case("application/x-www-form-urlencoded") => {
-            form_payload(&body)?
-        }
+        Some(m) if m.eq_ignore_ascii_case("application/x-www-form-urlencoded") => form_payload(&body)?,
         _ => return Err(IngestError::UnsupportedMediaType),
     };
     let envelope: Envelope =
@@ -227,10 +214,7 @@ async fn accept(
         return Ok((StatusCode::OK, "pong"));
     }
 
-    let limit = state
-        .registry
-        .policy(&hook.policy)
-        .map_or(DEFAULT_QUEUE_LIMIT, |p| p.queue_limit);
+    let limit = state.registry.policy(&hook.policy).map_or(DEFAULT_QUEUE_LIMIT, |p| p.queue_limit);
     match state.queue.enqueue(&hook.policy, &delivery, limit).await {
         Ok(Enqueued::Queued(id)) => {
             tracing::info!(hook = %hook_ref, delivery_id = %guid, event, entry = %id, "delivery queued");
@@ -292,31 +276,17 @@ fn form_payload(body: &[u8]) -> Result<Bytes, IngestError> {
 }
 
 pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
     let redis = tokio::time::timeout(Duration::from_secs(2), state.queue.ping()).await;
     let redis_ok = matches!(redis, Ok(Ok(())));
     let synced = state.registry.is_synced();
-    let status = if redis_ok && synced {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        status,
-        Json(json!({ "redis": redis_ok, "kubernetes_synced": synced })),
-    )
-        .into_response()
+    let status = if redis_ok && synced { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "redis": redis_ok, "kubernetes_synced": synced }))).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }

@@ -7,6 +7,7 @@
 //! - [`registry`]: hooks, keys and policy settings, kept current by [`watch`].
 //! - [`dispatch`]: workers, with [`breaker`] and [`backoff`].
 
+pub mod admin;
 pub mod backoff;
 pub mod breaker;
 pub mod dispatch;
@@ -37,6 +38,9 @@ pub struct ReceiverConfig {
     pub consumer: String,
     pub shutdown_grace: Duration,
     pub reclaim_after: Duration,
+    /// Address of the admin API; served only when `admin_token` is set.
+    pub admin_listen: SocketAddr,
+    pub admin_token: Option<String>,
 }
 
 /// Why the receiver could not start or stopped.
@@ -80,18 +84,30 @@ pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), Error> {
     ));
     let workers = tokio::spawn(dispatcher.clone().run(shutdown.clone()));
 
-    let state = http::AppState {
-        registry,
-        queue,
-        metrics,
-        body_limit: config.body_limit,
-    };
+    match config.admin_token.as_deref().filter(|t| !t.is_empty()) {
+        Some(token) => {
+            let admin = admin::router(admin::AdminState {
+                token: token.into(),
+                client: client.clone(),
+                registry: registry.clone(),
+                queue: queue.clone(),
+                dispatcher: dispatcher.clone(),
+            });
+            let listener = tokio::net::TcpListener::bind(config.admin_listen)
+                .await
+                .map_err(|source| Error::Listen { addr: config.admin_listen, source })?;
+            tracing::info!(listen = %config.admin_listen, "admin API listening");
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, admin).with_graceful_shutdown(crate::shutdown_signal()).await;
+            });
+        }
+        None => tracing::info!("no admin token configured; admin API off"),
+    }
+
+    let state = http::AppState { registry, queue, metrics, body_limit: config.body_limit };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| Error::Listen {
-            addr: config.listen,
-            source,
-        })?;
+        .map_err(|source| Error::Listen { addr: config.listen, source })?;
     tracing::info!(listen = %config.listen, consumer = %config.consumer, "receiver listening");
     let stop = shutdown.clone();
     axum::serve(listener, http::router(state))

@@ -54,10 +54,7 @@ pub struct ObjectRef {
 
 impl ObjectRef {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
+        Self { namespace: namespace.into(), name: name.into() }
     }
 }
 
@@ -100,11 +97,9 @@ impl Delivery {
             ("attempt", self.attempt.to_string().into_bytes()),
             ("payload", self.payload.to_vec()),
         ];
-        for (name, value) in [
-            ("repository", &self.repository),
-            ("action", &self.action),
-            ("agent", &self.agent),
-        ] {
+        for (name, value) in
+            [("repository", &self.repository), ("action", &self.action), ("agent", &self.agent)]
+        {
             if let Some(v) = value {
                 f.push((name, v.clone().into_bytes()));
             }
@@ -113,10 +108,7 @@ impl Delivery {
     }
 
     fn from_fields(id: &str, mut map: HashMap<String, Vec<u8>>) -> Result<Self> {
-        let corrupt = |what| QueueError::Corrupt {
-            id: id.to_owned(),
-            what,
-        };
+        let corrupt = |what| QueueError::Corrupt { id: id.to_owned(), what };
         let mut text = |name: &'static str| -> Option<String> {
             map.remove(name).and_then(|v| String::from_utf8(v).ok())
         };
@@ -128,15 +120,10 @@ impl Delivery {
             hook: ObjectRef::new(namespace, name),
             repository: text("repository"),
             action: text("action"),
-            received_ms: text("received")
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| corrupt("received"))?,
+            received_ms: text("received").and_then(|v| v.parse().ok()).ok_or_else(|| corrupt("received"))?,
             agent: text("agent"),
             attempt: text("attempt").and_then(|v| v.parse().ok()).unwrap_or(0),
-            payload: map
-                .remove("payload")
-                .map(Bytes::from)
-                .ok_or_else(|| corrupt("payload"))?,
+            payload: map.remove("payload").map(Bytes::from).ok_or_else(|| corrupt("payload"))?,
         })
     }
 
@@ -187,22 +174,101 @@ pub struct Settlement {
     pub retries: Vec<(String, u64, u32)>,
     /// `(agent, attempts made, last error)` given up on.
     pub dead: Vec<(String, u32, String)>,
+    /// `(agent, status, detail)` for the activity log.
+    pub log: Vec<(String, &'static str, Option<String>)>,
+}
+
+/// Entries kept in the activity log (approximately: trimmed lazily).
+pub const ACTIVITY_LEN: u64 = 10_000;
+
+/// One line of the activity log that the admin API lists: a delivery
+/// accepted, recognised as a duplicate, rejected, or dispatched to an agent.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Activity {
+    pub at_ms: u64,
+    pub guid: String,
+    pub event: String,
+    pub hook: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// `queued`, `duplicate`, `rejected`, `delivered`, `retry`, `dead_letter`.
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// Why, for `rejected`, `retry` and `dead_letter`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Activity {
+    pub fn of(
+        d: &Delivery,
+        policy: &ObjectRef,
+        status: &str,
+        agent: Option<String>,
+        detail: Option<String>,
+    ) -> Self {
+        Self {
+            at_ms: crate::receiver::http::now_ms(),
+            guid: d.guid.clone(),
+            event: d.event.clone(),
+            hook: d.hook.to_string(),
+            policy: Some(policy.to_string()),
+            repository: d.repository.clone(),
+            status: status.to_owned(),
+            agent,
+            detail,
+        }
+    }
+
+    fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("activity serialises")
+    }
+}
+
+/// Filters for [`Queue::activity`]; `None` matches anything.
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+pub struct ActivityFilter {
+    pub status: Option<String>,
+    pub event: Option<String>,
+    pub repository: Option<String>,
+    pub hook: Option<String>,
+}
+
+impl ActivityFilter {
+    fn matches(&self, a: &Activity) -> bool {
+        let eq = |want: &Option<String>, have: Option<&str>| {
+            want.as_deref().is_none_or(|w| have.is_some_and(|h| h.eq_ignore_ascii_case(w)))
+        };
+        eq(&self.status, Some(&a.status))
+            && eq(&self.event, Some(&a.event))
+            && eq(&self.repository, a.repository.as_deref())
+            && eq(&self.hook, Some(&a.hook))
+    }
 }
 
 static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-if redis.call('EXISTS', KEYS[2]) == 1 then return 'dup' end
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return 'full' end
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+local function log(record)
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'json', record)
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then log(ARGV[5]); return 'dup' end
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then log(ARGV[6]); return 'full' end
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 7))
 redis.call('SET', KEYS[2], id, 'EX', ARGV[2])
+log(ARGV[4])
 return id
 "#,
     )
 });
 
-// KEYS: events, retry, dead. ARGV: group, id, now_ms, n_retries,
-// (due, member)*, n_dead, member*. Members are flat JSON field lists.
+// KEYS: events, retry, dead, activity. ARGV: group, id, activity length,
+// n_retries, (due, member)*, n_dead, member*, n_log, record*. Members are
+// flat JSON field lists; records are activity JSON.
 static SETTLE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -218,6 +284,11 @@ for _ = 1, n_dead do
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
+local n_log = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n_log do
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'json', ARGV[i])
+  i = i + 1
+end
 return 1
 "#,
     )
@@ -276,10 +347,7 @@ impl Queue {
             .set_response_timeout(Some(std::time::Duration::from_secs(5)))
             .set_number_of_retries(1);
         let conn = ConnectionManager::new_with_config(client, config).await?;
-        Ok(Self {
-            conn,
-            prefix: prefix.to_owned(),
-        })
+        Ok(Self { conn, prefix: prefix.to_owned() })
     }
 
     fn key(&self, policy: &ObjectRef, what: &str) -> String {
@@ -292,25 +360,23 @@ impl Queue {
 
     /// Is Redis answering?
     pub async fn ping(&self) -> Result<()> {
-        let _: String = redis::cmd("PING")
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let _: String = redis::cmd("PING").query_async(&mut self.conn.clone()).await?;
         Ok(())
     }
 
     /// Queues `delivery` for `policy` unless its GUID was seen, or the queue
     /// holds `limit` deliveries already.
-    pub async fn enqueue(
-        &self,
-        policy: &ObjectRef,
-        delivery: &Delivery,
-        limit: u64,
-    ) -> Result<Enqueued> {
+    pub async fn enqueue(&self, policy: &ObjectRef, delivery: &Delivery, limit: u64) -> Result<Enqueued> {
         let mut script = ENQUEUE.prepare_invoke();
         script
             .key(self.key(policy, "events"))
-            .key(self.dedup_key(&delivery.hook, &delivery.guid));
-        script.arg(limit).arg(DEDUP_TTL_SECS);
+            .key(self.dedup_key(&delivery.hook, &delivery.guid))
+            .key(self.activity_key());
+        script.arg(limit).arg(DEDUP_TTL_SECS).arg(ACTIVITY_LEN);
+        for status in ["queued", "duplicate", "rejected"] {
+            let detail = (status == "rejected").then(|| "queue_full".to_owned());
+            script.arg(Activity::of(delivery, policy, status, None, detail).to_json());
+        }
         for (k, v) in delivery.to_fields() {
             script.arg(k).arg(v);
         }
@@ -397,11 +463,7 @@ impl Queue {
             .arg(count)
             .query_async(&mut self.conn.clone())
             .await?;
-        reply
-            .claimed
-            .into_iter()
-            .map(|sid| entry_from(sid.id, sid.map))
-            .collect()
+        reply.claimed.into_iter().map(|sid| entry_from(sid.id, sid.map)).collect()
     }
 
     /// Acknowledges and deletes entry `id`, atomically scheduling the retries
@@ -417,33 +479,23 @@ impl Queue {
         script
             .key(self.key(policy, "events"))
             .key(self.key(policy, "retry"))
-            .key(self.key(policy, "dead"));
-        script
-            .arg(GROUP)
-            .arg(&entry.id)
-            .arg(now_ms)
-            .arg(outcome.retries.len());
+            .key(self.key(policy, "dead"))
+            .key(self.activity_key());
+        script.arg(GROUP).arg(&entry.id).arg(ACTIVITY_LEN).arg(outcome.retries.len());
         for (agent, due, attempts) in &outcome.retries {
-            let retry = Delivery {
-                agent: Some(agent.clone()),
-                attempt: *attempts,
-                ..entry.delivery.clone()
-            };
+            let retry = Delivery { agent: Some(agent.clone()), attempt: *attempts, ..entry.delivery.clone() };
             // NB: the id makes each member unique, so two retries never merge.
-            script
-                .arg(due)
-                .arg(retry.to_flat_json(&[("origin", entry.id.clone())]));
+            script.arg(due).arg(retry.to_flat_json(&[("origin", entry.id.clone())]));
         }
         script.arg(outcome.dead.len());
         for (agent, attempts, error) in &outcome.dead {
-            let dead = Delivery {
-                agent: Some(agent.clone()),
-                attempt: *attempts,
-                ..entry.delivery.clone()
-            };
-            script.arg(
-                dead.to_flat_json(&[("error", error.clone()), ("failed", now_ms.to_string())]),
-            );
+            let dead = Delivery { agent: Some(agent.clone()), attempt: *attempts, ..entry.delivery.clone() };
+            script.arg(dead.to_flat_json(&[("error", error.clone()), ("failed", now_ms.to_string())]));
+        }
+        script.arg(outcome.log.len());
+        for (agent, status, detail) in &outcome.log {
+            let record = Activity::of(&entry.delivery, policy, status, Some(agent.clone()), detail.clone());
+            script.arg(record.to_json());
         }
         let _: i64 = script.invoke_async(&mut self.conn.clone()).await?;
         Ok(())
@@ -452,30 +504,21 @@ impl Queue {
     /// Moves retries that are due into the queue; returns how many.
     pub async fn promote_due(&self, policy: &ObjectRef, now_ms: u64, max: usize) -> Result<u64> {
         let mut script = PROMOTE.prepare_invoke();
-        script
-            .key(self.key(policy, "retry"))
-            .key(self.key(policy, "events"))
-            .arg(now_ms)
-            .arg(max);
+        script.key(self.key(policy, "retry")).key(self.key(policy, "events")).arg(now_ms).arg(max);
         Ok(script.invoke_async(&mut self.conn.clone()).await?)
     }
 
     /// Up to `count` dead letters, oldest first.
     pub async fn dead_letters(&self, policy: &ObjectRef, count: usize) -> Result<Vec<DeadLetter>> {
-        let reply: redis::streams::StreamRangeReply = self
-            .conn
-            .clone()
-            .xrange_count(self.key(policy, "dead"), "-", "+", count)
-            .await?;
+        let reply: redis::streams::StreamRangeReply =
+            self.conn.clone().xrange_count(self.key(policy, "dead"), "-", "+", count).await?;
         reply
             .ids
             .into_iter()
             .map(|sid| {
                 let mut map = bytes_map(sid.map);
-                let error = map
-                    .remove("error")
-                    .map(|v| String::from_utf8_lossy(&v).into_owned())
-                    .unwrap_or_default();
+                let error =
+                    map.remove("error").map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
                 let failed_ms = map
                     .remove("failed")
                     .and_then(|v| String::from_utf8(v).ok()?.parse().ok())
@@ -494,10 +537,7 @@ impl Queue {
     /// attempt budget. Returns false when no such dead letter exists.
     pub async fn replay(&self, policy: &ObjectRef, id: &str) -> Result<bool> {
         let mut script = REPLAY.prepare_invoke();
-        script
-            .key(self.key(policy, "dead"))
-            .key(self.key(policy, "events"))
-            .arg(id);
+        script.key(self.key(policy, "dead")).key(self.key(policy, "events")).arg(id);
         let moved: i64 = script.invoke_async(&mut self.conn.clone()).await?;
         Ok(moved == 1)
     }
@@ -505,12 +545,8 @@ impl Queue {
     /// Deletes every dead letter of `policy`; returns how many there were.
     pub async fn purge_dead(&self, policy: &ObjectRef) -> Result<u64> {
         let key = self.key(policy, "dead");
-        let (len, _): (u64, i64) = redis::pipe()
-            .atomic()
-            .xlen(&key)
-            .del(&key)
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let (len, _): (u64, i64) =
+            redis::pipe().atomic().xlen(&key).del(&key).query_async(&mut self.conn.clone()).await?;
         Ok(len)
     }
 }
@@ -534,23 +570,51 @@ impl Queue {
     /// Remembers the latest verified ping of a hook, and which key signed it.
     pub async fn record_ping(&self, ping: &Delivery, key_version: &str) -> Result<()> {
         let key = format!("{}:ping:{{{}}}", self.prefix, ping.hook);
-        let value =
-            json!({ "guid": ping.guid, "keyVersion": key_version, "receivedMs": ping.received_ms });
-        let _: () = self
-            .conn
-            .clone()
-            .set_ex(key, value.to_string(), DEDUP_TTL_SECS)
-            .await?;
+        let value = json!({ "guid": ping.guid, "keyVersion": key_version, "receivedMs": ping.received_ms });
+        let _: () = self.conn.clone().set_ex(key, value.to_string(), DEDUP_TTL_SECS).await?;
         Ok(())
     }
 
     /// The latest verified ping of `hook`, as recorded by [`Queue::record_ping`].
     pub async fn last_ping(&self, hook: &ObjectRef) -> Result<Option<serde_json::Value>> {
-        let raw: Option<String> = self
-            .conn
-            .clone()
-            .get(format!("{}:ping:{{{hook}}}", self.prefix))
-            .await?;
+        let raw: Option<String> = self.conn.clone().get(format!("{}:ping:{{{hook}}}", self.prefix)).await?;
         Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+    }
+}
+
+impl Queue {
+    fn activity_key(&self) -> String {
+        format!("{}:activity", self.prefix)
+    }
+
+    /// Logs a delivery turned away before it reached the queue.
+    pub async fn record_activity(&self, record: &Activity) -> Result<()> {
+        let _: String = redis::cmd("XADD")
+            .arg(self.activity_key())
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(ACTIVITY_LEN)
+            .arg("*")
+            .arg("json")
+            .arg(record.to_json())
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// The most recent activity matching `filter`, newest first, at most `limit`.
+    pub async fn activity(&self, filter: &ActivityFilter, limit: usize) -> Result<Vec<Activity>> {
+        let reply: redis::streams::StreamRangeReply =
+            self.conn.clone().xrevrange_count(self.activity_key(), "+", "-", ACTIVITY_LEN as usize).await?;
+        Ok(reply
+            .ids
+            .into_iter()
+            .filter_map(|sid| match sid.map.get("json") {
+                Some(redis::Value::BulkString(b)) => serde_json::from_slice::<Activity>(b).ok(),
+                _ => None,
+            })
+            .filter(|a| filter.matches(a))
+            .take(limit)
+            .collect())
     }
 }

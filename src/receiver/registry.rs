@@ -48,12 +48,8 @@ impl PolicySettings {
         let enabled = status.and_then(|s| s.enabled);
         Self {
             enabled: enabled.unwrap_or(false),
-            concurrency: status
-                .and_then(|s| s.concurrency)
-                .map_or(1, |c| c.max(1) as usize),
-            queue_limit: status
-                .and_then(|s| s.queue_limit)
-                .map_or(DEFAULT_QUEUE_LIMIT, |l| l.max(1) as u64),
+            concurrency: status.and_then(|s| s.concurrency).map_or(1, |c| c.max(1) as usize),
+            queue_limit: status.and_then(|s| s.queue_limit).map_or(DEFAULT_QUEUE_LIMIT, |l| l.max(1) as u64),
             reason: match (enabled, status.and_then(|s| s.reason.clone())) {
                 (None, _) => "waiting for the operator to write the policy's status".to_owned(),
                 (Some(_), reason) => reason.unwrap_or_default(),
@@ -115,12 +111,7 @@ impl Registry {
 
     /// The keys of Secret `secret`; empty when none are loaded.
     pub fn keys(&self, secret: &ObjectRef) -> Arc<[HmacKey]> {
-        self.keys
-            .read()
-            .unwrap()
-            .get(secret)
-            .cloned()
-            .unwrap_or_else(|| Arc::from(Vec::new()))
+        self.keys.read().unwrap().get(secret).cloned().unwrap_or_else(|| Arc::from(Vec::new()))
     }
 
     pub fn set_keys(&self, secret: ObjectRef, keys: Vec<HmacKey>) {
@@ -139,35 +130,17 @@ impl Registry {
     /// replica can verify (never the keys themselves).
     pub fn loaded_key_versions(&self) -> HashMap<ObjectRef, Vec<String>> {
         let keys = self.keys.read().unwrap();
-        keys.iter()
-            .map(|(s, k)| {
-                (
-                    s.clone(),
-                    k.iter().map(|k| k.version().to_owned()).collect(),
-                )
-            })
-            .collect()
+        keys.iter().map(|(s, k)| (s.clone(), k.iter().map(|k| k.version().to_owned()).collect())).collect()
     }
 
     /// Current settings of `policy`, if it exists.
     pub fn policy(&self, policy: &ObjectRef) -> Option<Arc<PolicySettings>> {
-        self.policies
-            .read()
-            .unwrap()
-            .get(policy)
-            .map(|tx| tx.borrow().clone())
+        self.policies.read().unwrap().get(policy).map(|tx| tx.borrow().clone())
     }
 
     /// A receiver that sees every change of `policy`'s settings, if it exists.
-    pub fn subscribe_policy(
-        &self,
-        policy: &ObjectRef,
-    ) -> Option<watch::Receiver<Arc<PolicySettings>>> {
-        self.policies
-            .read()
-            .unwrap()
-            .get(policy)
-            .map(watch::Sender::subscribe)
+    pub fn subscribe_policy(&self, policy: &ObjectRef) -> Option<watch::Receiver<Arc<PolicySettings>>> {
+        self.policies.read().unwrap().get(policy).map(watch::Sender::subscribe)
     }
 
     /// Every known policy.

@@ -25,12 +25,9 @@ pub struct TestEnv {
 
 impl TestEnv {
     pub fn load() -> Self {
-        let path = std::env::var_os("HOOKWARDEN_ENV")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                PathBuf::from(std::env::var("HOME").expect("HOME is set"))
-                    .join(".cache/hookwarden/state/env")
-            });
+        let path = std::env::var_os("HOOKWARDEN_ENV").map(PathBuf::from).unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").expect("HOME is set")).join(".cache/hookwarden/state/env")
+        });
         let text = std::fs::read_to_string(&path).unwrap_or_else(|_| {
             panic!(
                 "the local system is not up ({} is missing): run `e2e/up`, or run the whole suite with `e2e/test`",
@@ -47,9 +44,7 @@ impl TestEnv {
     }
 
     pub fn var(&self, name: &str) -> &str {
-        self.vars
-            .get(name)
-            .unwrap_or_else(|| panic!("{name} missing from the e2e env file"))
+        self.vars.get(name).unwrap_or_else(|| panic!("{name} missing from the e2e env file"))
     }
 
     pub fn kubeconfig(&self) -> &Path {
@@ -106,9 +101,7 @@ impl TestNamespace {
             "metadata": { "name": name, "labels": { "hookwarden.io/test": "true" } }
         }))
         .unwrap();
-        api.create(&PostParams::default(), &ns)
-            .await
-            .expect("create test namespace");
+        api.create(&PostParams::default(), &ns).await.expect("create test namespace");
         Self {
             name,
             kubeconfig: env.kubeconfig().to_owned(),
@@ -139,10 +132,7 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -179,10 +169,7 @@ pub fn merge(base: &mut serde_json::Value, patch: &serde_json::Value) {
 /// `e2e/npm/node_modules`, where GitHub's descriptions and examples live.
 pub fn npm_fixtures() -> PathBuf {
     let dir = repo_dir().join("e2e/npm/node_modules/@octokit");
-    assert!(
-        dir.is_dir(),
-        "npm fixtures missing: run `e2e/up` (or `e2e/test`), which installs them"
-    );
+    assert!(dir.is_dir(), "npm fixtures missing: run `e2e/up` (or `e2e/test`), which installs them");
     dir
 }
 
@@ -190,8 +177,7 @@ pub fn npm_fixtures() -> PathBuf {
 pub fn webhook_examples() -> Vec<(String, serde_json::Value)> {
     let path = npm_fixtures().join("webhooks-examples/api.github.com/index.json");
     let index: Vec<serde_json::Value> =
-        serde_json::from_slice(&std::fs::read(path).expect("read webhooks-examples"))
-            .expect("parse index");
+        serde_json::from_slice(&std::fs::read(path).expect("read webhooks-examples")).expect("parse index");
     index
         .into_iter()
         .flat_map(|event| {
@@ -220,18 +206,10 @@ impl PrivateRedis {
     pub fn start() -> Self {
         let dir = std::env::temp_dir().join(redis_prefix());
         std::fs::create_dir_all(&dir).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let child = Self::spawn(port, &dir);
-        let redis = Self {
-            url: format!("redis://127.0.0.1:{port}"),
-            port,
-            dir,
-            child: std::sync::Mutex::new(child),
-        };
+        let redis =
+            Self { url: format!("redis://127.0.0.1:{port}"), port, dir, child: std::sync::Mutex::new(child) };
         redis.wait_ready();
         redis
     }
@@ -258,10 +236,7 @@ impl PrivateRedis {
     fn wait_ready(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
+            assert!(std::time::Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -313,11 +288,7 @@ impl Process {
             .stderr(out)
             .spawn()
             .expect("start hookwarden");
-        Self {
-            name: name.to_owned(),
-            child,
-            log,
-        }
+        Self { name: name.to_owned(), child, log }
     }
 
     pub fn pid(&self) -> u32 {
@@ -333,9 +304,7 @@ impl Process {
     /// SIGTERM, then waits for the exit; returns how long it took.
     pub fn terminate(&mut self) -> Duration {
         let start = std::time::Instant::now();
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
         let _ = self.child.wait();
         start.elapsed()
     }
@@ -357,9 +326,5 @@ impl Drop for Process {
 
 /// A free loopback port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

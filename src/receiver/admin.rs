@@ -1,0 +1,261 @@
+//! The admin API, on its own listener (never behind the public Ingress) and
+//! behind a bearer token compared in constant time.
+//!
+//! - `GET  /admin/policies`: every policy's effective settings, queue,
+//!   retry and dead-letter counts, and each agent's circuit state.
+//! - `POST /admin/policies/{ns}/{name}/enable` and `/disable`: patch the
+//!   AgentPolicy's `spec.enabled`, so kubectl and the API never disagree.
+//! - `GET  /admin/policies/{ns}/{name}/dead-letters?limit=`
+//! - `POST /admin/policies/{ns}/{name}/dead-letters/{id}/replay`
+//! - `DELETE /admin/policies/{ns}/{name}/dead-letters`: purge.
+//! - `GET  /admin/deliveries?status=&event=&repository=&hook=&limit=`:
+//!   recent activity, newest first.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, Request, State},
+    http::{StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{delete, get, post},
+};
+use kube::api::{Patch, PatchParams};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use super::{
+    dispatch::Dispatcher,
+    queue::{ActivityFilter, ObjectRef, Queue},
+    registry::Registry,
+};
+use crate::api::AgentPolicy;
+
+/// What the admin handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    pub token: Arc<str>,
+    pub client: kube::Client,
+    pub registry: Arc<Registry>,
+    pub queue: Queue,
+    pub dispatcher: Arc<Dispatcher>,
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/admin/policies", get(policies))
+        .route("/admin/policies/{ns}/{name}/enable", post(|s, p| set_enabled(s, p, true)))
+        .route("/admin/policies/{ns}/{name}/disable", post(|s, p| set_enabled(s, p, false)))
+        .route("/admin/policies/{ns}/{name}/dead-letters", get(dead_letters))
+        .route("/admin/policies/{ns}/{name}/dead-letters", delete(purge))
+        .route("/admin/policies/{ns}/{name}/dead-letters/{id}/replay", post(replay))
+        .route("/admin/deliveries", get(deliveries))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .with_state(state)
+}
+
+async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if bool::from(presented.as_bytes().ct_eq(state.token.as_bytes())) && !state.token.is_empty() {
+        next.run(request).await
+    } else {
+        let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+        response
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Response {
+    tracing::warn!(error = %e, "admin request failed");
+    error(StatusCode::SERVICE_UNAVAILABLE, "backend unavailable; retry later")
+}
+
+async fn policies(State(s): State<AdminState>) -> Response {
+    let breakers = s.dispatcher.breaker_states();
+    let mut out = Vec::new();
+    let mut refs = s.registry.policy_refs();
+    refs.sort();
+    for policy in refs {
+        let Some(settings) = s.registry.policy(&policy) else { continue };
+        let counts = async {
+            Ok::<_, super::queue::QueueError>((
+                s.queue.len(&policy).await?,
+                s.queue.retry_len(&policy).await?,
+                s.queue.dead_len(&policy).await?,
+            ))
+        };
+        let (queued, retrying, dead) = match counts.await {
+            Ok(c) => c,
+            Err(e) => return unavailable(e),
+        };
+        let agents: Vec<Value> = settings
+            .agents
+            .iter()
+            .map(|a| {
+                let state = breakers
+                    .iter()
+                    .find(|(p, name, _)| p == &policy && name == &a.name)
+                    .map_or("closed", |(_, _, st)| st.as_str());
+                json!({ "name": a.name, "url": a.url, "circuit": state })
+            })
+            .collect();
+        out.push(json!({
+            "policy": policy.to_string(),
+            "enabled": settings.enabled,
+            "concurrency": settings.concurrency,
+            "queueLimit": settings.queue_limit,
+            "reason": settings.reason,
+            "queued": queued,
+            "retrying": retrying,
+            "deadLetters": dead,
+            "agents": agents,
+        }));
+    }
+    Json(Value::Array(out)).into_response()
+}
+
+async fn set_enabled(
+    State(s): State<AdminState>,
+    Path((ns, name)): Path<(String, String)>,
+    enabled: bool,
+) -> Response {
+    let api: kube::Api<AgentPolicy> = kube::Api::namespaced(s.client.clone(), &ns);
+    let patch = json!({ "spec": { "enabled": enabled } });
+    match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => {
+            tracing::info!(policy = %ObjectRef::new(&ns, &name), enabled, "spec.enabled patched through the admin API");
+            Json(json!({ "policy": format!("{ns}/{name}"), "specEnabled": enabled })).into_response()
+        }
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            error(StatusCode::NOT_FOUND, format!("no AgentPolicy {ns}/{name}"))
+        }
+        Err(kube::Error::Api(e)) if e.code == 403 => {
+            error(StatusCode::FORBIDDEN, "the receiver may not patch AgentPolicies (check its RBAC)")
+        }
+        Err(e) => unavailable(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+async fn dead_letters(
+    State(s): State<AdminState>,
+    Path((ns, name)): Path<(String, String)>,
+    Query(q): Query<Limit>,
+) -> Response {
+    match s.queue.dead_letters(&ObjectRef::new(ns, name), q.limit.unwrap_or(100).min(1000)).await {
+        Ok(letters) => Json(
+            letters
+                .into_iter()
+                .map(|l| {
+                    json!({
+                        "id": l.id, "guid": l.delivery.guid, "event": l.delivery.event,
+                        "hook": l.delivery.hook.to_string(), "repository": l.delivery.repository,
+                        "agent": l.delivery.agent, "attempts": l.delivery.attempt,
+                        "error": l.error, "failedMs": l.failed_ms,
+                    })
+                })
+                .collect::<Vec<_>>(),
+        )
+        .into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn replay(
+    State(s): State<AdminState>,
+    Path((ns, name, id)): Path<(String, String, String)>,
+) -> Response {
+    match s.queue.replay(&ObjectRef::new(ns, name), &id).await {
+        Ok(true) => Json(json!({ "replayed": id })).into_response(),
+        Ok(false) => error(StatusCode::NOT_FOUND, format!("no dead letter {id}")),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn purge(State(s): State<AdminState>, Path((ns, name)): Path<(String, String)>) -> Response {
+    match s.queue.purge_dead(&ObjectRef::new(ns, name)).await {
+        Ok(n) => Json(json!({ "purged": n })).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn deliveries(
+    State(s): State<AdminState>,
+    Query(filter): Query<ActivityFilter>,
+    Query(q): Query<Limit>,
+) -> Response {
+    match s.queue.activity(&filter, q.limit.unwrap_or(100).min(1000)).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => unavailable(e),
+    }
+}
+
+/// One admin API call, as the `hookwarden admin` CLI makes it.
+#[derive(Clone, Debug)]
+pub enum Call {
+    Policies,
+    SetEnabled { policy: ObjectRef, enabled: bool },
+    DeadLetters { policy: ObjectRef, limit: usize },
+    Replay { policy: ObjectRef, id: String },
+    Purge { policy: ObjectRef },
+    Deliveries { filter: ActivityFilter, limit: usize },
+}
+
+/// Makes `call` against the admin API at `base`; returns the JSON answer, or
+/// the API's error message.
+pub async fn call(base: &str, token: &str, call: Call) -> Result<Value, String> {
+    let base = base.trim_end_matches('/');
+    let policy_url =
+        |p: &ObjectRef, rest: &str| format!("{base}/admin/policies/{}/{}{rest}", p.namespace, p.name);
+    let http = reqwest::Client::new();
+    let request = match &call {
+        Call::Policies => http.get(format!("{base}/admin/policies")),
+        Call::SetEnabled { policy, enabled } => {
+            http.post(policy_url(policy, if *enabled { "/enable" } else { "/disable" }))
+        }
+        Call::DeadLetters { policy, limit } => {
+            http.get(policy_url(policy, "/dead-letters")).query(&[("limit", limit)])
+        }
+        Call::Replay { policy, id } => http.post(policy_url(policy, &format!("/dead-letters/{id}/replay"))),
+        Call::Purge { policy } => http.delete(policy_url(policy, "/dead-letters")),
+        Call::Deliveries { filter, limit } => {
+            let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
+            for (k, v) in [
+                ("status", &filter.status),
+                ("event", &filter.event),
+                ("repository", &filter.repository),
+                ("hook", &filter.hook),
+            ] {
+                if let Some(v) = v {
+                    q.push((k, v.clone()));
+                }
+            }
+            http.get(format!("{base}/admin/deliveries")).query(&q)
+        }
+    };
+    let response =
+        request.bearer_auth(token).send().await.map_err(|e| format!("cannot reach {base}: {e}"))?;
+    let status = response.status();
+    let bytes = response.bytes().await.map_err(|e| format!("unreadable answer: {e}"))?;
+    let body: Value = serde_json::from_slice(&bytes).map_err(|e| format!("unreadable answer: {e}"))?;
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(format!("{status}: {}", body["error"].as_str().unwrap_or("no message")))
+    }
+}
