@@ -5,6 +5,7 @@
 set -euo pipefail
 
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+export E2E_DIR # e2e/deliver's node snippet reads it
 REPO_DIR=$(cd "$E2E_DIR/.." && pwd)
 HOOKWARDEN_CACHE=${HOOKWARDEN_CACHE:-$HOME/.cache/hookwarden}
 TOOLS_BIN=$HOOKWARDEN_CACHE/bin
