@@ -88,14 +88,20 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// Stream fields. The payload is LZ4-compressed (`payload_lz4`): GitHub's
+    /// JSON shrinks several times, and Redis memory, AOF bytes and copies with it.
     fn to_fields(&self) -> Vec<(&'static str, Vec<u8>)> {
+        self.fields(("payload_lz4", lz4_flex::compress_prepend_size(&self.payload)))
+    }
+
+    fn fields(&self, payload: (&'static str, Vec<u8>)) -> Vec<(&'static str, Vec<u8>)> {
         let mut f = vec![
             ("guid", self.guid.clone().into_bytes()),
             ("event", self.event.clone().into_bytes()),
             ("hook", self.hook.to_string().into_bytes()),
             ("received", self.received_ms.to_string().into_bytes()),
             ("attempt", self.attempt.to_string().into_bytes()),
-            ("payload", self.payload.to_vec()),
+            payload,
         ];
         for (name, value) in
             [("repository", &self.repository), ("action", &self.action), ("agent", &self.agent)]
@@ -123,14 +129,20 @@ impl Delivery {
             received_ms: text("received").and_then(|v| v.parse().ok()).ok_or_else(|| corrupt("received"))?,
             agent: text("agent"),
             attempt: text("attempt").and_then(|v| v.parse().ok()).unwrap_or(0),
-            payload: map.remove("payload").map(Bytes::from).ok_or_else(|| corrupt("payload"))?,
+            payload: match map.remove("payload_lz4") {
+                Some(packed) => {
+                    Bytes::from(lz4_flex::decompress_size_prepended(&packed).map_err(|_| corrupt("payload"))?)
+                }
+                None => map.remove("payload").map(Bytes::from).ok_or_else(|| corrupt("payload"))?,
+            },
         })
     }
 
     /// Flat `[field, value, ...]` JSON for storing inside Lua-managed sets.
     fn to_flat_json(&self, extra: &[(&str, String)]) -> String {
         let mut flat: Vec<serde_json::Value> = Vec::new();
-        for (k, v) in self.to_fields() {
+        // NB: JSON carries text, so the payload goes uncompressed here.
+        for (k, v) in self.fields(("payload", self.payload.to_vec())) {
             flat.push(k.into());
             flat.push(String::from_utf8_lossy(&v).into_owned().into());
         }
