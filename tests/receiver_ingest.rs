@@ -340,3 +340,17 @@ async fn redis_down_means_503_never_a_silent_2xx() {
     assert_eq!(reply["error"], "queue unavailable; retry later");
     assert!(retry_after.is_some());
 }
+
+#[tokio::test]
+async fn a_ping_is_answered_recorded_and_not_queued() {
+    let h = harness().await;
+    let id = guid();
+    let (status, reply, _) =
+        send(&h.app, signed("ping", &id, br#"{"zen":"Keep it logically awesome.","hook_id":1}"#)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(reply["status"], "pong");
+    let ping = h.queue.last_ping(&ObjectRef::new("team", "repo-hook")).await.unwrap().expect("ping recorded");
+    assert_eq!(ping["guid"], id.as_str());
+    assert_eq!(ping["keyVersion"], "000000000001", "which key signed it");
+    assert_eq!(h.queue.len(&h.policy).await.unwrap(), 0, "pings are not dispatched");
+}

@@ -497,3 +497,38 @@ async fn admin_api_and_cli_manage_policies_dead_letters_and_show_deliveries() {
         assert!(metrics.contains(series), "/metrics lacks {series}");
     }
 }
+
+#[tokio::test]
+async fn dead_letters_above_the_safety_limit_trip_the_switch_until_cleared() {
+    let key = HmacKey::generate(1);
+    let s = System::new(&[("broken", 5)], &key).await;
+    let (_receiver, base, admin) = s.receiver_with_admin("r1").await;
+    let policy = format!("{}/default", s.ns.name);
+    s.kubectl_patch_policy(r#"{"spec":{"safety":{"maxDeadLetters":1},"retry":{"maxAttempts":1}}}"#);
+    s.sink.set_mode("broken", Mode::Fail);
+    s.deliver_many(&base, &key, 2).await;
+
+    let status = eventually("the safety rule to trip", WAIT, || async {
+        let status = s.policy().await.status?;
+        (status.enabled == Some(false)).then_some(status)
+    })
+    .await;
+    let reason = status.reason.unwrap();
+    assert!(reason.contains("2 dead letters exceed safety.maxDeadLetters 1"), "{reason}");
+    let dispatching = status.conditions.iter().find(|c| c.type_ == "Dispatching").unwrap();
+    assert_eq!(
+        (dispatching.status.as_str(), dispatching.reason.as_str()),
+        ("False", "DeadLettersAboveLimit")
+    );
+    let events = s.env.kubectl_ok(&["get", "events", "-n", &s.ns.name, "-o", "jsonpath={.items[*].reason}"]);
+    assert!(events.contains("DispatchDisabled"), "{events}");
+    // The spec still says enabled: the operator tripped the effective switch only.
+    assert!(s.policy().await.spec.enabled);
+
+    // A person looks at the dead letters, purges them: dispatch resumes.
+    assert_eq!(admin_cli(&admin, &["purge", &policy]).unwrap()["purged"], 2);
+    eventually("dispatch to resume", WAIT, || async {
+        (s.policy().await.status?.enabled == Some(true)).then_some(())
+    })
+    .await;
+}
