@@ -127,8 +127,8 @@ struct ReceiverArgs {
     /// Address of the admin API (keep it off the public Ingress).
     #[arg(long, env = "HOOKWARDEN_ADMIN_LISTEN", default_value = "0.0.0.0:8082")]
     admin_listen: SocketAddr,
-    /// Bearer token of the admin API; unset turns the API off. The chart
-    /// fills it from a Secret.
+    /// Bearer token of the admin API; unset turns the API off. Set it from a
+    /// Secret (env valueFrom.secretKeyRef), not on the command line.
     #[arg(long = "admin-token", env = "HOOKWARDEN_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
     /// Seconds beyond the slowest agent's timeout after which a crashed
@@ -181,7 +181,10 @@ fn main() -> ExitCode {
             runtime().block_on(async {
                 match admin::call(&url, &token, call).await {
                     Ok(answer) => {
-                        println!("{}", serde_json::to_string_pretty(&answer).unwrap_or_default());
+                        // NB: not println!, which panics when a pipe (`| head`) closes early.
+                        use std::io::Write;
+                        let text = serde_json::to_string_pretty(&answer).unwrap_or_default();
+                        let _ = writeln!(std::io::stdout(), "{text}");
                         ExitCode::SUCCESS
                     }
                     Err(error) => fail(error),
