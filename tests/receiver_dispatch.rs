@@ -335,3 +335,51 @@ async fn a_redis_restart_loses_nothing() {
     assert_eq!(w.ids("a").len(), 50);
     stop.cancel();
 }
+
+#[tokio::test]
+async fn an_unreadable_entry_is_dropped_without_blocking_the_rest() {
+    let mut w = world().await;
+    w.settings.agents = vec![w.agent("a", &[])];
+    w.apply();
+    let before = w.enqueue("push", 2).await;
+    // Something other than a receiver wrote to the stream.
+    let mut raw =
+        redis::Client::open(w.redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{}:{{team/default}}:events", w.prefix);
+    let _: String =
+        redis::cmd("XADD").arg(&key).arg("*").arg("junk").arg("1").query_async(&mut raw).await.unwrap();
+    let after = w.enqueue("push", 2).await;
+    let _stop = w.start("a");
+    w.until_received("a", &[before, after].concat()).await;
+    eventually("the stream to be empty", WAIT, || async {
+        (w.queue.len(&w.policy).await.unwrap() == 0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn departed_consumers_with_nothing_pending_are_pruned() {
+    let w = world().await;
+    w.queue.ensure_group(&w.policy).await.unwrap();
+    let mut raw =
+        redis::Client::open(w.redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{}:{{team/default}}:events", w.prefix);
+    let created: i64 = redis::cmd("XGROUP")
+        .arg("CREATECONSUMER")
+        .arg(&key)
+        .arg("receivers")
+        .arg("departed")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(created, 1);
+    w.enqueue("push", 1).await;
+    assert_eq!(w.queue.read(&w.policy, "crashed-with-work", 10, 10).await.unwrap().len(), 1);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(
+        w.queue.prune_consumers(&w.policy, "me", 10).await.unwrap(),
+        1,
+        "only the idle one without work"
+    );
+    assert_eq!(w.queue.prune_consumers(&w.policy, "me", 10).await.unwrap(), 0);
+}

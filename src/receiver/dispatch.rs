@@ -204,6 +204,7 @@ impl Dispatcher {
         let mut held: VecDeque<Entry> = VecDeque::new();
         let mut next_housekeeping = Instant::now();
         let mut next_reclaim = Instant::now();
+        let mut next_prune = Instant::now() + Duration::from_secs(60);
         while !stop.is_cancelled() {
             let settings = settings_rx.borrow_and_update().clone();
             self.metrics.agents_enabled.with_label_values(&[&policy_label]).set(i64::from(settings.enabled));
@@ -216,6 +217,16 @@ impl Dispatcher {
             if now >= next_housekeeping {
                 next_housekeeping = now + Duration::from_secs(1);
                 self.housekeeping(&policy, &policy_label).await;
+                if now >= next_prune {
+                    next_prune = now + Duration::from_secs(300);
+                    match self.queue.prune_consumers(&policy, &self.config.consumer, 3_600_000).await {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            tracing::info!(%policy, removed = n, "pruned consumers of departed replicas")
+                        }
+                        Err(error) => tracing::warn!(%policy, %error, "could not prune consumers"),
+                    }
+                }
                 if now >= next_reclaim {
                     next_reclaim = now + Duration::from_secs(5);
                     let idle = self.reclaim_idle(&settings);

@@ -452,8 +452,8 @@ impl Queue {
             .arg(">")
             .query_async(&mut self.conn.clone())
             .await?;
-        let ids = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
-        ids.map(|sid| entry_from(sid.id, sid.map)).collect()
+        let ids = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
+        self.usable(policy, ids).await
     }
 
     /// Takes over entries another consumer left unacknowledged for longer
@@ -475,7 +475,48 @@ impl Queue {
             .arg(count)
             .query_async(&mut self.conn.clone())
             .await?;
-        reply.claimed.into_iter().map(|sid| entry_from(sid.id, sid.map)).collect()
+        self.usable(policy, reply.claimed).await
+    }
+
+    /// Removes consumers (replicas long gone: pod names change on every
+    /// restart) that have nothing pending and were idle over `idle_ms`.
+    pub async fn prune_consumers(&self, policy: &ObjectRef, keep: &str, idle_ms: u64) -> Result<usize> {
+        let key = self.key(policy, "events");
+        let info: redis::streams::StreamInfoConsumersReply =
+            self.conn.clone().xinfo_consumers(&key, GROUP).await?;
+        let mut removed = 0;
+        for c in info.consumers {
+            if c.name != keep && c.pending == 0 && c.idle > idle_ms as usize {
+                let _: i64 = self.conn.clone().xgroup_delconsumer(&key, GROUP, &c.name).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Parses stream entries. One that cannot be read (written by something
+    /// other than a receiver) is logged and removed, so it can never wedge a
+    /// worker or every later reclaim.
+    async fn usable(&self, policy: &ObjectRef, ids: Vec<redis::streams::StreamId>) -> Result<Vec<Entry>> {
+        let mut entries = Vec::with_capacity(ids.len());
+        for sid in ids {
+            match Delivery::from_fields(&sid.id, bytes_map(sid.map)) {
+                Ok(delivery) => entries.push(Entry { id: sid.id, delivery }),
+                Err(error) => {
+                    tracing::error!(%policy, entry = %sid.id, %error, "dropping unreadable queue entry");
+                    let key = self.key(policy, "events");
+                    let _: () = redis::pipe()
+                        .atomic()
+                        .xack(&key, GROUP, &[&sid.id])
+                        .ignore()
+                        .xdel(&key, &[&sid.id])
+                        .ignore()
+                        .query_async(&mut self.conn.clone())
+                        .await?;
+                }
+            }
+        }
+        Ok(entries)
     }
 
     /// Acknowledges and deletes entry `id`, atomically scheduling the retries
@@ -571,11 +612,6 @@ fn bytes_map(map: HashMap<String, redis::Value>) -> HashMap<String, Vec<u8>> {
             _ => None,
         })
         .collect()
-}
-
-fn entry_from(id: String, map: HashMap<String, redis::Value>) -> Result<Entry> {
-    let delivery = Delivery::from_fields(&id, bytes_map(map))?;
-    Ok(Entry { id, delivery })
 }
 
 impl Queue {
