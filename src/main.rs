@@ -163,12 +163,8 @@ fn main() -> ExitCode {
                 admin_token: args.admin_token,
             };
             runtime().block_on(async {
-                let client = match kube::Client::try_default().await {
-                    Ok(client) => client,
-                    Err(error) => return fail(error),
-                };
-                match receiver::run(config, client).await {
-                    Ok(()) => ExitCode::SUCCESS,
+                match kube::Client::try_default().await {
+                    Ok(client) => exit_code(receiver::run(config, client).await),
                     Err(error) => fail(error),
                 }
             })
@@ -199,10 +195,7 @@ fn main() -> ExitCode {
                     Err(error) => return fail(format!("cannot listen on {listen}: {error}")),
                 };
                 tracing::info!(%listen, "sample agent listening");
-                match hookwarden::sample_agent::serve(listener, Default::default()).await {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(error) => fail(error),
-                }
+                exit_code(hookwarden::sample_agent::serve(listener, Default::default()).await)
             })
         }
         Command::Operator(args) => {
@@ -215,12 +208,8 @@ fn main() -> ExitCode {
                 instance: default_consumer(),
             };
             runtime().block_on(async {
-                let client = match kube::Client::try_default().await {
-                    Ok(client) => client,
-                    Err(error) => return fail(error),
-                };
-                match operator::run(config, client).await {
-                    Ok(()) => ExitCode::SUCCESS,
+                match kube::Client::try_default().await {
+                    Ok(client) => exit_code(operator::run(config, client).await),
                     Err(error) => fail(error),
                 }
             })
@@ -258,6 +247,10 @@ fn default_consumer() -> String {
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|h| !h.is_empty()))
         .unwrap_or_else(|| format!("hookwarden-{:08x}", rand::random::<u32>()))
+}
+
+fn exit_code<E: std::fmt::Display>(result: Result<(), E>) -> ExitCode {
+    result.map_or_else(fail, |()| ExitCode::SUCCESS)
 }
 
 fn fail(error: impl std::fmt::Display) -> ExitCode {

@@ -18,6 +18,18 @@ pub fn init_logging() {
     let _ = tracing_subscriber::fmt().json().with_env_filter(filter).with_current_span(false).try_init();
 }
 
+/// Registers `metric` in `registry` and hands it back.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, metric: M) -> M {
+    registry.register(Box::new(metric.clone())).expect("metric names are unique");
+    metric
+}
+
+fn render(registry: &Registry) -> String {
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&registry.gather(), &mut out).expect("encode metrics");
+    String::from_utf8(out).expect("metrics are UTF-8")
+}
+
 /// The receiver's metrics.
 pub struct ReceiverMetrics {
     registry: Registry,
@@ -47,14 +59,10 @@ impl ReceiverMetrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
-            c
+            registered(&registry, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("unique metric");
-            g
+            registered(&registry, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
         };
         let duration = HistogramVec::new(
             HistogramOpts::new(
@@ -65,7 +73,7 @@ impl ReceiverMetrics {
             &["policy", "agent"],
         )
         .expect("valid metric");
-        registry.register(Box::new(duration.clone())).expect("unique metric");
+        let duration = registered(&registry, duration);
         Self {
             received: counter(
                 "github_webhooks_total",
@@ -119,9 +127,7 @@ impl ReceiverMetrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("encode metrics");
-        String::from_utf8(out).expect("metrics are UTF-8")
+        render(&self.registry)
     }
 }
 
@@ -160,16 +166,16 @@ impl OperatorMetrics {
             &["controller"],
         )
         .expect("valid metric");
-        registry.register(Box::new(reconciles.clone())).expect("unique metric");
-        registry.register(Box::new(reconcile_errors.clone())).expect("unique metric");
-        registry.register(Box::new(reconcile_duration.clone())).expect("unique metric");
-        Self { registry, reconciles, reconcile_errors, reconcile_duration }
+        Self {
+            reconciles: registered(&registry, reconciles),
+            reconcile_errors: registered(&registry, reconcile_errors),
+            reconcile_duration: registered(&registry, reconcile_duration),
+            registry,
+        }
     }
 
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("encode metrics");
-        String::from_utf8(out).expect("metrics are UTF-8")
+        render(&self.registry)
     }
 }
 
