@@ -6,8 +6,14 @@
 //! version is the key's creation time in Unix seconds, zero-padded so that
 //! name order is age order. The value is the secret string GitHub is given
 //! (64 hex characters from 32 random bytes of the OS RNG).
+//!
+//! Each receiver replica reports which key versions it has loaded in a Lease
+//! of its own (label [`RECEIVER_COMPONENT`], annotation [`LOADED_KEYS_ANNOTATION`]:
+//! JSON `{"namespace/secret": ["version", ...]}`), renewed every few seconds.
+//! Before switching GitHub to a new key, the operator waits until
+//! [`replicas_missing`] is empty.
 
-use std::fmt;
+use std::{collections::BTreeMap, fmt};
 
 use k8s_openapi::api::core::v1::Secret;
 use rand::TryRngCore;
@@ -18,6 +24,46 @@ pub const KEY_PREFIX: &str = "key-";
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "hookwarden");
 /// Label naming the WebhookConfig a Secret belongs to.
 pub const WEBHOOK_CONFIG_LABEL: &str = "hookwarden.io/webhookconfig";
+
+/// Label value (`app.kubernetes.io/component`) of the receivers' Leases.
+pub const RECEIVER_COMPONENT: &str = "receiver";
+/// Annotation of a receiver's Lease listing the key versions it has loaded.
+pub const LOADED_KEYS_ANNOTATION: &str = "hookwarden.io/loaded-keys";
+/// A receiver whose Lease was not renewed for this long is gone.
+pub const RECEIVER_LEASE_SECONDS: i32 = 30;
+
+/// Key versions loaded per Secret (`namespace/name`), as receivers report them.
+pub type LoadedKeys = BTreeMap<String, Vec<String>>;
+
+/// The live receivers (Lease renewed within its duration at `now`) that
+/// have not yet loaded `version` of `secret` (`namespace/name`). Empty when
+/// every live receiver can verify with the key, or when none is live.
+pub fn replicas_missing(
+    leases: &[k8s_openapi::api::coordination::v1::Lease],
+    now: k8s_openapi::jiff::Timestamp,
+    secret: &str,
+    version: &str,
+) -> Vec<String> {
+    leases
+        .iter()
+        .filter(|lease| {
+            let spec = lease.spec.as_ref();
+            let duration = spec.and_then(|s| s.lease_duration_seconds).unwrap_or(RECEIVER_LEASE_SECONDS);
+            spec.and_then(|s| s.renew_time.as_ref())
+                .is_some_and(|t| now.as_second() - t.0.as_second() <= i64::from(duration))
+        })
+        .filter(|lease| {
+            let loaded: Option<LoadedKeys> = lease
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(LOADED_KEYS_ANNOTATION))
+                .and_then(|json| serde_json::from_str(json).ok());
+            !loaded.is_some_and(|l| l.get(secret).is_some_and(|v| v.iter().any(|x| x == version)))
+        })
+        .map(|lease| lease.metadata.name.clone().unwrap_or_default())
+        .collect()
+}
 
 /// One HMAC key. `Debug` never shows the secret.
 #[derive(Clone, PartialEq, Eq)]
@@ -116,6 +162,42 @@ mod tests {
         let versions: Vec<_> = keys.iter().map(HmacKey::version).collect();
         assert_eq!(versions, ["001700000100", "001700000200"]);
         assert_eq!(keys[1].secret(), b"new");
+    }
+
+    #[test]
+    fn replicas_missing_a_key_are_the_live_ones_without_it() {
+        use k8s_openapi::{
+            api::coordination::v1::{Lease, LeaseSpec},
+            apimachinery::pkg::apis::meta::v1::MicroTime,
+            jiff::Timestamp,
+        };
+        let now = Timestamp::from_second(1_000_000).unwrap();
+        let lease = |name: &str, renewed_ago: i64, loaded: &str| Lease {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                annotations: Some([(LOADED_KEYS_ANNOTATION.to_owned(), loaded.to_owned())].into()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                renew_time: Some(MicroTime(Timestamp::from_second(1_000_000 - renewed_ago).unwrap())),
+                lease_duration_seconds: Some(30),
+                ..Default::default()
+            }),
+        };
+        let leases = [
+            lease("has-both", 5, r#"{"team/hook-hmac":["001","002"]}"#),
+            lease("has-old", 5, r#"{"team/hook-hmac":["001"]}"#),
+            lease("other-secret", 5, r#"{"team/other":["002"]}"#),
+            lease("garbled", 5, "not json"),
+            lease("departed", 60, r#"{"team/hook-hmac":["001"]}"#),
+        ];
+        let missing = replicas_missing(&leases, now, "team/hook-hmac", "002");
+        assert_eq!(missing, ["has-old", "other-secret", "garbled"]);
+        assert!(replicas_missing(&leases[..1], now, "team/hook-hmac", "002").is_empty());
+        assert!(
+            replicas_missing(&leases[4..], now, "team/hook-hmac", "002").is_empty(),
+            "a departed replica is not waited for"
+        );
     }
 
     #[test]

@@ -124,6 +124,10 @@ struct ReceiverArgs {
     /// Seconds in-flight dispatches may take to finish on SIGTERM.
     #[arg(long, env = "HOOKWARDEN_SHUTDOWN_GRACE", default_value_t = 25)]
     shutdown_grace_seconds: u64,
+    /// Namespace of the Lease in which this replica reports the keys it has
+    /// loaded (default: its pod's namespace, else `default`).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
     /// Address of the admin API (keep it off the public Ingress).
     #[arg(long, env = "HOOKWARDEN_ADMIN_LISTEN", default_value = "0.0.0.0:8082")]
     admin_listen: SocketAddr,
@@ -161,6 +165,7 @@ fn main() -> ExitCode {
                 reclaim_after: Duration::from_secs(args.reclaim_after_seconds),
                 admin_listen: args.admin_listen,
                 admin_token: args.admin_token,
+                lease_namespace: args.lease_namespace,
             };
             runtime().block_on(async {
                 match kube::Client::try_default().await {

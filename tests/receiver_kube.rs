@@ -16,7 +16,7 @@ use std::{
 use common::{Process, TestEnv, TestNamespace, eventually, free_port, redis_prefix};
 use hookwarden::{
     api::AgentPolicy,
-    keys::{HmacKey, MANAGED_BY, WEBHOOK_CONFIG_LABEL},
+    keys::{self, HmacKey, MANAGED_BY, WEBHOOK_CONFIG_LABEL},
     sample_agent::{self, Mode, Sink},
     signature,
 };
@@ -133,6 +133,7 @@ impl System {
                 ("REDIS_URL", self.env.var("REDIS_URL")),
                 ("HOOKWARDEN_REDIS_PREFIX", &self.prefix),
                 ("HOOKWARDEN_ADMIN_TOKEN", ADMIN_TOKEN),
+                ("POD_NAMESPACE", &self.ns.name),
             ],
         );
         let base = format!("http://127.0.0.1:{port}");
@@ -531,4 +532,48 @@ async fn dead_letters_above_the_safety_limit_trip_the_switch_until_cleared() {
         (s.policy().await.status?.enabled == Some(true)).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn each_replica_reports_the_keys_it_has_loaded() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::api::ListParams;
+    let old = HmacKey::generate(1);
+    let new = HmacKey::generate(2);
+    let s = System::new(&[("a", 5)], &old).await;
+    let (_r1, _) = s.receiver("r1").await;
+    let (r2, _) = s.receiver("r2").await;
+    let client = s.env.client().await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &s.ns.name);
+    let receivers = ListParams::default().labels("app.kubernetes.io/component=receiver");
+    let secret = format!("{}/repo-hook-hmac", s.ns.name);
+    let missing = |version: String| {
+        let (leases, receivers, secret) = (leases.clone(), receivers.clone(), secret.clone());
+        async move {
+            let list = leases.list(&receivers).await.unwrap().items;
+            (
+                list.len(),
+                keys::replicas_missing(&list, k8s_openapi::jiff::Timestamp::now(), &secret, &version),
+            )
+        }
+    };
+    eventually("both replicas to report the current key", WAIT, || async {
+        let (n, missing) = missing(old.version().to_owned()).await;
+        (n == 2 && missing.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(missing(new.version().to_owned()).await.1.len(), 2, "nobody has the new key yet");
+
+    let secrets: Api<Secret> = Api::namespaced(client, &s.ns.name);
+    let add = json!({"data": {new.entry_name(): k8s_openapi::ByteString(new.secret().to_vec())}});
+    secrets.patch("repo-hook-hmac", &PatchParams::default(), &Patch::Merge(&add)).await.unwrap();
+    eventually("both replicas to report the new key", WAIT, || async {
+        missing(new.version().to_owned()).await.1.is_empty().then_some(())
+    })
+    .await;
+
+    // A replica that stops cleanly withdraws its report.
+    let mut r2 = r2;
+    tokio::task::spawn_blocking(move || r2.terminate()).await.unwrap();
+    assert_eq!(missing(new.version().to_owned()).await.0, 1);
 }

@@ -14,6 +14,7 @@ pub mod dispatch;
 pub mod http;
 pub mod queue;
 pub mod registry;
+pub mod report;
 pub mod watch;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -41,6 +42,8 @@ pub struct ReceiverConfig {
     /// Address of the admin API; served only when `admin_token` is set.
     pub admin_listen: SocketAddr,
     pub admin_token: Option<String>,
+    /// Namespace of this replica's Lease reporting its loaded keys.
+    pub lease_namespace: String,
 }
 
 /// Why the receiver could not start or stopped.
@@ -83,6 +86,13 @@ pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), Error> {
         },
     ));
     let workers = tokio::spawn(dispatcher.clone().run(shutdown.clone()));
+    let reporter = tokio::spawn(report::run(
+        client.clone(),
+        config.lease_namespace.clone(),
+        config.consumer.clone(),
+        registry.clone(),
+        shutdown.clone(),
+    ));
 
     match config.admin_token.as_deref().filter(|t| !t.is_empty()) {
         Some(token) => {
@@ -120,6 +130,7 @@ pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), Error> {
         .map_err(Error::Serve)?;
     shutdown.cancel();
     let _ = workers.await;
+    let _ = reporter.await;
     tracing::info!("receiver stopped");
     Ok(())
 }

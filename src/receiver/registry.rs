@@ -69,6 +69,8 @@ pub struct Registry {
     policies: RwLock<HashMap<ObjectRef, watch::Sender<Arc<PolicySettings>>>>,
     /// Bumped whenever a policy appears or disappears.
     policy_set: watch::Sender<u64>,
+    /// Bumped whenever the loaded keys change.
+    key_set: watch::Sender<u64>,
     /// Set once each watch has listed everything (for `/readyz`).
     synced: RwLock<Synced>,
 }
@@ -116,6 +118,7 @@ impl Registry {
 
     pub fn set_keys(&self, secret: ObjectRef, keys: Vec<HmacKey>) {
         self.keys.write().unwrap().insert(secret, keys.into());
+        self.key_set.send_modify(|g| *g += 1);
     }
 
     pub fn key_refs(&self) -> Vec<ObjectRef> {
@@ -124,13 +127,21 @@ impl Registry {
 
     pub fn remove_keys(&self, secret: &ObjectRef) {
         self.keys.write().unwrap().remove(secret);
+        self.key_set.send_modify(|g| *g += 1);
+    }
+
+    /// Notified whenever the loaded keys change.
+    pub fn watch_key_set(&self) -> watch::Receiver<u64> {
+        self.key_set.subscribe()
     }
 
     /// Versions of the keys loaded per Secret, for reporting what this
     /// replica can verify (never the keys themselves).
-    pub fn loaded_key_versions(&self) -> HashMap<ObjectRef, Vec<String>> {
+    pub fn loaded_key_versions(&self) -> crate::keys::LoadedKeys {
         let keys = self.keys.read().unwrap();
-        keys.iter().map(|(s, k)| (s.clone(), k.iter().map(|k| k.version().to_owned()).collect())).collect()
+        keys.iter()
+            .map(|(s, k)| (s.to_string(), k.iter().map(|k| k.version().to_owned()).collect()))
+            .collect()
     }
 
     /// Current settings of `policy`, if it exists.
