@@ -17,6 +17,8 @@
 //! and tokens, emit any event for a hook, inject faults and read what
 //! happened.
 
+pub mod openapi;
+
 use std::{
     collections::{BTreeMap, HashMap, HashSet, VecDeque},
     sync::{Arc, Mutex},

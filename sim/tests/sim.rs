@@ -15,6 +15,7 @@ const TOKEN: &str = "ghp_test";
 type Got = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
 
 struct World {
+    sim: Sim,
     api: String,
     hook_url: String,
     got: Got,
@@ -30,7 +31,7 @@ async fn world() -> World {
     sim.add_token(TOKEN);
     sim.add_repo("octo-org/hello-world");
     sim.add_org("octo-org");
-    tokio::spawn(axum::serve(listener, sim.router()).into_future());
+    tokio::spawn(axum::serve(listener, sim.clone().router()).into_future());
 
     let got: Got = Arc::default();
     let answer = Arc::new(Mutex::new(200u16));
@@ -46,7 +47,7 @@ async fn world() -> World {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let hook_url = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(axum::serve(listener, receiver).into_future());
-    World { api, hook_url, got, answer, http: reqwest::Client::new() }
+    World { sim, api, hook_url, got, answer, http: reqwest::Client::new() }
 }
 
 impl World {
@@ -282,4 +283,74 @@ async fn failed_deliveries_are_listed_and_redelivered_with_the_same_guid() {
     assert_eq!(newest["status_code"], 200);
     let (_, headers, _) = w.call(reqwest::Method::GET, &format!("{base}/{}", failed["id"]), None).await;
     assert!(headers.contains_key("etag"));
+}
+
+/// Every request of a session exercising every endpoint, checked against
+/// GitHub's OpenAPI description: operation, status, request and response bodies.
+#[tokio::test]
+async fn the_simulator_speaks_githubs_openapi_description() {
+    let spec_path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../e2e/npm/node_modules/@octokit/openapi/generated/api.github.com.json");
+    let spec = github_sim::openapi::Spec::load(&spec_path)
+        .unwrap_or_else(|e| panic!("{e}: run e2e/up (or e2e/test), which installs the npm fixtures"));
+
+    let w = world().await;
+    use reqwest::Method as M;
+
+    for owner in ["repos/octo-org/hello-world", "orgs/octo-org"] {
+        let hooks = format!("/{owner}/hooks");
+        let create = json!({ "name": "web", "active": true, "events": ["push", "issues"],
+            "config": { "url": w.hook_url, "content_type": "json", "secret": "s", "insecure_ssl": "0" } });
+        let (status, _, hook) = w.call(M::POST, &hooks, Some(create.clone())).await;
+        assert_eq!(status, 201);
+        let id = hook["id"].as_u64().unwrap();
+        let one = format!("{hooks}/{id}");
+        w.call(M::POST, &hooks, Some(create)).await; // 422 duplicate
+        w.call(M::GET, &format!("{hooks}?per_page=1&page=1"), None).await;
+        w.call(M::GET, &one, None).await;
+        w.call(M::GET, &format!("{hooks}/999999"), None).await; // 404
+        w.call(M::PATCH, &one, Some(json!({ "active": true, "add_events": ["release"], "config": { "url": w.hook_url, "content_type": "json", "secret": "t" } }))).await;
+        w.call(M::GET, &format!("{one}/config"), None).await;
+        w.call(M::PATCH, &format!("{one}/config"), Some(json!({ "content_type": "json", "secret": "u" })))
+            .await;
+        w.call(M::POST, &format!("{one}/pings"), None).await;
+        if owner.starts_with("repos") {
+            w.call(M::POST, &format!("{one}/tests"), None).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (_, _, deliveries) = w.call(M::GET, &format!("{one}/deliveries?per_page=1"), None).await;
+        let delivery = deliveries[0]["id"].clone();
+        w.call(M::GET, &format!("{one}/deliveries/{delivery}"), None).await;
+        w.call(M::POST, &format!("{one}/deliveries/{delivery}/attempts"), None).await;
+        w.call(M::DELETE, &one, None).await;
+    }
+    // The checker itself notices what GitHub would never do.
+    let wrong = |status: u16, response: Value, body: Option<Value>| github_sim::Recorded {
+        method: "POST".into(),
+        path: "/repos/octo-org/hello-world/hooks".into(),
+        query: None,
+        body,
+        status,
+        response: Some(response),
+    };
+    let fine_body = Some(json!({ "config": { "url": "https://x.example/" } }));
+    assert!(!spec.check(&wrong(418, json!({}), fine_body.clone())).is_empty(), "undocumented status");
+    let missing_fields = spec.check(&wrong(201, json!({ "id": "one" }), fine_body));
+    assert!(missing_fields.iter().any(|p| p.contains("response")), "{missing_fields:?}");
+    let bad_request = spec.check(&wrong(
+        422,
+        json!({ "message": "m", "documentation_url": "d" }),
+        Some(json!({ "events": "push" })),
+    ));
+    assert!(bad_request.iter().any(|p| p.contains("request")), "{bad_request:?}");
+
+    let requests = w.sim.requests();
+    assert!(requests.len() >= 25, "the session covered the API: {} requests", requests.len());
+    let problems: Vec<String> = requests.iter().flat_map(|r| spec.check(r)).collect();
+    assert!(
+        problems.is_empty(),
+        "{} disagreement(s) with GitHub's OpenAPI description:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
 }
