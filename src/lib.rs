@@ -8,6 +8,7 @@
 //! Modules:
 //! - [`api`]: the custom resource types (the source of the CRD YAML in `crds/`),
 //!   their validation and condition vocabulary.
+//! - [`github`]: the GitHub REST client (hooks).
 //! - [`keys`]: the layout of a hook's HMAC keys in its Secret.
 //! - [`signature`]: GitHub's `X-Hub-Signature-256`, signed and verified.
 //! - [`operator`]: the operator's controllers.
@@ -16,6 +17,7 @@
 //! - [`telemetry`]: logging and metrics.
 
 pub mod api;
+pub mod github;
 pub mod keys;
 pub mod operator;
 pub mod receiver;

@@ -98,6 +98,13 @@ struct OperatorArgs {
     /// Watch only this namespace (default: every namespace).
     #[arg(long, env = "HOOKWARDEN_NAMESPACE")]
     namespace: Option<String>,
+    /// Public base URL of the receivers (what GitHub calls); a WebhookConfig
+    /// without spec.url delivers to {base}/hooks/{namespace}/{name}.
+    #[arg(long, env = "HOOKWARDEN_PUBLIC_BASE_URL")]
+    public_base_url: Option<String>,
+    /// Seconds between checks of every hook against GitHub (drift repair).
+    #[arg(long, env = "HOOKWARDEN_RESYNC_SECONDS", default_value_t = 300)]
+    resync_seconds: u64,
 }
 
 #[derive(clap::Args)]
@@ -211,6 +218,8 @@ fn main() -> ExitCode {
                 redis_prefix: args.redis_prefix,
                 listen: args.listen,
                 instance: default_consumer(),
+                public_base_url: args.public_base_url,
+                resync: Duration::from_secs(args.resync_seconds.max(1)),
             };
             runtime().block_on(async {
                 match kube::Client::try_default().await {

@@ -535,7 +535,11 @@ async fn api(
     // /repos/{owner}/{repo}/hooks/... or /orgs/{org}/hooks/...
     let (owner, rest) = match seg {
         ["rate_limit"] => {
-            return (StatusCode::OK, json!({ "resources": { "core": { "limit": HOURLY_BUDGET } } })).into();
+            // As on GitHub, asking costs nothing; the headers carry the numbers.
+            let mut a: Answer =
+                (StatusCode::OK, json!({ "resources": { "core": { "limit": HOURLY_BUDGET } } })).into();
+            a.free = true;
+            return a;
         }
         ["repos", o, r, "hooks", rest @ ..] => (Owner::Repo(format!("{o}/{r}")), rest),
         ["orgs", o, "hooks", rest @ ..] => (Owner::Org((*o).to_owned()), rest),

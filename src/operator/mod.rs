@@ -1,8 +1,10 @@
 //! `hookwarden operator`: the controllers.
 //!
 //! - [`agent_policy`]: AgentPolicy → the effective settings in its status.
+//! - [`webhook_config`]: WebhookConfig → the GitHub hook and its key Secret.
 
 pub mod agent_policy;
+pub mod webhook_config;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -14,7 +16,14 @@ use kube::{
 };
 use tokio::sync::OnceCell;
 
-use crate::{api::AgentPolicy, receiver::queue::Queue, telemetry::OperatorMetrics};
+use k8s_openapi::api::core::v1::Secret;
+
+use crate::{
+    api::{AgentPolicy, WebhookConfig},
+    keys::MANAGED_BY,
+    receiver::queue::Queue,
+    telemetry::OperatorMetrics,
+};
 
 /// The field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "hookwarden-operator";
@@ -31,6 +40,11 @@ pub struct OperatorConfig {
     pub listen: SocketAddr,
     /// This replica's name, shown in Events.
     pub instance: String,
+    /// Public base URL of the receivers; a hook without `spec.url` delivers
+    /// to `{base}/hooks/{namespace}/{name}`.
+    pub public_base_url: Option<String>,
+    /// How often every WebhookConfig is checked against GitHub.
+    pub resync: Duration,
 }
 
 /// Errors of a reconcile.
@@ -38,12 +52,22 @@ pub struct OperatorConfig {
 pub enum Error {
     #[error("kubernetes API: {0}")]
     Kube(#[source] kube::Error),
+    #[error(transparent)]
+    GitHub(#[from] crate::github::Error),
+    /// Only an edit of the resource (or its Secrets) can fix it.
+    #[error("{0}")]
+    Config(String),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Kube(_) => "kube",
+            Self::GitHub(e) => e.metric_label(),
+            Self::Config(_) => "config",
+            Self::Finalizer(_) => "finalizer",
         }
     }
 }
@@ -55,6 +79,10 @@ pub struct Context {
     pub metrics: Arc<OperatorMetrics>,
     /// Set once Redis answers; until then the safety rule cannot be evaluated.
     pub queue: Arc<OnceCell<Queue>>,
+    pub public_base_url: Option<String>,
+    pub resync: Duration,
+    /// Hooks last read from GitHub, for conditional GETs.
+    pub etags: crate::github::EtagCache,
 }
 
 fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
@@ -97,6 +125,9 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::ap
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
         queue,
+        public_base_url: config.public_base_url.clone(),
+        resync: config.resync,
+        etags: Default::default(),
     });
 
     let listener =
@@ -117,11 +148,18 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::ap
     tracing::info!(listen = %config.listen, "operator started");
 
     let policies = api::<AgentPolicy>(&client, config.namespace.as_deref());
-    Controller::new(policies, watcher::Config::default())
+    let policy_controller = Controller::new(policies, watcher::Config::default())
         .graceful_shutdown_on(crate::shutdown_signal())
-        .run(instrumented_reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
-        .await;
+        .run(instrumented_reconcile, error_policy, ctx.clone())
+        .for_each(|_| futures::future::ready(()));
+    let hooks = api::<WebhookConfig>(&client, config.namespace.as_deref());
+    let secrets = api::<Secret>(&client, config.namespace.as_deref());
+    let hook_controller = Controller::new(hooks, watcher::Config::default())
+        .owns(secrets, watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)))
+        .graceful_shutdown_on(crate::shutdown_signal())
+        .run(reconcile_hook, hook_error_policy, ctx)
+        .for_each(|_| futures::future::ready(()));
+    futures::join!(policy_controller, hook_controller);
     tracing::info!("operator stopped");
     Ok(())
 }
@@ -133,6 +171,21 @@ async fn instrumented_reconcile(policy: Arc<AgentPolicy>, ctx: Arc<Context>) -> 
     let outcome = if result.is_ok() { "ok" } else { "error" };
     ctx.metrics.reconciles.with_label_values(&["agentpolicy", outcome]).inc();
     result
+}
+
+async fn reconcile_hook(whc: Arc<WebhookConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let timer = ctx.metrics.reconcile_duration.with_label_values(&["webhookconfig"]).start_timer();
+    let result = webhook_config::reconcile(whc, ctx.clone()).await;
+    timer.observe_duration();
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics.reconciles.with_label_values(&["webhookconfig", outcome]).inc();
+    result
+}
+
+fn hook_error_policy(whc: Arc<WebhookConfig>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconcile_errors.with_label_values(&["webhookconfig", error.metric_label()]).inc();
+    tracing::warn!(webhookconfig = %kube::ResourceExt::name_any(whc.as_ref()), %error, "reconcile failed; retrying");
+    Action::requeue(webhook_config::retry_delay(error))
 }
 
 fn error_policy(policy: Arc<AgentPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
