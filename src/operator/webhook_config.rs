@@ -329,9 +329,15 @@ async fn publish(ctx: &Context, whc: &WebhookConfig, type_: EventType, reason: &
 
 /// How soon to try again after `error`.
 pub fn retry_delay(error: &Error) -> Duration {
+    use kube::runtime::finalizer::Error as F;
     match error {
         Error::GitHub(e) => e.retry_after().unwrap_or(Duration::from_secs(15)),
+        // Waits for an edit; the periodic retry is only a safety net.
         Error::Config(_) => Duration::from_secs(60),
-        _ => Duration::from_secs(5),
+        Error::Finalizer(f) => match f.as_ref() {
+            F::ApplyFailed(e) | F::CleanupFailed(e) => retry_delay(e),
+            _ => Duration::from_secs(5),
+        },
+        Error::Kube(_) => Duration::from_secs(5),
     }
 }
