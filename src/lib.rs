@@ -46,3 +46,15 @@ pub async fn shutdown_signal() {
         _ = term => {}
     }
 }
+
+/// An API handle for one namespace, or for all of them.
+pub(crate) fn scoped_api<K>(client: &kube::Client, namespace: Option<&str>) -> kube::Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => kube::Api::namespaced(client.clone(), ns),
+        None => kube::Api::all(client.clone()),
+    }
+}

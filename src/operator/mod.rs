@@ -11,7 +11,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
 use futures::StreamExt;
 use kube::{
-    Api, Client,
+    Client,
     runtime::{Controller, controller::Action, events::Recorder, watcher},
 };
 use tokio::sync::OnceCell;
@@ -85,17 +85,6 @@ pub struct Context {
     pub etags: crate::github::EtagCache,
 }
 
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-    <K as kube::Resource>::DynamicType: Default,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 /// Runs the controllers until SIGTERM or Ctrl-C.
 pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::api::InstallError> {
     crate::api::check_installed(&client).await?;
@@ -147,13 +136,13 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::ap
     });
     tracing::info!(listen = %config.listen, "operator started");
 
-    let policies = api::<AgentPolicy>(&client, config.namespace.as_deref());
+    let policies = crate::scoped_api::<AgentPolicy>(&client, config.namespace.as_deref());
     let policy_controller = Controller::new(policies, watcher::Config::default())
         .graceful_shutdown_on(crate::shutdown_signal())
         .run(instrumented_reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
-    let hooks = api::<WebhookConfig>(&client, config.namespace.as_deref());
-    let secrets = api::<Secret>(&client, config.namespace.as_deref());
+    let hooks = crate::scoped_api::<WebhookConfig>(&client, config.namespace.as_deref());
+    let secrets = crate::scoped_api::<Secret>(&client, config.namespace.as_deref());
     let hook_controller = Controller::new(hooks, watcher::Config::default())
         .owns(secrets, watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)))
         .graceful_shutdown_on(crate::shutdown_signal())
@@ -164,32 +153,45 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::ap
     Ok(())
 }
 
-async fn instrumented_reconcile(policy: Arc<AgentPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let timer = ctx.metrics.reconcile_duration.with_label_values(&["agentpolicy"]).start_timer();
-    let result = agent_policy::reconcile(policy, ctx.clone()).await;
+/// Times and counts a reconcile of `controller`.
+async fn measured(
+    ctx: &Context,
+    controller: &str,
+    reconcile: impl std::future::Future<Output = Result<Action, Error>>,
+) -> Result<Action, Error> {
+    let timer = ctx.metrics.reconcile_duration.with_label_values(&[controller]).start_timer();
+    let result = reconcile.await;
     timer.observe_duration();
     let outcome = if result.is_ok() { "ok" } else { "error" };
-    ctx.metrics.reconciles.with_label_values(&["agentpolicy", outcome]).inc();
+    ctx.metrics.reconciles.with_label_values(&[controller, outcome]).inc();
     result
+}
+
+/// Counts and logs a failed reconcile; requeues after `delay`.
+fn failed(ctx: &Context, controller: &str, name: &str, error: &Error, delay: Duration) -> Action {
+    ctx.metrics.reconcile_errors.with_label_values(&[controller, error.metric_label()]).inc();
+    tracing::warn!(controller, name, %error, "reconcile failed; retrying");
+    Action::requeue(delay)
+}
+
+async fn instrumented_reconcile(policy: Arc<AgentPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    measured(&ctx, "agentpolicy", agent_policy::reconcile(policy, ctx.clone())).await
 }
 
 async fn reconcile_hook(whc: Arc<WebhookConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let timer = ctx.metrics.reconcile_duration.with_label_values(&["webhookconfig"]).start_timer();
-    let result = webhook_config::reconcile(whc, ctx.clone()).await;
-    timer.observe_duration();
-    let outcome = if result.is_ok() { "ok" } else { "error" };
-    ctx.metrics.reconciles.with_label_values(&["webhookconfig", outcome]).inc();
-    result
+    measured(&ctx, "webhookconfig", webhook_config::reconcile(whc, ctx.clone())).await
 }
 
 fn hook_error_policy(whc: Arc<WebhookConfig>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_errors.with_label_values(&["webhookconfig", error.metric_label()]).inc();
-    tracing::warn!(webhookconfig = %kube::ResourceExt::name_any(whc.as_ref()), %error, "reconcile failed; retrying");
-    Action::requeue(webhook_config::retry_delay(error))
+    failed(
+        &ctx,
+        "webhookconfig",
+        &kube::ResourceExt::name_any(whc.as_ref()),
+        error,
+        webhook_config::retry_delay(error),
+    )
 }
 
 fn error_policy(policy: Arc<AgentPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_errors.with_label_values(&["agentpolicy", error.metric_label()]).inc();
-    tracing::warn!(policy = %kube::ResourceExt::name_any(policy.as_ref()), %error, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+    failed(&ctx, "agentpolicy", &kube::ResourceExt::name_any(policy.as_ref()), error, Duration::from_secs(5))
 }

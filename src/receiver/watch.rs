@@ -21,17 +21,6 @@ use crate::{
     keys::{MANAGED_BY, keys_from_secret},
 };
 
-fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
-where
-    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-    <K as Resource>::DynamicType: Default,
-{
-    match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    }
-}
-
 fn object_ref<K: Resource>(obj: &K) -> ObjectRef {
     ObjectRef::new(obj.namespace().unwrap_or_default(), obj.name_any())
 }
@@ -39,7 +28,7 @@ fn object_ref<K: Resource>(obj: &K) -> ObjectRef {
 /// Starts the three watches; they run until the process ends, riding out
 /// API errors with backoff.
 pub fn spawn(client: &Client, namespace: Option<&str>, registry: Arc<Registry>) {
-    let hooks = api::<WebhookConfig>(client, namespace);
+    let hooks = crate::scoped_api::<WebhookConfig>(client, namespace);
     tokio::spawn(follow(
         hooks,
         watcher::Config::default(),
@@ -58,7 +47,7 @@ pub fn spawn(client: &Client, namespace: Option<&str>, registry: Arc<Registry>) 
     ));
 
     let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
-    let secrets = api::<Secret>(client, namespace);
+    let secrets = crate::scoped_api::<Secret>(client, namespace);
     tokio::spawn(follow(
         secrets,
         watcher::Config::default().labels(&selector),
@@ -73,7 +62,7 @@ pub fn spawn(client: &Client, namespace: Option<&str>, registry: Arc<Registry>) 
         Registry::remove_keys,
     ));
 
-    let policies = api::<AgentPolicy>(client, namespace);
+    let policies = crate::scoped_api::<AgentPolicy>(client, namespace);
     tokio::spawn(follow(
         policies,
         watcher::Config::default(),
