@@ -114,6 +114,19 @@ impl World {
         all.iter().filter(|r| r["path"].as_str().unwrap().starts_with(&format!("/{owner}/hooks"))).count()
     }
 
+    /// Every request the operator sent GitHub for `owner`, and every answer,
+    /// agrees with GitHub's OpenAPI description.
+    async fn assert_github_agrees(&self, owner: &str) {
+        let url = format!("{}/_sim/openapi-violations/{owner}", self.github);
+        let problems: Vec<String> = self.http.get(url).send().await.unwrap().json().await.unwrap();
+        assert!(
+            problems.is_empty(),
+            "disagreements with GitHub's OpenAPI description:\n{}",
+            problems.join("\n")
+        );
+        assert!(self.requests_for(owner).await > 0, "the operator called GitHub");
+    }
+
     async fn event_reasons(&self) -> String {
         self.env.kubectl_ok(&["get", "events", "-n", &self.ns.name, "-o", "jsonpath={.items[*].reason}"])
     }
@@ -199,6 +212,7 @@ async fn a_repository_hook_is_registered_updated_repaired_and_deleted() {
         secrets.get_opt("svc-hmac").await.unwrap().is_none().then_some(())
     })
     .await;
+    w.assert_github_agrees(&owner).await;
 }
 
 #[tokio::test]
@@ -218,7 +232,7 @@ async fn an_existing_hook_with_the_same_url_is_adopted_not_duplicated() {
         .http
         .post(format!("{}/{owner}/hooks", w.github))
         .bearer_auth("ghp_by_hand")
-        .json(&json!({ "config": { "url": w.hook_url("org"), "secret": "by-hand" }, "events": ["push"] }))
+        .json(&json!({ "name": "web", "config": { "url": w.hook_url("org"), "secret": "by-hand" }, "events": ["push"] }))
         .send()
         .await
         .unwrap()
@@ -234,6 +248,7 @@ async fn an_existing_hook_with_the_same_url_is_adopted_not_duplicated() {
     assert_ne!(hooks[0]["config"]["secret"], "by-hand", "adopting sets hookwarden's own secret");
     assert_eq!(hooks[0]["config"]["content_type"], "json");
     assert!(w.event_reasons().await.contains("Adopted"));
+    w.assert_github_agrees(&owner).await;
 }
 
 #[tokio::test]
@@ -295,4 +310,5 @@ async fn what_github_refuses_shows_as_a_condition_a_person_can_act_on() {
         assert!(message.contains(text), "{name}: {message}");
         assert!(!message.contains("ghp_"), "{name}: the token leaked into status");
     }
+    w.assert_github_agrees(&format!("repos/{}", w.repo)).await;
 }

@@ -155,6 +155,8 @@ pub struct Sim {
     http: reqwest::Client,
     /// Base URL the simulator is reachable at, for `url` fields.
     base: Arc<str>,
+    /// GitHub's OpenAPI description, when loaded: `/_sim/openapi-violations`.
+    spec: Option<Arc<openapi::Spec>>,
 }
 
 fn now_secs() -> u64 {
@@ -198,7 +200,13 @@ fn message(status: StatusCode, text: &str) -> (StatusCode, Value) {
 impl Sim {
     pub fn new(base: &str) -> Self {
         let http = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().expect("HTTP client");
-        Self { inner: Arc::default(), http, base: base.trim_end_matches('/').into() }
+        Self { inner: Arc::default(), http, base: base.trim_end_matches('/').into(), spec: None }
+    }
+
+    /// Checks every request against `spec` on demand (`GET /_sim/openapi-violations`).
+    pub fn with_spec(mut self, spec: openapi::Spec) -> Self {
+        self.spec = Some(Arc::new(spec));
+        self
     }
 
     pub fn router(self) -> Router {
@@ -714,6 +722,10 @@ fn conflicts(s: &Inner, owner: &Owner, id: Option<u64>, url: &str, events: &[Str
 
 async fn create_hook(sim: &Sim, owner: Owner, body: Option<&Value>) -> Answer {
     let Some(body) = body else { return unprocessable("Invalid request: a body is required") };
+    // NB: GitHub requires `name: "web"` for organization hooks (optional for repositories).
+    if matches!(owner, Owner::Org(_)) && body["name"] != "web" {
+        return unprocessable("Invalid request: \"name\" wasn't supplied; it must be \"web\"");
+    }
     let config = &body["config"];
     let Some(url) = config["url"].as_str().filter(|u| u.starts_with("http")) else {
         return unprocessable("Validation Failed: config.url is missing or not a URL");
@@ -847,6 +859,22 @@ async fn control(sim: &Sim, method: &Method, seg: &[&str], body: &[u8]) -> Respo
             if removed.is_some() { StatusCode::NO_CONTENT } else { StatusCode::NOT_FOUND }.into_response()
         }
         (Method::GET, ["requests"]) => Json(sim.requests()).into_response(),
+        // What clients sent so far (and what the simulator answered) that
+        // GitHub's OpenAPI description contradicts, for request paths that
+        // contain the rest of this path (e.g. `/_sim/openapi-violations/orgs/acme`).
+        (Method::GET, ["openapi-violations", needle @ ..]) => match &sim.spec {
+            Some(spec) => {
+                let needle = needle.join("/");
+                let requests = sim.requests();
+                let problems: Vec<String> = requests
+                    .iter()
+                    .filter(|r| r.path.contains(&needle))
+                    .flat_map(|r| spec.check(r))
+                    .collect();
+                Json(problems).into_response()
+            }
+            None => (StatusCode::CONFLICT, "started without --openapi").into_response(),
+        },
         _ => StatusCode::NOT_FOUND.into_response(),
     }
 }

@@ -17,13 +17,20 @@ struct Args {
     /// Organizations that exist (repeatable).
     #[arg(long = "org")]
     orgs: Vec<String>,
+    /// GitHub's OpenAPI description (`@octokit/openapi`'s
+    /// generated/api.github.com.json), to check all traffic against.
+    #[arg(long)]
+    openapi: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    let sim = github_sim::Sim::new(&format!("http://{}", listener.local_addr()?));
+    let mut sim = github_sim::Sim::new(&format!("http://{}", listener.local_addr()?));
+    if let Some(path) = &args.openapi {
+        sim = sim.with_spec(github_sim::openapi::Spec::load(path).map_err(std::io::Error::other)?);
+    }
     args.tokens.iter().for_each(|t| sim.add_token(t));
     args.repos.iter().for_each(|r| sim.add_repo(r));
     args.orgs.iter().for_each(|o| sim.add_org(o));

@@ -354,3 +354,15 @@ async fn the_simulator_speaks_githubs_openapi_description() {
         problems.join("\n")
     );
 }
+
+#[tokio::test]
+async fn organization_hooks_need_the_name_web() {
+    let w = world().await;
+    let body = |name: Value| json!({ "name": name, "config": { "url": w.hook_url }, "events": ["push"] });
+    let (status, _, reply) =
+        w.call(reqwest::Method::POST, "/orgs/octo-org/hooks", Some(body(Value::Null))).await;
+    assert_eq!(status, 422, "{reply}");
+    let (status, _, _) =
+        w.call(reqwest::Method::POST, "/orgs/octo-org/hooks", Some(body(json!("web")))).await;
+    assert_eq!(status, 201);
+}
