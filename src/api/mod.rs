@@ -21,11 +21,6 @@ use kube::CustomResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// The API group of every hookwarden resource.
-pub const GROUP: &str = "hookwarden.io";
-/// The served and stored version.
-pub const VERSION: &str = "v1alpha1";
-
 /// A key inside a Kubernetes Secret in the same namespace as the resource.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -112,6 +112,16 @@ pub enum ContentType {
     Form,
 }
 
+impl ContentType {
+    /// The value GitHub's `config.content_type` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Json => "json",
+            Self::Form => "form",
+        }
+    }
+}
+
 /// Credentials and endpoint for the GitHub REST API.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[x_kube(validation = kube::core::Rule::new("has(self.tokenSecretRef) != has(self.app)")

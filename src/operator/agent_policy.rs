@@ -6,16 +6,14 @@ use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
-    Api, Resource, ResourceExt,
-    api::{Patch, PatchParams},
+    Resource, ResourceExt,
     runtime::{
         controller::Action,
         events::{Event, EventType},
     },
 };
-use serde_json::json;
 
-use super::{Context, Error, FIELD_MANAGER};
+use super::{Context, Error, apply_status};
 use crate::{
     api::{AgentPolicy, AgentPolicyStatus, conditions},
     receiver::queue::ObjectRef,
@@ -105,12 +103,7 @@ pub async fn reconcile(policy: Arc<AgentPolicy>, ctx: Arc<Context>) -> Result<Ac
     };
     let status = effective_status(&policy, dead, &Time(Timestamp::now()));
     if policy.status.as_ref() != Some(&status) {
-        let api: Api<AgentPolicy> = Api::namespaced(ctx.client.clone(), &namespace);
-        let patch =
-            json!({ "apiVersion": "hookwarden.io/v1alpha1", "kind": "AgentPolicy", "status": status });
-        api.patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-            .await
-            .map_err(Error::Kube)?;
+        apply_status(&ctx.client, policy.as_ref(), &status).await?;
         let was = policy.status.as_ref().and_then(|s| s.enabled);
         if was != status.enabled {
             let on = status.enabled == Some(true);
@@ -136,6 +129,7 @@ pub async fn reconcile(policy: Arc<AgentPolicy>, ctx: Arc<Context>) -> Result<Ac
 mod tests {
     use super::*;
     use crate::api::AgentPolicySpec;
+    use serde_json::json;
 
     fn policy(spec: serde_json::Value) -> AgentPolicy {
         let spec: AgentPolicySpec = serde_json::from_value(spec).unwrap();

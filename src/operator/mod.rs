@@ -153,6 +153,29 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::ap
     Ok(())
 }
 
+/// Writes `status` of `obj` by server-side apply, as the operator's field manager.
+pub(crate) async fn apply_status<K>(
+    client: &Client,
+    obj: &K,
+    status: &impl serde::Serialize,
+) -> Result<(), Error>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    use kube::ResourceExt;
+    let api: kube::Api<K> = kube::Api::namespaced(client.clone(), &obj.namespace().unwrap_or_default());
+    let patch =
+        serde_json::json!({ "apiVersion": K::api_version(&()), "kind": K::kind(&()), "status": status });
+    let params = kube::api::PatchParams::apply(FIELD_MANAGER).force();
+    api.patch_status(&obj.name_any(), &params, &kube::api::Patch::Apply(&patch))
+        .await
+        .map_err(Error::Kube)?;
+    Ok(())
+}
+
 /// Times and counts a reconcile of `controller`.
 async fn measured(
     ctx: &Context,

@@ -16,16 +16,15 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
+    api::PostParams,
     runtime::{
         controller::Action,
         events::{Event, EventType},
         finalizer::{Event as Finalizer, finalizer},
     },
 };
-use serde_json::json;
 
-use super::{Context, Error, FIELD_MANAGER};
+use super::{Context, Error, apply_status};
 use crate::{
     api::{RateLimitStatus, WebhookConfig, WebhookConfigStatus, conditions},
     github::{self, DesiredHook, Target},
@@ -134,10 +133,7 @@ fn desired(whc: &WebhookConfig, ctx: &Context) -> Result<DesiredHook, Error> {
         url,
         events: whc.spec.events.clone(),
         active: whc.spec.active,
-        content_type: serde_json::to_value(whc.spec.content_type)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or("json".into()),
+        content_type: whc.spec.content_type.as_str().to_owned(),
     })
 }
 
@@ -253,12 +249,7 @@ async fn write_status(whc: &WebhookConfig, ctx: &Context, status: &WebhookConfig
     if whc.status.as_ref().map(without_budget) == Some(without_budget(status)) {
         return Ok(());
     }
-    let api: Api<WebhookConfig> = Api::namespaced(ctx.client.clone(), &whc.namespace().unwrap_or_default());
-    let patch = json!({ "apiVersion": "hookwarden.io/v1alpha1", "kind": "WebhookConfig", "status": status });
-    api.patch_status(&whc.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(Error::Kube)?;
-    Ok(())
+    apply_status(&ctx.client, whc, status).await
 }
 
 /// Puts the reason a person can act on into the Ready condition.
