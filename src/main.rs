@@ -105,6 +105,24 @@ struct OperatorArgs {
     /// Seconds between checks of every hook against GitHub (drift repair).
     #[arg(long, env = "HOOKWARDEN_RESYNC_SECONDS", default_value_t = 300)]
     resync_seconds: u64,
+    /// Namespace of the leader-election Lease, where the receivers also
+    /// report their loaded keys (default: the pod's namespace, else `default`).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Seconds a leader's Lease stays valid without renewal.
+    #[arg(long, env = "HOOKWARDEN_LEASE_SECONDS", default_value_t = 15)]
+    lease_seconds: u64,
+    /// Seconds between redelivery passes over each hook's failed deliveries (0: off).
+    #[arg(long, env = "HOOKWARDEN_REDELIVERY_SECONDS", default_value_t = 300)]
+    redelivery_seconds: u64,
+    /// Milliseconds between two mutating GitHub calls with the same
+    /// credentials (GitHub asks for at least 1 s).
+    #[arg(long, env = "HOOKWARDEN_GITHUB_MUTATION_INTERVAL_MS", default_value_t = 1000)]
+    github_mutation_interval_ms: u64,
+    /// This replica's name in the leader Lease and in Events (default: the
+    /// pod name, else the host name and process id).
+    #[arg(long, env = "POD_NAME")]
+    instance: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -217,9 +235,16 @@ fn main() -> ExitCode {
                 redis_url: args.redis_url,
                 redis_prefix: args.redis_prefix,
                 listen: args.listen,
-                instance: default_consumer(),
+                instance: args
+                    .instance
+                    .unwrap_or_else(|| format!("{}-{}", default_consumer(), std::process::id())),
                 public_base_url: args.public_base_url,
                 resync: Duration::from_secs(args.resync_seconds.max(1)),
+                lease_namespace: args.lease_namespace,
+                lease_duration: Duration::from_secs(args.lease_seconds.max(3)),
+                redelivery_interval: (args.redelivery_seconds > 0)
+                    .then(|| Duration::from_secs(args.redelivery_seconds)),
+                mutation_interval: Duration::from_millis(args.github_mutation_interval_ms),
             };
             runtime().block_on(async {
                 match kube::Client::try_default().await {

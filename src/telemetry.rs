@@ -146,6 +146,16 @@ pub struct OperatorMetrics {
     pub reconcile_errors: IntCounterVec,
     /// Reconcile duration, by controller.
     pub reconcile_duration: HistogramVec,
+    /// Calls to GitHub's REST API, by endpoint and HTTP status (`error` when
+    /// GitHub could not be reached).
+    pub github_requests: IntCounterVec,
+    /// GitHub's `x-ratelimit-remaining` from the latest answer, by account
+    /// (the token Secret `namespace/name`, or `app/{id}/installation/{id}`).
+    pub github_rate_limit_remaining: IntGaugeVec,
+    /// Redeliveries the operator asked GitHub for, by WebhookConfig namespace.
+    pub redeliveries: IntCounterVec,
+    /// 1 while this replica holds the leader Lease.
+    pub leader: prometheus::IntGauge,
 }
 
 impl OperatorMetrics {
@@ -166,10 +176,38 @@ impl OperatorMetrics {
             &["controller"],
         )
         .expect("valid metric");
+        let github_requests = IntCounterVec::new(
+            Opts::new(
+                "hookwarden_github_requests_total",
+                "Calls to GitHub's REST API by endpoint and status",
+            ),
+            &["endpoint", "status"],
+        )
+        .expect("valid metric");
+        let github_rate_limit_remaining = IntGaugeVec::new(
+            Opts::new("hookwarden_github_rate_limit_remaining", "GitHub rate-limit budget left, by account"),
+            &["account"],
+        )
+        .expect("valid metric");
+        let redeliveries = IntCounterVec::new(
+            Opts::new(
+                "hookwarden_redeliveries_total",
+                "Failed deliveries the operator asked GitHub to redeliver",
+            ),
+            &["namespace"],
+        )
+        .expect("valid metric");
+        let leader =
+            prometheus::IntGauge::new("hookwarden_operator_leader", "1 while this replica is the leader")
+                .expect("valid metric");
         Self {
             reconciles: registered(&registry, reconciles),
             reconcile_errors: registered(&registry, reconcile_errors),
             reconcile_duration: registered(&registry, reconcile_duration),
+            github_requests: registered(&registry, github_requests),
+            github_rate_limit_remaining: registered(&registry, github_rate_limit_remaining),
+            redeliveries: registered(&registry, redeliveries),
+            leader: registered(&registry, leader),
             registry,
         }
     }

@@ -4,11 +4,17 @@
 
 mod common;
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU16, Ordering},
+    },
+    time::Duration,
+};
 
 use common::{Process, TestEnv, TestNamespace, eventually, free_port};
 use hookwarden::{api::WebhookConfig, keys::keys_from_secret};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Secret};
 use kube::{
     Api,
     api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams},
@@ -18,6 +24,19 @@ use serde_json::{Value, json};
 const WAIT: Duration = Duration::from_secs(30);
 const PUBLIC_BASE: &str = "http://127.0.0.1:9/receiver";
 
+/// An operator for namespace `ns` (its Leases there too), resyncing every 2 s;
+/// returns it and its metrics URL.
+fn start_operator(env: &TestEnv, ns: &TestNamespace, extra: &[&str]) -> (Process, String) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args =
+        vec!["operator", "--listen", &listen, "--public-base-url", PUBLIC_BASE, "--resync-seconds", "2"];
+    args.extend_from_slice(&["--github-mutation-interval-ms", "200"]);
+    args.extend_from_slice(extra);
+    let vars = [("HOOKWARDEN_NAMESPACE", ns.name.as_str()), ("POD_NAMESPACE", ns.name.as_str())];
+    (Process::start(env, "operator", &args, &vars), format!("http://127.0.0.1:{port}/metrics"))
+}
+
 struct World {
     env: TestEnv,
     ns: TestNamespace,
@@ -26,11 +45,18 @@ struct World {
     repo: String,
     org: String,
     token: String,
-    _operator: Process,
+    operator_metrics: String,
+    operator: Process,
 }
 
 impl World {
     async fn new() -> Self {
+        Self::with(&[]).await
+    }
+
+    /// A namespace, a repository, an organization and a token on the
+    /// simulator, and an operator started with `extra` arguments.
+    async fn with(extra: &[&str]) -> Self {
         let env = TestEnv::load();
         let ns = TestNamespace::create(&env).await;
         let github = env.var("GITHUB_API_URL").to_owned();
@@ -50,21 +76,12 @@ impl World {
         token_secret.metadata.name = Some("github-token".into());
         token_secret.string_data = Some([("token".to_owned(), token.clone())].into());
         secrets.create(&PostParams::default(), &token_secret).await.unwrap();
-        let operator = Process::start(
-            &env,
-            "operator",
-            &[
-                "operator",
-                "--listen",
-                &format!("127.0.0.1:{}", free_port()),
-                "--public-base-url",
-                PUBLIC_BASE,
-                "--resync-seconds",
-                "2",
-            ],
-            &[("HOOKWARDEN_NAMESPACE", &ns.name)],
-        );
-        Self { env, ns, github, http, repo, org, token, _operator: operator }
+        let (operator, operator_metrics) = start_operator(&env, &ns, extra);
+        Self { env, ns, github, http, repo, org, token, operator_metrics, operator }
+    }
+
+    async fn metrics(&self) -> String {
+        self.http.get(&self.operator_metrics).send().await.unwrap().text().await.unwrap()
     }
 
     fn hook_url(&self, name: &str) -> String {
@@ -72,8 +89,16 @@ impl World {
     }
 
     async fn apply(&self, name: &str, target: Value, events: Value) {
-        let mut spec = json!({ "events": events, "github": { "apiUrl": self.github, "tokenSecretRef": { "name": "github-token", "key": "token" } } });
-        spec.as_object_mut().unwrap().extend(target.as_object().unwrap().clone());
+        let mut spec = target;
+        spec["events"] = events;
+        self.apply_spec(name, spec).await;
+    }
+
+    /// Applies WebhookConfig `name` with `spec`, authenticated by the token
+    /// unless `spec` says otherwise.
+    async fn apply_spec(&self, name: &str, fields: Value) {
+        let mut spec = json!({ "github": { "apiUrl": self.github, "tokenSecretRef": { "name": "github-token", "key": "token" } } });
+        spec.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
         let obj: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "hookwarden.io/v1alpha1", "kind": "WebhookConfig", "metadata": { "name": name }, "spec": spec
         }))
@@ -111,7 +136,7 @@ impl World {
             .json()
             .await
             .unwrap();
-        all.iter().filter(|r| r["path"].as_str().unwrap().starts_with(&format!("/{owner}/hooks"))).count()
+        all.iter().filter(|r| r["path"].as_str().unwrap().starts_with(&format!("/{owner}/"))).count()
     }
 
     /// Every request the operator sent GitHub for `owner`, and every answer,
@@ -125,6 +150,51 @@ impl World {
             problems.join("\n")
         );
         assert!(self.requests_for(owner).await > 0, "the operator called GitHub");
+    }
+
+    async fn condition(&self, name: &str, type_: &str) -> Option<(String, String, String)> {
+        let whc = self.whc(name).await;
+        let c = whc.status?.conditions.into_iter().find(|c| c.type_ == type_)?;
+        Some((c.status, c.reason, c.message))
+    }
+
+    async fn keys(&self, secret: &str) -> Vec<hookwarden::keys::HmacKey> {
+        let secrets = Api::<Secret>::namespaced(self.env.client().await, &self.ns.name);
+        secrets.get_opt(secret).await.unwrap().map(|s| keys_from_secret(&s)).unwrap_or_default()
+    }
+
+    /// The secret GitHub (the simulator) signs hook `id` with.
+    async fn github_secret(&self, id: i64) -> Option<String> {
+        let all: Vec<Value> =
+            self.http.get(format!("{}/_sim/hooks", self.github)).send().await.unwrap().json().await.unwrap();
+        let hook = all.into_iter().find(|h| h["id"] == id)?;
+        hook["config"]["secret"].as_str().map(str::to_owned)
+    }
+
+    /// Deliveries the simulator recorded for hook `id`, oldest first.
+    async fn deliveries(&self, owner: &str, id: i64) -> Vec<Value> {
+        let url = format!("{}/{owner}/hooks/{id}/deliveries?per_page=100", self.github);
+        let mut d: Vec<Value> =
+            self.http.get(url).bearer_auth(&self.token).send().await.unwrap().json().await.unwrap();
+        d.reverse();
+        d
+    }
+
+    async fn emit(&self, hook_id: i64) -> Value {
+        let body = json!({ "event": "push", "payload": { "ref": "refs/heads/main", "repository": { "full_name": self.repo } } });
+        let url = format!("{}/_sim/hooks/{hook_id}/events", self.github);
+        self.http.post(url).json(&body).send().await.unwrap().json().await.unwrap()
+    }
+
+    async fn fault(&self, fault: Value) {
+        let r = self.http.post(format!("{}/_sim/faults", self.github)).json(&fault).send().await.unwrap();
+        assert!(r.status().is_success());
+    }
+
+    async fn annotate(&self, name: &str, key: &str, value: &str) {
+        let api = Api::<WebhookConfig>::namespaced(self.env.client().await, &self.ns.name);
+        let patch = json!({ "metadata": { "annotations": { key: value } } });
+        api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
     }
 
     async fn event_reasons(&self) -> String {
@@ -164,6 +234,8 @@ async fn a_repository_hook_is_registered_updated_repaired_and_deleted() {
         let r = w.http.get(format!("{}/rate_limit", w.github)).bearer_auth(&w.token).send().await.unwrap();
         r.headers()["x-ratelimit-remaining"].to_str().unwrap().parse::<u32>().unwrap()
     };
+    // NB: the creation ping changes the hook (its last_response) once more.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let before = remaining().await;
     let requests_before = w.requests_for(&owner).await;
     tokio::time::sleep(Duration::from_secs(7)).await;
@@ -287,8 +359,8 @@ async fn what_github_refuses_shows_as_a_condition_a_person_can_act_on() {
     w.apply("full", json!({ "repository": w.repo }), json!(["push"])).await;
 
     for (name, reason, text) in [
-        ("missing", "NotFound", "does not exist, or the token cannot see it"),
-        ("badtoken", "BadCredentials", "check the token Secret"),
+        ("missing", "NotFound", "does not exist, or the credentials cannot see it"),
+        ("badtoken", "BadCredentials", "check the token"),
         ("full", "Rejected", "cannot have more than 20 hooks"),
     ] {
         let (status, got) = eventually(&format!("{name}: a failed Ready"), WAIT, || async {
@@ -311,4 +383,367 @@ async fn what_github_refuses_shows_as_a_condition_a_person_can_act_on() {
         assert!(!message.contains("ghp_"), "{name}: the token leaked into status");
     }
     w.assert_github_agrees(&format!("repos/{}", w.repo)).await;
+}
+
+/// Stands in for the URL GitHub delivers to: records every delivery
+/// (GUID, event, the status it answered) and answers with `status`.
+#[derive(Clone)]
+struct Sink {
+    url: String,
+    status: Arc<AtomicU16>,
+    got: Arc<Mutex<Vec<(String, String, u16)>>>,
+}
+
+impl Sink {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sink = Self {
+            url: format!("http://{}/hook", listener.local_addr().unwrap()),
+            status: Arc::new(AtomicU16::new(200)),
+            got: Arc::default(),
+        };
+        let s = sink.clone();
+        let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+            let s = s.clone();
+            async move {
+                let status = s.status.load(Ordering::SeqCst);
+                let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+                s.got.lock().unwrap().push((h("x-github-delivery"), h("x-github-event"), status));
+                axum::http::StatusCode::from_u16(status).unwrap()
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        sink
+    }
+
+    fn answer(&self, status: u16) {
+        self.status.store(status, Ordering::SeqCst);
+    }
+
+    fn got(&self) -> Vec<(String, String, u16)> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+#[tokio::test]
+async fn rotation_waits_for_receivers_and_a_good_ping_and_keeps_both_keys_through_failures() {
+    let w = World::new().await;
+    let sink = Sink::start().await;
+    let spec = json!({ "repository": w.repo, "events": ["push"], "url": sink.url,
+        "secretRotation": { "interval": "1h", "overlap": "3s" } });
+    w.apply_spec("rot", spec).await;
+    eventually("in sync", WAIT, || async {
+        (w.condition("rot", "SecretInSync").await?.0 == "True").then_some(())
+    })
+    .await;
+    let id = w.whc("rot").await.status.unwrap().hook_id.unwrap();
+    let old = w.keys("rot-hmac").await.remove(0);
+    assert_eq!(w.github_secret(id).await.unwrap().as_bytes(), old.secret());
+
+    // A receiver replica that has loaded only the old key (the test stands in for it).
+    let leases = Api::<Lease>::namespaced(w.env.client().await, &w.ns.name);
+    let secret_ref = format!("{}/rot-hmac", w.ns.name);
+    let lease = |versions: Vec<&str>| {
+        json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": { "name": "hookwarden-receiver-standin",
+                "labels": { "app.kubernetes.io/managed-by": "hookwarden", "app.kubernetes.io/component": "receiver" },
+                "annotations": { "hookwarden.io/loaded-keys": json!({ &secret_ref: versions }).to_string() } },
+            "spec": { "holderIdentity": "standin", "leaseDurationSeconds": 300,
+                "renewTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(k8s_openapi::jiff::Timestamp::now()) },
+        })
+    };
+    let apply_lease = |l: Value| {
+        let leases = leases.clone();
+        async move {
+            leases
+                .patch("hookwarden-receiver-standin", &PatchParams::apply("test").force(), &Patch::Apply(&l))
+                .await
+                .unwrap();
+        }
+    };
+    apply_lease(lease(vec![old.version()])).await;
+
+    w.annotate("rot", "hookwarden.io/rotate", "first").await;
+    let (_, _, message) = eventually("the rotation to wait for the receiver", WAIT, || async {
+        let c = w.condition("rot", "SecretInSync").await?;
+        (c.1 == "WaitingForReceivers").then_some(c)
+    })
+    .await;
+    assert!(message.contains("hookwarden-receiver-standin"), "{message}");
+    let keys = w.keys("rot-hmac").await;
+    assert_eq!(keys.len(), 2, "the new key sits beside the old one");
+    let new = keys[1].clone();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        w.github_secret(id).await.unwrap().as_bytes(),
+        old.secret(),
+        "GitHub keeps the old key while a receiver lacks the new one"
+    );
+
+    // The receiver loads the key; GitHub fails once and the URL is down.
+    sink.answer(503);
+    w.fault(json!({ "status": 500, "count": 1, "pathContains": w.repo })).await;
+    apply_lease(lease(vec![old.version(), new.version()])).await;
+    eventually("GitHub to sign with the new key", WAIT, || async {
+        (w.github_secret(id).await?.as_bytes() == new.secret()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let (status, reason, message) = w.condition("rot", "SecretInSync").await.unwrap();
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "AwaitingPing"), "{message}");
+    assert_eq!(
+        w.keys("rot-hmac").await.len(),
+        2,
+        "no successful ping yet: both keys stay valid past the overlap"
+    );
+    assert!(sink.got().iter().any(|(_, event, code)| event == "ping" && *code == 503));
+
+    // The URL answers again: a ping confirms, and the old key goes after the overlap.
+    sink.answer(200);
+    eventually("the rotation to complete", Duration::from_secs(60), || async {
+        let keys = w.keys("rot-hmac").await;
+        let status = w.whc("rot").await.status?;
+        (keys.len() == 1
+            && keys[0] == new
+            && status.confirmed_key_version.as_deref() == Some(new.version())
+            && w.condition("rot", "SecretInSync").await?.0 == "True")
+            .then_some(())
+    })
+    .await;
+    let status = w.whc("rot").await.status.unwrap();
+    assert_eq!(status.signing_key_version.as_deref(), Some(new.version()));
+    assert_eq!(status.rotation_request.as_deref(), Some("first"));
+    assert!(status.last_rotation_time.is_some());
+    let reasons = w.event_reasons().await;
+    for r in ["RotationStarted", "Rotated", "OldKeysRemoved"] {
+        assert!(reasons.contains(r), "{r} in {reasons}");
+    }
+    let events = w.env.kubectl_ok(&["get", "events", "-n", &w.ns.name, "-o", "yaml"]);
+    assert!(!events.contains(&String::from_utf8_lossy(new.secret()).to_string()), "a key leaked into Events");
+    w.assert_github_agrees(&format!("repos/{}", w.repo)).await;
+}
+
+#[tokio::test]
+async fn a_rotation_with_a_real_receiver_rejects_no_delivery() {
+    let w = World::new().await;
+    let (port, admin) = (free_port(), free_port());
+    let _receiver = Process::start(
+        &w.env,
+        "receiver",
+        &[
+            "receiver",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+        ],
+        &[
+            ("HOOKWARDEN_NAMESPACE", &w.ns.name),
+            ("POD_NAMESPACE", &w.ns.name),
+            ("REDIS_URL", w.env.var("REDIS_URL")),
+            ("HOOKWARDEN_REDIS_PREFIX", &common::redis_prefix()),
+            ("HOOKWARDEN_ADMIN_TOKEN", "test-admin-token"),
+        ],
+    );
+    let url = format!("http://127.0.0.1:{port}/hooks/{}/live", w.ns.name);
+    let spec = json!({ "repository": w.repo, "events": ["push"], "url": url,
+        "secretRotation": { "interval": "1h", "overlap": "2s" } });
+    w.apply_spec("live", spec).await;
+    eventually("in sync", WAIT, || async {
+        (w.condition("live", "SecretInSync").await?.0 == "True").then_some(())
+    })
+    .await;
+    let id = w.whc("live").await.status.unwrap().hook_id.unwrap();
+    let old = w.keys("live-hmac").await.remove(0);
+    // The receiver takes deliveries signed with the first key.
+    eventually("the receiver to accept deliveries", WAIT, || async {
+        (w.emit(id).await["status_code"].as_u64()? / 100 == 2).then_some(())
+    })
+    .await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flow = {
+        let (stop, http, github, repo) = (stop.clone(), w.http.clone(), w.github.clone(), w.repo.clone());
+        tokio::spawn(async move {
+            let mut codes = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let body = json!({ "event": "push", "payload": { "ref": "refs/heads/main", "repository": { "full_name": repo } } });
+                let url = format!("{github}/_sim/hooks/{id}/events");
+                let d: Value = http.post(url).json(&body).send().await.unwrap().json().await.unwrap();
+                codes.push(d["status_code"].as_u64().unwrap());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            codes
+        })
+    };
+    w.annotate("live", "hookwarden.io/rotate", "now").await;
+    eventually("the rotation to complete", Duration::from_secs(60), || async {
+        let keys = w.keys("live-hmac").await;
+        let status = w.whc("live").await.status?;
+        (keys.len() == 1
+            && keys[0] != old
+            && status.confirmed_key_version.as_deref() == Some(keys[0].version()))
+        .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
+    let codes = flow.await.unwrap();
+    assert!(codes.len() >= 20, "deliveries flowed during the rotation: {}", codes.len());
+    let rejected = codes.iter().filter(|c| **c / 100 != 2).count();
+    assert_eq!(rejected, 0, "{rejected} of {} deliveries rejected during the rotation", codes.len());
+    let new = w.keys("live-hmac").await.remove(0);
+    assert_eq!(w.github_secret(id).await.unwrap().as_bytes(), new.secret());
+}
+
+#[tokio::test]
+async fn deliveries_that_failed_while_the_url_was_down_are_redelivered_once() {
+    let w = World::with(&["--redelivery-seconds", "2"]).await;
+    let owner = format!("repos/{}", w.repo);
+    let sink = Sink::start().await;
+    sink.answer(503);
+    w.apply_spec("redo", json!({ "repository": w.repo, "events": ["push"], "url": sink.url })).await;
+    eventually("Ready", WAIT, || async { (w.ready("redo").await?.0 == "True").then_some(()) }).await;
+    let id = w.whc("redo").await.status.unwrap().hook_id.unwrap();
+    let mut guids = Vec::new();
+    for _ in 0..3 {
+        let d = w.emit(id).await;
+        assert_eq!(d["status_code"], 503);
+        guids.push(d["guid"].as_str().unwrap().to_owned());
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    sink.answer(200);
+    eventually("every failed delivery to arrive", WAIT, || async {
+        let got = sink.got();
+        guids.iter().all(|g| got.iter().any(|(x, _, code)| x == g && *code == 200)).then_some(())
+    })
+    .await;
+    // Several more passes: nothing is redelivered twice, and once the
+    // redeliveries are read (and the hook's last_response with them) nothing
+    // else is spent.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let remaining = || async {
+        let r = w.http.get(format!("{}/rate_limit", w.github)).bearer_auth(&w.token).send().await.unwrap();
+        r.headers()["x-ratelimit-remaining"].to_str().unwrap().parse::<u32>().unwrap()
+    };
+    let before = remaining().await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(remaining().await, before, "passes with nothing to redeliver spend no budget");
+    let got = sink.got();
+    for g in &guids {
+        let ok = got.iter().filter(|(x, _, code)| x == g && *code == 200).count();
+        assert_eq!(ok, 1, "{g} arrived once");
+    }
+    let deliveries = w.deliveries(&owner, id).await;
+    for g in &guids {
+        let attempts: Vec<&Value> = deliveries.iter().filter(|d| d["guid"] == g.as_str()).collect();
+        let last = attempts.last().unwrap();
+        assert_eq!(last["status_code"], 200, "{g}: the last attempt succeeded");
+        assert_eq!(last["redelivery"], true);
+        assert_eq!(attempts.iter().filter(|d| d["status_code"] == 200).count(), 1);
+    }
+    assert!(w.event_reasons().await.contains("Redelivered"));
+    let metrics = w.metrics().await;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("hookwarden_redeliveries_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    assert!(metrics.contains("hookwarden_github_rate_limit_remaining{account="), "{metrics}");
+    assert!(
+        metrics.contains("hookwarden_github_requests_total{endpoint=\"redeliver\",status=\"202\"}"),
+        "{metrics}"
+    );
+    w.assert_github_agrees(&owner).await;
+}
+
+#[tokio::test]
+async fn of_two_operator_replicas_only_the_leader_acts_and_the_other_takes_over() {
+    let mut w = World::with(&["--lease-seconds", "4", "--instance", "alpha"]).await;
+    let owner = format!("repos/{}", w.repo);
+    let leases = Api::<Lease>::namespaced(w.env.client().await, &w.ns.name);
+    let holder = || async { leases.get_opt("hookwarden-operator").await.unwrap()?.spec?.holder_identity };
+    eventually("alpha to lead", WAIT, || async { (holder().await? == "alpha").then_some(()) }).await;
+    let (mut beta, beta_metrics) =
+        start_operator(&w.env, &w.ns, &["--lease-seconds", "4", "--instance", "beta"]);
+    w.apply("ha", json!({ "repository": w.repo }), json!(["push"])).await;
+    eventually("Ready", WAIT, || async { (w.ready("ha").await?.0 == "True").then_some(()) }).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let follower = w.http.get(&beta_metrics).send().await.unwrap().text().await.unwrap();
+    assert!(follower.contains("hookwarden_operator_leader 0"), "{follower}");
+    assert!(!follower.contains("hookwarden_reconciles_total{"), "the follower reconciled:\n{follower}");
+    assert!(w.metrics().await.contains("hookwarden_operator_leader 1"));
+    let instances = w.env.kubectl_ok(&[
+        "get",
+        "events.events.k8s.io",
+        "-n",
+        &w.ns.name,
+        "-o",
+        "jsonpath={.items[*].reportingInstance}",
+    ]);
+    assert!(instances.split_whitespace().all(|i| i == "alpha") && !instances.is_empty(), "{instances}");
+
+    // The leader dies without a word: beta takes over once the Lease runs out.
+    w.operator.kill();
+    eventually("beta to lead", WAIT, || async { (holder().await? == "beta").then_some(()) }).await;
+    w.apply("ha", json!({ "repository": w.repo }), json!(["push", "issues"])).await;
+    eventually("beta to update the hook", WAIT, || async {
+        (w.hooks(&owner).await.first()?["events"] == json!(["push", "issues"])).then_some(())
+    })
+    .await;
+    let leader = w.http.get(&beta_metrics).send().await.unwrap().text().await.unwrap();
+    assert!(leader.contains("hookwarden_operator_leader 1"), "{leader}");
+    // A graceful stop hands the Lease back at once.
+    beta.terminate();
+    let lease = leases.get("hookwarden-operator").await.unwrap();
+    assert_eq!(lease.spec.unwrap().holder_identity, None);
+}
+
+#[tokio::test]
+async fn a_github_app_installation_manages_an_organization_hook() {
+    let w = World::new().await;
+    let (app_id, installation) = (rand::random::<u32>() as u64 + 1, rand::random::<u32>() as u64 + 1);
+    let r: Value = w
+        .http
+        .post(format!("{}/_sim/apps", w.github))
+        .json(&json!({ "id": app_id, "installations": { installation.to_string(): w.org } }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let pem = r["private_key"].as_str().unwrap();
+    assert!(pem.starts_with("-----BEGIN RSA PRIVATE KEY-----"));
+    let secrets: Api<Secret> = Api::namespaced(w.env.client().await, &w.ns.name);
+    let mut key = Secret::default();
+    key.metadata.name = Some("github-app".into());
+    key.string_data = Some([("private-key.pem".to_owned(), pem.to_owned())].into());
+    secrets.create(&PostParams::default(), &key).await.unwrap();
+    let app = json!({ "apiUrl": w.github, "app": { "appId": app_id, "installationId": installation,
+        "privateKeySecretRef": { "name": "github-app", "key": "private-key.pem" } } });
+    w.apply_spec("app-org", json!({ "organization": w.org, "events": ["push"], "github": app })).await;
+    // The installation is on the organization, not on the repository's owner.
+    w.apply_spec("app-repo", json!({ "repository": w.repo, "events": ["push"], "github": app })).await;
+    eventually("Ready", WAIT, || async { (w.ready("app-org").await?.0 == "True").then_some(()) }).await;
+    let hooks = w.hooks(&format!("orgs/{}", w.org)).await;
+    assert_eq!(hooks.len(), 1);
+    assert_eq!(Some(hooks[0]["id"].as_i64().unwrap()), w.whc("app-org").await.status.unwrap().hook_id);
+    let (_, reason) = eventually("app-repo to fail", WAIT, || async {
+        let r = w.ready("app-repo").await?;
+        (r.0 == "False").then_some(r)
+    })
+    .await;
+    assert_eq!(reason, "NotFound");
+    let metrics = w.metrics().await;
+    let account = format!("account=\"app/{app_id}/installation/{installation}\"");
+    assert!(metrics.contains(&account), "{metrics}");
+    assert!(
+        metrics.contains(
+            "hookwarden_github_requests_total{endpoint=\"create_installation_token\",status=\"201\"} 1"
+        ),
+        "one installation token serves every call:\n{metrics}"
+    );
+    w.assert_github_agrees(&format!("orgs/{}", w.org)).await;
+    w.assert_github_agrees(&format!("app/installations/{installation}")).await;
 }

@@ -89,6 +89,7 @@ impl System {
             &["operator", "--listen", &format!("127.0.0.1:{}", free_port())],
             &[
                 ("HOOKWARDEN_NAMESPACE", &ns.name),
+                ("POD_NAMESPACE", &ns.name),
                 ("REDIS_URL", env.var("REDIS_URL")),
                 ("HOOKWARDEN_REDIS_PREFIX", &prefix),
             ],

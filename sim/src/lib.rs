@@ -13,14 +13,19 @@
 //! GitHub does (headers, HMAC signatures, JSON or `payload=` form), with a
 //! 10-second timeout and no retries, and kept for 3 days.
 //!
-//! A control API under `/_sim/` lets tests create repositories, organizations
-//! and tokens, emit any event for a hook, inject faults and read what
+//! Authentication is by personal access token or as a GitHub App: an RS256
+//! JWT signed with the App's private key buys a one-hour installation token
+//! (`POST /app/installations/{id}/access_tokens`) that sees only the
+//! installation's account.
+//!
+//! A control API under `/_sim/` lets tests create repositories, organizations,
+//! tokens and Apps, emit any event for a hook, inject faults and read what
 //! happened.
 
 pub mod openapi;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -110,6 +115,36 @@ pub struct Recorded {
     pub response: Option<Value>,
 }
 
+/// What a token may do: a personal access token everything, an App
+/// installation token the hooks of its account until it expires.
+#[derive(Clone, Debug, Default)]
+struct Grant {
+    /// Unix seconds.
+    expires: Option<u64>,
+    /// The user or organization of an installation.
+    account: Option<String>,
+}
+
+impl Grant {
+    fn valid(&self) -> bool {
+        self.expires.is_none_or(|e| now_secs() < e)
+    }
+
+    fn sees(&self, owner: &Owner) -> bool {
+        let login = match owner {
+            Owner::Repo(r) => r.split('/').next().unwrap_or_default(),
+            Owner::Org(o) => o,
+        };
+        self.account.as_deref().is_none_or(|a| a.eq_ignore_ascii_case(login))
+    }
+}
+
+/// A GitHub App: its public key and installations (id → account login).
+struct App {
+    public_key: jsonwebtoken::DecodingKey,
+    installations: HashMap<u64, String>,
+}
+
 #[derive(Default)]
 struct Budget {
     used: u32,
@@ -123,6 +158,8 @@ struct Budget {
 pub struct Faults {
     /// Answer the next `count` API requests with `status`.
     pub status: Option<u16>,
+    /// Limit `status` to requests whose path contains this.
+    pub path_contains: Option<String>,
     #[serde(default)]
     pub count: u32,
     /// Delay every API answer by this much.
@@ -141,7 +178,8 @@ struct Inner {
     deliveries: Vec<Delivery>,
     repos: HashMap<String, u64>,
     orgs: HashMap<String, u64>,
-    tokens: HashSet<String>,
+    tokens: HashMap<String, Grant>,
+    apps: HashMap<u64, App>,
     budgets: HashMap<String, Budget>,
     next_id: u64,
     requests: Vec<Recorded>,
@@ -164,7 +202,11 @@ fn now_secs() -> u64 {
 }
 
 fn timestamp() -> String {
-    let secs = now_secs() as i64;
+    rfc3339(now_secs())
+}
+
+fn rfc3339(secs: u64) -> String {
+    let secs = secs as i64;
     // RFC 3339 in UTC without pulling a date crate: days since epoch → civil date.
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
@@ -213,8 +255,83 @@ impl Sim {
         Router::new().fallback(handle).with_state(self)
     }
 
+    /// Accepts `token` as a personal access token.
     pub fn add_token(&self, token: &str) {
-        self.inner.lock().unwrap().tokens.insert(token.to_owned());
+        self.inner.lock().unwrap().tokens.insert(token.to_owned(), Grant::default());
+    }
+
+    /// Registers GitHub App `id` with `installations` (id → account login) and
+    /// returns its private key (PKCS#1 PEM), as GitHub's "Generate a private
+    /// key" button does.
+    pub fn add_app(&self, id: u64, installations: HashMap<u64, String>) -> String {
+        use rsa::pkcs1::{EncodeRsaPrivateKey, EncodeRsaPublicKey, LineEnding};
+        let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).expect("RSA key generation");
+        let public = key.to_public_key().to_pkcs1_pem(LineEnding::LF).expect("PEM");
+        let public_key = jsonwebtoken::DecodingKey::from_rsa_pem(public.as_bytes()).expect("own key");
+        self.inner.lock().unwrap().apps.insert(id, App { public_key, installations });
+        key.to_pkcs1_pem(LineEnding::LF).expect("PEM").to_string()
+    }
+
+    /// `POST /app/installations/{id}/access_tokens`, authenticated by the
+    /// App's RS256 JWT: a one-hour token for the installation's account.
+    fn installation_token(&self, installation: u64, jwt: Option<&str>) -> Answer {
+        #[derive(Deserialize)]
+        struct Claims {
+            iss: Value,
+            iat: u64,
+            exp: u64,
+        }
+        let refuse = |text: &str| message(StatusCode::UNAUTHORIZED, text).into();
+        let Some(jwt) = jwt else { return refuse("A JSON web token could not be decoded") };
+        let Ok(header) = jsonwebtoken::decode_header(jwt) else {
+            return refuse("A JSON web token could not be decoded");
+        };
+        if header.alg != jsonwebtoken::Algorithm::RS256 {
+            return refuse(
+                "'Expiration time' claim ('exp') must be a numeric value representing the future time at which the assertion expires",
+            );
+        }
+        let mut s = self.inner.lock().unwrap();
+        // The issuer names the App; its key must have signed the token.
+        let unverified = jsonwebtoken::dangerous::insecure_decode::<Claims>(jwt);
+        let Some(app_id) = unverified.ok().and_then(|t| match t.claims.iss {
+            Value::String(s) => s.parse::<u64>().ok(),
+            Value::Number(n) => n.as_u64(),
+            _ => None,
+        }) else {
+            return refuse("'Issuer' claim ('iss') must be an Integer");
+        };
+        let Some(app) = s.apps.get(&app_id) else { return refuse("Integration not found") };
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        validation.required_spec_claims = ["exp", "iat", "iss"].into_iter().map(str::to_owned).collect();
+        validation.leeway = 0;
+        let claims = match jsonwebtoken::decode::<Claims>(jwt, &app.public_key, &validation) {
+            Ok(t) => t.claims,
+            Err(_) => return refuse("A JSON web token could not be decoded"),
+        };
+        // GitHub refuses tokens that live more than 10 minutes or come from the future.
+        if claims.exp.saturating_sub(claims.iat) > 600 || claims.iat > now_secs() + 60 {
+            return refuse("'Expiration time' claim ('exp') is too far in the future");
+        }
+        let Some(account) = app.installations.get(&installation).cloned() else {
+            return message(StatusCode::NOT_FOUND, "Not Found").into();
+        };
+        let token = format!("ghs_{}", hex::encode(rand::random::<[u8; 18]>()));
+        let expires = now_secs() + 3600;
+        s.tokens.insert(token.clone(), Grant { expires: Some(expires), account: Some(account) });
+        let mut a: Answer = (
+            StatusCode::CREATED,
+            json!({
+                "token": token,
+                "expires_at": rfc3339(expires),
+                "permissions": { "repository_hooks": "write", "organization_hooks": "write" },
+                "repository_selection": "all",
+            }),
+        )
+            .into();
+        // NB: as on GitHub, asking for an installation token spends no budget.
+        a.free = true;
+        a
     }
 
     pub fn add_repo(&self, full_name: &str) {
@@ -429,12 +546,22 @@ async fn handle(
         .map(str::to_owned);
 
     let answer: Answer = 'answer: {
-        let Some(token) = token.clone().filter(|t| sim.inner.lock().unwrap().tokens.contains(t)) else {
+        if let (&Method::POST, ["app", "installations", id, "access_tokens"]) = (&method, segments.as_slice())
+        {
+            break 'answer match id.parse() {
+                Ok(id) => sim.installation_token(id, token.as_deref()),
+                Err(_) => message(StatusCode::NOT_FOUND, "Not Found").into(),
+            };
+        }
+        let grant = token.as_ref().and_then(|t| sim.inner.lock().unwrap().tokens.get(t).cloned());
+        let Some(grant) = grant.filter(Grant::valid) else {
             break 'answer message(StatusCode::UNAUTHORIZED, "Bad credentials").into();
         };
+        let token = token.clone().unwrap_or_default();
         {
             let mut s = sim.inner.lock().unwrap();
-            if let Some(status) = s.faults.status.filter(|_| s.faults.count > 0) {
+            let scoped = s.faults.path_contains.as_ref().is_none_or(|p| path.contains(p.as_str()));
+            if let Some(status) = s.faults.status.filter(|_| s.faults.count > 0 && scoped) {
                 s.faults.count -= 1;
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 break 'answer message(status, "Injected fault").into();
@@ -464,7 +591,7 @@ async fn handle(
             }
             budget.mutations.push_back(Instant::now());
         }
-        api(&sim, &method, &segments, &query, body_json.as_ref()).await
+        api(&sim, &grant, &method, &segments, &query, body_json.as_ref()).await
     };
 
     let mut answer = answer;
@@ -484,7 +611,7 @@ async fn handle(
         let mut s = sim.inner.lock().unwrap();
         let exhausted = s.faults.exhaust_budget;
         let hour = now_secs() / 3600 * 3600;
-        let token_budget = token.as_ref().filter(|t| s.tokens.contains(*t)).cloned();
+        let token_budget = token.as_ref().filter(|t| s.tokens.contains_key(*t)).cloned();
         let used = match token_budget {
             Some(t) => {
                 let b = s.budgets.entry(t).or_default();
@@ -535,6 +662,7 @@ async fn handle(
 /// The GitHub REST endpoints, after authentication and rate limiting.
 async fn api(
     sim: &Sim,
+    grant: &Grant,
     method: &Method,
     seg: &[&str],
     query: &HashMap<String, String>,
@@ -560,7 +688,8 @@ async fn api(
             Owner::Org(o) => s.orgs.contains_key(o),
         }
     };
-    if !exists {
+    // NB: like GitHub, a resource the credentials cannot see does not exist.
+    if !exists || !grant.sees(&owner) {
         return message(StatusCode::NOT_FOUND, "Not Found").into();
     }
     let hook_id: Option<u64> = rest.first().and_then(|id| id.parse().ok());
@@ -820,6 +949,17 @@ async fn control(sim: &Sim, method: &Method, seg: &[&str], body: &[u8]) -> Respo
         (Method::POST, ["repos"]) => {
             sim.add_repo(body["full_name"].as_str().unwrap_or_default());
             StatusCode::NO_CONTENT.into_response()
+        }
+        (Method::POST, ["apps"]) => {
+            // {"id": 1, "installations": {"7": "octo-org"}} → {"private_key": PEM}
+            let id = body["id"].as_u64().unwrap_or_default();
+            let installations = body["installations"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str()?.to_owned())))
+                .collect();
+            Json(json!({ "private_key": sim.add_app(id, installations) })).into_response()
         }
         (Method::POST, ["orgs"]) => {
             sim.add_org(body["login"].as_str().unwrap_or_default());

@@ -56,6 +56,8 @@ pub enum InstallError {
     CrdMissing(String),
     #[error("cannot listen: {0}")]
     Listen(#[source] std::io::Error),
+    #[error("lost the leader Lease; exiting so that only the new leader acts")]
+    LostLeadership,
 }
 
 /// Fails fast, with a message that says what to do, when a CRD is missing.

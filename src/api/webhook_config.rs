@@ -203,9 +203,25 @@ pub struct WebhookConfigStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_name: Option<String>,
 
+    /// Version of the key GitHub signs deliveries with (data entry
+    /// `key-<version>` of the Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key_version: Option<String>,
+
+    /// Version of the newest key whose switch a successful ping delivery
+    /// confirmed. Older keys leave the Secret `overlap` after the switch, and
+    /// only once it is confirmed. (A new hook's first key needs no confirming.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_key_version: Option<String>,
+
     /// When GitHub last switched to a new secret.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rotation_time: Option<Time>,
+
+    /// The value of the `hookwarden.io/rotate` annotation last acted on:
+    /// setting the annotation to any other value rotates the secret now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_request: Option<String>,
 
     /// The most recent delivery GitHub reports for the hook, if known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -265,6 +281,10 @@ fn default_rotation_interval() -> Duration {
 fn default_rotation_overlap() -> Duration {
     "10m".parse().expect("valid literal")
 }
+
+/// Annotation that asks for a rotation now: set it to a new value (for
+/// example the current time) and the operator rotates once.
+pub const ROTATE_ANNOTATION: &str = "hookwarden.io/rotate";
 
 impl WebhookConfig {
     /// Name of the Secret holding the hook's keys: as recorded in status,

@@ -1,10 +1,24 @@
 //! Everything that talks to GitHub's REST API: webhooks of a repository or
-//! an organization. A thin client over reqwest rather than octocrab's typed
-//! API: every call here needs the response headers (rate limit, `ETag`,
-//! `Link`, `retry-after`), and the bodies are four small shapes.
+//! an organization and their deliveries, as a personal access token or a
+//! GitHub App installation. A thin client over reqwest rather than octocrab's
+//! typed API: every call here needs the response headers (rate limit, `ETag`,
+//! `Link`, `retry-after`), and the bodies are a few small shapes.
+//!
+//! Good citizenship lives here, per account (API URL + credential), shared by
+//! every reconcile through [`Shared`]: GETs are conditional on the last `ETag`
+//! (a 304 costs no budget); when GitHub says the budget is spent or a
+//! secondary limit hit, calls on that account fail fast until the time GitHub
+//! gave; mutations are sent one at a time with a pause between them, as
+//! GitHub's best-practice guide for secondary limits asks.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
+use k8s_openapi::jiff;
+use prometheus::{IntCounterVec, IntGaugeVec};
 use reqwest::{Method, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -82,6 +96,29 @@ impl DesiredHook {
     }
 }
 
+/// One recorded delivery of a hook, as GitHub lists them (newest first).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: i64,
+    pub guid: String,
+    pub delivered_at: String,
+    pub redelivery: bool,
+    /// HTTP status the receiver answered; 0 when it could not be reached.
+    pub status_code: i64,
+    pub event: String,
+}
+
+impl Delivery {
+    pub fn succeeded(&self) -> bool {
+        (200..300).contains(&self.status_code)
+    }
+
+    /// `delivered_at` in Unix seconds (0 when GitHub's timestamp is unreadable).
+    pub fn delivered_unix(&self) -> i64 {
+        self.delivered_at.parse::<jiff::Timestamp>().map_or(0, |t| t.as_second())
+    }
+}
+
 /// GitHub's rate-limit headers from the latest answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct RateLimit {
@@ -95,20 +132,22 @@ pub struct RateLimit {
 /// a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("GitHub rejected the credentials (HTTP 401): check the token Secret")]
+    #[error("GitHub rejected the credentials (HTTP 401): check the token or the App's private key Secret")]
     BadCredentials,
-    #[error("GitHub answered 404 for {0}: it does not exist, or the token cannot see it")]
+    #[error("GitHub answered 404 for {0}: it does not exist, or the credentials cannot see it")]
     NotFound(String),
     #[error("GitHub refused: {0}")]
     Forbidden(String),
     #[error("GitHub rejected the hook: {0}")]
     Invalid(String),
-    #[error("rate limited by GitHub until {until} (Unix seconds)")]
+    #[error("rate limited by GitHub until {} ({until} Unix seconds)", jiff::Timestamp::from_second(*until).map_or_else(|_| "?".into(), |t| t.to_string()))]
     RateLimited { until: i64 },
     #[error("GitHub answered HTTP {status}")]
     Unexpected { status: u16 },
     #[error("cannot reach GitHub: {0}")]
     Transport(String),
+    #[error("the GitHub App private key is not a PEM-encoded RSA key")]
+    BadPrivateKey,
 }
 
 impl Error {
@@ -121,6 +160,7 @@ impl Error {
             Self::RateLimited { .. } => "rate_limited",
             Self::Unexpected { .. } => "unexpected",
             Self::Transport(_) => "transport",
+            Self::BadPrivateKey => "bad_private_key",
         }
     }
 
@@ -139,62 +179,172 @@ fn now_secs() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Hooks last read, by URL, with their `ETag`: a conditional GET answered
-/// 304 costs no rate-limit budget, so steady state spends nothing. Shared by
-/// every reconcile.
-pub type EtagCache = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (String, Hook)>>>;
+/// How the client proves who it is.
+pub enum Auth {
+    /// A personal access token (classic or fine-grained).
+    Token(String),
+    /// A GitHub App installation: an RS256 JWT signed with the App's private
+    /// key buys a one-hour installation token, cached until 5 minutes before
+    /// it expires.
+    App { app_id: i64, installation_id: i64, private_key: jsonwebtoken::EncodingKey },
+}
 
-/// A client for one GitHub (github.com or an Enterprise Server) and one token.
+impl Auth {
+    /// App authentication from the App's PEM private key.
+    pub fn app(app_id: i64, installation_id: i64, pem: &[u8]) -> Result<Self, Error> {
+        let private_key = jsonwebtoken::EncodingKey::from_rsa_pem(pem).map_err(|_| Error::BadPrivateKey)?;
+        Ok(Self::App { app_id, installation_id, private_key })
+    }
+}
+
+/// What one account (an API URL and a credential) has learned from GitHub.
+#[derive(Default)]
+struct Account {
+    rate_limit: Mutex<Option<RateLimit>>,
+    /// No call before this (Unix seconds): the budget is spent or a secondary
+    /// limit was hit.
+    blocked_until: Mutex<i64>,
+    /// Held for the length of a mutation; when the last one ended.
+    last_mutation: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+    /// An App installation token and when it expires (Unix seconds).
+    installation_token: tokio::sync::Mutex<Option<(String, i64)>>,
+}
+
+/// What every client of the process shares: accounts, cached `ETag`s, the
+/// pause between mutations, and the metrics.
+pub struct Shared {
+    accounts: Mutex<HashMap<String, Arc<Account>>>,
+    /// By URL: the `ETag` and body of the last 200 answer.
+    etags: Mutex<HashMap<String, (String, Value)>>,
+    mutation_interval: Duration,
+    requests: IntCounterVec,
+    remaining: IntGaugeVec,
+}
+
+impl Shared {
+    /// `requests` is labelled `endpoint`, `status`; `remaining` by `account`.
+    pub fn new(mutation_interval: Duration, requests: IntCounterVec, remaining: IntGaugeVec) -> Self {
+        Self {
+            accounts: Default::default(),
+            etags: Default::default(),
+            mutation_interval,
+            requests,
+            remaining,
+        }
+    }
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        let m = crate::telemetry::OperatorMetrics::new();
+        Self::new(Duration::from_secs(1), m.github_requests, m.github_rate_limit_remaining)
+    }
+}
+
+/// A client for one GitHub (github.com or an Enterprise Server) and one account.
 pub struct Client {
     http: reqwest::Client,
     api_url: String,
-    token: String,
-    last_rate_limit: std::sync::Mutex<Option<RateLimit>>,
-    etags: EtagCache,
+    auth: Auth,
+    /// Names the account in metrics, e.g. the token Secret `namespace/name`.
+    account_name: String,
+    account: Arc<Account>,
+    shared: Arc<Shared>,
 }
 
+/// The answer to a call: status, headers, JSON body (`Null` when empty).
+type Answer = (StatusCode, header::HeaderMap, Value);
+
 impl Client {
-    pub fn new(api_url: &str, token: &str, etags: EtagCache) -> Self {
+    pub fn new(shared: Arc<Shared>, api_url: &str, auth: Auth, account_name: &str) -> Self {
         let http = reqwest::Client::builder()
             .user_agent(concat!("hookwarden/", env!("CARGO_PKG_VERSION")))
             .timeout(Duration::from_secs(30))
             .build()
             .expect("HTTP client");
-        Self {
-            http,
-            api_url: api_url.trim_end_matches('/').to_owned(),
-            token: token.to_owned(),
-            last_rate_limit: Default::default(),
-            etags,
-        }
+        let api_url = api_url.trim_end_matches('/').to_owned();
+        let account =
+            shared.accounts.lock().unwrap().entry(format!("{api_url} {account_name}")).or_default().clone();
+        Self { http, api_url, auth, account_name: account_name.to_owned(), account, shared }
     }
 
-    /// The budget GitHub reported on the latest call.
+    /// The budget GitHub reported on the latest call of this account.
     pub fn rate_limit(&self) -> Option<RateLimit> {
-        *self.last_rate_limit.lock().unwrap()
+        *self.account.rate_limit.lock().unwrap()
     }
 
+    /// The bearer token for API calls: the PAT, or a (cached) installation token.
+    async fn bearer(&self) -> Result<String, Error> {
+        let (app_id, installation_id, private_key) = match &self.auth {
+            Auth::Token(token) => return Ok(token.clone()),
+            Auth::App { app_id, installation_id, private_key } => (app_id, installation_id, private_key),
+        };
+        let mut cached = self.account.installation_token.lock().await;
+        if let Some((token, expires)) = cached.as_ref()
+            && *expires - 300 > now_secs()
+        {
+            return Ok(token.clone());
+        }
+        // iat a minute back for clock drift; GitHub refuses exp beyond 10 minutes.
+        let claims = json!({ "iat": now_secs() - 60, "exp": now_secs() + 540, "iss": app_id.to_string() });
+        let jwt = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+            &claims,
+            private_key,
+        )
+        .map_err(|_| Error::BadPrivateKey)?;
+        let url = format!("{}/app/installations/{installation_id}/access_tokens", self.api_url);
+        let (_, _, body) =
+            self.send("create_installation_token", Method::POST, &url, None, None, &jwt).await?;
+        let token = body["token"].as_str().ok_or(Error::Unexpected { status: 201 })?.to_owned();
+        let expires = body["expires_at"]
+            .as_str()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map_or(now_secs() + 3600, |t| t.as_second());
+        *cached = Some((token.clone(), expires));
+        Ok(token)
+    }
+
+    /// A call as this account, conditional on `etag` when given; mutations
+    /// wait their turn.
     async fn call(
         &self,
-        method: Method,
-        url: &str,
-        body: Option<Value>,
-    ) -> Result<(StatusCode, header::HeaderMap, Value), Error> {
-        self.call_if(method, url, body, None).await
-    }
-
-    /// A call, conditional on `etag` when given.
-    async fn call_if(
-        &self,
+        endpoint: &'static str,
         method: Method,
         url: &str,
         body: Option<Value>,
         etag: Option<&str>,
-    ) -> Result<(StatusCode, header::HeaderMap, Value), Error> {
+    ) -> Result<Answer, Error> {
+        let blocked_until = *self.account.blocked_until.lock().unwrap();
+        if blocked_until > now_secs() {
+            return Err(Error::RateLimited { until: blocked_until });
+        }
+        let bearer = self.bearer().await?;
+        if method == Method::GET {
+            return self.send(endpoint, method, url, body, etag, &bearer).await;
+        }
+        let mut last = self.account.last_mutation.lock().await;
+        if let Some(at) = *last {
+            tokio::time::sleep_until(at + self.shared.mutation_interval).await;
+        }
+        let result = self.send(endpoint, method, url, body, etag, &bearer).await;
+        *last = Some(tokio::time::Instant::now());
+        result
+    }
+
+    async fn send(
+        &self,
+        endpoint: &'static str,
+        method: Method,
+        url: &str,
+        body: Option<Value>,
+        etag: Option<&str>,
+        bearer: &str,
+    ) -> Result<Answer, Error> {
         let mut req = self
             .http
             .request(method, url)
-            .bearer_auth(&self.token)
+            .bearer_auth(bearer)
             .header(header::ACCEPT, "application/vnd.github+json")
             .header("X-GitHub-Api-Version", "2022-11-28");
         if let Some(b) = body {
@@ -203,25 +353,40 @@ impl Client {
         if let Some(etag) = etag {
             req = req.header(header::IF_NONE_MATCH, etag);
         }
-        let res = req.send().await.map_err(|e| Error::Transport(e.without_url().to_string()))?;
+        let res = match req.send().await {
+            Ok(res) => res,
+            Err(e) => {
+                self.shared.requests.with_label_values(&[endpoint, "error"]).inc();
+                return Err(Error::Transport(e.without_url().to_string()));
+            }
+        };
         let (status, headers) = (res.status(), res.headers().clone());
+        self.shared.requests.with_label_values(&[endpoint, status.as_str()]).inc();
         let num = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()?.parse::<i64>().ok());
         if let (Some(limit), Some(remaining), Some(reset)) =
             (num("x-ratelimit-limit"), num("x-ratelimit-remaining"), num("x-ratelimit-reset"))
         {
-            *self.last_rate_limit.lock().unwrap() = Some(RateLimit { limit, remaining, reset });
+            *self.account.rate_limit.lock().unwrap() = Some(RateLimit { limit, remaining, reset });
+            self.shared.remaining.with_label_values(&[&self.account_name]).set(remaining);
         }
         let bytes = res.bytes().await.map_err(|e| Error::Transport(e.without_url().to_string()))?;
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let message = body["message"].as_str().unwrap_or("").to_owned();
+        let limited = |until: i64| {
+            *self.account.blocked_until.lock().unwrap() = until;
+            Err(Error::RateLimited { until })
+        };
         match status.as_u16() {
             200..=299 | 304 => Ok((status, headers, body)),
-            401 => Err(Error::BadCredentials),
+            401 => {
+                *self.account.installation_token.lock().await = None;
+                Err(Error::BadCredentials)
+            }
             403 | 429 if num("retry-after").is_some() => {
-                Err(Error::RateLimited { until: now_secs() + num("retry-after").unwrap_or(60) })
+                limited(now_secs() + num("retry-after").unwrap_or(60))
             }
             403 | 429 if num("x-ratelimit-remaining") == Some(0) => {
-                Err(Error::RateLimited { until: num("x-ratelimit-reset").unwrap_or(now_secs() + 60) })
+                limited(num("x-ratelimit-reset").unwrap_or(now_secs() + 60))
             }
             403 => Err(Error::Forbidden(message)),
             404 => Err(Error::NotFound(url.trim_start_matches(&self.api_url).to_owned())),
@@ -230,22 +395,45 @@ impl Client {
         }
     }
 
+    /// A GET conditional on the `ETag` of the last answer for `url`: an
+    /// unchanged resource is answered from the cache at no budget.
+    /// `None` when GitHub answers 404.
+    async fn get_cached(
+        &self,
+        endpoint: &'static str,
+        url: &str,
+    ) -> Result<Option<(Value, header::HeaderMap)>, Error> {
+        let cached = self.shared.etags.lock().unwrap().get(url).cloned();
+        match self.call(endpoint, Method::GET, url, None, cached.as_ref().map(|(e, _)| e.as_str())).await {
+            Ok((StatusCode::NOT_MODIFIED, headers, _)) if cached.is_some() => {
+                Ok(cached.map(|(_, body)| (body, headers)))
+            }
+            Ok((_, headers, body)) => {
+                if let Some(etag) = headers.get(header::ETAG).and_then(|v| v.to_str().ok()) {
+                    self.shared.etags.lock().unwrap().insert(url.to_owned(), (etag.to_owned(), body.clone()));
+                }
+                Ok(Some((body, headers)))
+            }
+            Err(Error::NotFound(_)) => {
+                self.shared.etags.lock().unwrap().remove(url);
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn hooks_url(&self, target: &Target) -> String {
+        format!("{}/{}/hooks", self.api_url, target.path())
+    }
+
     /// Every hook of `target`, following `Link: rel="next"` pages.
     pub async fn list_hooks(&self, target: &Target) -> Result<Vec<Hook>, Error> {
-        let mut url = format!("{}/{}/hooks?per_page=100", self.api_url, target.path());
+        let mut url = format!("{}?per_page=100", self.hooks_url(target));
         let mut hooks = Vec::new();
         loop {
-            let (_, headers, body) = self.call(Method::GET, &url, None).await?;
-            hooks.extend(
-                serde_json::from_value::<Vec<Hook>>(body).map_err(|e| Error::Transport(e.to_string()))?,
-            );
-            let next = headers
-                .get(header::LINK)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|l| l.split(',').find(|p| p.contains("rel=\"next\"")))
-                .and_then(|p| p.trim().strip_prefix('<')?.split('>').next())
-                .map(str::to_owned);
-            match next {
+            let (_, headers, body) = self.call("list_hooks", Method::GET, &url, None, None).await?;
+            hooks.extend(parse::<Vec<Hook>>(body)?);
+            match next_link(&headers) {
                 Some(n) => url = n,
                 None => return Ok(hooks),
             }
@@ -255,23 +443,8 @@ impl Client {
     /// One hook; `None` when it no longer exists. Conditional on the last
     /// `ETag`, so an unchanged hook costs no budget.
     pub async fn get_hook(&self, target: &Target, id: i64) -> Result<Option<Hook>, Error> {
-        let url = format!("{}/{}/hooks/{id}", self.api_url, target.path());
-        let cached = self.etags.lock().unwrap().get(&url).cloned();
-        match self.call_if(Method::GET, &url, None, cached.as_ref().map(|(e, _)| e.as_str())).await {
-            Ok((StatusCode::NOT_MODIFIED, _, _)) if cached.is_some() => Ok(cached.map(|(_, hook)| hook)),
-            Ok((_, headers, body)) => {
-                let hook: Hook = serde_json::from_value(body).map_err(|e| Error::Transport(e.to_string()))?;
-                if let Some(etag) = headers.get(header::ETAG).and_then(|v| v.to_str().ok()) {
-                    self.etags.lock().unwrap().insert(url, (etag.to_owned(), hook.clone()));
-                }
-                Ok(Some(hook))
-            }
-            Err(Error::NotFound(_)) => {
-                self.etags.lock().unwrap().remove(&url);
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
+        let url = format!("{}/{id}", self.hooks_url(target));
+        self.get_cached("get_hook", &url).await?.map(|(body, _)| parse(body)).transpose()
     }
 
     pub async fn create_hook(
@@ -280,14 +453,14 @@ impl Client {
         hook: &DesiredHook,
         secret: &str,
     ) -> Result<Hook, Error> {
-        let (_, _, body) = self
-            .call(Method::POST, &format!("{}/{}/hooks", self.api_url, target.path()), Some(hook.body(secret)))
-            .await?;
-        serde_json::from_value(body).map_err(|e| Error::Transport(e.to_string()))
+        let url = self.hooks_url(target);
+        let (_, _, body) =
+            self.call("create_hook", Method::POST, &url, Some(hook.body(secret)), None).await?;
+        parse(body)
     }
 
-    /// Replaces the hook's settings. NB: the secret is always sent, because
-    /// `PATCH /hooks/{id}` without it removes it.
+    /// Replaces the hook's settings, secret included. NB: the secret is always
+    /// sent, because `PATCH /hooks/{id}` without it removes it.
     pub async fn update_hook(
         &self,
         target: &Target,
@@ -295,17 +468,71 @@ impl Client {
         hook: &DesiredHook,
         secret: &str,
     ) -> Result<Hook, Error> {
-        let url = format!("{}/{}/hooks/{id}", self.api_url, target.path());
-        let (_, _, body) = self.call(Method::PATCH, &url, Some(hook.body(secret))).await?;
-        serde_json::from_value(body).map_err(|e| Error::Transport(e.to_string()))
+        let url = format!("{}/{id}", self.hooks_url(target));
+        let (_, _, body) =
+            self.call("update_hook", Method::PATCH, &url, Some(hook.body(secret)), None).await?;
+        parse(body)
     }
 
     /// Deletes the hook; one already gone counts as deleted.
     pub async fn delete_hook(&self, target: &Target, id: i64) -> Result<(), Error> {
-        match self.call(Method::DELETE, &format!("{}/{}/hooks/{id}", self.api_url, target.path()), None).await
-        {
+        let url = format!("{}/{id}", self.hooks_url(target));
+        match self.call("delete_hook", Method::DELETE, &url, None, None).await {
             Ok(_) | Err(Error::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }
     }
+
+    /// Asks GitHub to send the hook a `ping` event.
+    pub async fn ping_hook(&self, target: &Target, id: i64) -> Result<(), Error> {
+        let url = format!("{}/{id}/pings", self.hooks_url(target));
+        self.call("ping_hook", Method::POST, &url, None, None).await.map(|_| ())
+    }
+
+    /// The hook's deliveries newer than delivery `after` (all when `None`),
+    /// newest first, following the cursor through at most `max_pages` pages.
+    /// The first page is conditional: when nothing was delivered since the
+    /// last look, this costs no budget.
+    pub async fn deliveries_since(
+        &self,
+        target: &Target,
+        hook_id: i64,
+        after: Option<i64>,
+        max_pages: usize,
+    ) -> Result<Vec<Delivery>, Error> {
+        let first = format!("{}/{hook_id}/deliveries?per_page=100", self.hooks_url(target));
+        let Some((body, mut headers)) = self.get_cached("list_deliveries", &first).await? else {
+            return Ok(vec![]);
+        };
+        let mut deliveries = Vec::new();
+        let mut page: Vec<Delivery> = parse(body)?;
+        for _ in 0..max_pages {
+            let done = page.iter().any(|d| after.is_some_and(|a| d.id <= a));
+            deliveries.extend(page.into_iter().filter(|d| after.is_none_or(|a| d.id > a)));
+            let Some(next) = next_link(&headers).filter(|_| !done) else { break };
+            let (_, h, body) = self.call("list_deliveries", Method::GET, &next, None, None).await?;
+            (page, headers) = (parse(body)?, h);
+        }
+        Ok(deliveries)
+    }
+
+    /// Asks GitHub to deliver delivery `delivery_id` again (same GUID).
+    pub async fn redeliver(&self, target: &Target, hook_id: i64, delivery_id: i64) -> Result<(), Error> {
+        let url = format!("{}/{hook_id}/deliveries/{delivery_id}/attempts", self.hooks_url(target));
+        self.call("redeliver", Method::POST, &url, None, None).await.map(|_| ())
+    }
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, Error> {
+    serde_json::from_value(body).map_err(|e| Error::Transport(format!("unexpected answer: {e}")))
+}
+
+/// The `rel="next"` URL of a `Link` header.
+fn next_link(headers: &header::HeaderMap) -> Option<String> {
+    headers
+        .get(header::LINK)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|l| l.split(',').find(|p| p.contains("rel=\"next\"")))
+        .and_then(|p| p.trim().strip_prefix('<')?.split('>').next())
+        .map(str::to_owned)
 }

@@ -2,8 +2,12 @@
 //!
 //! - [`agent_policy`]: AgentPolicy → the effective settings in its status.
 //! - [`webhook_config`]: WebhookConfig → the GitHub hook and its key Secret.
+//!
+//! Of several replicas only the holder of the Lease [`LEADER_LEASE`] runs
+//! them ([`leader`]); the others serve health and metrics and stand by.
 
 pub mod agent_policy;
+pub mod leader;
 pub mod webhook_config;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -27,6 +31,8 @@ use crate::{
 
 /// The field manager of everything the operator writes.
 pub const FIELD_MANAGER: &str = "hookwarden-operator";
+/// Name of the leader-election Lease.
+pub const LEADER_LEASE: &str = "hookwarden-operator";
 
 /// Settings of one operator process.
 #[derive(Clone, Debug)]
@@ -45,6 +51,14 @@ pub struct OperatorConfig {
     pub public_base_url: Option<String>,
     /// How often every WebhookConfig is checked against GitHub.
     pub resync: Duration,
+    /// Namespace of the leader Lease and of the receivers' Leases.
+    pub lease_namespace: String,
+    /// How long a leader's Lease is valid without renewal.
+    pub lease_duration: Duration,
+    /// How often each hook's failed deliveries are redelivered (`None`: never).
+    pub redelivery_interval: Option<Duration>,
+    /// Pause between two mutating GitHub calls of one account.
+    pub mutation_interval: Duration,
 }
 
 /// Errors of a reconcile.
@@ -81,8 +95,13 @@ pub struct Context {
     pub queue: Arc<OnceCell<Queue>>,
     pub public_base_url: Option<String>,
     pub resync: Duration,
-    /// Hooks last read from GitHub, for conditional GETs.
-    pub etags: crate::github::EtagCache,
+    /// Budget, pacing, tokens and `ETag`s of every GitHub account.
+    pub github: Arc<crate::github::Shared>,
+    /// Where the receivers report the keys they loaded.
+    pub lease_namespace: String,
+    pub redelivery_interval: Option<Duration>,
+    /// Redelivery passes per hook (`namespace/name/hookId`).
+    pub redelivery: std::sync::Mutex<std::collections::HashMap<String, webhook_config::RedeliveryCursor>>,
 }
 
 /// Runs the controllers until SIGTERM or Ctrl-C.
@@ -116,7 +135,14 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::ap
         queue,
         public_base_url: config.public_base_url.clone(),
         resync: config.resync,
-        etags: Default::default(),
+        github: Arc::new(crate::github::Shared::new(
+            config.mutation_interval,
+            metrics.github_requests.clone(),
+            metrics.github_rate_limit_remaining.clone(),
+        )),
+        lease_namespace: config.lease_namespace.clone(),
+        redelivery_interval: config.redelivery_interval,
+        redelivery: Default::default(),
     });
 
     let listener =
@@ -130,11 +156,20 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::ap
                 ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render()).into_response()
             }),
         )
-        .with_state(metrics);
+        .with_state(metrics.clone());
     tokio::spawn(async move {
         let _ = axum::serve(listener, health).with_graceful_shutdown(crate::shutdown_signal()).await;
     });
-    tracing::info!(listen = %config.listen, "operator started");
+    tracing::info!(listen = %config.listen, instance = %config.instance, "operator started");
+
+    let leases = kube::Api::namespaced(client.clone(), &config.lease_namespace);
+    let election = leader::Election::new(leases, LEADER_LEASE, &config.instance, config.lease_duration);
+    tokio::select! {
+        () = election.acquire() => {}
+        () = crate::shutdown_signal() => return Ok(()),
+    }
+    metrics.leader.set(1);
+    tracing::info!(lease = LEADER_LEASE, namespace = %config.lease_namespace, "leading");
 
     let policies = crate::scoped_api::<AgentPolicy>(&client, config.namespace.as_deref());
     let policy_controller = Controller::new(policies, watcher::Config::default())
@@ -148,7 +183,16 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::ap
         .graceful_shutdown_on(crate::shutdown_signal())
         .run(reconcile_hook, hook_error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
-    futures::join!(policy_controller, hook_controller);
+    let lost = tokio::select! {
+        _ = futures::future::join(policy_controller, hook_controller) => false,
+        () = election.keep() => true,
+    };
+    metrics.leader.set(0);
+    if lost {
+        // NB: another replica may be leading already; stop writing at once.
+        return Err(crate::api::InstallError::LostLeadership);
+    }
+    election.release().await;
     tracing::info!("operator stopped");
     Ok(())
 }

@@ -2,21 +2,31 @@
 //!
 //! Shaped around `kube::runtime::finalizer`: `apply` makes GitHub match the
 //! spec (create, adopt by URL, update, put back what was deleted or changed on
-//! GitHub); `cleanup` deletes the hook (already gone counts as done). The key
+//! GitHub), rotates the secret when due and asks GitHub to redeliver what
+//! failed; `cleanup` deletes the hook (already gone counts as done). The key
 //! Secret is owned by the WebhookConfig, so Kubernetes deletes it with it.
-//! Not yet here: rotation, redelivery, conditional GETs, GitHub App auth.
+//!
+//! Rotation, one step per reconcile, each step safe to repeat after a crash:
+//! 1. a new key is added to the Secret beside the one GitHub signs with;
+//! 2. wait until every live receiver reports it loaded it (their Leases);
+//! 3. switch GitHub to it (`status.signingKeyVersion`) and ask for a ping;
+//! 4. a successful ping delivery confirms the switch (`confirmedKeyVersion`);
+//! 5. `overlap` after the switch, the older keys leave the Secret.
+//!
+//! A failure anywhere leaves every key in place and the step is retried, so
+//! GitHub never signs with a key the receivers do not have.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use k8s_openapi::{
     ByteString,
-    api::core::v1::Secret,
+    api::{coordination::v1::Lease, core::v1::Secret},
     apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
     jiff::Timestamp,
 };
 use kube::{
     Api, Resource, ResourceExt,
-    api::PostParams,
+    api::{ListParams, Patch, PatchParams, PostParams},
     runtime::{
         controller::Action,
         events::{Event, EventType},
@@ -26,10 +36,21 @@ use kube::{
 
 use super::{Context, Error, apply_status};
 use crate::{
-    api::{RateLimitStatus, WebhookConfig, WebhookConfigStatus, conditions},
-    github::{self, DesiredHook, Target},
-    keys::{HmacKey, MANAGED_BY, WEBHOOK_CONFIG_LABEL, keys_from_secret},
+    api::{ROTATE_ANNOTATION, RateLimitStatus, WebhookConfig, WebhookConfigStatus, conditions},
+    github::{self, Auth, DesiredHook, Target},
+    keys::{
+        HmacKey, MANAGED_BY, RECEIVER_COMPONENT, WEBHOOK_CONFIG_LABEL, keys_from_secret, replicas_missing,
+    },
 };
+
+/// GitHub keeps deliveries (and redelivers them) for 3 days.
+const DELIVERY_RETENTION_SECS: i64 = 3 * 24 * 3600;
+/// At most this many redeliveries per hook and pass.
+pub const MAX_REDELIVERIES_PER_PASS: usize = 25;
+/// While a rotation step waits, look again this soon.
+const ROTATION_POLL: Duration = Duration::from_secs(2);
+/// Ask for another ping when none succeeded for this long after the switch.
+const REPING_AFTER_SECS: i64 = 10;
 
 /// Finalizer that keeps a WebhookConfig until its GitHub hook is deleted.
 pub const FINALIZER: &str = "hookwarden.io/github-hook";
@@ -55,38 +76,59 @@ pub async fn reconcile(whc: Arc<WebhookConfig>, ctx: Arc<Context>) -> Result<Act
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
-async fn github_client(whc: &WebhookConfig, ctx: &Context) -> Result<github::Client, Error> {
-    let ns = whc.namespace().unwrap_or_default();
-    let Some(token_ref) = &whc.spec.github.token_secret_ref else {
-        return Err(Error::Config(
-            "GitHub App authentication is not supported yet: use tokenSecretRef".into(),
-        ));
-    };
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let secret = secrets.get_opt(&token_ref.name).await.map_err(Error::Kube)?.ok_or_else(|| {
-        Error::Config(format!("token Secret {} not found in namespace {ns}", token_ref.name))
-    })?;
-    let token = secret
+/// A data entry of a Secret in the WebhookConfig's namespace, trimmed.
+async fn secret_value(ctx: &Context, ns: &str, name: &str, key: &str) -> Result<Vec<u8>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let secret = secrets
+        .get_opt(name)
+        .await
+        .map_err(Error::Kube)?
+        .ok_or_else(|| Error::Config(format!("Secret {name} not found in namespace {ns}")))?;
+    secret
         .data
-        .as_ref()
-        .and_then(|d| d.get(&token_ref.key))
-        .and_then(|v| String::from_utf8(v.0.clone()).ok())
-        .map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            Error::Config(format!("token Secret {} has no key {:?}", token_ref.name, token_ref.key))
-        })?;
-    Ok(github::Client::new(&whc.spec.github.api_url, &token, ctx.etags.clone()))
+        .and_then(|mut d| d.remove(key))
+        .map(|v| v.0.trim_ascii().to_vec())
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| Error::Config(format!("Secret {name} has no (or an empty) key {key:?}")))
 }
 
-/// The key Secret, created (with a first key) when missing; returns the newest key.
-async fn ensure_keys(whc: &WebhookConfig, ctx: &Context) -> Result<HmacKey, Error> {
+async fn github_client(whc: &WebhookConfig, ctx: &Context) -> Result<github::Client, Error> {
     let ns = whc.namespace().unwrap_or_default();
+    let spec = &whc.spec.github;
+    let (auth, account) = match (&spec.token_secret_ref, &spec.app) {
+        (Some(r), _) => {
+            let token = secret_value(ctx, &ns, &r.name, &r.key).await?;
+            let token = String::from_utf8(token)
+                .map_err(|_| Error::Config(format!("Secret {} key {:?} is not text", r.name, r.key)))?;
+            (Auth::Token(token), format!("{ns}/{}", r.name))
+        }
+        (None, Some(app)) => {
+            let r = &app.private_key_secret_ref;
+            let pem = secret_value(ctx, &ns, &r.name, &r.key).await?;
+            (
+                Auth::app(app.app_id, app.installation_id, &pem)?,
+                format!("app/{}/installation/{}", app.app_id, app.installation_id),
+            )
+        }
+        // NB: the schema's CEL rule makes this unreachable for stored objects.
+        (None, None) => return Err(Error::Config("set github.tokenSecretRef or github.app".into())),
+    };
+    Ok(github::Client::new(ctx.github.clone(), &spec.api_url, auth, &account))
+}
+
+fn secrets_api(whc: &WebhookConfig, ctx: &Context) -> Api<Secret> {
+    Api::namespaced(ctx.client.clone(), &whc.namespace().unwrap_or_default())
+}
+
+/// The keys of the key Secret, oldest first; the Secret is created (with a
+/// first key) when missing or keyless.
+async fn ensure_keys(whc: &WebhookConfig, ctx: &Context) -> Result<Vec<HmacKey>, Error> {
     let name = whc.secret_name();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let secrets = secrets_api(whc, ctx);
     let existing = secrets.get_opt(&name).await.map_err(Error::Kube)?;
-    if let Some(newest) = existing.as_ref().and_then(|s| keys_from_secret(s).pop()) {
-        return Ok(newest);
+    let keys = existing.as_ref().map(keys_from_secret).unwrap_or_default();
+    if !keys.is_empty() {
+        return Ok(keys);
     }
     let key = HmacKey::generate(Timestamp::now().as_second() as u64);
     let secret = Secret {
@@ -109,7 +151,29 @@ async fn ensure_keys(whc: &WebhookConfig, ctx: &Context) -> Result<HmacKey, Erro
         None => secrets.create(&PostParams::default(), &secret).await.map_err(Error::Kube)?,
         Some(_) => secrets.replace(&name, &PostParams::default(), &secret).await.map_err(Error::Kube)?,
     };
-    Ok(key)
+    Ok(vec![key])
+}
+
+/// Adds `add` to the key Secret and removes the keys `remove`, in one patch.
+async fn edit_keys(
+    whc: &WebhookConfig,
+    ctx: &Context,
+    add: Option<&HmacKey>,
+    remove: &[&HmacKey],
+) -> Result<(), Error> {
+    let mut data = serde_json::Map::new();
+    if let Some(key) = add {
+        data.insert(key.entry_name(), serde_json::to_value(ByteString(key.secret().to_vec())).expect("JSON"));
+    }
+    for key in remove {
+        data.insert(key.entry_name(), serde_json::Value::Null);
+    }
+    let patch = serde_json::json!({ "data": data });
+    secrets_api(whc, ctx)
+        .patch(&whc.secret_name(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(Error::Kube)?;
+    Ok(())
 }
 
 fn desired(whc: &WebhookConfig, ctx: &Context) -> Result<DesiredHook, Error> {
@@ -150,40 +214,49 @@ async fn apply(whc: Arc<WebhookConfig>, ctx: &Context) -> Result<Action, Error> 
 async fn register(whc: &WebhookConfig, ctx: &Context) -> Result<Action, Error> {
     let desired = desired(whc, ctx)?;
     let github = github_client(whc, ctx).await?;
-    let key = ensure_keys(whc, ctx).await?;
-    let secret = String::from_utf8_lossy(key.secret()).into_owned();
+    let keys = ensure_keys(whc, ctx).await?;
     let target = target(whc);
-    let known = whc.status.as_ref().and_then(|s| s.hook_id);
+    let mut status = whc.status.clone().unwrap_or_default();
+    let known = status.hook_id;
+
+    // GitHub signs with the recorded key, as long as the Secret still has it.
+    // When it does not (the Secret was deleted or emptied), GitHub must be
+    // switched to a key the receivers have, whatever the rest of the hook.
+    let recorded = status.signing_key_version.as_deref().and_then(|v| keys.iter().find(|k| k.version() == v));
+    let secret_lost = recorded.is_none();
+    let signing = recorded.or(keys.last()).expect("ensure_keys returns a key").clone();
+    let secret = String::from_utf8_lossy(signing.secret()).into_owned();
 
     let current = match known {
-        Some(id) => github.get_hook(&target, id).await.map_err(Error::GitHub)?,
+        Some(id) => github.get_hook(&target, id).await?,
         None => None,
     };
     let (hook, what) = match current {
-        Some(hook) if desired.matches(&hook) => (hook, None),
+        Some(hook) if desired.matches(&hook) && !secret_lost => (hook, None),
         Some(hook) => {
-            let drift = whc.status.as_ref().and_then(|s| s.observed_generation) == whc.metadata.generation;
-            let updated =
-                github.update_hook(&target, hook.id, &desired, &secret).await.map_err(Error::GitHub)?;
-            (updated, Some(if drift { "Repaired" } else { "Updated" }))
+            let drift = status.observed_generation == whc.metadata.generation;
+            let updated = github.update_hook(&target, hook.id, &desired, &secret).await?;
+            (
+                updated,
+                Some(if secret_lost {
+                    "SecretReset"
+                } else if drift {
+                    "Repaired"
+                } else {
+                    "Updated"
+                }),
+            )
         }
         None => {
             // Never a duplicate: adopt a hook that already delivers to our URL.
-            let existing = github.list_hooks(&target).await.map_err(Error::GitHub)?;
+            let existing = github.list_hooks(&target).await?;
             match existing.into_iter().find(|h| h.config.url.as_deref() == Some(desired.url.as_str())) {
+                // NB: GitHub masks the secret, so adopting means setting ours.
                 Some(hook) => {
-                    // NB: GitHub masks the secret, so adopting means setting ours.
-                    (
-                        github
-                            .update_hook(&target, hook.id, &desired, &secret)
-                            .await
-                            .map_err(Error::GitHub)?,
-                        Some("Adopted"),
-                    )
+                    (github.update_hook(&target, hook.id, &desired, &secret).await?, Some("Adopted"))
                 }
                 None => {
-                    let created =
-                        github.create_hook(&target, &desired, &secret).await.map_err(Error::GitHub)?;
+                    let created = github.create_hook(&target, &desired, &secret).await?;
                     (created, Some(if known.is_some() { "Repaired" } else { "Created" }))
                 }
             }
@@ -194,30 +267,22 @@ async fn register(whc: &WebhookConfig, ctx: &Context) -> Result<Action, Error> {
         publish(ctx, whc, EventType::Normal, reason, note).await;
     }
 
-    let now = Time(Timestamp::now());
     let generation = whc.metadata.generation;
-    let mut status = whc.status.clone().unwrap_or_default();
     status.hook_id = Some(hook.id);
     status.url = Some(desired.url.clone());
     status.secret_name = Some(whc.secret_name());
     status.observed_generation = generation;
-    status.rate_limit = rate_limit_status(&github);
-    let registered = format!("hook {} on {target}", hook.id);
+    if secret_lost {
+        status.signing_key_version = Some(signing.version().to_owned());
+        status.confirmed_key_version = Some(signing.version().to_owned());
+    }
+    let now = Time(Timestamp::now());
     conditions::set(
         &mut status.conditions,
         conditions::HOOK_REGISTERED,
         true,
         "Registered",
-        registered,
-        generation,
-        &now,
-    );
-    conditions::set(
-        &mut status.conditions,
-        conditions::SECRET_IN_SYNC,
-        true,
-        "Set",
-        format!("GitHub signs with key {}", key.version()),
+        format!("hook {} on {target}", hook.id),
         generation,
         &now,
     );
@@ -230,8 +295,231 @@ async fn register(whc: &WebhookConfig, ctx: &Context) -> Result<Action, Error> {
         generation,
         &now,
     );
+
+    let hook = HookRef { github: &github, target: &target, id: hook.id, desired: &desired };
+    let rotation = rotate(whc, ctx, &hook, keys, &mut status).await;
+    status.rate_limit = rate_limit_status(&github);
     write_status(whc, ctx, &status).await?;
-    Ok(Action::requeue(ctx.resync))
+    let next_rotation_step = rotation?;
+    let next_redelivery = redeliver(whc, ctx, &hook).await?;
+    let next = [Some(ctx.resync), next_rotation_step, next_redelivery].into_iter().flatten().min();
+    Ok(Action::requeue(next.unwrap_or(ctx.resync)))
+}
+
+/// The registered hook and how to reach it.
+struct HookRef<'a> {
+    github: &'a github::Client,
+    target: &'a Target,
+    id: i64,
+    desired: &'a DesiredHook,
+}
+
+/// Takes the next step of a rotation that is due or under way, recording it
+/// in `status` (which the caller writes even when this fails). Returns how
+/// soon to look again.
+async fn rotate(
+    whc: &WebhookConfig,
+    ctx: &Context,
+    hook: &HookRef<'_>,
+    mut keys: Vec<HmacKey>,
+    status: &mut WebhookConfigStatus,
+) -> Result<Option<Duration>, Error> {
+    let now = Timestamp::now().as_second();
+    let generation = whc.metadata.generation;
+    let in_sync = |status: &mut WebhookConfigStatus, ok: bool, reason: &str, message: String| {
+        conditions::set(
+            &mut status.conditions,
+            conditions::SECRET_IN_SYNC,
+            ok,
+            reason,
+            message,
+            generation,
+            &Time(Timestamp::now()),
+        )
+    };
+    let signing = status.signing_key_version.clone().expect("set by register");
+    let confirmed = status.confirmed_key_version.as_deref() == Some(signing.as_str());
+    let interval = whc.spec.secret_rotation.interval.get().as_secs() as i64;
+    let due_at = signing.parse::<i64>().unwrap_or(0) + interval;
+
+    // 1. Due (by age, or asked for by annotation): a new key beside the old.
+    let requested = whc.annotations().get(ROTATE_ANNOTATION).cloned();
+    let asked = requested.is_some() && requested != status.rotation_request;
+    let newest = keys.last().expect("ensure_keys returns a key").version().to_owned();
+    if newest == signing && confirmed && (asked || now >= due_at) {
+        // NB: versions order keys; a second rotation within a second still sorts after.
+        let version = now.max(signing.parse::<i64>().unwrap_or(0) + 1);
+        let key = HmacKey::generate(version as u64);
+        edit_keys(whc, ctx, Some(&key), &[]).await?;
+        status.rotation_request = requested;
+        let why = if asked {
+            format!("the {ROTATE_ANNOTATION} annotation")
+        } else {
+            "the rotation interval".into()
+        };
+        let note = format!(
+            "key {} added beside key {signing} ({why}); waiting for receivers to load it",
+            key.version()
+        );
+        publish(ctx, whc, EventType::Normal, "RotationStarted", note).await;
+        keys.push(key);
+    } else if asked && newest != signing {
+        // Already rotating: this request is served by the rotation under way.
+        status.rotation_request = requested;
+    }
+    let newest = keys.last().expect("non-empty").clone();
+
+    // 2-3. Receivers have the new key: switch GitHub to it, and ping.
+    if newest.version() != signing {
+        let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.lease_namespace);
+        let selector =
+            format!("{}={},app.kubernetes.io/component={RECEIVER_COMPONENT}", MANAGED_BY.0, MANAGED_BY.1);
+        let leases = leases.list(&ListParams::default().labels(&selector)).await.map_err(Error::Kube)?;
+        let secret = format!("{}/{}", whc.namespace().unwrap_or_default(), whc.secret_name());
+        let missing = replicas_missing(&leases.items, Timestamp::now(), &secret, newest.version());
+        if !missing.is_empty() {
+            let message = format!(
+                "key {} is in the Secret; {} receiver(s) have not loaded it yet: {}",
+                newest.version(),
+                missing.len(),
+                missing.join(", ")
+            );
+            in_sync(status, false, "WaitingForReceivers", message);
+            return Ok(Some(ROTATION_POLL));
+        }
+        let secret = String::from_utf8_lossy(newest.secret()).into_owned();
+        if let Err(error) = hook.github.update_hook(hook.target, hook.id, hook.desired, &secret).await {
+            let message = format!(
+                "switching GitHub to key {} failed; key {signing} stays valid: {error}",
+                newest.version()
+            );
+            in_sync(status, false, "SwitchFailed", message);
+            return Err(error.into());
+        }
+        status.signing_key_version = Some(newest.version().to_owned());
+        status.last_rotation_time = Some(Time(Timestamp::now()));
+        let message =
+            format!("GitHub signs with key {}; waiting for a successful ping delivery", newest.version());
+        in_sync(status, false, "AwaitingPing", message);
+        hook.github.ping_hook(hook.target, hook.id).await?;
+        return Ok(Some(ROTATION_POLL));
+    }
+
+    // 4. Confirm the switch by a ping delivered (and accepted) after it.
+    let switched = status.last_rotation_time.as_ref().map_or(0, |t| t.0.as_second());
+    if !confirmed {
+        let deliveries = hook.github.deliveries_since(hook.target, hook.id, None, 1).await?;
+        // NB: strictly after the switch (GitHub's timestamps have whole
+        // seconds); a ping in the same second is not counted, and asked again.
+        let pings: Vec<_> =
+            deliveries.iter().filter(|d| d.event == "ping" && d.delivered_unix() > switched).collect();
+        if let Some(ok) = pings.iter().find(|d| d.succeeded()) {
+            status.confirmed_key_version = Some(signing.clone());
+            let note = format!(
+                "GitHub signs with key {signing}: ping delivery {} succeeded; older keys leave the Secret after {}",
+                ok.guid, whc.spec.secret_rotation.overlap
+            );
+            publish(ctx, whc, EventType::Normal, "Rotated", note).await;
+        } else {
+            let last = pings.first().map_or("none yet".to_owned(), |d| format!("HTTP {}", d.status_code));
+            let message = format!(
+                "GitHub signs with key {signing}; no successful ping delivery yet (last: {last}); older keys stay valid"
+            );
+            in_sync(status, false, "AwaitingPing", message);
+            let last_ping = pings.first().map_or(switched, |d| d.delivered_unix());
+            if now - last_ping >= REPING_AFTER_SECS {
+                hook.github.ping_hook(hook.target, hook.id).await?;
+            }
+            return Ok(Some(ROTATION_POLL * 2));
+        }
+    }
+
+    // 5. Older keys leave `overlap` after the switch.
+    let overlap = whc.spec.secret_rotation.overlap.get().as_secs() as i64;
+    let older: Vec<&HmacKey> = keys.iter().filter(|k| k.version() < signing.as_str()).collect();
+    let drop_at = switched + overlap;
+    if !older.is_empty() && now >= drop_at {
+        edit_keys(whc, ctx, None, &older).await?;
+        let versions: Vec<&str> = older.iter().map(|k| k.version()).collect();
+        let note = format!("keys {} removed from the Secret; key {signing} remains", versions.join(", "));
+        publish(ctx, whc, EventType::Normal, "OldKeysRemoved", note).await;
+    }
+    let message = if older.is_empty() || now >= drop_at {
+        format!("GitHub signs with key {signing}, the only key in the Secret")
+    } else {
+        format!("GitHub signs with key {signing}; the previous key stays valid until the overlap ends")
+    };
+    in_sync(status, true, "InSync", message);
+    let next = if !older.is_empty() && now < drop_at { drop_at } else { due_at };
+    Ok(Some(Duration::from_secs((next - now).max(1) as u64)))
+}
+
+/// Where a hook's redelivery passes stand: when the next is due, and the
+/// newest delivery already looked at.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RedeliveryCursor {
+    next_pass: Option<tokio::time::Instant>,
+    newest_seen: Option<i64>,
+}
+
+/// When a pass is due: reads the deliveries since the last pass (free when
+/// there are none) and asks GitHub to redeliver every GUID that has no
+/// successful attempt, at most [`MAX_REDELIVERIES_PER_PASS`]. Returns when
+/// the next pass is due.
+async fn redeliver(
+    whc: &WebhookConfig,
+    ctx: &Context,
+    hook: &HookRef<'_>,
+) -> Result<Option<Duration>, Error> {
+    let Some(interval) = ctx.redelivery_interval else { return Ok(None) };
+    let key = format!("{}/{}/{}", whc.namespace().unwrap_or_default(), whc.name_any(), hook.id);
+    let cursor = ctx.redelivery.lock().unwrap().get(&key).copied().unwrap_or_default();
+    let now = tokio::time::Instant::now();
+    if let Some(next) = cursor.next_pass.filter(|n| *n > now) {
+        return Ok(Some(next - now));
+    }
+    // Without a cursor (first pass since start) only the newest page.
+    let pages = if cursor.newest_seen.is_some() { 5 } else { 1 };
+    let deliveries = hook.github.deliveries_since(hook.target, hook.id, cursor.newest_seen, pages).await?;
+    let mut by_guid: BTreeMap<&str, Vec<&github::Delivery>> = BTreeMap::new();
+    for d in &deliveries {
+        by_guid.entry(d.guid.as_str()).or_default().push(d);
+    }
+    let oldest_allowed = Timestamp::now().as_second() - DELIVERY_RETENTION_SECS + 3600;
+    let mut failed: Vec<&github::Delivery> = by_guid
+        .values()
+        .filter(|attempts| !attempts.iter().any(|d| d.succeeded()))
+        // The newest attempt of each GUID (the list is newest first).
+        .filter_map(|attempts| attempts.first().copied())
+        .filter(|d| d.event != "ping" && d.delivered_unix() > oldest_allowed)
+        .collect();
+    failed.sort_by_key(|d| d.id);
+    let truncated = failed.len() > MAX_REDELIVERIES_PER_PASS;
+    failed.truncate(MAX_REDELIVERIES_PER_PASS);
+    let mut asked = Vec::new();
+    for d in &failed {
+        match hook.github.redeliver(hook.target, hook.id, d.id).await {
+            Ok(()) => asked.push(d.guid.as_str()),
+            // GitHub no longer has it (or refuses): nothing to retry.
+            Err(github::Error::NotFound(_) | github::Error::Invalid(_)) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    if !asked.is_empty() {
+        let ns = whc.namespace().unwrap_or_default();
+        ctx.metrics.redeliveries.with_label_values(&[&ns]).inc_by(asked.len() as u64);
+        let note =
+            format!("asked GitHub to redeliver {} failed deliveries: {}", asked.len(), asked.join(", "));
+        publish(ctx, whc, EventType::Normal, "Redelivered", note).await;
+    }
+    let newest_seen = if truncated {
+        cursor.newest_seen
+    } else {
+        deliveries.iter().map(|d| d.id).max().or(cursor.newest_seen)
+    };
+    let next = RedeliveryCursor { next_pass: Some(now + interval), newest_seen };
+    ctx.redelivery.lock().unwrap().insert(key, next);
+    Ok(Some(interval))
 }
 
 fn rate_limit_status(github: &github::Client) -> Option<RateLimitStatus> {
@@ -255,7 +543,7 @@ async fn write_status(whc: &WebhookConfig, ctx: &Context, status: &WebhookConfig
 /// Puts the reason a person can act on into the Ready condition.
 async fn write_failure(whc: &WebhookConfig, ctx: &Context, error: &Error) {
     let reason = match error {
-        Error::GitHub(github::Error::BadCredentials) => "BadCredentials",
+        Error::GitHub(github::Error::BadCredentials | github::Error::BadPrivateKey) => "BadCredentials",
         Error::GitHub(github::Error::NotFound(_)) => "NotFound",
         Error::GitHub(github::Error::Invalid(_)) => "Rejected",
         Error::GitHub(github::Error::RateLimited { .. }) => "RateLimited",
@@ -283,9 +571,12 @@ async fn write_failure(whc: &WebhookConfig, ctx: &Context, error: &Error) {
 
 async fn cleanup(whc: Arc<WebhookConfig>, ctx: &Context) -> Result<Action, Error> {
     let Some(id) = whc.status.as_ref().and_then(|s| s.hook_id) else { return Ok(Action::await_change()) };
+    ctx.redelivery.lock().unwrap().retain(|k, _| {
+        !k.starts_with(&format!("{}/{}/", whc.namespace().unwrap_or_default(), whc.name_any()))
+    });
     match github_client(&whc, ctx).await {
         Ok(github) => {
-            github.delete_hook(&target(&whc), id).await.map_err(Error::GitHub)?;
+            github.delete_hook(&target(&whc), id).await?;
             publish(
                 ctx,
                 &whc,
