@@ -301,7 +301,7 @@ async fn register(whc: &WebhookConfig, ctx: &Context) -> Result<Action, Error> {
     status.rate_limit = rate_limit_status(&github);
     write_status(whc, ctx, &status).await?;
     let next_rotation_step = rotation?;
-    let next_redelivery = redeliver(whc, ctx, &hook).await?;
+    let next_redelivery = redeliver(whc, ctx, &hook, what == Some("Created")).await?;
     let next = [Some(ctx.resync), next_rotation_step, next_redelivery].into_iter().flatten().min();
     Ok(Action::requeue(next.unwrap_or(ctx.resync)))
 }
@@ -465,16 +465,21 @@ pub struct RedeliveryCursor {
 /// When a pass is due: reads the deliveries since the last pass (free when
 /// there are none) and asks GitHub to redeliver every GUID that has no
 /// successful attempt, at most [`MAX_REDELIVERIES_PER_PASS`]. Returns when
-/// the next pass is due.
+/// the next pass is due. A hook `created` just now has nothing to redeliver
+/// yet: its first pass waits a whole interval.
 async fn redeliver(
     whc: &WebhookConfig,
     ctx: &Context,
     hook: &HookRef<'_>,
+    created: bool,
 ) -> Result<Option<Duration>, Error> {
     let Some(interval) = ctx.redelivery_interval else { return Ok(None) };
     let key = format!("{}/{}/{}", whc.namespace().unwrap_or_default(), whc.name_any(), hook.id);
-    let cursor = ctx.redelivery.lock().unwrap().get(&key).copied().unwrap_or_default();
     let now = tokio::time::Instant::now();
+    let cursor = *ctx.redelivery.lock().unwrap().entry(key.clone()).or_insert_with(|| RedeliveryCursor {
+        next_pass: created.then(|| now + interval),
+        newest_seen: None,
+    });
     if let Some(next) = cursor.next_pass.filter(|n| *n > now) {
         return Ok(Some(next - now));
     }
