@@ -61,16 +61,18 @@ pub enum InstallError {
 }
 
 /// Fails fast, with a message that says what to do, when a CRD is missing.
-pub async fn check_installed(client: &kube::Client) -> Result<(), InstallError> {
+/// `namespace` is the one watched (`None`: all), so that a namespaced
+/// installation needs no cluster-wide permission for the check.
+pub async fn check_installed(client: &kube::Client, namespace: Option<&str>) -> Result<(), InstallError> {
     let probe = kube::api::ListParams::default().limit(1);
     for (crd, result) in [
         (
             "webhookconfigs.hookwarden.io",
-            kube::Api::<WebhookConfig>::all(client.clone()).list_metadata(&probe).await.map(drop),
+            crate::scoped_api::<WebhookConfig>(client, namespace).list_metadata(&probe).await.map(drop),
         ),
         (
             "agentpolicies.hookwarden.io",
-            kube::Api::<AgentPolicy>::all(client.clone()).list_metadata(&probe).await.map(drop),
+            crate::scoped_api::<AgentPolicy>(client, namespace).list_metadata(&probe).await.map(drop),
         ),
     ] {
         match result {

@@ -78,16 +78,22 @@ impl Election {
         }
     }
 
-    /// Hands the Lease back, so another replica need not wait it out.
+    /// Hands the Lease back by deleting it (only the version this replica
+    /// holds), so another replica need not wait it out and an uninstalled
+    /// operator leaves no Lease behind.
     pub async fn release(&self) {
-        let Ok(Some(mut lease)) = self.api.get_opt(&self.name).await else { return };
-        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+        let Ok(Some(lease)) = self.api.get_opt(&self.name).await else { return };
+        if lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) != Some(self.identity.as_str()) {
             return;
         }
-        spec.holder_identity = None;
-        spec.renew_time = None;
-        if let Err(error) = self.api.replace(&self.name, &PostParams::default(), &lease).await {
+        let params = kube::api::DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                resource_version: lease.metadata.resource_version.clone(),
+                uid: None,
+            }),
+            ..Default::default()
+        };
+        if let Err(error) = self.api.delete(&self.name, &params).await {
             tracing::warn!(lease = %self.name, %error, "could not release the leader Lease");
         }
     }

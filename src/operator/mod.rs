@@ -106,7 +106,7 @@ pub struct Context {
 
 /// Runs the controllers until SIGTERM or Ctrl-C.
 pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::api::InstallError> {
-    crate::api::check_installed(&client).await?;
+    crate::api::check_installed(&client, config.namespace.as_deref()).await?;
     let queue = Arc::new(OnceCell::new());
     if let Some(url) = config.redis_url.clone() {
         let (cell, prefix) = (queue.clone(), config.redis_prefix.clone());

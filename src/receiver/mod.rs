@@ -65,7 +65,7 @@ pub enum Error {
 /// stops accepting, lets in-flight dispatches finish within the grace period
 /// (the rest stay pending in Redis for another replica), and returns.
 pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), Error> {
-    crate::api::check_installed(&client).await?;
+    crate::api::check_installed(&client, config.namespace.as_deref()).await?;
     let queue = connect_redis(&config).await;
     let registry = Arc::new(Registry::new());
     let metrics = Arc::new(ReceiverMetrics::new());

@@ -71,10 +71,31 @@ impl TestEnv {
 
     /// Runs kubectl and returns its stdout, failing the test on a non-zero exit.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args);
+        self.tool_ok("kubectl", args, None)
+    }
+
+    /// Runs one of the pinned tools (`kubectl`, `helm`) against the local
+    /// cluster, with `stdin` when given; returns its stdout, failing the test
+    /// on a non-zero exit.
+    pub fn tool_ok(&self, tool: &str, args: &[&str], stdin: Option<&str>) -> String {
+        use std::io::Write;
+        let mut child = Command::new(Path::new(self.var("HOOKWARDEN_BIN")).join(tool))
+            .args(args)
+            .env("KUBECONFIG", self.kubeconfig())
+            .current_dir(repo_dir())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("run {tool}: {e}"));
+        let input = stdin.unwrap_or_default().to_owned();
+        let mut pipe = child.stdin.take().unwrap();
+        let writer = std::thread::spawn(move || pipe.write_all(input.as_bytes()));
+        let out = child.wait_with_output().unwrap();
+        writer.join().unwrap().unwrap();
         assert!(
             out.status.success(),
-            "kubectl {} failed: {}",
+            "{tool} {} failed: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr)
         );

@@ -1,0 +1,79 @@
+{{/* Name of the release's objects: the release name, with "hookwarden" unless it has it. */}}
+{{- define "hookwarden.fullname" -}}
+{{- if contains "hookwarden" .Release.Name -}}
+{{- .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-hookwarden" .Release.Name | trunc 50 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "hookwarden.labels" -}}
+app.kubernetes.io/name: hookwarden
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: hookwarden
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* Selector labels of one component: include with (list . "receiver"). */}}
+{{- define "hookwarden.selector" -}}
+app.kubernetes.io/name: hookwarden
+app.kubernetes.io/instance: {{ (index . 0).Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end -}}
+
+{{- define "hookwarden.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+
+{{- define "hookwarden.adminSecret" -}}
+{{ .Values.admin.existingSecret | default (printf "%s-admin" (include "hookwarden.fullname" .)) }}
+{{- end -}}
+
+{{- define "hookwarden.publicBaseUrl" -}}
+{{- if .Values.publicBaseUrl -}}
+{{ .Values.publicBaseUrl | trimSuffix "/" }}
+{{- else if and .Values.receiver.ingress.enabled .Values.receiver.ingress.host -}}
+https://{{ .Values.receiver.ingress.host }}
+{{- end -}}
+{{- end -}}
+
+{{/* Restricted Pod Security, for every container. */}}
+{{- define "hookwarden.containerSecurity" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Environment shared by the operator and the receivers. */}}
+{{- define "hookwarden.env" -}}
+- name: POD_NAME
+  valueFrom: {fieldRef: {fieldPath: metadata.name}}
+- name: POD_NAMESPACE
+  valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+{{- with .Values.watchNamespace }}
+- name: HOOKWARDEN_NAMESPACE
+  value: {{ . | quote }}
+{{- end }}
+- name: REDIS_URL
+{{- if .Values.redis.urlSecretRef.name }}
+  valueFrom: {secretKeyRef: {name: {{ .Values.redis.urlSecretRef.name }}, key: {{ .Values.redis.urlSecretRef.key | default "url" }}}}
+{{- else if .Values.redis.url }}
+  value: {{ .Values.redis.url | quote }}
+{{- else }}
+  value: {{ printf "redis://%s-redis:6379" (include "hookwarden.fullname" .) | quote }}
+{{- end }}
+- name: HOOKWARDEN_REDIS_PREFIX
+  value: {{ .Values.redis.prefix | quote }}
+- name: RUST_LOG
+  value: {{ .Values.logLevel | quote }}
+{{- end -}}
+
+{{/* Whether the chart runs Redis itself. */}}
+{{- define "hookwarden.ownRedis" -}}
+{{- if not (or .Values.redis.url .Values.redis.urlSecretRef.name) }}true{{ end -}}
+{{- end -}}

@@ -1,0 +1,168 @@
+//! The Helm chart and the plain manifests rendered from it: in sync with the
+//! CRDs and with each other, lint-clean, restricted, and strict about values.
+
+mod common;
+
+use std::process::Command;
+
+use common::{TestEnv, repo_dir};
+
+/// `helm template` of the chart with `args`; (success, stdout, stderr).
+fn template(env: &TestEnv, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(std::path::Path::new(env.var("HOOKWARDEN_BIN")).join("helm"))
+        .args(["template", "hw", "charts/hookwarden", "--kube-version", "1.34.0"])
+        .args(args)
+        .current_dir(repo_dir())
+        .output()
+        .expect("run helm");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn documents(yaml: &str) -> Vec<serde_json::Value> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|d| serde_json::Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+#[test]
+fn the_rendered_manifests_are_up_to_date() {
+    let out = Command::new(repo_dir().join("e2e/manifests")).arg("--stdout").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let committed = std::fs::read_to_string(repo_dir().join("manifests/hookwarden.yaml")).unwrap();
+    assert!(
+        String::from_utf8(out.stdout).unwrap() == committed,
+        "manifests/hookwarden.yaml is out of date with charts/hookwarden: run e2e/manifests"
+    );
+}
+
+#[test]
+fn the_chart_carries_the_crds_unchanged() {
+    let crds = std::fs::read_to_string(repo_dir().join("crds/hookwarden.yaml")).unwrap();
+    let chart = std::fs::read_to_string(repo_dir().join("charts/hookwarden/crds/hookwarden.yaml")).unwrap();
+    assert!(
+        crds == chart,
+        "charts/hookwarden/crds differs from crds/: cp crds/hookwarden.yaml charts/hookwarden/crds/"
+    );
+}
+
+const EVERYTHING_ON: &[&str] = &[
+    "--set",
+    "metrics.serviceMonitor.enabled=true,metrics.prometheusRule.enabled=true,metrics.dashboard.enabled=true",
+    "--set",
+    "networkPolicy.enabled=true,receiver.autoscaling.enabled=true",
+    "--set",
+    "receiver.ingress.enabled=true,receiver.ingress.host=hooks.example.com",
+];
+
+#[test]
+fn helm_lint_is_clean_with_defaults_and_with_everything_on() {
+    let env = TestEnv::load();
+    env.tool_ok("helm", &["lint", "--strict", "charts/hookwarden"], None);
+    let mut args = vec!["lint", "--strict", "charts/hookwarden"];
+    args.extend_from_slice(EVERYTHING_ON);
+    args.extend_from_slice(&["--set", "watchNamespace=team-a"]);
+    env.tool_ok("helm", &args, None);
+}
+
+#[test]
+fn wrong_values_fail_at_install_with_a_clear_message() {
+    let env = TestEnv::load();
+    for (set, says) in [
+        ("redis.appendfsync=sometimes", "/redis/appendfsync"),
+        ("receiver.ingress.enabled=true", "/receiver/ingress/host"),
+        ("publicBaseUrl=hooks.example.com", "/publicBaseUrl"),
+        ("operator.replicas=0", "/operator/replicas"),
+        ("opertor.replicas=2", "opertor"),
+        ("watchNamespace=Team_A", "/watchNamespace"),
+        ("redis.url=localhost:6379", "/redis/url"),
+    ] {
+        let (ok, _, stderr) = template(&env, &["--set", set]);
+        assert!(!ok, "{set} was accepted");
+        assert!(stderr.contains(says), "{set}: {stderr}");
+    }
+}
+
+#[test]
+fn every_pod_runs_restricted_with_resources_and_probes() {
+    let env = TestEnv::load();
+    let (ok, yaml, stderr) = template(&env, EVERYTHING_ON);
+    assert!(ok, "{stderr}");
+    let docs = documents(&yaml);
+    let workloads: Vec<_> =
+        docs.iter().filter(|d| d["kind"] == "Deployment" || d["kind"] == "StatefulSet").collect();
+    assert_eq!(workloads.len(), 3, "operator, receiver, redis");
+    for w in workloads {
+        let name = w["metadata"]["name"].as_str().unwrap();
+        let pod = &w["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{name}");
+        assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault", "{name}");
+        for c in pod["containers"].as_array().unwrap() {
+            let sc = &c["securityContext"];
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+            assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+            assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{name}");
+            assert!(
+                c["resources"]["requests"].is_object() && c["resources"]["limits"]["memory"].is_string(),
+                "{name}"
+            );
+            assert!(c["livenessProbe"].is_object() && c["readinessProbe"].is_object(), "{name}");
+        }
+    }
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    for kind in [
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+        "HorizontalPodAutoscaler",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "Ingress",
+    ] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+    // The dashboard is valid JSON with the panels the runbook talks about.
+    let dashboard = docs.iter().find(|d| d["kind"] == "ConfigMap").unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(dashboard["data"]["hookwarden.json"].as_str().unwrap()).unwrap();
+    let exprs = json.to_string();
+    for metric in [
+        "github_webhook_queue_length",
+        "github_webhook_errors_total",
+        "webhook_circuit_breaker_open",
+        "agents_enabled",
+        "hookwarden_github_rate_limit_remaining",
+        "github_webhook_processing_duration_seconds_bucket",
+    ] {
+        assert!(exprs.contains(metric), "dashboard lacks {metric}");
+    }
+    // The alerts name metrics the receivers and the operator export.
+    let rules = docs.iter().find(|d| d["kind"] == "PrometheusRule").unwrap();
+    let alerts: Vec<&str> = rules["spec"]["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["alert"].as_str().unwrap())
+        .collect();
+    assert_eq!(alerts.len(), 7, "{alerts:?}");
+}
+
+#[test]
+fn the_plain_manifests_are_accepted_by_a_real_apiserver() {
+    let env = TestEnv::load();
+    let _ = env.kubectl(&["create", "namespace", "hookwarden"]);
+    env.kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--dry-run=server",
+        "-f",
+        "manifests/hookwarden.yaml",
+        "-f",
+        "manifests/samples/",
+    ]);
+}
