@@ -24,7 +24,11 @@ enum Command {
     /// Print the CustomResourceDefinitions as a multi-document YAML stream.
     ///
     /// `hookwarden crds > crds/hookwarden.yaml` regenerates the committed copy.
-    Crds,
+    Crds {
+        /// Print the Markdown field reference (docs/crd-reference.md) instead.
+        #[arg(long)]
+        reference: bool,
+    },
     /// Receive GitHub deliveries, queue them in Redis, dispatch them to agents.
     Receiver(ReceiverArgs),
     /// Run the controllers (AgentPolicy effective settings).
@@ -169,7 +173,11 @@ struct ReceiverArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Crds => match hookwarden::api::crds_yaml() {
+        Command::Crds { reference: true } => {
+            print!("{}", hookwarden::api::crd_reference());
+            ExitCode::SUCCESS
+        }
+        Command::Crds { reference: false } => match hookwarden::api::crds_yaml() {
             Ok(yaml) => {
                 print!("{yaml}");
                 ExitCode::SUCCESS

@@ -166,3 +166,42 @@ fn the_plain_manifests_are_accepted_by_a_real_apiserver() {
         "manifests/samples/",
     ]);
 }
+
+/// Leaf paths of values.yaml, stopping at free-form maps.
+fn value_paths(v: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+    const FREE_FORM: &[&str] =
+        &["resources", "labels", "annotations", "podAnnotations", "nodeSelector", "affinity", "urlSecretRef"];
+    match v.as_object() {
+        Some(map) if !FREE_FORM.iter().any(|f| path.ends_with(f)) => {
+            for (k, v) in map {
+                let here = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                value_paths(v, &here, out);
+            }
+        }
+        _ => out.push(path.to_owned()),
+    }
+}
+
+#[test]
+fn the_readme_documents_every_value() {
+    let values: serde_json::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo_dir().join("charts/hookwarden/values.yaml")).unwrap(),
+    )
+    .unwrap();
+    let readme = std::fs::read_to_string(repo_dir().join("README.md")).unwrap();
+    let table = &readme[readme.find("### Helm values").expect("a Helm values section")..];
+    let mut paths = Vec::new();
+    value_paths(&values, "", &mut paths);
+    assert!(paths.len() > 40, "{paths:?}");
+    let missing: Vec<&String> = paths
+        .iter()
+        .filter(|p| {
+            // A row names the value in full, or its parent followed by `.leaf`.
+            let (parent, leaf) = p.rsplit_once('.').unwrap_or(("", p));
+            !table.contains(&format!("`{p}`"))
+                && !table.contains(&format!("`{p}."))
+                && !(table.contains(&format!("`{parent}.")) && table.contains(&format!("`.{leaf}`")))
+        })
+        .collect();
+    assert!(missing.is_empty(), "values missing from the README's Helm values table: {missing:?}");
+}
