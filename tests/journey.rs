@@ -71,6 +71,12 @@ impl Journey {
         path
     }
 
+    /// `kubectl patch agentpolicy default` — the kill switch.
+    fn set_enabled(&self, enabled: bool) {
+        let patch = json!({ "spec": { "enabled": enabled } }).to_string();
+        self.kubectl_in(&["patch", "agentpolicy", "default", "--type", "merge", "-p", &patch]);
+    }
+
     async fn sim(&self, path: &str, body: Value) -> Value {
         let r = self.http.post(format!("{}/_sim/{path}", self.github)).json(&body).send().await.unwrap();
         assert!(r.status().is_success(), "{path}: {}", r.status());
@@ -229,15 +235,7 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
     // 3. The kill switch: dispatch stops within a second, events queue, then all arrive once.
     let enabled = format!("agents_enabled{{policy=\"{}/default\"}}", j.ns.name);
     let flipped = Instant::now();
-    j.kubectl_in(&[
-        "patch",
-        "agentpolicy",
-        "default",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"enabled":false}}"#,
-    ]);
+    j.set_enabled(false);
     eventually("dispatch to stop", Duration::from_secs(5), || async {
         (j.metric(&enabled).await? == format!("{enabled} 0")).then_some(())
     })
@@ -253,15 +251,7 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let got = sink.received("reviewer");
     assert!(held.iter().all(|g| !got.iter().any(|r| &r.id == g)), "dispatched while disabled");
-    j.kubectl_in(&[
-        "patch",
-        "agentpolicy",
-        "default",
-        "--type",
-        "merge",
-        "-p",
-        r#"{"spec":{"enabled":true}}"#,
-    ]);
+    j.set_enabled(true);
     eventually("the held events to arrive", WAIT, || async {
         let got = sink.received("reviewer");
         held.iter().all(|g| got.iter().any(|r| &r.id == g)).then_some(())

@@ -152,6 +152,20 @@ impl World {
         assert!(self.requests_for(owner).await > 0, "the operator called GitHub");
     }
 
+    /// A push hook on the repository delivering to `url`, rotated hourly with
+    /// `overlap`, once in sync; returns its id and first key.
+    async fn rotating_hook(&self, name: &str, url: &str, overlap: &str) -> (i64, hookwarden::keys::HmacKey) {
+        let spec = json!({ "repository": self.repo, "events": ["push"], "url": url,
+            "secretRotation": { "interval": "1h", "overlap": overlap } });
+        self.apply_spec(name, spec).await;
+        eventually("in sync", WAIT, || async {
+            (self.condition(name, "SecretInSync").await?.0 == "True").then_some(())
+        })
+        .await;
+        let id = self.whc(name).await.status.unwrap().hook_id.unwrap();
+        (id, self.keys(&format!("{name}-hmac")).await.remove(0))
+    }
+
     async fn condition(&self, name: &str, type_: &str) -> Option<(String, String, String)> {
         let whc = self.whc(name).await;
         let c = whc.status?.conditions.into_iter().find(|c| c.type_ == type_)?;
@@ -186,9 +200,15 @@ impl World {
         self.http.post(url).json(&body).send().await.unwrap().json().await.unwrap()
     }
 
+    /// `POST /_sim/{path}` of the simulator's control API; its JSON answer, if any.
+    async fn sim_post(&self, path: &str, body: Value) -> Value {
+        let r = self.http.post(format!("{}/_sim/{path}", self.github)).json(&body).send().await.unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap_or(Value::Null)
+    }
+
     async fn fault(&self, fault: Value) {
-        let r = self.http.post(format!("{}/_sim/faults", self.github)).json(&fault).send().await.unwrap();
-        assert!(r.status().is_success());
+        self.sim_post("faults", fault).await;
     }
 
     async fn annotate(&self, name: &str, key: &str, value: &str) {
@@ -245,7 +265,9 @@ async fn a_repository_hook_is_registered_updated_repaired_and_deleted() {
     let table = w.env.kubectl_ok(&["get", "whc", "svc", "-n", &w.ns.name]);
     assert!(table.contains(&hook["id"].to_string()) && table.contains("True"), "{table}");
 
-    // A spec change updates the hook, keeping the secret.
+    // A spec change updates the hook, keeping the secret, even though GitHub
+    // drops the first connection.
+    w.fault(json!({ "dropConnections": 1, "pathContains": w.repo })).await;
     w.apply("svc", json!({ "repository": w.repo }), json!(["pull_request", "issues"])).await;
     eventually("the events to change on GitHub", WAIT, || async {
         let hooks = w.hooks(&owner).await;
@@ -253,6 +275,12 @@ async fn a_repository_hook_is_registered_updated_repaired_and_deleted() {
     })
     .await;
     assert_eq!(w.hooks(&owner).await[0]["config"]["secret"].as_str().unwrap().as_bytes(), keys[0].secret());
+    let metrics = w.metrics().await;
+    assert!(
+        metrics.contains("hookwarden_github_requests_total{endpoint=\"get_hook\",status=\"error\"} 1"),
+        "the dropped connection is counted:\n{metrics}"
+    );
+    assert!(metrics.contains("reason=\"transport\""), "{metrics}");
 
     // Someone deletes it on GitHub: it comes back.
     let old_id = hook["id"].as_i64().unwrap();
@@ -429,15 +457,7 @@ impl Sink {
 async fn rotation_waits_for_receivers_and_a_good_ping_and_keeps_both_keys_through_failures() {
     let w = World::new().await;
     let sink = Sink::start().await;
-    let spec = json!({ "repository": w.repo, "events": ["push"], "url": sink.url,
-        "secretRotation": { "interval": "1h", "overlap": "3s" } });
-    w.apply_spec("rot", spec).await;
-    eventually("in sync", WAIT, || async {
-        (w.condition("rot", "SecretInSync").await?.0 == "True").then_some(())
-    })
-    .await;
-    let id = w.whc("rot").await.status.unwrap().hook_id.unwrap();
-    let old = w.keys("rot-hmac").await.remove(0);
+    let (id, old) = w.rotating_hook("rot", &sink.url, "3s").await;
     assert_eq!(w.github_secret(id).await.unwrap().as_bytes(), old.secret());
 
     // A receiver replica that has loaded only the old key (the test stands in for it).
@@ -547,15 +567,7 @@ async fn a_rotation_with_a_real_receiver_rejects_no_delivery() {
         ],
     );
     let url = format!("http://127.0.0.1:{port}/hooks/{}/live", w.ns.name);
-    let spec = json!({ "repository": w.repo, "events": ["push"], "url": url,
-        "secretRotation": { "interval": "1h", "overlap": "2s" } });
-    w.apply_spec("live", spec).await;
-    eventually("in sync", WAIT, || async {
-        (w.condition("live", "SecretInSync").await?.0 == "True").then_some(())
-    })
-    .await;
-    let id = w.whc("live").await.status.unwrap().hook_id.unwrap();
-    let old = w.keys("live-hmac").await.remove(0);
+    let (id, old) = w.rotating_hook("live", &url, "2s").await;
     // The receiver takes deliveries signed with the first key.
     eventually("the receiver to accept deliveries", WAIT, || async {
         (w.emit(id).await["status_code"].as_u64()? / 100 == 2).then_some(())
@@ -702,16 +714,9 @@ async fn of_two_operator_replicas_only_the_leader_acts_and_the_other_takes_over(
 async fn a_github_app_installation_manages_an_organization_hook() {
     let w = World::new().await;
     let (app_id, installation) = (rand::random::<u32>() as u64 + 1, rand::random::<u32>() as u64 + 1);
-    let r: Value = w
-        .http
-        .post(format!("{}/_sim/apps", w.github))
-        .json(&json!({ "id": app_id, "installations": { installation.to_string(): w.org } }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let r = w
+        .sim_post("apps", json!({ "id": app_id, "installations": { installation.to_string(): w.org } }))
+        .await;
     let pem = r["private_key"].as_str().unwrap();
     assert!(pem.starts_with("-----BEGIN RSA PRIVATE KEY-----"));
     let secrets: Api<Secret> = Api::namespaced(w.env.client().await, &w.ns.name);

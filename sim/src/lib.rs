@@ -158,8 +158,11 @@ struct Budget {
 pub struct Faults {
     /// Answer the next `count` API requests with `status`.
     pub status: Option<u16>,
-    /// Limit `status` to requests whose path contains this.
+    /// Limit `status` and `drop_connections` to requests whose path contains this.
     pub path_contains: Option<String>,
+    /// Close the connection of the next N API requests without an answer.
+    #[serde(default)]
+    pub drop_connections: u32,
     #[serde(default)]
     pub count: u32,
     /// Delay every API answer by this much.
@@ -535,6 +538,19 @@ async fn handle(
         })
         .unwrap_or_default();
 
+    let drop_it = {
+        let mut s = sim.inner.lock().unwrap();
+        let scoped = s.faults.path_contains.as_ref().is_none_or(|p| path.contains(p.as_str()));
+        let drop_it = scoped && s.faults.drop_connections > 0;
+        s.faults.drop_connections -= u32::from(drop_it);
+        drop_it
+    };
+    if drop_it {
+        // NB: unwinding out of the handler makes hyper close the connection
+        // with no answer, as a network failure would; resume_unwind skips the
+        // panic hook, so nothing is printed.
+        std::panic::resume_unwind(Box::new("dropped connection (injected fault)"));
+    }
     let latency = sim.inner.lock().unwrap().faults.latency_ms;
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;

@@ -618,6 +618,8 @@ async fn publish(ctx: &Context, whc: &WebhookConfig, type_: EventType, reason: &
 pub fn retry_delay(error: &Error) -> Duration {
     use kube::runtime::finalizer::Error as F;
     match error {
+        // A dropped connection or a timeout is usually over soon.
+        Error::GitHub(github::Error::Transport(_)) => Duration::from_secs(5),
         Error::GitHub(e) => e.retry_after().unwrap_or(Duration::from_secs(15)),
         // Waits for an edit; the periodic retry is only a safety net.
         Error::Config(_) => Duration::from_secs(60),
