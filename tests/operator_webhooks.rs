@@ -607,6 +607,7 @@ async fn a_rotation_with_a_real_receiver_rejects_no_delivery() {
     assert_eq!(rejected, 0, "{rejected} of {} deliveries rejected during the rotation", codes.len());
     let new = w.keys("live-hmac").await.remove(0);
     assert_eq!(w.github_secret(id).await.unwrap().as_bytes(), new.secret());
+    w.assert_github_agrees(&format!("repos/{}", w.repo)).await;
 }
 
 #[tokio::test]
@@ -708,6 +709,7 @@ async fn of_two_operator_replicas_only_the_leader_acts_and_the_other_takes_over(
     // A graceful stop hands the Lease back at once.
     beta.terminate();
     assert!(leases.get_opt("hookwarden-operator").await.unwrap().is_none());
+    w.assert_github_agrees(&owner).await;
 }
 
 #[tokio::test]

@@ -81,7 +81,11 @@ impl Error {
             Self::Kube(_) => "kube",
             Self::GitHub(e) => e.metric_label(),
             Self::Config(_) => "config",
-            Self::Finalizer(_) => "finalizer",
+            Self::Finalizer(f) => match f.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(e)
+                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
+                _ => "finalizer",
+            },
         }
     }
 }

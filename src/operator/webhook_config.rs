@@ -202,6 +202,14 @@ fn desired(whc: &WebhookConfig, ctx: &Context) -> Result<DesiredHook, Error> {
 }
 
 async fn apply(whc: Arc<WebhookConfig>, ctx: &Context) -> Result<Action, Error> {
+    // NB: the controller's cache can lag behind the status this controller
+    // wrote a moment ago (a reconcile woken by the new key Secret would not
+    // know the hook it just created, and adopt it again). Decisions that
+    // call GitHub are taken on the object as the API server has it now.
+    let api: Api<WebhookConfig> = Api::namespaced(ctx.client.clone(), &whc.namespace().unwrap_or_default());
+    let Some(whc) = api.get_opt(&whc.name_any()).await.map_err(Error::Kube)? else {
+        return Ok(Action::await_change());
+    };
     match register(&whc, ctx).await {
         Ok(action) => Ok(action),
         Err(error) => {
