@@ -657,6 +657,8 @@ async fn deliveries_that_failed_while_the_url_was_down_are_redelivered_once() {
         assert_eq!(attempts.iter().filter(|d| d["status_code"] == 200).count(), 1);
     }
     assert!(w.event_reasons().await.contains("Redelivered"));
+    let last = w.whc("redo").await.status.unwrap().last_delivery.expect("status.lastDelivery");
+    assert!(guids.contains(&last.guid) && last.status_code == 200 && last.event == "push", "{last:?}");
     let metrics = w.metrics().await;
     assert!(
         metrics.lines().any(|l| l.starts_with("hookwarden_redeliveries_total") && !l.ends_with(" 0")),

@@ -36,7 +36,9 @@ use kube::{
 
 use super::{Context, Error, apply_status};
 use crate::{
-    api::{ROTATE_ANNOTATION, RateLimitStatus, WebhookConfig, WebhookConfigStatus, conditions},
+    api::{
+        DeliverySummary, ROTATE_ANNOTATION, RateLimitStatus, WebhookConfig, WebhookConfigStatus, conditions,
+    },
     github::{self, Auth, DesiredHook, Target},
     keys::{
         HmacKey, MANAGED_BY, RECEIVER_COMPONENT, WEBHOOK_CONFIG_LABEL, keys_from_secret, replicas_missing,
@@ -305,11 +307,21 @@ async fn register(whc: &WebhookConfig, ctx: &Context) -> Result<Action, Error> {
     );
 
     let hook = HookRef { github: &github, target: &target, id: hook.id, desired: &desired };
+    // NB: status is written even when a step failed, so it shows how far it got.
     let rotation = rotate(whc, ctx, &hook, keys, &mut status).await;
+    let redelivery = redeliver(whc, ctx, &hook, what == Some("Created")).await;
+    if let Ok((_, Some(newest))) = &redelivery {
+        status.last_delivery = Some(DeliverySummary {
+            guid: newest.guid.clone(),
+            event: newest.event.clone(),
+            status_code: newest.status_code as i32,
+            delivered_at: Time(Timestamp::from_second(newest.delivered_unix()).unwrap_or_default()),
+        });
+    }
     status.rate_limit = rate_limit_status(&github);
     write_status(whc, ctx, &status).await?;
     let next_rotation_step = rotation?;
-    let next_redelivery = redeliver(whc, ctx, &hook, what == Some("Created")).await?;
+    let (next_redelivery, _) = redelivery?;
     let next = [Some(ctx.resync), next_rotation_step, next_redelivery].into_iter().flatten().min();
     Ok(Action::requeue(next.unwrap_or(ctx.resync)))
 }
@@ -473,15 +485,15 @@ pub struct RedeliveryCursor {
 /// When a pass is due: reads the deliveries since the last pass (free when
 /// there are none) and asks GitHub to redeliver every GUID that has no
 /// successful attempt, at most [`MAX_REDELIVERIES_PER_PASS`]. Returns when
-/// the next pass is due. A hook `created` just now has nothing to redeliver
-/// yet: its first pass waits a whole interval.
+/// the next pass is due, and the newest delivery read. A hook `created` just
+/// now has nothing to redeliver yet: its first pass waits a whole interval.
 async fn redeliver(
     whc: &WebhookConfig,
     ctx: &Context,
     hook: &HookRef<'_>,
     created: bool,
-) -> Result<Option<Duration>, Error> {
-    let Some(interval) = ctx.redelivery_interval else { return Ok(None) };
+) -> Result<(Option<Duration>, Option<github::Delivery>), Error> {
+    let Some(interval) = ctx.redelivery_interval else { return Ok((None, None)) };
     let key = format!("{}/{}/{}", whc.namespace().unwrap_or_default(), whc.name_any(), hook.id);
     let now = tokio::time::Instant::now();
     let cursor = *ctx.redelivery.lock().unwrap().entry(key.clone()).or_insert_with(|| RedeliveryCursor {
@@ -489,7 +501,7 @@ async fn redeliver(
         newest_seen: None,
     });
     if let Some(next) = cursor.next_pass.filter(|n| *n > now) {
-        return Ok(Some(next - now));
+        return Ok((Some(next - now), None));
     }
     // Without a cursor (first pass since start) only the newest page.
     let pages = if cursor.newest_seen.is_some() { 5 } else { 1 };
@@ -532,7 +544,7 @@ async fn redeliver(
     };
     let next = RedeliveryCursor { next_pass: Some(now + interval), newest_seen };
     ctx.redelivery.lock().unwrap().insert(key, next);
-    Ok(Some(interval))
+    Ok((Some(interval), deliveries.into_iter().next()))
 }
 
 fn rate_limit_status(github: &github::Client) -> Option<RateLimitStatus> {
