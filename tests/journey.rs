@@ -248,6 +248,31 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
         assert_eq!(d["status_code"], 202, "accepted while disabled");
         held.push(d["guid"].as_str().unwrap().to_owned());
     }
+    // An upgrade in the middle of an incident leaves the kill switch alone,
+    // and keeps the generated admin token.
+    j.env.tool_ok(
+        "helm",
+        &[
+            "upgrade",
+            RELEASE,
+            "charts/hookwarden",
+            "-n",
+            &j.ns.name,
+            "--reuse-values",
+            "--set",
+            "operator.replicas=3",
+        ],
+        None,
+    );
+    assert_eq!(j.kubectl_in(&["get", "agentpolicy", "default", "-o", "jsonpath={.spec.enabled}"]), "false");
+    let token_after = j.kubectl_in(&[
+        "get",
+        "secret",
+        &format!("{FULLNAME}-admin"),
+        "-o",
+        "go-template={{.data.token | base64decode}}",
+    ]);
+    assert_eq!(token_after, admin_token, "helm upgrade kept the admin token");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let got = sink.received("reviewer");
     assert!(held.iter().all(|g| !got.iter().any(|r| &r.id == g)), "dispatched while disabled");
@@ -263,14 +288,27 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
         assert_eq!(got.iter().filter(|r| &r.id == g).count(), 1, "{g} arrived once");
     }
 
-    // 4. A forced rotation while events flow rejects nothing.
+    // 4. A forced rotation while events flow (a push every 50 ms) rejects nothing.
     let old_keys = j.kubectl_in(&["get", "secret", "service-hmac", "-o", "jsonpath={.data}"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flow = {
+        let (stop, http, github, repo) = (stop.clone(), j.http.clone(), j.github.clone(), j.repo.clone());
+        tokio::spawn(async move {
+            let mut codes = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let body = json!({ "event": "push", "payload": { "ref": "refs/heads/main", "repository": { "full_name": repo } } });
+                let url = format!("{github}/_sim/hooks/{hook_id}/events");
+                let d: Value = http.post(url).json(&body).send().await.unwrap().json().await.unwrap();
+                codes.push(d["status_code"].as_u64().unwrap());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            codes
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
     j.kubectl_in(&["annotate", "whc", "service", "hookwarden.io/rotate=journey", "--overwrite"]);
-    let mut codes = Vec::new();
     let rotated = Instant::now();
     loop {
-        let push = json!({ "ref": "refs/heads/main", "repository": { "full_name": j.repo } });
-        codes.push(j.emit(hook_id, "push", &push).await["status_code"].as_u64().unwrap());
         let status = j.kubectl_in(&[
             "get",
             "whc",
@@ -288,9 +326,12 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
             break;
         }
         assert!(rotated.elapsed() < Duration::from_secs(60), "the rotation did not complete: {status}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(codes.len() >= 10, "events flowed during the rotation: {}", codes.len());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let codes = flow.await.unwrap();
+    assert!(codes.len() >= 20, "events flowed during the rotation: {}", codes.len());
     assert!(codes.iter().all(|c| *c == 202), "rejected during the rotation: {codes:?}");
     let reasons = j.kubectl_in(&["get", "events", "-o", "jsonpath={.items[*].reason}"]);
     assert!(reasons.contains("Rotated"), "{reasons}");
