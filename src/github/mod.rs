@@ -234,13 +234,6 @@ impl Shared {
     }
 }
 
-impl Default for Shared {
-    fn default() -> Self {
-        let m = crate::telemetry::OperatorMetrics::new();
-        Self::new(Duration::from_secs(1), m.github_requests, m.github_rate_limit_remaining)
-    }
-}
-
 /// A client for one GitHub (github.com or an Enterprise Server) and one account.
 pub struct Client {
     http: reqwest::Client,
