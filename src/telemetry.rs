@@ -24,6 +24,16 @@ fn registered<M: prometheus::core::Collector + Clone + 'static>(registry: &Regis
     metric
 }
 
+/// A labelled counter, registered in `registry`.
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    registered(registry, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+}
+
+/// A labelled gauge, registered in `registry`.
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    registered(registry, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
+}
+
 fn render(registry: &Registry) -> String {
     let mut out = Vec::new();
     TextEncoder::new().encode(&registry.gather(), &mut out).expect("encode metrics");
@@ -58,12 +68,8 @@ pub struct ReceiverMetrics {
 impl ReceiverMetrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str, labels: &[&str]| {
-            registered(&registry, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
-        };
-        let gauge = |name: &str, help: &str, labels: &[&str]| {
-            registered(&registry, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
-        };
+        let counter = |name: &str, help: &str, labels: &[&str]| counter_vec(&registry, name, help, labels);
+        let gauge = |name: &str, help: &str, labels: &[&str]| gauge_vec(&registry, name, help, labels);
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "github_webhook_processing_duration_seconds",
@@ -161,52 +167,46 @@ pub struct OperatorMetrics {
 impl OperatorMetrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let reconciles = IntCounterVec::new(
-            Opts::new("hookwarden_reconciles_total", "Reconciles by controller and outcome"),
-            &["controller", "outcome"],
-        )
-        .expect("valid metric");
-        let reconcile_errors = IntCounterVec::new(
-            Opts::new("hookwarden_reconcile_errors_total", "Failed reconciles by controller and reason"),
-            &["controller", "reason"],
-        )
-        .expect("valid metric");
         let reconcile_duration = HistogramVec::new(
             HistogramOpts::new("hookwarden_reconcile_duration_seconds", "Reconcile duration"),
             &["controller"],
-        )
-        .expect("valid metric");
-        let github_requests = IntCounterVec::new(
-            Opts::new(
-                "hookwarden_github_requests_total",
-                "Calls to GitHub's REST API by endpoint and status",
-            ),
-            &["endpoint", "status"],
-        )
-        .expect("valid metric");
-        let github_rate_limit_remaining = IntGaugeVec::new(
-            Opts::new("hookwarden_github_rate_limit_remaining", "GitHub rate-limit budget left, by account"),
-            &["account"],
-        )
-        .expect("valid metric");
-        let redeliveries = IntCounterVec::new(
-            Opts::new(
-                "hookwarden_redeliveries_total",
-                "Failed deliveries the operator asked GitHub to redeliver",
-            ),
-            &["namespace"],
         )
         .expect("valid metric");
         let leader =
             prometheus::IntGauge::new("hookwarden_operator_leader", "1 while this replica is the leader")
                 .expect("valid metric");
         Self {
-            reconciles: registered(&registry, reconciles),
-            reconcile_errors: registered(&registry, reconcile_errors),
+            reconciles: counter_vec(
+                &registry,
+                "hookwarden_reconciles_total",
+                "Reconciles by controller and outcome",
+                &["controller", "outcome"],
+            ),
+            reconcile_errors: counter_vec(
+                &registry,
+                "hookwarden_reconcile_errors_total",
+                "Failed reconciles by controller and reason",
+                &["controller", "reason"],
+            ),
             reconcile_duration: registered(&registry, reconcile_duration),
-            github_requests: registered(&registry, github_requests),
-            github_rate_limit_remaining: registered(&registry, github_rate_limit_remaining),
-            redeliveries: registered(&registry, redeliveries),
+            github_requests: counter_vec(
+                &registry,
+                "hookwarden_github_requests_total",
+                "Calls to GitHub's REST API by endpoint and status",
+                &["endpoint", "status"],
+            ),
+            github_rate_limit_remaining: gauge_vec(
+                &registry,
+                "hookwarden_github_rate_limit_remaining",
+                "GitHub rate-limit budget left, by account",
+                &["account"],
+            ),
+            redeliveries: counter_vec(
+                &registry,
+                "hookwarden_redeliveries_total",
+                "Failed deliveries the operator asked GitHub to redeliver",
+                &["namespace"],
+            ),
             leader: registered(&registry, leader),
             registry,
         }
