@@ -210,9 +210,10 @@ struct Account {
     installation_token: tokio::sync::Mutex<Option<(String, i64)>>,
 }
 
-/// What every client of the process shares: accounts, cached `ETag`s, the
-/// pause between mutations, and the metrics.
+/// What every client of the process shares: one HTTP connection pool,
+/// accounts, cached `ETag`s, the pause between mutations, and the metrics.
 pub struct Shared {
+    http: reqwest::Client,
     accounts: Mutex<HashMap<String, Arc<Account>>>,
     /// By URL: the `ETag` and body of the last 200 answer.
     etags: Mutex<HashMap<String, (String, Value)>>,
@@ -224,7 +225,13 @@ pub struct Shared {
 impl Shared {
     /// `requests` is labelled `endpoint`, `status`; `remaining` by `account`.
     pub fn new(mutation_interval: Duration, requests: IntCounterVec, remaining: IntGaugeVec) -> Self {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("hookwarden/", env!("CARGO_PKG_VERSION")))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("HTTP client");
         Self {
+            http,
             accounts: Default::default(),
             etags: Default::default(),
             mutation_interval,
@@ -236,7 +243,6 @@ impl Shared {
 
 /// A client for one GitHub (github.com or an Enterprise Server) and one account.
 pub struct Client {
-    http: reqwest::Client,
     api_url: String,
     auth: Auth,
     /// Names the account in metrics, e.g. the token Secret `namespace/name`.
@@ -250,15 +256,10 @@ type Answer = (StatusCode, header::HeaderMap, Value);
 
 impl Client {
     pub fn new(shared: Arc<Shared>, api_url: &str, auth: Auth, account_name: &str) -> Self {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("hookwarden/", env!("CARGO_PKG_VERSION")))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("HTTP client");
         let api_url = api_url.trim_end_matches('/').to_owned();
         let account =
             shared.accounts.lock().unwrap().entry(format!("{api_url} {account_name}")).or_default().clone();
-        Self { http, api_url, auth, account_name: account_name.to_owned(), account, shared }
+        Self { api_url, auth, account_name: account_name.to_owned(), account, shared }
     }
 
     /// The budget GitHub reported on the latest call of this account.
@@ -335,6 +336,7 @@ impl Client {
         bearer: &str,
     ) -> Result<Answer, Error> {
         let mut req = self
+            .shared
             .http
             .request(method, url)
             .bearer_auth(bearer)
