@@ -501,10 +501,11 @@ impl Client {
         };
         let mut deliveries = Vec::new();
         let mut page: Vec<Delivery> = parse(body)?;
-        for _ in 0..max_pages {
+        for fetched in 1..=max_pages {
             let done = page.iter().any(|d| after.is_some_and(|a| d.id <= a));
             deliveries.extend(page.into_iter().filter(|d| after.is_none_or(|a| d.id > a)));
-            let Some(next) = next_link(&headers).filter(|_| !done) else { break };
+            // NB: no page beyond `max_pages`: each costs a unit of budget.
+            let Some(next) = next_link(&headers).filter(|_| !done && fetched < max_pages) else { break };
             let (_, h, body) = self.call("list_deliveries", Method::GET, &next, None, None).await?;
             (page, headers) = (parse(body)?, h);
         }
