@@ -9,7 +9,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Process, TestEnv, TestNamespace, eventually, free_port, redis_prefix, webhook_examples};
+use common::{
+    Process, PushFlow, TestEnv, TestNamespace, eventually, free_port, redis_prefix, webhook_examples,
+};
 use hookwarden::sample_agent::{self, Sink};
 use serde_json::{Value, json};
 
@@ -290,21 +292,7 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
 
     // 4. A forced rotation while events flow (a push every 50 ms) rejects nothing.
     let old_keys = j.kubectl_in(&["get", "secret", "service-hmac", "-o", "jsonpath={.data}"]);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flow = {
-        let (stop, http, github, repo) = (stop.clone(), j.http.clone(), j.github.clone(), j.repo.clone());
-        tokio::spawn(async move {
-            let mut codes = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let body = json!({ "event": "push", "payload": { "ref": "refs/heads/main", "repository": { "full_name": repo } } });
-                let url = format!("{github}/_sim/hooks/{hook_id}/events");
-                let d: Value = http.post(url).json(&body).send().await.unwrap().json().await.unwrap();
-                codes.push(d["status_code"].as_u64().unwrap());
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            codes
-        })
-    };
+    let flow = PushFlow::start(&j.github, &j.repo, hook_id);
     tokio::time::sleep(Duration::from_millis(500)).await;
     j.kubectl_in(&["annotate", "whc", "service", "hookwarden.io/rotate=journey", "--overwrite"]);
     let rotated = Instant::now();
@@ -329,8 +317,7 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let codes = flow.await.unwrap();
+    let codes = flow.stop().await;
     assert!(codes.len() >= 20, "events flowed during the rotation: {}", codes.len());
     assert!(codes.iter().all(|c| *c == 202), "rejected during the rotation: {codes:?}");
     let reasons = j.kubectl_in(&["get", "events", "-o", "jsonpath={.items[*].reason}"]);

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Process, TestEnv, TestNamespace, eventually, free_port};
+use common::{Process, PushFlow, TestEnv, TestNamespace, eventually, free_port};
 use hookwarden::{api::WebhookConfig, keys::keys_from_secret};
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Secret};
 use kube::{
@@ -574,21 +574,7 @@ async fn a_rotation_with_a_real_receiver_rejects_no_delivery() {
     })
     .await;
 
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flow = {
-        let (stop, http, github, repo) = (stop.clone(), w.http.clone(), w.github.clone(), w.repo.clone());
-        tokio::spawn(async move {
-            let mut codes = Vec::new();
-            while !stop.load(Ordering::SeqCst) {
-                let body = json!({ "event": "push", "payload": { "ref": "refs/heads/main", "repository": { "full_name": repo } } });
-                let url = format!("{github}/_sim/hooks/{id}/events");
-                let d: Value = http.post(url).json(&body).send().await.unwrap().json().await.unwrap();
-                codes.push(d["status_code"].as_u64().unwrap());
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            codes
-        })
-    };
+    let flow = PushFlow::start(&w.github, &w.repo, id);
     w.annotate("live", "hookwarden.io/rotate", "now").await;
     eventually("the rotation to complete", Duration::from_secs(60), || async {
         let keys = w.keys("live-hmac").await;
@@ -600,8 +586,7 @@ async fn a_rotation_with_a_real_receiver_rejects_no_delivery() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::SeqCst);
-    let codes = flow.await.unwrap();
+    let codes = flow.stop().await;
     assert!(codes.len() >= 20, "deliveries flowed during the rotation: {}", codes.len());
     let rejected = codes.iter().filter(|c| **c / 100 != 2).count();
     assert_eq!(rejected, 0, "{rejected} of {} deliveries rejected during the rotation", codes.len());

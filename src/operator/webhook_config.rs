@@ -359,8 +359,8 @@ async fn rotate(
     };
     let signing = status.signing_key_version.clone().expect("set by register");
     let confirmed = status.confirmed_key_version.as_deref() == Some(signing.as_str());
-    let interval = whc.spec.secret_rotation.interval.get().as_secs() as i64;
-    let due_at = signing.parse::<i64>().unwrap_or(0) + interval;
+    let signed_since = signing.parse::<i64>().unwrap_or(0);
+    let due_at = signed_since + whc.spec.secret_rotation.interval.get().as_secs() as i64;
 
     // 1. Due (by age, or asked for by annotation): a new key beside the old.
     let requested = whc.annotations().get(ROTATE_ANNOTATION).cloned();
@@ -368,7 +368,7 @@ async fn rotate(
     let newest = keys.last().expect("ensure_keys returns a key").version().to_owned();
     if newest == signing && confirmed && (asked || now >= due_at) {
         // NB: versions order keys; a second rotation within a second still sorts after.
-        let version = now.max(signing.parse::<i64>().unwrap_or(0) + 1);
+        let version = now.max(signed_since + 1);
         let key = HmacKey::generate(version as u64);
         edit_keys(whc, ctx, Some(&key), &[]).await?;
         status.rotation_request = requested;

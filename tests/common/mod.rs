@@ -349,3 +349,37 @@ impl Drop for Process {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// The simulator emitting a `push` to one hook every 50 ms, in the
+/// background, as GitHub would while something else happens.
+pub struct PushFlow {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<u64>>,
+}
+
+impl PushFlow {
+    /// Starts emitting to hook `hook_id` of repository `repo` on the simulator at `github`.
+    pub fn start(github: &str, repo: &str, hook_id: i64) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, http) = (stop.clone(), reqwest::Client::new());
+        let url = format!("{github}/_sim/hooks/{hook_id}/events");
+        let body = serde_json::json!({ "event": "push", "payload": { "ref": "refs/heads/main", "repository": { "full_name": repo } } });
+        let task = tokio::spawn(async move {
+            let mut codes = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                let d: serde_json::Value =
+                    http.post(&url).json(&body).send().await.unwrap().json().await.unwrap();
+                codes.push(d["status_code"].as_u64().unwrap());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            codes
+        });
+        Self { stop, task }
+    }
+
+    /// Stops; the HTTP status the receiver gave each delivery, in order.
+    pub async fn stop(self) -> Vec<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.task.await.unwrap()
+    }
+}
