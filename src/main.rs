@@ -4,7 +4,7 @@ use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use hookwarden::{
-    operator::{self, OperatorConfig},
+    operator::{self, OperatorConfig, webhook_config::RecoveryWay},
     receiver::{
         self, ReceiverConfig, admin,
         http::DEFAULT_BODY_LIMIT,
@@ -88,6 +88,13 @@ enum AdminAction {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Recovery {
+    Auto,
+    Fetch,
+    Redeliver,
+}
+
 #[derive(clap::Args)]
 struct OperatorArgs {
     /// Address to serve /healthz, /readyz and /metrics on.
@@ -116,9 +123,17 @@ struct OperatorArgs {
     /// Seconds a leader's Lease stays valid without renewal.
     #[arg(long, env = "HOOKWARDEN_LEASE_SECONDS", default_value_t = 15)]
     lease_seconds: u64,
-    /// Seconds between redelivery passes over each hook's failed deliveries (0: off).
-    #[arg(long, env = "HOOKWARDEN_REDELIVERY_SECONDS", default_value_t = 300)]
+    /// Seconds between recovery passes over each hook's failed deliveries
+    /// (0: off). A pass with nothing new costs no GitHub budget (a 304); a
+    /// failed latest delivery on GitHub starts one early.
+    #[arg(long, env = "HOOKWARDEN_REDELIVERY_SECONDS", default_value_t = 30)]
     redelivery_seconds: u64,
+    /// How failed deliveries are recovered: `fetch` reads each from GitHub's
+    /// API and queues it in Redis (works while GitHub cannot reach the
+    /// receivers; needs --redis-url), `redeliver` asks GitHub to send it
+    /// again (one a second); `auto` fetches when Redis is configured.
+    #[arg(long, env = "HOOKWARDEN_RECOVERY", value_enum, default_value_t = Recovery::Auto)]
+    recovery: Recovery,
     /// Milliseconds between two mutating GitHub calls with the same
     /// credentials (GitHub asks for at least 1 s).
     #[arg(long, env = "HOOKWARDEN_GITHUB_MUTATION_INTERVAL_MS", default_value_t = 1000)]
@@ -238,6 +253,13 @@ fn main() -> ExitCode {
         }
         Command::Operator(args) => {
             hookwarden::telemetry::init_logging();
+            let recovery = match (args.recovery, &args.redis_url) {
+                (Recovery::Fetch, None) => {
+                    return fail("--recovery fetch needs --redis-url: it queues in Redis");
+                }
+                (Recovery::Auto | Recovery::Fetch, Some(_)) => RecoveryWay::Fetch,
+                (Recovery::Auto | Recovery::Redeliver, _) => RecoveryWay::Redeliver,
+            };
             let config = OperatorConfig {
                 namespace: args.namespace,
                 redis_url: args.redis_url,
@@ -252,6 +274,7 @@ fn main() -> ExitCode {
                 lease_duration: Duration::from_secs(args.lease_seconds.max(3)),
                 redelivery_interval: (args.redelivery_seconds > 0)
                     .then(|| Duration::from_secs(args.redelivery_seconds)),
+                recovery,
                 mutation_interval: Duration::from_millis(args.github_mutation_interval_ms),
             };
             runtime().block_on(async {

@@ -3,8 +3,9 @@
 //! fail or be slow, so the whole path can be watched and tested.
 //!
 //! - `POST /{agent}`: an event for agent `{agent}`; answered per its mode.
-//! - `PUT /_mode/{agent}` with body `ok`, `fail` or `slow:<ms>`.
-//! - `GET /_received/{agent}`: what it got, as JSON `[{id, type, subject, attempt, bytes}]`.
+//! - `PUT /_mode/{agent}` with body `ok`, `fail`, `slow:<ms>` or `flaky:<percent>`
+//!   (that share of calls fails, at random).
+//! - `GET /_received/{agent}`: what it accepted, as JSON `[{id, type, subject, bytes, atMs}]`.
 //! - `GET /_stats/{agent}`: `{received, inFlight, maxInFlight}`.
 
 use std::{
@@ -29,16 +30,21 @@ pub enum Mode {
     Ok,
     Fail,
     Slow(u64),
+    /// Fails this percentage of calls, at random.
+    Flaky(u8),
 }
 
 /// One received CloudEvent.
 #[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Received {
     pub id: String,
     #[serde(rename = "type")]
     pub kind: String,
     pub subject: Option<String>,
     pub bytes: usize,
+    /// When it was answered, Unix milliseconds.
+    pub at_ms: u64,
 }
 
 #[derive(Default)]
@@ -110,7 +116,12 @@ async fn receive(
     let mut agents = sink.agents.lock().unwrap();
     let a = agents.get_mut(&agent).expect("entry created above");
     a.in_flight -= 1;
-    if mode == Mode::Fail {
+    let fail = match mode {
+        Mode::Fail => true,
+        Mode::Flaky(percent) => rand::random_range(0..100u8) < percent,
+        Mode::Ok | Mode::Slow(_) => false,
+    };
+    if fail {
         return StatusCode::INTERNAL_SERVER_ERROR;
     }
     a.received.push(Received {
@@ -118,6 +129,7 @@ async fn receive(
         kind: header("ce-type").unwrap_or_default(),
         subject: header("ce-subject"),
         bytes: body.len(),
+        at_ms: crate::receiver::http::now_ms(),
     });
     tracing::info!(agent, id = ?header("ce-id"), kind = ?header("ce-type"), "event received");
     StatusCode::OK
@@ -127,10 +139,14 @@ async fn set_mode(State(sink): State<Sink>, Path(agent): Path<String>, body: Str
     let mode = match body.trim() {
         "ok" => Mode::Ok,
         "fail" => Mode::Fail,
-        other => match other.strip_prefix("slow:").and_then(|ms| ms.parse().ok()) {
-            Some(ms) => Mode::Slow(ms),
-            None => return StatusCode::BAD_REQUEST,
-        },
+        other => {
+            let number = |prefix: &str| other.strip_prefix(prefix).and_then(|n| n.parse::<u64>().ok());
+            match (number("slow:"), number("flaky:")) {
+                (Some(ms), _) => Mode::Slow(ms),
+                (_, Some(percent @ 0..=100)) => Mode::Flaky(percent as u8),
+                _ => return StatusCode::BAD_REQUEST,
+            }
+        }
     };
     sink.set_mode(&agent, mode);
     StatusCode::NO_CONTENT

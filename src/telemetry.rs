@@ -158,8 +158,14 @@ pub struct OperatorMetrics {
     /// GitHub's `x-ratelimit-remaining` from the latest answer, by account
     /// (the token Secret `namespace/name`, or `app/{id}/installation/{id}`).
     pub github_rate_limit_remaining: IntGaugeVec,
-    /// Redeliveries the operator asked GitHub for, by WebhookConfig namespace.
+    /// Failed deliveries recovered, counted as each is made, by WebhookConfig
+    /// namespace and way (`fetched`: read from GitHub's API and queued;
+    /// `redelivered`: GitHub asked to send it again).
     pub redeliveries: IntCounterVec,
+    /// Age of the oldest failed delivery not recovered yet (an upper bound
+    /// while a read is under way), by WebhookConfig; 0 when none. GitHub
+    /// drops deliveries after 3 days.
+    pub recovery_pending_age: IntGaugeVec,
     /// 1 while this replica holds the leader Lease.
     pub leader: prometheus::IntGauge,
 }
@@ -204,8 +210,14 @@ impl OperatorMetrics {
             redeliveries: counter_vec(
                 &registry,
                 "hookwarden_redeliveries_total",
-                "Failed deliveries the operator asked GitHub to redeliver",
-                &["namespace"],
+                "Failed deliveries recovered, by namespace and way (fetched or redelivered)",
+                &["namespace", "way"],
+            ),
+            recovery_pending_age: gauge_vec(
+                &registry,
+                "hookwarden_recovery_pending_age_seconds",
+                "Age of the oldest failed delivery not recovered yet, by WebhookConfig",
+                &["namespace", "name"],
             ),
             leader: registered(&registry, leader),
             registry,

@@ -18,7 +18,7 @@ use hookwarden::{
     receiver::{
         http::{AppState, DEFAULT_BODY_LIMIT, router},
         queue::{ObjectRef, Queue},
-        registry::{HookInfo, PolicySettings, Registry},
+        registry::{HookInfo, PolicySettings, Registry, Watched},
     },
     signature,
     telemetry::ReceiverMetrics,
@@ -45,6 +45,9 @@ async fn harness_with(redis_url: &str, body_limit: usize) -> Harness {
         HookInfo { secret: secret.clone(), policy: policy.clone() },
     );
     registry.set_keys(secret, vec![HmacKey::new("000000000001", KEY)]);
+    for watched in [Watched::Hooks, Watched::Keys, Watched::Policies] {
+        registry.mark_synced(watched);
+    }
     let state = AppState {
         registry: registry.clone(),
         queue: queue.clone(),
@@ -353,4 +356,30 @@ async fn a_ping_is_answered_recorded_and_not_queued() {
     assert_eq!(ping["guid"], id.as_str());
     assert_eq!(ping["keyVersion"], "000000000001", "which key signed it");
     assert_eq!(h.queue.len(&h.policy).await.unwrap(), 0, "pings are not dispatched");
+}
+
+#[tokio::test]
+async fn before_its_watches_have_listed_everything_a_receiver_says_not_yet_never_404() {
+    let queue = Queue::connect(TestEnv::load().var("REDIS_URL"), &redis_prefix()).await.unwrap();
+    let registry = Arc::new(Registry::new());
+    let state = AppState {
+        registry: registry.clone(),
+        queue: queue.clone(),
+        metrics: Arc::new(ReceiverMetrics::new()),
+        body_limit: DEFAULT_BODY_LIMIT,
+    };
+    let app = router(state);
+    // Nothing loaded yet: the hook may well exist.
+    let (status, reply, retry_after) = send(&app, signed("push", &guid(), b"{}")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reply}");
+    assert!(reply["error"].as_str().unwrap().starts_with("starting"), "{reply}");
+    assert!(retry_after.is_some());
+    // Hooks listed, keys not yet: still not yet.
+    registry.mark_synced(Watched::Hooks);
+    registry.mark_synced(Watched::Policies);
+    assert_eq!(send(&app, signed("push", &guid(), b"{}")).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    // Everything listed: now an unknown hook is truly unknown.
+    registry.mark_synced(Watched::Keys);
+    let (status, reply, _) = send(&app, signed("push", &guid(), b"{}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{reply}");
 }

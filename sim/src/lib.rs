@@ -154,7 +154,7 @@ struct Budget {
 
 /// Faults tests inject.
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Faults {
     /// Answer the next `count` API requests with `status`.
     pub status: Option<u16>,
@@ -187,6 +187,9 @@ struct Inner {
     next_id: u64,
     requests: Vec<Recorded>,
     faults: Faults,
+    /// Hook URLs starting with one of these cannot be reached: deliveries
+    /// fail as GitHub's do when the host refuses (a broken Ingress, DNS).
+    unreachable: Vec<String>,
 }
 
 /// The simulator. Cheap to clone.
@@ -436,13 +439,16 @@ impl Sim {
                 .header("X-Hub-Signature", hookwarden::signature::sign_sha1(secret.as_bytes(), &body));
         }
         let started = Instant::now();
-        let result = request.body(body).send().await;
+        let unreachable =
+            self.inner.lock().unwrap().unreachable.iter().any(|u| hook.url.starts_with(u.as_str()));
+        let result = if unreachable { None } else { Some(request.body(body).send().await) };
         let duration = started.elapsed().as_secs_f64();
         let (status_code, status) = match &result {
-            Ok(r) if r.status().is_success() => (r.status().as_u16(), "OK".to_owned()),
-            Ok(r) => (r.status().as_u16(), format!("Invalid HTTP Response: {}", r.status().as_u16())),
-            Err(e) if e.is_timeout() => (0, "timed out".to_owned()),
-            Err(_) => (0, "failed to connect to host".to_owned()),
+            None => (0, "failed to connect to host".to_owned()),
+            Some(Ok(r)) if r.status().is_success() => (r.status().as_u16(), "OK".to_owned()),
+            Some(Ok(r)) => (r.status().as_u16(), format!("Invalid HTTP Response: {}", r.status().as_u16())),
+            Some(Err(e)) if e.is_timeout() => (0, "timed out".to_owned()),
+            Some(Err(_)) => (0, "failed to connect to host".to_owned()),
         };
         let mut s = self.inner.lock().unwrap();
         s.next_id += 1;
@@ -761,7 +767,15 @@ async fn api(
                         x.hook_id,
                         x.id
                     ));
-                    v["request"] = json!({ "headers": { "X-GitHub-Event": x.event }, "payload": x.payload });
+                    v["request"] = json!({
+                        "headers": {
+                            "X-GitHub-Event": x.event,
+                            "X-GitHub-Delivery": x.guid,
+                            "X-GitHub-Hook-ID": x.hook_id.to_string(),
+                            "User-Agent": "GitHub-Hookshot/github-sim",
+                        },
+                        "payload": x.payload,
+                    });
                     v["response"] = json!({ "headers": {}, "payload": null });
                     (StatusCode::OK, v).into()
                 }
@@ -1013,6 +1027,19 @@ async fn control(sim: &Sim, method: &Method, seg: &[&str], body: &[u8]) -> Respo
         (Method::DELETE, ["hooks", id]) => {
             let removed = id.parse().ok().and_then(|id: u64| sim.inner.lock().unwrap().hooks.remove(&id));
             if removed.is_some() { StatusCode::NO_CONTENT } else { StatusCode::NOT_FOUND }.into_response()
+        }
+        // {"url": prefix}: deliveries to hook URLs starting with it fail
+        // (connection refused) until the DELETE with the same body.
+        (method @ (Method::POST | Method::DELETE), ["unreachable"]) => {
+            let Some(url) = body["url"].as_str().filter(|u| !u.is_empty()) else {
+                return (StatusCode::BAD_REQUEST, "body must be {\"url\": \"<prefix>\"}").into_response();
+            };
+            let mut s = sim.inner.lock().unwrap();
+            s.unreachable.retain(|u| u != url);
+            if method == Method::POST {
+                s.unreachable.push(url.to_owned());
+            }
+            StatusCode::NO_CONTENT.into_response()
         }
         (Method::GET, ["requests"]) => Json(sim.requests()).into_response(),
         // What clients sent so far (and what the simulator answered) that

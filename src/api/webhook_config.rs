@@ -231,6 +231,12 @@ pub struct WebhookConfigStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitStatus>,
 
+    /// How far the recovery of failed deliveries has got: what it has read
+    /// and settled, and what is still pending. Kept here so a restarted or
+    /// newly elected operator goes on where the last one stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryStatus>,
+
     /// Current state: `Ready`, `HookRegistered`, `SecretInSync`, ...
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
@@ -249,6 +255,48 @@ pub struct DeliverySummary {
     pub status_code: i32,
     /// When GitHub delivered it.
     pub delivered_at: Time,
+}
+
+/// Where the recovery of failed deliveries stands. GitHub lists a hook's
+/// deliveries newest first; the operator reads them down to
+/// `settledThrough` and recovers each one that has no successful attempt.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryStatus {
+    /// ID of a delivery such that every delivery up to it has been read and
+    /// either succeeded or been recovered.
+    #[serde(default)]
+    pub settled_through: i64,
+    /// When GitHub made delivery `settledThrough`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settled_through_time: Option<Time>,
+    /// A read of the deliveries newer than `settledThrough` that is under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scan: Option<RecoveryScan>,
+    /// Failed deliveries read and not recovered yet (a recovery failed; it is
+    /// tried again with backoff).
+    #[serde(default)]
+    pub pending: i64,
+    /// No failed delivery that is still to be recovered is older than this
+    /// (set while deliveries are pending or not yet read). GitHub keeps
+    /// deliveries for 3 days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_pending_time: Option<Time>,
+    /// Why the last pass stopped early, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// A read under way: from the newest delivery at its start, down the pages.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryScan {
+    /// ID of the newest delivery when the read started: `settledThrough` once it is done.
+    pub from: i64,
+    /// When GitHub made delivery `from`.
+    pub from_time: Time,
+    /// GitHub's cursor of the next (older) page to read.
+    pub cursor: String,
 }
 
 /// GitHub's rate-limit headers from the operator's latest call.

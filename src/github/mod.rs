@@ -55,6 +55,23 @@ pub struct Hook {
     pub active: bool,
     pub events: Vec<String>,
     pub config: HookConfig,
+    /// How the hook's latest delivery went, as GitHub shows it.
+    #[serde(default)]
+    pub last_response: Option<LastResponse>,
+}
+
+impl Hook {
+    /// Did GitHub's latest delivery of this hook fail? Evidence that a
+    /// recovery pass is worth running now.
+    pub fn last_delivery_failed(&self) -> bool {
+        self.last_response.as_ref().and_then(|r| r.code).is_some_and(|c| !(200..300).contains(&c))
+    }
+}
+
+/// `last_response` of a hook: `code` is `null` before the first delivery.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct LastResponse {
+    pub code: Option<i64>,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -106,6 +123,22 @@ pub struct Delivery {
     /// HTTP status the receiver answered; 0 when it could not be reached.
     pub status_code: i64,
     pub event: String,
+}
+
+/// One page of a hook's deliveries (newest first) and the cursor of the next, older, page.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeliveryPage {
+    pub deliveries: Vec<Delivery>,
+    pub next_cursor: Option<String>,
+}
+
+/// One delivery with the request GitHub sent: what `GET .../deliveries/{id}` returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryRequest {
+    pub guid: String,
+    pub event: String,
+    /// The original payload; `None` when GitHub no longer shows it.
+    pub payload: Option<Value>,
 }
 
 impl Delivery {
@@ -484,32 +517,66 @@ impl Client {
         self.call("ping_hook", Method::POST, &url, None, None).await.map(|_| ())
     }
 
-    /// The hook's deliveries newer than delivery `after` (all when `None`),
-    /// newest first, following the cursor through at most `max_pages` pages.
-    /// The first page is conditional: when nothing was delivered since the
-    /// last look, this costs no budget.
-    pub async fn deliveries_since(
+    /// One page of the hook's deliveries, newest first: the newest page when
+    /// `cursor` is `None` (conditional: when nothing was delivered since the
+    /// last look it costs no budget), else the page GitHub's `Link` named.
+    pub async fn deliveries_page(
         &self,
         target: &Target,
         hook_id: i64,
-        after: Option<i64>,
-        max_pages: usize,
-    ) -> Result<Vec<Delivery>, Error> {
-        let first = format!("{}/{hook_id}/deliveries?per_page=100", self.hooks_url(target));
-        let Some((body, mut headers)) = self.get_cached("list_deliveries", &first).await? else {
-            return Ok(vec![]);
+        cursor: Option<&str>,
+    ) -> Result<DeliveryPage, Error> {
+        let mut url = format!("{}/{hook_id}/deliveries?per_page=100", self.hooks_url(target));
+        let answer = match cursor {
+            None => self.get_cached("list_deliveries", &url).await?,
+            Some(c) => {
+                // NB: only the cursor is kept (in status), never a URL: a
+                // stored URL would send the token wherever it pointed.
+                url.push_str("&cursor=");
+                url.extend(form_urlencoded::byte_serialize(c.as_bytes()));
+                match self.call("list_deliveries", Method::GET, &url, None, None).await {
+                    Ok((_, headers, body)) => Some((body, headers)),
+                    Err(Error::NotFound(_)) => None,
+                    Err(e) => return Err(e),
+                }
+            }
         };
-        let mut deliveries = Vec::new();
-        let mut page: Vec<Delivery> = parse(body)?;
-        for fetched in 1..=max_pages {
-            let done = page.iter().any(|d| after.is_some_and(|a| d.id <= a));
-            deliveries.extend(page.into_iter().filter(|d| after.is_none_or(|a| d.id > a)));
-            // NB: no page beyond `max_pages`: each costs a unit of budget.
-            let Some(next) = next_link(&headers).filter(|_| !done && fetched < max_pages) else { break };
-            let (_, h, body) = self.call("list_deliveries", Method::GET, &next, None, None).await?;
-            (page, headers) = (parse(body)?, h);
+        let Some((body, headers)) = answer else { return Ok(DeliveryPage::default()) };
+        let next_cursor = next_link(&headers).and_then(|link| {
+            let (_, query) = link.split_once('?')?;
+            form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "cursor").map(|(_, v)| v.into_owned())
+        });
+        Ok(DeliveryPage { deliveries: parse(body)?, next_cursor })
+    }
+
+    /// One delivery with its original request; `None` when GitHub no longer has it.
+    pub async fn delivery(
+        &self,
+        target: &Target,
+        hook_id: i64,
+        delivery_id: i64,
+    ) -> Result<Option<DeliveryRequest>, Error> {
+        let url = format!("{}/{hook_id}/deliveries/{delivery_id}", self.hooks_url(target));
+        let body = match self.call("get_delivery", Method::GET, &url, None, None).await {
+            Ok((_, _, body)) => body,
+            Err(Error::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        #[derive(Deserialize)]
+        struct Full {
+            guid: String,
+            event: String,
+            #[serde(default)]
+            request: Option<Request>,
         }
-        Ok(deliveries)
+        #[derive(Deserialize)]
+        struct Request {
+            #[serde(default)]
+            payload: Option<Value>,
+        }
+        let full: Full = parse(body)?;
+        let payload = full.request.and_then(|r| r.payload).filter(|p| !p.is_null());
+        Ok(Some(DeliveryRequest { guid: full.guid, event: full.event, payload }))
     }
 
     /// Asks GitHub to deliver delivery `delivery_id` again (same GUID).

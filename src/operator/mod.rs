@@ -55,8 +55,10 @@ pub struct OperatorConfig {
     pub lease_namespace: String,
     /// How long a leader's Lease is valid without renewal.
     pub lease_duration: Duration,
-    /// How often each hook's failed deliveries are redelivered (`None`: never).
+    /// How often each hook's failed deliveries are looked for (`None`: never).
     pub redelivery_interval: Option<Duration>,
+    /// How failed deliveries are recovered.
+    pub recovery: webhook_config::RecoveryWay,
     /// Pause between two mutating GitHub calls of one account.
     pub mutation_interval: Duration,
 }
@@ -104,8 +106,12 @@ pub struct Context {
     /// Where the receivers report the keys they loaded.
     pub lease_namespace: String,
     pub redelivery_interval: Option<Duration>,
-    /// Redelivery passes per hook (`namespace/name/hookId`).
-    pub redelivery: std::sync::Mutex<std::collections::HashMap<String, webhook_config::RedeliveryCursor>>,
+    /// How failed deliveries are recovered.
+    pub recovery_way: webhook_config::RecoveryWay,
+    /// When each hook's next recovery pass is due, by WebhookConfig and hook id.
+    pub recovery: std::sync::Mutex<
+        std::collections::HashMap<(crate::receiver::queue::ObjectRef, i64), webhook_config::recovery::Memo>,
+    >,
 }
 
 /// Runs the controllers until SIGTERM or Ctrl-C.
@@ -146,7 +152,8 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::ap
         )),
         lease_namespace: config.lease_namespace.clone(),
         redelivery_interval: config.redelivery_interval,
-        redelivery: Default::default(),
+        recovery_way: config.recovery,
+        recovery: Default::default(),
     });
 
     let listener =

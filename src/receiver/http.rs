@@ -1,12 +1,13 @@
 //! The receiver's HTTP face: `POST /hooks/{namespace}/{name}` for GitHub,
 //! plus `/healthz`, `/readyz` and `/metrics`.
 //!
-//! Order of checks on a delivery: the hook exists (404) → the body fits (413)
+//! Order of checks on a delivery: the receiver has loaded what it watches
+//! (503 + `Retry-After` until then, never a misleading 404) → the hook exists (404) → the body fits (413)
 //! → the signature matches a current key, on the raw bytes (401) → the
 //! content type is JSON or form (415) → the payload parses (400) → it is in
 //! Redis (202), or was already (200). Only then does GitHub get a 2xx.
 
-use std::{borrow::Cow, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -17,7 +18,6 @@ use axum::{
     routing::{get, post},
 };
 use bytes::Bytes;
-use serde::Deserialize;
 use serde_json::json;
 
 use super::{
@@ -58,6 +58,10 @@ pub fn router(state: AppState) -> Router {
 /// they never carry key material or internals.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
+    /// Until its watches have listed every hook, key and policy, the
+    /// receiver cannot tell an unknown hook from one it has not read yet.
+    #[error("starting: hooks and keys not loaded yet; retry later")]
+    NotSynced,
     #[error("no WebhookConfig {0}")]
     UnknownHook(ObjectRef),
     #[error("body exceeds {0} bytes")]
@@ -83,6 +87,7 @@ pub enum IngestError {
 impl IngestError {
     pub fn metric_label(&self) -> &'static str {
         match self {
+            Self::NotSynced => "not_synced",
             Self::UnknownHook(_) => "unknown_hook",
             Self::TooLarge(_) => "too_large",
             Self::BodyRead => "body_read",
@@ -103,7 +108,9 @@ impl IngestError {
             Self::BodyRead | Self::Header(_) | Self::BadPayload(_) => StatusCode::BAD_REQUEST,
             Self::Signature(_) => StatusCode::UNAUTHORIZED,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::NoKeys | Self::QueueFull | Self::QueueUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotSynced | Self::NoKeys | Self::QueueFull | Self::QueueUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 }
@@ -133,7 +140,10 @@ async fn ingest(
             state.metrics.rejected.with_label_values(&[error.metric_label()]).inc();
             tracing::warn!(%hook, delivery_id = %guid, reason = error.metric_label(), %error, "delivery rejected");
             // The queue logs its own refusals; Redis being down needs no record.
-            if !matches!(error, IngestError::QueueFull | IngestError::QueueUnavailable) {
+            if !matches!(
+                error,
+                IngestError::QueueFull | IngestError::QueueUnavailable | IngestError::NotSynced
+            ) {
                 let event = headers.get("x-github-event").and_then(|v| v.to_str().ok()).unwrap_or("");
                 let record = Activity {
                     at_ms: now_ms(),
@@ -159,6 +169,9 @@ async fn accept(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, &'static str), IngestError> {
+    if !state.registry.is_synced() {
+        return Err(IngestError::NotSynced);
+    }
     let hook = state.registry.hook(hook_ref).ok_or_else(|| IngestError::UnknownHook(hook_ref.clone()))?;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|len| len > state.body_limit) {
@@ -188,21 +201,9 @@ async fn accept(
         Some(m) if m.eq_ignore_ascii_case("application/x-www-form-urlencoded") => form_payload(&body)?,
         _ => return Err(IngestError::UnsupportedMediaType),
     };
-    let envelope: Envelope =
-        serde_json::from_slice(&payload).map_err(|e| IngestError::BadPayload(e.to_string()))?;
+    let delivery = Delivery::parse(guid, event, hook_ref, payload)
+        .map_err(|e| IngestError::BadPayload(e.to_string()))?;
     state.metrics.received.with_label_values(&[event]).inc();
-
-    let delivery = Delivery {
-        guid: guid.to_owned(),
-        event: event.to_owned(),
-        hook: hook_ref.clone(),
-        repository: envelope.repository.map(|r| r.full_name.into_owned()),
-        action: envelope.action.map(Cow::into_owned),
-        payload,
-        received_ms: now_ms(),
-        agent: None,
-        attempt: 0,
-    };
     if event == "ping" {
         // Answered, not dispatched: the operator reads the ping's delivery
         // status on GitHub to confirm a rotation. Recorded for the admin API.
@@ -231,22 +232,6 @@ async fn accept(
             Err(IngestError::QueueUnavailable)
         }
     }
-}
-
-/// The two fields of a payload dispatch filters on; the rest is skipped
-/// (but still has to be valid JSON).
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow, default)]
-    action: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    repository: Option<Repository<'a>>,
-}
-
-#[derive(Deserialize)]
-struct Repository<'a> {
-    #[serde(borrow)]
-    full_name: Cow<'a, str>,
 }
 
 /// A header that must be present, short, and made of `allowed` characters.

@@ -88,6 +88,28 @@ pub struct Delivery {
 }
 
 impl Delivery {
+    /// A new delivery of `event` through `hook`, its payload checked to be
+    /// JSON, with the two fields dispatch filters on read from it.
+    pub fn parse(
+        guid: &str,
+        event: &str,
+        hook: &ObjectRef,
+        payload: Bytes,
+    ) -> std::result::Result<Self, serde_json::Error> {
+        let envelope: Envelope = serde_json::from_slice(&payload)?;
+        Ok(Self {
+            guid: guid.to_owned(),
+            event: event.to_owned(),
+            hook: hook.clone(),
+            repository: envelope.repository.map(|r| r.full_name.into_owned()),
+            action: envelope.action.map(std::borrow::Cow::into_owned),
+            payload,
+            received_ms: crate::receiver::http::now_ms(),
+            agent: None,
+            attempt: 0,
+        })
+    }
+
     /// Stream fields. The payload is LZ4-compressed (`payload_lz4`): GitHub's
     /// JSON shrinks several times, and Redis memory, AOF bytes and copies with it.
     fn to_fields(&self) -> Vec<(&'static str, Vec<u8>)> {
@@ -152,6 +174,22 @@ impl Delivery {
         }
         serde_json::Value::Array(flat).to_string()
     }
+}
+
+/// The two fields of a payload dispatch filters on; the rest is skipped
+/// (but still has to be valid JSON).
+#[derive(serde::Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    action: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    repository: Option<Repository<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Repository<'a> {
+    #[serde(borrow)]
+    full_name: std::borrow::Cow<'a, str>,
 }
 
 /// A queued delivery together with its stream entry id.

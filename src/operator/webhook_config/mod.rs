@@ -16,7 +16,11 @@
 //! A failure anywhere leaves every key in place and the step is retried, so
 //! GitHub never signs with a key the receivers do not have.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+pub mod recovery;
+
+pub use recovery::Way as RecoveryWay;
+
+use std::{sync::Arc, time::Duration};
 
 use k8s_openapi::{
     ByteString,
@@ -45,10 +49,6 @@ use crate::{
     },
 };
 
-/// GitHub keeps deliveries (and redelivers them) for 3 days.
-const DELIVERY_RETENTION_SECS: i64 = 3 * 24 * 3600;
-/// At most this many redeliveries per hook and pass.
-pub const MAX_REDELIVERIES_PER_PASS: usize = 25;
 /// While a rotation step waits, look again this soon.
 const ROTATION_POLL: Duration = Duration::from_secs(2);
 /// Ask for another ping when none succeeded for this long after the switch.
@@ -241,40 +241,48 @@ async fn register(whc: &WebhookConfig, ctx: &Context) -> Result<Action, Error> {
         Some(id) => github.get_hook(&target, id).await?,
         None => None,
     };
-    let (hook, what) = match current {
+    // GitHub's word that the latest delivery failed: recover without waiting.
+    let current_failed = current.as_ref().is_some_and(github::Hook::last_delivery_failed);
+    let (hook, change) = match current {
         Some(hook) if desired.matches(&hook) && !secret_lost => (hook, None),
         Some(hook) => {
             let drift = status.observed_generation == whc.metadata.generation;
             let updated = github.update_hook(&target, hook.id, &desired, &secret).await?;
-            (
-                updated,
-                Some(if secret_lost {
-                    "SecretReset"
-                } else if drift {
-                    "Repaired"
-                } else {
-                    "Updated"
-                }),
-            )
+            let change = match (secret_lost, drift) {
+                (true, _) => HookChange::SecretReset,
+                (false, true) => HookChange::Repaired,
+                (false, false) => HookChange::Updated,
+            };
+            (updated, Some(change))
         }
         None => {
             // Never a duplicate: adopt a hook that already delivers to our URL.
             let existing = github.list_hooks(&target).await?;
             match existing.into_iter().find(|h| h.config.url.as_deref() == Some(desired.url.as_str())) {
                 // NB: GitHub masks the secret, so adopting means setting ours.
-                Some(hook) => {
-                    (github.update_hook(&target, hook.id, &desired, &secret).await?, Some("Adopted"))
-                }
+                Some(hook) => (
+                    github.update_hook(&target, hook.id, &desired, &secret).await?,
+                    Some(HookChange::Adopted),
+                ),
                 None => {
                     let created = github.create_hook(&target, &desired, &secret).await?;
-                    (created, Some(if known.is_some() { "Repaired" } else { "Created" }))
+                    let change = known.map_or(HookChange::Created, HookChange::Recreated);
+                    (created, Some(change))
                 }
             }
         }
     };
-    if let Some(reason) = what {
-        let note = format!("hook {} on {target} delivers to {}", hook.id, desired.url);
-        publish(ctx, whc, EventType::Normal, reason, note).await;
+    if let Some(change) = change {
+        let mut note = format!("hook {} on {target} delivers to {}", hook.id, desired.url);
+        if let HookChange::Recreated(old) = change {
+            note = format!("hook {old} was gone from GitHub; {note}");
+        }
+        publish(ctx, whc, EventType::Normal, change.reason(), note).await;
+    }
+    // A new hook starts with deliveries of its own: the position read in
+    // another hook's deliveries means nothing for it.
+    if known != Some(hook.id) {
+        status.recovery = None;
     }
 
     let generation = whc.metadata.generation;
@@ -308,9 +316,10 @@ async fn register(whc: &WebhookConfig, ctx: &Context) -> Result<Action, Error> {
 
     let hook = HookRef { github: &github, target: &target, id: hook.id, desired: &desired };
     // NB: status is written even when a step failed, so it shows how far it got.
+    let failing = current_failed;
     let rotation = rotate(whc, ctx, &hook, keys, &mut status).await;
-    let redelivery = redeliver(whc, ctx, &hook, what == Some("Created")).await;
-    if let Ok((_, Some(newest))) = &redelivery {
+    let (next_recovery, newest) = recovery::run(whc, ctx, &hook, &mut status.recovery, failing).await;
+    if let Some(newest) = &newest {
         status.last_delivery = Some(DeliverySummary {
             guid: newest.guid.clone(),
             event: newest.event.clone(),
@@ -321,9 +330,35 @@ async fn register(whc: &WebhookConfig, ctx: &Context) -> Result<Action, Error> {
     status.rate_limit = rate_limit_status(&github);
     write_status(whc, ctx, &status).await?;
     let next_rotation_step = rotation?;
-    let (next_redelivery, _) = redelivery?;
-    let next = [Some(ctx.resync), next_rotation_step, next_redelivery].into_iter().flatten().min();
+    let next = [Some(ctx.resync), next_rotation_step, next_recovery].into_iter().flatten().min();
     Ok(Action::requeue(next.unwrap_or(ctx.resync)))
+}
+
+/// What registering did to the hook on GitHub; its Event's reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HookChange {
+    Created,
+    /// The recorded hook (this id) was gone from GitHub: a new one was made.
+    Recreated(i64),
+    Adopted,
+    Updated,
+    /// Changed on GitHub by someone else: put back.
+    Repaired,
+    /// The key GitHub signed with left the Secret: switched to one it has.
+    SecretReset,
+}
+
+impl HookChange {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Created => "Created",
+            Self::Recreated(_) => "Recreated",
+            Self::Adopted => "Adopted",
+            Self::Updated => "Updated",
+            Self::Repaired => "Repaired",
+            Self::SecretReset => "SecretReset",
+        }
+    }
 }
 
 /// The registered hook and how to reach it.
@@ -428,7 +463,7 @@ async fn rotate(
     // 4. Confirm the switch by a ping delivered (and accepted) after it.
     let switched = status.last_rotation_time.as_ref().map_or(0, |t| t.0.as_second());
     if !confirmed {
-        let deliveries = hook.github.deliveries_since(hook.target, hook.id, None, 1).await?;
+        let deliveries = hook.github.deliveries_page(hook.target, hook.id, None).await?.deliveries;
         // NB: strictly after the switch (GitHub's timestamps have whole
         // seconds); a ping in the same second is not counted, and asked again.
         let pings: Vec<_> =
@@ -472,79 +507,6 @@ async fn rotate(
     in_sync(status, true, "InSync", message);
     let next = if !older.is_empty() && now < drop_at { drop_at } else { due_at };
     Ok(Some(Duration::from_secs((next - now).max(1) as u64)))
-}
-
-/// Where a hook's redelivery passes stand: when the next is due, and the
-/// newest delivery already looked at.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RedeliveryCursor {
-    next_pass: Option<tokio::time::Instant>,
-    newest_seen: Option<i64>,
-}
-
-/// When a pass is due: reads the deliveries since the last pass (free when
-/// there are none) and asks GitHub to redeliver every GUID that has no
-/// successful attempt, at most [`MAX_REDELIVERIES_PER_PASS`]. Returns when
-/// the next pass is due, and the newest delivery read. A hook `created` just
-/// now has nothing to redeliver yet: its first pass waits a whole interval.
-async fn redeliver(
-    whc: &WebhookConfig,
-    ctx: &Context,
-    hook: &HookRef<'_>,
-    created: bool,
-) -> Result<(Option<Duration>, Option<github::Delivery>), Error> {
-    let Some(interval) = ctx.redelivery_interval else { return Ok((None, None)) };
-    let key = format!("{}/{}/{}", whc.namespace().unwrap_or_default(), whc.name_any(), hook.id);
-    let now = tokio::time::Instant::now();
-    let cursor = *ctx.redelivery.lock().unwrap().entry(key.clone()).or_insert_with(|| RedeliveryCursor {
-        next_pass: created.then(|| now + interval),
-        newest_seen: None,
-    });
-    if let Some(next) = cursor.next_pass.filter(|n| *n > now) {
-        return Ok((Some(next - now), None));
-    }
-    // Without a cursor (first pass since start) only the newest page.
-    let pages = if cursor.newest_seen.is_some() { 5 } else { 1 };
-    let deliveries = hook.github.deliveries_since(hook.target, hook.id, cursor.newest_seen, pages).await?;
-    let mut by_guid: BTreeMap<&str, Vec<&github::Delivery>> = BTreeMap::new();
-    for d in &deliveries {
-        by_guid.entry(d.guid.as_str()).or_default().push(d);
-    }
-    let oldest_allowed = Timestamp::now().as_second() - DELIVERY_RETENTION_SECS + 3600;
-    let mut failed: Vec<&github::Delivery> = by_guid
-        .values()
-        .filter(|attempts| !attempts.iter().any(|d| d.succeeded()))
-        // The newest attempt of each GUID (the list is newest first).
-        .filter_map(|attempts| attempts.first().copied())
-        .filter(|d| d.event != "ping" && d.delivered_unix() > oldest_allowed)
-        .collect();
-    failed.sort_by_key(|d| d.id);
-    let truncated = failed.len() > MAX_REDELIVERIES_PER_PASS;
-    failed.truncate(MAX_REDELIVERIES_PER_PASS);
-    let mut asked = Vec::new();
-    for d in &failed {
-        match hook.github.redeliver(hook.target, hook.id, d.id).await {
-            Ok(()) => asked.push(d.guid.as_str()),
-            // GitHub no longer has it (or refuses): nothing to retry.
-            Err(github::Error::NotFound(_) | github::Error::Invalid(_)) => {}
-            Err(error) => return Err(error.into()),
-        }
-    }
-    if !asked.is_empty() {
-        let ns = whc.namespace().unwrap_or_default();
-        ctx.metrics.redeliveries.with_label_values(&[&ns]).inc_by(asked.len() as u64);
-        let note =
-            format!("asked GitHub to redeliver {} failed deliveries: {}", asked.len(), asked.join(", "));
-        publish(ctx, whc, EventType::Normal, "Redelivered", note).await;
-    }
-    let newest_seen = if truncated {
-        cursor.newest_seen
-    } else {
-        deliveries.iter().map(|d| d.id).max().or(cursor.newest_seen)
-    };
-    let next = RedeliveryCursor { next_pass: Some(now + interval), newest_seen };
-    ctx.redelivery.lock().unwrap().insert(key, next);
-    Ok((Some(interval), deliveries.into_iter().next()))
 }
 
 fn rate_limit_status(github: &github::Client) -> Option<RateLimitStatus> {
@@ -595,10 +557,8 @@ async fn write_failure(whc: &WebhookConfig, ctx: &Context, error: &Error) {
 }
 
 async fn cleanup(whc: Arc<WebhookConfig>, ctx: &Context) -> Result<Action, Error> {
+    recovery::forget(ctx, &whc);
     let Some(id) = whc.status.as_ref().and_then(|s| s.hook_id) else { return Ok(Action::await_change()) };
-    ctx.redelivery.lock().unwrap().retain(|k, _| {
-        !k.starts_with(&format!("{}/{}/", whc.namespace().unwrap_or_default(), whc.name_any()))
-    });
     match github_client(&whc, ctx).await {
         Ok(github) => {
             github.delete_hook(&target(&whc), id).await?;
