@@ -246,6 +246,9 @@ impl PrivateRedis {
                 "",
                 "--appendonly",
                 "yes",
+                // Every acknowledged write is on disk: what survives a SIGKILL.
+                "--appendfsync",
+                "always",
                 "--dir",
             ])
             .arg(dir)
@@ -267,6 +270,14 @@ impl PrivateRedis {
         let mut child = self.child.lock().unwrap();
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// Starts it again on the same port and data after [`Self::kill`].
+    pub fn start_again(&self) {
+        let mut child = self.child.lock().unwrap();
+        *child = Self::spawn(self.port, &self.dir);
+        drop(child);
+        self.wait_ready();
     }
 
     /// Stops it as an orchestrator would (SIGTERM: the append-only file is
