@@ -391,7 +391,7 @@ async fn soak(n: usize, rate: f64) -> Report {
         tokio::time::sleep_until(start + at).await;
         match act {
             Act::KillReceiver(i) => {
-                w.receivers[i].1.take().map(|mut p| p.kill());
+                drop(w.receivers[i].1.take()); // SIGKILL
                 down_since.insert(["r0", "r1"][i], now_ms());
             }
             Act::StartReceiver(i) => {
@@ -407,7 +407,7 @@ async fn soak(n: usize, rate: f64) -> Report {
                 outages.push((down_since["redis"], now_ms()));
             }
             Act::KillOperator => {
-                w.operators[0].take().map(|mut p| p.kill());
+                drop(w.operators[0].take()); // SIGKILL
             }
             Act::StartOperator => w.start_operator(0),
             Act::Unreachable(on) => w.unreachable(on).await,
@@ -483,7 +483,7 @@ async fn a_backlog_survives_an_operator_restart_and_a_leader_change() {
     let leader = w.leader().await.expect("a leader");
     let i = leader.strip_prefix("operator-").unwrap().parse::<usize>().unwrap();
     // A leader change: the leader dies mid-backlog, the other takes over.
-    w.operators[i].take().map(|mut p| p.kill());
+    drop(w.operators[i].take()); // SIGKILL
     let other = format!("operator-{}", 1 - i);
     eventually("the other replica to lead", Duration::from_secs(30), || async {
         (w.leader().await? == other).then_some(())
@@ -493,7 +493,7 @@ async fn a_backlog_survives_an_operator_restart_and_a_leader_change() {
     assert!(accepted < BACKLOG, "the backlog was still being recovered at the hand-over ({accepted})");
     // A restart: the new leader dies too, and a fresh process goes on.
     progress(&w, accepted + BACKLOG / 5).await;
-    w.operators[1 - i].take().map(|mut p| p.kill());
+    drop(w.operators[1 - i].take()); // SIGKILL
     w.start_operator(i);
     let accepted = eventually("the whole backlog", Duration::from_secs(120), || async {
         let a = w.accepted().await;

@@ -25,12 +25,11 @@
 
 use std::{
     collections::HashSet,
-    pin::Pin,
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
-use futures::{StreamExt, stream};
+use futures::{FutureExt, StreamExt, future::BoxFuture, stream};
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Api, ResourceExt, runtime::events::EventType};
 
@@ -327,20 +326,20 @@ impl Pass<'_> {
         };
         let this = &*self;
         // NB: boxed, so the compiler can see the stream is Send.
-        let attempts: Vec<Pin<Box<dyn Future<Output = (&Delivery, Result<Way, Failure>)> + Send + '_>>> =
-            failed
-                .iter()
-                .map(|d| {
-                    let policy = &policy;
-                    Box::pin(async move {
-                        let result = match policy {
-                            Some((policy, limit)) => this.fetch(d, policy, *limit).await,
-                            None => this.redeliver(d).await.map(|()| Way::Redeliver),
-                        };
-                        (d, result)
-                    }) as Pin<Box<dyn Future<Output = _> + Send + '_>>
-                })
-                .collect();
+        let attempts: Vec<BoxFuture<'_, (&Delivery, Result<Way, Failure>)>> = failed
+            .iter()
+            .map(|d| {
+                let policy = &policy;
+                async move {
+                    let result = match policy {
+                        Some((policy, limit)) => this.fetch(d, policy, *limit).await,
+                        None => this.redeliver(d).await.map(|()| Way::Redeliver),
+                    };
+                    (d, result)
+                }
+                .boxed()
+            })
+            .collect();
         let results: Vec<(&Delivery, Result<Way, Failure>)> = stream::iter(attempts)
             .buffered(if way == Way::Fetch { FETCH_CONCURRENCY } else { 1 })
             .collect()
