@@ -148,7 +148,13 @@ fn every_pod_runs_restricted_with_resources_and_probes() {
         .iter()
         .map(|r| r["alert"].as_str().unwrap())
         .collect();
-    assert_eq!(alerts.len(), 7, "{alerts:?}");
+    assert_eq!(alerts.len(), 9, "{alerts:?}");
+    let recovery = rules["spec"]["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["expr"].as_str().unwrap().contains("hookwarden_recovery_pending_age_seconds"));
+    assert_eq!(recovery.count(), 2, "a warning and a critical alert before GitHub drops deliveries");
 }
 
 #[test]

@@ -296,7 +296,7 @@ async fn a_repository_hook_is_registered_updated_repaired_and_deleted() {
     .await;
     let reasons = w.event_reasons().await;
     assert!(
-        reasons.contains("Created") && reasons.contains("Updated") && reasons.contains("Repaired"),
+        reasons.contains("Created") && reasons.contains("Updated") && reasons.contains("Recreated"),
         "{reasons}"
     );
 

@@ -313,7 +313,12 @@ impl Pass<'_> {
     ) -> (Ended, Vec<Delivery>) {
         tracing::warn!(whc = %self.whc.name_any(), hook = self.hook.id, %error, "recovery pass stopped");
         state.last_error = Some(error.to_string());
-        (Ended::Failed, left)
+        // GitHub said when to come back: that, not a guess.
+        let ended = match error {
+            Failure::GitHub(e) => e.retry_after().map_or(Ended::Failed, Ended::Throttled),
+            _ => Ended::Failed,
+        };
+        (ended, left)
     }
 
     /// Recovers `failed` (oldest first); on the first failure, returns the
