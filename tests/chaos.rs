@@ -197,8 +197,13 @@ spec:
             "--github-mutation-interval-ms",
             "100",
         ];
-        let vars =
-            [("HOOKWARDEN_NAMESPACE", self.ns.name.as_str()), ("POD_NAMESPACE", self.ns.name.as_str())];
+        let mut vars =
+            vec![("HOOKWARDEN_NAMESPACE", self.ns.name.clone()), ("POD_NAMESPACE", self.ns.name.clone())];
+        // bench/chaos measures the other way too.
+        if let Ok(way) = std::env::var("CHAOS_RECOVERY") {
+            vars.push(("HOOKWARDEN_RECOVERY", way));
+        }
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
         self.operators[i] = Some(Process::start(&self.env, &instance, &args, &vars));
     }
 

@@ -50,7 +50,7 @@ pub const RETENTION_SECS: i64 = 3 * 24 * 3600;
 const RETENTION_MARGIN_SECS: i64 = 60;
 /// Pages one pass reads at most (100 deliveries each) before it lets other
 /// work in; the rest waits in `status.recovery.scan` for the next pass.
-const MAX_PAGES_PER_PASS: usize = 20;
+const MAX_PAGES_PER_PASS: usize = 5;
 /// Deliveries fetched at once.
 const FETCH_CONCURRENCY: usize = 8;
 /// Evidence of a failure (GitHub's `last_response`) starts a pass early,
