@@ -15,6 +15,18 @@
 //! - [`receiver`]: the receiver: ingest, queue, dispatch.
 //! - [`sample_agent`]: a recording HTTP sink standing in for an agent.
 //! - [`telemetry`]: logging and metrics.
+//!
+//! # Flows
+//!
+//! | Flow | Where |
+//! | --- | --- |
+//! | registration (create, adopt, update, repair, delete) | `operator::webhook_config::register`, `cleanup` |
+//! | secret rotation | `operator::webhook_config::rotate`; receivers report loaded keys in `receiver::report` |
+//! | recovery of failed deliveries | `operator::webhook_config::recovery` (decisions: `to_recover`, `scan_done`, `due`, `after_pass`) |
+//! | ingest (verify, de-duplicate, queue) | `receiver::http::accept`, `receiver::queue::Queue::enqueue` |
+//! | dispatch (breaker, retries, dead letters) | `receiver::dispatch::Dispatcher::run_policy`, `process` |
+//! | kill switch and concurrency | `operator::agent_policy::effective_status` → status → `receiver::registry` → dispatch |
+//! | leader election | `operator::leader` |
 
 pub mod api;
 pub mod github;

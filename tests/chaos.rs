@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{PrivateRedis, Process, TestEnv, TestNamespace, eventually, free_port, redis_prefix};
+use common::{PrivateRedis, Process, TestEnv, TestNamespace, eventually, free_port, get_json, redis_prefix};
 use hookwarden::{
     api::WebhookConfig,
     receiver::queue::{ObjectRef, Queue},
@@ -251,15 +251,7 @@ spec:
 
     /// When the agent accepted each GUID (Unix ms), every time it did.
     async fn accepted(&self) -> HashMap<String, Vec<u64>> {
-        let got: Vec<Value> = self
-            .http
-            .get(format!("{}/_received/{AGENT}", self.agent_url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let got: Vec<Value> = get_json(&self.http, &format!("{}/_received/{AGENT}", self.agent_url)).await;
         let mut by_guid: HashMap<String, Vec<u64>> = HashMap::new();
         for r in got {
             by_guid
@@ -279,15 +271,7 @@ spec:
     /// How many of this hook's deliveries the operator recovered, by way,
     /// from what the simulator served.
     async fn recovered(&self) -> (usize, usize) {
-        let requests: Vec<Value> = self
-            .http
-            .get(format!("{}/_sim/requests", self.github))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let requests: Vec<Value> = get_json(&self.http, &format!("{}/_sim/requests", self.github)).await;
         let prefix = format!("/repos/{}/hooks/{}/deliveries/", self.repo, self.hook_id);
         let of_hook = |method: &str, attempts: bool| {
             requests

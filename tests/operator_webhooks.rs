@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Process, PushFlow, TestEnv, TestNamespace, eventually, free_port};
+use common::{Process, PushFlow, TestEnv, TestNamespace, eventually, free_port, get_json};
 use hookwarden::{api::WebhookConfig, keys::keys_from_secret};
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Secret};
 use kube::{
@@ -127,15 +127,7 @@ impl World {
 
     /// API requests the simulator served for `owner`'s hooks so far.
     async fn requests_for(&self, owner: &str) -> usize {
-        let all: Vec<Value> = self
-            .http
-            .get(format!("{}/_sim/requests", self.github))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let all: Vec<Value> = get_json(&self.http, &format!("{}/_sim/requests", self.github)).await;
         all.iter().filter(|r| r["path"].as_str().unwrap().starts_with(&format!("/{owner}/"))).count()
     }
 

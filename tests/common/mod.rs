@@ -356,6 +356,12 @@ impl Drop for Process {
     }
 }
 
+/// GETs `url` and parses its JSON body, failing the test on any error.
+pub async fn get_json<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: &str) -> T {
+    let response = http.get(url).send().await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    response.json().await.unwrap_or_else(|e| panic!("GET {url}: not the JSON expected: {e}"))
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
