@@ -208,6 +208,17 @@ pub(super) async fn run(
         .recovery_pending_age
         .with_label_values(&[&ns, &whc.name_any()])
         .set(oldest.map_or(0, |t| (now_unix - t).max(0)));
+    if ended != Ended::Done || !pass.recovered.is_empty() {
+        tracing::info!(
+            whc = %whc.name_any(),
+            hook = hook.id,
+            ended = ?ended,
+            recovered = pass.recovered.len(),
+            settled_through = state.settled_through,
+            reading = state.scan.is_some(),
+            "recovery pass"
+        );
+    }
     pass.announce().await;
     *recovery = Some(state);
     let now = Instant::now();
