@@ -88,6 +88,25 @@ enum AdminAction {
     },
 }
 
+/// Replica acknowledgement of queued deliveries (Redis' `WAIT`).
+#[derive(clap::Args)]
+struct ReplicaArgs {
+    /// Redis replicas that must have a delivery before GitHub gets its 2xx
+    /// (0: the master alone). With Sentinel, a failover then loses no
+    /// acknowledged delivery; a delivery the replicas miss gets a 503.
+    #[arg(long, env = "HOOKWARDEN_REDIS_REPLICAS", default_value_t = 0)]
+    redis_replicas: u32,
+    /// How long to wait for those replicas, in milliseconds.
+    #[arg(long, env = "HOOKWARDEN_REDIS_REPLICA_TIMEOUT_MS", default_value_t = 1000)]
+    redis_replica_timeout_ms: u64,
+}
+
+impl ReplicaArgs {
+    fn get(&self) -> (u32, Duration) {
+        (self.redis_replicas, Duration::from_millis(self.redis_replica_timeout_ms))
+    }
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Recovery {
     Auto,
@@ -106,6 +125,8 @@ struct OperatorArgs {
     /// Prefix of every Redis key; receivers and operator must agree on it.
     #[arg(long, env = "HOOKWARDEN_REDIS_PREFIX", default_value = "hookwarden")]
     redis_prefix: String,
+    #[command(flatten)]
+    replicas: ReplicaArgs,
     /// Watch only this namespace (default: every namespace).
     #[arg(long, env = "HOOKWARDEN_NAMESPACE")]
     namespace: Option<String>,
@@ -155,6 +176,8 @@ struct ReceiverArgs {
     /// Prefix of every Redis key; receivers and operator must agree on it.
     #[arg(long, env = "HOOKWARDEN_REDIS_PREFIX", default_value = "hookwarden")]
     redis_prefix: String,
+    #[command(flatten)]
+    replicas: ReplicaArgs,
     /// Watch only this namespace (default: every namespace).
     #[arg(long, env = "HOOKWARDEN_NAMESPACE")]
     namespace: Option<String>,
@@ -206,6 +229,7 @@ fn main() -> ExitCode {
                 listen: args.listen,
                 redis_url: args.redis_url,
                 redis_prefix: args.redis_prefix,
+                redis_replicas: args.replicas.get(),
                 namespace: args.namespace,
                 body_limit: args.body_limit,
                 consumer,
@@ -264,6 +288,7 @@ fn main() -> ExitCode {
                 namespace: args.namespace,
                 redis_url: args.redis_url,
                 redis_prefix: args.redis_prefix,
+                redis_replicas: args.replicas.get(),
                 listen: args.listen,
                 instance: args
                     .instance

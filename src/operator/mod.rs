@@ -42,6 +42,8 @@ pub struct OperatorConfig {
     /// Redis of the receivers, for the dead-letter safety rule.
     pub redis_url: Option<String>,
     pub redis_prefix: String,
+    /// Replicas that must have a queued delivery, and how long to wait for them.
+    pub redis_replicas: (u32, Duration),
     /// Address of /healthz, /readyz and /metrics.
     pub listen: SocketAddr,
     /// This replica's name, shown in Events.
@@ -119,12 +121,13 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::ap
     crate::api::check_installed(&client, config.namespace.as_deref()).await?;
     let queue = Arc::new(OnceCell::new());
     if let Some(url) = config.redis_url.clone() {
-        let (cell, prefix) = (queue.clone(), config.redis_prefix.clone());
+        let (cell, prefix, (replicas, timeout)) =
+            (queue.clone(), config.redis_prefix.clone(), config.redis_replicas);
         tokio::spawn(async move {
             loop {
                 match Queue::connect(&url, &prefix).await {
                     Ok(q) => {
-                        let _ = cell.set(q);
+                        let _ = cell.set(q.acknowledged_by(replicas, timeout));
                         return;
                     }
                     Err(error) => tracing::warn!(%error, "redis unavailable; safety rule paused"),

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod backoff;
 pub mod breaker;
+pub mod connection;
 pub mod dispatch;
 pub mod http;
 pub mod queue;
@@ -33,6 +34,8 @@ pub struct ReceiverConfig {
     pub listen: SocketAddr,
     pub redis_url: String,
     pub redis_prefix: String,
+    /// Replicas that must have a queued delivery, and how long to wait for them.
+    pub redis_replicas: (u32, Duration),
     /// Watch only this namespace (default: all).
     pub namespace: Option<String>,
     pub body_limit: usize,
@@ -141,7 +144,7 @@ async fn connect_redis(config: &ReceiverConfig) -> Queue {
     let mut delay = Duration::from_millis(200);
     loop {
         match Queue::connect(&config.redis_url, &config.redis_prefix).await {
-            Ok(queue) => return queue,
+            Ok(queue) => return queue.acknowledged_by(config.redis_replicas.0, config.redis_replicas.1),
             Err(error) => {
                 tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "redis unavailable");
                 tokio::time::sleep(delay).await;

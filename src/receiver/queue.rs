@@ -14,7 +14,9 @@
 use std::{collections::HashMap, sync::LazyLock};
 
 use bytes::Bytes;
-use redis::{AsyncCommands, Script, aio::ConnectionManager};
+use redis::{AsyncCommands, Script};
+
+use super::connection::Connection;
 use serde_json::json;
 
 /// Consumer group all receivers join.
@@ -29,6 +31,8 @@ pub enum QueueError {
     Full { limit: u64 },
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    #[error("only {acked} of {wanted} Redis replicas have the delivery")]
+    NotReplicated { acked: u32, wanted: u32 },
     #[error("corrupt queue entry {id}: {what}")]
     Corrupt { id: String, what: &'static str },
 }
@@ -38,6 +42,7 @@ impl QueueError {
         match self {
             Self::Full { .. } => "queue_full",
             Self::Redis(_) => "redis_unavailable",
+            Self::NotReplicated { .. } => "not_replicated",
             Self::Corrupt { .. } => "corrupt_entry",
         }
     }
@@ -383,21 +388,27 @@ return 1
 /// Handle on the queue of every policy. Cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
-    conn: ConnectionManager,
+    conn: Connection,
     prefix: String,
+    /// Replicas that must have a delivery before it counts as queued, and
+    /// how long to wait for them (Redis' `WAIT`).
+    replicas: Option<(u32, u64)>,
 }
 
 impl Queue {
-    /// Connects (lazily reconnecting afterwards) to `redis_url`; every key
+    /// Connects (lazily reconnecting afterwards) to `redis_url` (one server,
+    /// or `redis+sentinel://...`, see [`super::connection`]); every key
     /// starts with `prefix`.
     pub async fn connect(redis_url: &str, prefix: &str) -> Result<Self> {
-        let client = redis::Client::open(redis_url)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
-            .set_response_timeout(Some(std::time::Duration::from_secs(5)))
-            .set_number_of_retries(1);
-        let conn = ConnectionManager::new_with_config(client, config).await?;
-        Ok(Self { conn, prefix: prefix.to_owned() })
+        Ok(Self { conn: Connection::open(redis_url).await?, prefix: prefix.to_owned(), replicas: None })
+    }
+
+    /// A delivery counts as queued only once `replicas` replicas have it,
+    /// waited for at most `timeout`: a failover to a replica then loses no
+    /// delivery that was acknowledged. 0 turns it off.
+    pub fn acknowledged_by(mut self, replicas: u32, timeout: std::time::Duration) -> Self {
+        self.replicas = (replicas > 0).then_some((replicas, timeout.as_millis() as u64));
+        self
     }
 
     fn key(&self, policy: &ObjectRef, what: &str) -> String {
@@ -410,7 +421,7 @@ impl Queue {
 
     /// Is Redis answering?
     pub async fn ping(&self) -> Result<()> {
-        let _: String = redis::cmd("PING").query_async(&mut self.conn.clone()).await?;
+        let _: String = redis::cmd("PING").query_async(&mut self.conn.get()).await?;
         Ok(())
     }
 
@@ -430,7 +441,27 @@ impl Queue {
         for (k, v) in delivery.to_fields() {
             script.arg(k).arg(v);
         }
-        let reply: String = script.invoke_async(&mut self.conn.clone()).await?;
+        let reply: String = match self.replicas {
+            None => script.invoke_async(&mut self.conn.get()).await?,
+            Some((wanted, timeout_ms)) => {
+                // NB: one pipeline, so WAIT runs on the connection that wrote.
+                let mut conn = self.conn.get();
+                let mut pipe = redis::pipe();
+                pipe.invoke_script(&script).cmd("WAIT").arg(wanted).arg(timeout_ms);
+                let answer: redis::RedisResult<(String, u32)> = pipe.query_async(&mut conn).await;
+                let (reply, acked) = match answer {
+                    Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                        script.load_async(&mut conn).await?;
+                        pipe.query_async(&mut conn).await?
+                    }
+                    other => other?,
+                };
+                if acked < wanted && reply != "full" {
+                    return Err(QueueError::NotReplicated { acked, wanted });
+                }
+                reply
+            }
+        };
         match reply.as_str() {
             "dup" => Ok(Enqueued::Duplicate),
             "full" => Err(QueueError::Full { limit }),
@@ -440,17 +471,17 @@ impl Queue {
 
     /// Deliveries waiting or in flight for `policy`.
     pub async fn len(&self, policy: &ObjectRef) -> Result<u64> {
-        Ok(self.conn.clone().xlen(self.key(policy, "events")).await?)
+        Ok(self.conn.get().xlen(self.key(policy, "events")).await?)
     }
 
     /// Scheduled retries for `policy`.
     pub async fn retry_len(&self, policy: &ObjectRef) -> Result<u64> {
-        Ok(self.conn.clone().zcard(self.key(policy, "retry")).await?)
+        Ok(self.conn.get().zcard(self.key(policy, "retry")).await?)
     }
 
     /// Dead letters for `policy`.
     pub async fn dead_len(&self, policy: &ObjectRef) -> Result<u64> {
-        Ok(self.conn.clone().xlen(self.key(policy, "dead")).await?)
+        Ok(self.conn.get().xlen(self.key(policy, "dead")).await?)
     }
 
     /// Creates the consumer group (and the stream) if missing.
@@ -461,7 +492,7 @@ impl Queue {
             .arg(GROUP)
             .arg("0")
             .arg("MKSTREAM")
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn.get())
             .await;
         match res {
             Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
@@ -488,7 +519,7 @@ impl Queue {
             .arg("STREAMS")
             .arg(self.key(policy, "events"))
             .arg(">")
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn.get())
             .await?;
         let ids = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
         self.usable(policy, ids).await
@@ -511,7 +542,7 @@ impl Queue {
             .arg("0-0")
             .arg("COUNT")
             .arg(count)
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn.get())
             .await?;
         self.usable(policy, reply.claimed).await
     }
@@ -521,11 +552,11 @@ impl Queue {
     pub async fn prune_consumers(&self, policy: &ObjectRef, keep: &str, idle_ms: u64) -> Result<usize> {
         let key = self.key(policy, "events");
         let info: redis::streams::StreamInfoConsumersReply =
-            self.conn.clone().xinfo_consumers(&key, GROUP).await?;
+            self.conn.get().xinfo_consumers(&key, GROUP).await?;
         let mut removed = 0;
         for c in info.consumers {
             if c.name != keep && c.pending == 0 && c.idle > idle_ms as usize {
-                let _: i64 = self.conn.clone().xgroup_delconsumer(&key, GROUP, &c.name).await?;
+                let _: i64 = self.conn.get().xgroup_delconsumer(&key, GROUP, &c.name).await?;
                 removed += 1;
             }
         }
@@ -549,7 +580,7 @@ impl Queue {
                         .ignore()
                         .xdel(&key, &[&sid.id])
                         .ignore()
-                        .query_async(&mut self.conn.clone())
+                        .query_async(&mut self.conn.get())
                         .await?;
                 }
             }
@@ -588,7 +619,7 @@ impl Queue {
             let record = Activity::of(&entry.delivery, policy, status, Some(agent.clone()), detail.clone());
             script.arg(record.to_json());
         }
-        let _: i64 = script.invoke_async(&mut self.conn.clone()).await?;
+        let _: i64 = script.invoke_async(&mut self.conn.get()).await?;
         Ok(())
     }
 
@@ -596,13 +627,13 @@ impl Queue {
     pub async fn promote_due(&self, policy: &ObjectRef, now_ms: u64, max: usize) -> Result<u64> {
         let mut script = PROMOTE.prepare_invoke();
         script.key(self.key(policy, "retry")).key(self.key(policy, "events")).arg(now_ms).arg(max);
-        Ok(script.invoke_async(&mut self.conn.clone()).await?)
+        Ok(script.invoke_async(&mut self.conn.get()).await?)
     }
 
     /// Up to `count` dead letters, oldest first.
     pub async fn dead_letters(&self, policy: &ObjectRef, count: usize) -> Result<Vec<DeadLetter>> {
         let reply: redis::streams::StreamRangeReply =
-            self.conn.clone().xrange_count(self.key(policy, "dead"), "-", "+", count).await?;
+            self.conn.get().xrange_count(self.key(policy, "dead"), "-", "+", count).await?;
         reply
             .ids
             .into_iter()
@@ -629,7 +660,7 @@ impl Queue {
     pub async fn replay(&self, policy: &ObjectRef, id: &str) -> Result<bool> {
         let mut script = REPLAY.prepare_invoke();
         script.key(self.key(policy, "dead")).key(self.key(policy, "events")).arg(id);
-        let moved: i64 = script.invoke_async(&mut self.conn.clone()).await?;
+        let moved: i64 = script.invoke_async(&mut self.conn.get()).await?;
         Ok(moved == 1)
     }
 
@@ -637,7 +668,7 @@ impl Queue {
     pub async fn purge_dead(&self, policy: &ObjectRef) -> Result<u64> {
         let key = self.key(policy, "dead");
         let (len, _): (u64, i64) =
-            redis::pipe().atomic().xlen(&key).del(&key).query_async(&mut self.conn.clone()).await?;
+            redis::pipe().atomic().xlen(&key).del(&key).query_async(&mut self.conn.get()).await?;
         Ok(len)
     }
 }
@@ -657,13 +688,13 @@ impl Queue {
     pub async fn record_ping(&self, ping: &Delivery, key_version: &str) -> Result<()> {
         let key = format!("{}:ping:{{{}}}", self.prefix, ping.hook);
         let value = json!({ "guid": ping.guid, "keyVersion": key_version, "receivedMs": ping.received_ms });
-        let _: () = self.conn.clone().set_ex(key, value.to_string(), DEDUP_TTL_SECS).await?;
+        let _: () = self.conn.get().set_ex(key, value.to_string(), DEDUP_TTL_SECS).await?;
         Ok(())
     }
 
     /// The latest verified ping of `hook`, as recorded by [`Queue::record_ping`].
     pub async fn last_ping(&self, hook: &ObjectRef) -> Result<Option<serde_json::Value>> {
-        let raw: Option<String> = self.conn.clone().get(format!("{}:ping:{{{hook}}}", self.prefix)).await?;
+        let raw: Option<String> = self.conn.get().get(format!("{}:ping:{{{hook}}}", self.prefix)).await?;
         Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
     }
 }
@@ -683,7 +714,7 @@ impl Queue {
             .arg("*")
             .arg("json")
             .arg(record.to_json())
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn.get())
             .await?;
         Ok(())
     }
@@ -691,7 +722,7 @@ impl Queue {
     /// The most recent activity matching `filter`, newest first, at most `limit`.
     pub async fn activity(&self, filter: &ActivityFilter, limit: usize) -> Result<Vec<Activity>> {
         let reply: redis::streams::StreamRangeReply =
-            self.conn.clone().xrevrange_count(self.activity_key(), "+", "-", ACTIVITY_LEN as usize).await?;
+            self.conn.get().xrevrange_count(self.activity_key(), "+", "-", ACTIVITY_LEN as usize).await?;
         Ok(reply
             .ids
             .into_iter()
