@@ -81,10 +81,37 @@ fn wrong_values_fail_at_install_with_a_clear_message() {
         ("opertor.replicas=2", "opertor"),
         ("watchNamespace=Team_A", "/watchNamespace"),
         ("redis.url=localhost:6379", "/redis/url"),
+        ("redis.sentinel.addresses={sentinel}", "/redis/sentinel/addresses"),
+        ("redis.recovery=fetch", "recovery"),
+        ("operator.recovery=sometimes", "/operator/recovery"),
     ] {
         let (ok, _, stderr) = template(&env, &["--set", set]);
         assert!(!ok, "{set} was accepted");
         assert!(stderr.contains(says), "{set}: {stderr}");
+    }
+}
+
+#[test]
+fn redis_sentinel_replaces_the_charts_redis_and_both_components_follow_it() {
+    let env = TestEnv::load();
+    let (ok, yaml, stderr) = template(
+        &env,
+        &[
+            "--set",
+            "redis.sentinel.masterName=mymaster",
+            "--set",
+            "redis.sentinel.addresses={s1:26379,s2:26379}",
+        ],
+    );
+    assert!(ok, "{stderr}");
+    let docs = documents(&yaml);
+    assert!(!docs.iter().any(|d| d["kind"] == "StatefulSet"), "no Redis of the chart's own");
+    let deployments: Vec<_> = docs.iter().filter(|d| d["kind"] == "Deployment").collect();
+    assert_eq!(deployments.len(), 2);
+    for d in deployments {
+        let env = &d["spec"]["template"]["spec"]["containers"][0]["env"];
+        let url = env.as_array().unwrap().iter().find(|e| e["name"] == "REDIS_URL").unwrap();
+        assert_eq!(url["value"], "redis+sentinel://s1:26379,s2:26379/mymaster", "{}", d["metadata"]["name"]);
     }
 }
 

@@ -64,16 +64,22 @@ seccompProfile:
   valueFrom: {secretKeyRef: {name: {{ .Values.redis.urlSecretRef.name }}, key: {{ .Values.redis.urlSecretRef.key | default "url" }}}}
 {{- else if .Values.redis.url }}
   value: {{ .Values.redis.url | quote }}
+{{- else if .Values.redis.sentinel.masterName }}
+  value: {{ printf "redis+sentinel://%s/%s" (join "," .Values.redis.sentinel.addresses) .Values.redis.sentinel.masterName | quote }}
 {{- else }}
   value: {{ printf "redis://%s-redis:6379" (include "hookwarden.fullname" .) | quote }}
 {{- end }}
 - name: HOOKWARDEN_REDIS_PREFIX
   value: {{ .Values.redis.prefix | quote }}
+- name: HOOKWARDEN_REDIS_REPLICAS
+  value: {{ .Values.redis.ackReplicas | quote }}
+- name: HOOKWARDEN_REDIS_REPLICA_TIMEOUT_MS
+  value: {{ .Values.redis.ackTimeoutMs | quote }}
 - name: RUST_LOG
   value: {{ .Values.logLevel | quote }}
 {{- end -}}
 
 {{/* Whether the chart runs Redis itself. */}}
 {{- define "hookwarden.ownRedis" -}}
-{{- if not (or .Values.redis.url .Values.redis.urlSecretRef.name) }}true{{ end -}}
+{{- if not (or .Values.redis.url .Values.redis.urlSecretRef.name .Values.redis.sentinel.masterName) }}true{{ end -}}
 {{- end -}}
