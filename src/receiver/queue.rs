@@ -305,85 +305,13 @@ impl ActivityFilter {
     }
 }
 
-static ENQUEUE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local function log(record)
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'json', record)
-end
-if redis.call('EXISTS', KEYS[2]) == 1 then log(ARGV[5]); return 'dup' end
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then log(ARGV[6]); return 'full' end
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, 7))
-redis.call('SET', KEYS[2], id, 'EX', ARGV[2])
-log(ARGV[4])
-return id
-"#,
-    )
-});
+static ENQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/enqueue.lua")));
 
-// KEYS: events, retry, dead, activity. ARGV: group, id, activity length,
-// n_retries, (due, member)*, n_dead, member*, n_log, record*. Members are
-// flat JSON field lists; records are activity JSON.
-static SETTLE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local i = 5
-for _ = 1, tonumber(ARGV[4]) do
-  redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1])
-  i = i + 2
-end
-local n_dead = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n_dead do
-  redis.call('XADD', KEYS[3], '*', unpack(cjson.decode(ARGV[i])))
-  i = i + 1
-end
-redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-redis.call('XDEL', KEYS[1], ARGV[2])
-local n_log = tonumber(ARGV[i]); i = i + 1
-for _ = 1, n_log do
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'json', ARGV[i])
-  i = i + 1
-end
-return 1
-"#,
-    )
-});
+static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/settle.lua")));
 
-// KEYS: retry, events. ARGV: now_ms, max. Moves due retries into the stream.
-static PROMOTE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
-for _, m in ipairs(due) do
-  redis.call('XADD', KEYS[2], '*', unpack(cjson.decode(m)))
-  redis.call('ZREM', KEYS[1], m)
-end
-return #due
-"#,
-    )
-});
+static PROMOTE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/promote.lua")));
 
-// KEYS: dead, events. ARGV: id. Moves one dead letter back into the queue.
-static REPLAY: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local e = redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1])
-if #e == 0 then return 0 end
-local f = e[1][2]
-local out = {}
-for j = 1, #f, 2 do
-  local k = f[j]
-  if k ~= 'error' and k ~= 'failed' and k ~= 'attempt' then
-    out[#out + 1] = k; out[#out + 1] = f[j + 1]
-  end
-end
-out[#out + 1] = 'attempt'; out[#out + 1] = '0'
-redis.call('XADD', KEYS[2], '*', unpack(out))
-redis.call('XDEL', KEYS[1], ARGV[1])
-return 1
-"#,
-    )
-});
+static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/replay.lua")));
 
 /// Handle on the queue of every policy. Cheap to clone.
 #[derive(Clone)]
@@ -733,5 +661,50 @@ impl Queue {
             .filter(|a| filter.matches(a))
             .take(limit)
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(repository: Option<&str>, agent: Option<&str>) -> Delivery {
+        let payload = Bytes::from(
+            serde_json::json!({ "action": "opened", "repository": repository.map(|r| json!({ "full_name": r })) })
+                .to_string(),
+        );
+        let mut d =
+            Delivery::parse("guid-1", "pull_request", &ObjectRef::new("team", "hook"), payload).unwrap();
+        d.agent = agent.map(str::to_owned);
+        d.attempt = 3;
+        d
+    }
+
+    #[test]
+    fn a_delivery_reads_back_as_it_was_written() {
+        for d in [delivery(Some("octo/hello"), Some("reviewer")), delivery(None, None)] {
+            let fields: HashMap<String, Vec<u8>> =
+                d.to_fields().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+            assert!(fields.contains_key("payload_lz4") && !fields.contains_key("payload"), "compressed");
+            assert_eq!(Delivery::from_fields("1-0", fields).unwrap(), d);
+        }
+    }
+
+    #[test]
+    fn the_payload_gives_repository_and_action_and_must_be_json() {
+        let d = delivery(Some("octo/hello"), None);
+        assert_eq!((d.repository.as_deref(), d.action.as_deref()), (Some("octo/hello"), Some("opened")));
+        assert!(
+            Delivery::parse("g", "push", &ObjectRef::new("a", "b"), Bytes::from_static(b"{nope")).is_err()
+        );
+    }
+
+    #[test]
+    fn a_missing_field_is_named() {
+        let mut fields: HashMap<String, Vec<u8>> =
+            delivery(None, None).to_fields().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        fields.remove("guid");
+        let err = Delivery::from_fields("7-0", fields).unwrap_err();
+        assert_eq!(err.to_string(), "corrupt queue entry 7-0: guid");
     }
 }
