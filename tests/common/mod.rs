@@ -227,7 +227,7 @@ impl PrivateRedis {
     pub fn start() -> Self {
         let dir = std::env::temp_dir().join(redis_prefix());
         std::fs::create_dir_all(&dir).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let child = Self::spawn(port, &dir);
         let redis =
             Self { url: format!("redis://127.0.0.1:{port}"), port, dir, child: std::sync::Mutex::new(child) };
@@ -362,9 +362,24 @@ pub async fn get_json<T: serde::de::DeserializeOwned>(http: &reqwest::Client, ur
     response.json().await.unwrap_or_else(|e| panic!("GET {url}: not the JSON expected: {e}"))
 }
 
-/// A free loopback port.
+/// A free loopback port for a process to listen on, never one this process
+/// handed out before (a port picked for a process that has not bound it yet,
+/// or that was killed and will start again on it, goes to no one else), and
+/// below the kernel's ephemeral range, so no outgoing connection takes it
+/// in the meantime.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    loop {
+        let port = rand::random_range(10_000..ephemeral_low.max(10_001));
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() && GIVEN.lock().unwrap().insert(port) {
+            return port;
+        }
+    }
 }
 
 /// The simulator emitting a `push` to one hook every 50 ms, in the
