@@ -32,7 +32,7 @@ use crate::{
 /// GitHub's maximum payload size, the default body cap.
 pub const DEFAULT_BODY_LIMIT: usize = 25 * 1024 * 1024;
 /// What GitHub is asked to wait before retrying a 503 (when it retries at all:
-/// the operator's redelivery pass is what really brings the delivery back).
+/// the operator's recovery pass is what really brings the delivery back).
 const RETRY_AFTER_SECS: u64 = 30;
 
 /// Everything the handlers share.

@@ -2,8 +2,8 @@
 //!
 //! Shaped around `kube::runtime::finalizer`: `apply` makes GitHub match the
 //! spec (create, adopt by URL, update, put back what was deleted or changed on
-//! GitHub), rotates the secret when due and asks GitHub to redeliver what
-//! failed; `cleanup` deletes the hook (already gone counts as done). The key
+//! GitHub), rotates the secret when due and recovers the deliveries that
+//! failed ([`recovery`]); `cleanup` deletes the hook (already gone counts as done). The key
 //! Secret is owned by the WebhookConfig, so Kubernetes deletes it with it.
 //!
 //! Rotation, one step per reconcile, each step safe to repeat after a crash:
