@@ -316,9 +316,8 @@ async fn register(whc: &WebhookConfig, ctx: &Context) -> Result<Action, Error> {
 
     let hook = HookRef { github: &github, target: &target, id: hook.id, desired: &desired };
     // NB: status is written even when a step failed, so it shows how far it got.
-    let failing = current_failed;
     let rotation = rotate(whc, ctx, &hook, keys, &mut status).await;
-    let (next_recovery, newest) = recovery::run(whc, ctx, &hook, &mut status.recovery, failing).await;
+    let (next_recovery, newest) = recovery::run(whc, ctx, &hook, &mut status.recovery, current_failed).await;
     if let Some(newest) = &newest {
         status.last_delivery = Some(DeliverySummary {
             guid: newest.guid.clone(),

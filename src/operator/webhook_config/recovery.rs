@@ -169,7 +169,7 @@ pub fn after_pass(now: Instant, previous: Option<&Memo>, ended: Ended, interval:
 /// the oldest of `failed` (read and not recovered), and, while a read is
 /// under way, anything newer than what was settled (GitHub's whole
 /// retention when nothing was). `None` when nothing is pending.
-pub fn oldest_pending(recovery: &RecoveryStatus, failed: &[&Delivery], now: i64) -> Option<i64> {
+pub fn oldest_pending(recovery: &RecoveryStatus, failed: &[Delivery], now: i64) -> Option<i64> {
     let unread = recovery
         .scan
         .as_ref()
@@ -199,8 +199,7 @@ pub(super) async fn run(
     let mut pass = Pass { whc, ctx, hook, recovered: Vec::new(), newest: None };
     let (ended, failed) = pass.read(&mut state).await;
     let now_unix = Timestamp::now().as_second();
-    let failed_refs: Vec<&Delivery> = failed.iter().collect();
-    let oldest = oldest_pending(&state, &failed_refs, now_unix);
+    let oldest = oldest_pending(&state, &failed, now_unix);
     state.pending = failed.len() as i64;
     state.oldest_pending_time = oldest.map(|t| Time(Timestamp::from_second(t).unwrap_or_default()));
     let ns = whc.namespace().unwrap_or_default();
@@ -265,8 +264,9 @@ impl Pass<'_> {
         let mut cursor = state.scan.as_ref().map(|s| s.cursor.clone());
         for _ in 0..MAX_PAGES_PER_PASS {
             let github = self.hook.github;
-            if !budget_allows(github.rate_limit()) {
-                let reset = github.rate_limit().map_or(0, |r| r.reset);
+            let rate_limit = github.rate_limit();
+            if !budget_allows(rate_limit) {
+                let reset = rate_limit.map_or(0, |r| r.reset);
                 let wait = (reset - Timestamp::now().as_second()).clamp(1, 3600);
                 state.last_error = Some("GitHub's rate-limit budget is low; waiting for its reset".into());
                 return (Ended::Throttled(Duration::from_secs(wait as u64)), vec![]);
@@ -571,11 +571,16 @@ mod tests {
         let failed = d(20, "f", 0, NOW - 300);
         let cases = [
             ("all read, nothing failed", status(settled_at.clone(), None), vec![], None),
-            ("all read, one not recovered", status(settled_at.clone(), None), vec![&failed], Some(NOW - 300)),
+            (
+                "all read, one not recovered",
+                status(settled_at.clone(), None),
+                vec![failed.clone()],
+                Some(NOW - 300),
+            ),
             (
                 "pages unread: newer than the settled mark",
                 status(settled_at.clone(), scan.clone()),
-                vec![&failed],
+                vec![failed.clone()],
                 Some(NOW - 600),
             ),
             (
