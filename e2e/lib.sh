@@ -18,6 +18,11 @@ ENV_FILE=$STATE_DIR/env
 KUBE_VERSION=v1.34.4
 ETCD_VERSION=v3.6.4
 HELM_VERSION=v3.19.5
+# Images built here (e2e/images); none is ever pulled.
+PAUSE_IMAGE=registry.k8s.io/pause:3.10
+BUSYBOX_IMAGE=hookwarden.local/busybox:1.35
+HOOKWARDEN_IMAGE_REPO=hookwarden.local/hookwarden
+REDIS_IMAGE_REPO=hookwarden.local/redis
 
 log() { printf '[e2e] %s\n' "$*" >&2; }
 die() { printf '[e2e] error: %s\n' "$*" >&2; exit 1; }
@@ -60,6 +65,14 @@ ensure_kube() {
   go_build kube-controller-manager "$KUBE_VERSION" "$E2E_DIR/tools/kube" k8s.io/kubernetes/cmd/kube-controller-manager "$ld"
 }
 
+# The node's own programs, from the same module and release as the apiserver.
+ensure_kube_node() {
+  local ld; ld=$(kube_ldflags)
+  go_build kubelet "$KUBE_VERSION" "$E2E_DIR/tools/kube" k8s.io/kubernetes/cmd/kubelet "$ld"
+  go_build kube-proxy "$KUBE_VERSION" "$E2E_DIR/tools/kube" k8s.io/kubernetes/cmd/kube-proxy "$ld"
+  go_build kube-scheduler "$KUBE_VERSION" "$E2E_DIR/tools/kube" k8s.io/kubernetes/cmd/kube-scheduler "$ld"
+}
+
 ensure_helm() {
   go_build helm "$HELM_VERSION" "$E2E_DIR/tools/helm" helm.sh/helm/v3/cmd/helm \
     "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
@@ -70,17 +83,53 @@ ensure_kubectl() {
   go_build kubectl "$KUBE_VERSION" "$E2E_DIR/tools/kube" k8s.io/kubernetes/cmd/kubectl "$(kube_ldflags)"
 }
 
+# apt_install PACKAGE...: Debian packages, installed once. A fresh machine
+# has no package lists: update once, only when an install needs it.
+apt_install() {
+  local missing=() p
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  ((${#missing[@]})) || return 0
+  log "installing ${missing[*]} (Debian packages)"
+  if [[ $(id -u) -ne 0 ]]; then die "${missing[*]} missing and apt-get needs root"; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 || {
+    apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+  }
+}
+
 ensure_redis() {
   command -v redis-server >/dev/null && return
-  log "installing redis-server (Debian package)"
-  if [[ $(id -u) -ne 0 ]]; then die "redis-server is missing and apt-get needs root"; fi
-  # NB: a fresh machine has no package lists; update once, only when needed.
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null 2>&1 || {
-    apt-get update -q >/dev/null
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server >/dev/null
-  }
+  apt_install redis-server
   # Debian starts a system redis on 6379; the tests use their own on a free port.
   command -v systemctl >/dev/null && systemctl disable --now redis-server >/dev/null 2>&1 || true
+}
+
+# The node's container runtime and network: Debian's containerd 1.6 (it
+# serves kubelet 1.34's CRI v1 with nothing patched), runc, the CNI plugins,
+# nft for the confinement rules, busybox for the storage helper image.
+ensure_node_packages() {
+  command -v containerd >/dev/null && [[ -x /usr/lib/cni/bridge ]] && command -v nft >/dev/null &&
+    [[ -x /bin/busybox ]] && return
+  apt_install containerd runc containernetworking-plugins iptables nftables busybox-static
+  # The package may start a system containerd; the node runs its own.
+  command -v systemctl >/dev/null && systemctl disable --now containerd >/dev/null 2>&1 || true
+}
+
+# pinned DIR MODULE: the version of MODULE the wrapper module DIR requires.
+pinned() { awk -v m="$2" '($1 == m || $1 == "require" && $2 == m) {print $NF; exit}' "$E2E_DIR/tools/$1/go.mod"; }
+
+ensure_node_tools() {
+  ensure_node_packages
+  ensure_kube_node
+  go_build coredns "$(pinned coredns github.com/coredns/coredns)" "$E2E_DIR/tools/coredns" .
+  go_build local-path-provisioner "$(pinned local-path github.com/rancher/local-path-provisioner)" \
+    "$E2E_DIR/tools/local-path" github.com/rancher/local-path-provisioner
+  ensure_crane
+}
+
+ensure_crane() {
+  go_build crane "$(pinned crane github.com/google/go-containerregistry)" "$E2E_DIR/tools/crane" \
+    github.com/google/go-containerregistry/cmd/crane
 }
 
 # rustfmt and clippy run in e2e/test; rustup adds them where they are missing.

@@ -7,6 +7,9 @@ package tools
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver/app"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager/app"
+	_ "k8s.io/kubernetes/cmd/kube-proxy/app"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	_ "k8s.io/kubernetes/cmd/kubelet/app"
 	// kubectl: cmd/kubectl is main, so keep what it imports.
 	_ "k8s.io/component-base/cli"
 	_ "k8s.io/kubectl/pkg/cmd"
