@@ -73,9 +73,17 @@ ensure_kube_node() {
   go_build kube-scheduler "$KUBE_VERSION" "$E2E_DIR/tools/kube" k8s.io/kubernetes/cmd/kube-scheduler "$ld"
 }
 
+# helm as released: its Makefile stamps the Kubernetes version of its
+# client-go (0.34 → 1.34) as the default for offline `helm template`; without
+# it helm assumes v1.20 and refuses the chart's kubeVersion.
 ensure_helm() {
-  go_build helm "$HELM_VERSION" "$E2E_DIR/tools/helm" helm.sh/helm/v3/cmd/helm \
-    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  local client_go minor
+  client_go=$(pinned helm k8s.io/client-go)
+  minor=$(cut -d. -f2 <<<"$client_go")
+  local k8s="-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor"
+  k8s+=" -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor"
+  go_build helm "$HELM_VERSION-k8s1.$minor" "$E2E_DIR/tools/helm" helm.sh/helm/v3/cmd/helm \
+    "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION $k8s"
 }
 
 # kubectl from the same release, so client and server are never skewed.
@@ -116,7 +124,7 @@ ensure_node_packages() {
 }
 
 # pinned DIR MODULE: the version of MODULE the wrapper module DIR requires.
-pinned() { awk -v m="$2" '($1 == m || $1 == "require" && $2 == m) {print $NF; exit}' "$E2E_DIR/tools/$1/go.mod"; }
+pinned() { awk -v m="$2" '$1 == m {print $2; exit} $1 == "require" && $2 == m {print $3; exit}' "$E2E_DIR/tools/$1/go.mod"; }
 
 ensure_node_tools() {
   ensure_node_packages
@@ -154,6 +162,7 @@ ensure_tools() {
   ensure_kube
   ensure_helm
   ensure_kubectl
+  ensure_node_tools
   ensure_redis
   ensure_npm
 }

@@ -3,7 +3,8 @@
 # 1.6, CRI v1) with runc and the CNI bridge plugin, the kubelet, kube-proxy and
 # kube-scheduler from the same release as the apiserver, CoreDNS for
 # cluster.local, and Rancher's local-path provisioner for PVCs. Every image it
-# runs (the pause image included) is built here by e2e/images; nothing is pulled.
+# runs (the pause image included) is built here by e2e/images; nothing is
+# pulled, and containerd's registry traffic goes to a dead loopback proxy.
 #
 # Confinement (this machine must never send pod or Service traffic
 # elsewhere): the pod bridge has no uplink, CNI does not masquerade, the
@@ -300,7 +301,11 @@ node_up() {
   node_containerd_config
   node_kubelet_config
 
-  start containerd containerd --config "$NODE_DIR/containerd/config.toml"
+  # Images are imported, never pulled: a pull (an image a test does not
+  # have) goes to a proxy address where nothing listens, so not even a DNS
+  # query for a registry leaves the machine.
+  start containerd env HTTP_PROXY=http://127.0.0.1:9 HTTPS_PROXY=http://127.0.0.1:9 NO_PROXY= \
+    containerd --config "$NODE_DIR/containerd/config.toml"
   wait_for containerd 60 ctr_ version || failed containerd
   "$E2E_DIR/images" node "$CONTAINERD_SOCK" || die "could not build and import the node's images"
 

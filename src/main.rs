@@ -191,6 +191,10 @@ struct ReceiverArgs {
     /// Seconds in-flight dispatches may take to finish on SIGTERM.
     #[arg(long, env = "HOOKWARDEN_SHUTDOWN_GRACE", default_value_t = 25)]
     shutdown_grace_seconds: u64,
+    /// Seconds between SIGTERM and closing the webhook listener: not ready,
+    /// still accepting, while Kubernetes takes the pod out of the Service.
+    #[arg(long, env = "HOOKWARDEN_SHUTDOWN_DELAY", default_value_t = 5)]
+    shutdown_delay_seconds: u64,
     /// Namespace of the Lease in which this replica reports the keys it has
     /// loaded (default: its pod's namespace, else `default`).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
@@ -234,6 +238,7 @@ fn main() -> ExitCode {
                 body_limit: args.body_limit,
                 consumer,
                 shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
+                shutdown_delay: Duration::from_secs(args.shutdown_delay_seconds),
                 reclaim_after: Duration::from_secs(args.reclaim_after_seconds),
                 admin_listen: args.admin_listen,
                 admin_token: args.admin_token,

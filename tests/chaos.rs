@@ -224,42 +224,12 @@ spec:
         assert!(r.status().is_success());
     }
 
-    /// The simulator emits `n` pushes at `rate` per second; returns each
-    /// delivery's GUID and the status GitHub recorded for it.
     fn emit(&self, n: usize, rate: f64) -> tokio::task::JoinHandle<Vec<(String, u64)>> {
-        let url = format!("{}/_sim/hooks/{}/events", self.github, self.hook_id);
-        let (http, repo) = (self.http.clone(), self.repo.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-            let mut sends = Vec::with_capacity(n);
-            for seq in 0..n {
-                tick.tick().await;
-                let body = json!({ "event": "push", "payload": { "ref": "refs/heads/main", "seq": seq, "repository": { "full_name": repo } } });
-                let (http, url) = (http.clone(), url.clone());
-                sends.push(tokio::spawn(async move {
-                    let d: Value = http.post(&url).json(&body).send().await.unwrap().json().await.unwrap();
-                    (d["guid"].as_str().unwrap().to_owned(), d["status_code"].as_u64().unwrap())
-                }));
-            }
-            let mut out = Vec::with_capacity(n);
-            for s in sends {
-                out.push(s.await.unwrap());
-            }
-            out
-        })
+        common::emit(&self.http, &self.github, self.hook_id, &self.repo, n, rate)
     }
 
-    /// When the agent accepted each GUID (Unix ms), every time it did.
     async fn accepted(&self) -> HashMap<String, Vec<u64>> {
-        let got: Vec<Value> = get_json(&self.http, &format!("{}/_received/{AGENT}", self.agent_url)).await;
-        let mut by_guid: HashMap<String, Vec<u64>> = HashMap::new();
-        for r in got {
-            by_guid
-                .entry(r["id"].as_str().unwrap().to_owned())
-                .or_default()
-                .push(r["atMs"].as_u64().unwrap());
-        }
-        by_guid
+        common::accepted(&self.http, &self.agent_url, AGENT).await
     }
 
     async fn dead_lettered(&self) -> HashSet<String> {

@@ -7,10 +7,12 @@ use std::process::Command;
 
 use common::{TestEnv, repo_dir};
 
-/// `helm template` of the chart with `args`; (success, stdout, stderr).
+/// `helm template` of the chart with `args`, offline as GitOps tools run it
+/// (no cluster, no `--kube-version`: helm's own default must satisfy the
+/// chart's `kubeVersion`); (success, stdout, stderr).
 fn template(env: &TestEnv, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(std::path::Path::new(env.var("HOOKWARDEN_BIN")).join("helm"))
-        .args(["template", "hw", "charts/hookwarden", "--kube-version", "1.34.0"])
+        .args(["template", "hw", "charts/hookwarden"])
         .args(args)
         .current_dir(repo_dir())
         .output()
@@ -113,6 +115,28 @@ fn redis_sentinel_replaces_the_charts_redis_and_both_components_follow_it() {
         let url = env.as_array().unwrap().iter().find(|e| e["name"] == "REDIS_URL").unwrap();
         assert_eq!(url["value"], "redis+sentinel://s1:26379,s2:26379/mymaster", "{}", d["metadata"]["name"]);
     }
+}
+
+#[test]
+fn numbers_reach_the_programs_as_integers_whatever_their_size() {
+    // Helm reads every YAML number as a float: `quote` alone renders the
+    // default body limit 26214400 as "2.62144e+07", which the receiver
+    // refuses at start (seen only once the chart's pods ran).
+    let env = TestEnv::load();
+    let (ok, yaml, err) = template(&env, &["--set", "redis.ackReplicas=1,operator.resyncSeconds=86400"]);
+    assert!(ok, "{err}");
+    let mut checked = 0;
+    for doc in documents(&yaml) {
+        for container in doc.pointer("/spec/template/spec/containers").and_then(|c| c.as_array()).into_iter().flatten() {
+            for var in container["env"].as_array().into_iter().flatten() {
+                if let Some(value) = var["value"].as_str().filter(|v| v.starts_with(|c: char| c.is_ascii_digit())) {
+                    assert!(value.parse::<u64>().is_ok(), "{} = {value:?} is not an integer", var["name"]);
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked >= 8, "only {checked} numeric settings rendered");
 }
 
 #[test]

@@ -1,8 +1,9 @@
 //! The user's journey, end to end on the local control plane: `helm install`
 //! for real, then the operator and a receiver run as local processes
-//! authenticated as the chart's own ServiceAccounts (nodes do not exist here,
-//! so the Deployments' pods never start), so the chart's RBAC is what is
-//! exercised. Everything after the install goes through kubectl and HTTP, as
+//! authenticated as the chart's own ServiceAccounts, so the chart's RBAC is
+//! what is exercised (the chart's own pods are kept from starting with
+//! `image.pullPolicy=Never` on an image the node does not have; tests/pods.rs
+//! runs them). Everything after the install goes through kubectl and HTTP, as
 //! a platform engineer would.
 
 mod common;
@@ -135,7 +136,7 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
     let agents =
         json!([{ "name": "reviewer", "url": agent_url, "events": ["pull_request", "push"] }]).to_string();
     let sets = format!(
-        "watchNamespace={ns},redis.url={redis},redis.prefix={prefix},publicBaseUrl={public},operator.resyncSeconds=10",
+        "watchNamespace={ns},redis.url={redis},redis.prefix={prefix},publicBaseUrl={public},operator.resyncSeconds=10,image.pullPolicy=Never",
         ns = j.ns.name,
         redis = j.env.var("REDIS_URL"),
         public = j.receiver,

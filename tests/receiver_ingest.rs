@@ -25,6 +25,7 @@ use hookwarden::{
 };
 use serde_json::{Value, json};
 use tower::ServiceExt;
+use tokio_util::sync::CancellationToken;
 
 const KEY: &str = "It's a Secret to Everybody";
 
@@ -33,6 +34,7 @@ struct Harness {
     registry: Arc<Registry>,
     queue: Queue,
     policy: ObjectRef,
+    draining: CancellationToken,
 }
 
 async fn harness_with(redis_url: &str, body_limit: usize) -> Harness {
@@ -48,13 +50,15 @@ async fn harness_with(redis_url: &str, body_limit: usize) -> Harness {
     for watched in [Watched::Hooks, Watched::Keys, Watched::Policies] {
         registry.mark_synced(watched);
     }
+    let draining = CancellationToken::new();
     let state = AppState {
         registry: registry.clone(),
         queue: queue.clone(),
         metrics: Arc::new(ReceiverMetrics::new()),
         body_limit,
+        draining: draining.clone(),
     };
-    Harness { app: router(state), registry, queue, policy }
+    Harness { app: router(state), registry, queue, policy, draining }
 }
 
 async fn harness() -> Harness {
@@ -304,6 +308,25 @@ async fn a_redelivery_is_answered_but_not_queued_twice() {
 }
 
 #[tokio::test]
+async fn a_draining_receiver_is_not_ready_but_still_accepts_and_closes_connections() {
+    let h = harness().await;
+    let ready = |app: &Router| {
+        let app = app.clone();
+        async move { app.oneshot(Request::get("/readyz").body(Body::empty()).unwrap()).await.unwrap() }
+    };
+    assert_eq!(ready(&h.app).await.status(), StatusCode::OK);
+    let open = h.app.clone().oneshot(signed("issues", &guid(), b"{}")).await.unwrap();
+    assert!(open.headers().get("connection").is_none(), "no Connection: close before SIGTERM");
+
+    h.draining.cancel(); // what SIGTERM does first
+    assert_eq!(ready(&h.app).await.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let late = h.app.clone().oneshot(signed("issues", &guid(), b"{}")).await.unwrap();
+    assert_eq!(late.status(), StatusCode::ACCEPTED, "a delivery routed here during the delay is still accepted");
+    assert_eq!(late.headers()["connection"], "close");
+    assert_eq!(h.queue.len(&h.policy).await.unwrap(), 2);
+}
+
+#[tokio::test]
 async fn a_full_queue_answers_503_with_retry_after() {
     let h = harness().await;
     let settings = PolicySettings {
@@ -367,6 +390,7 @@ async fn before_its_watches_have_listed_everything_a_receiver_says_not_yet_never
         queue: queue.clone(),
         metrics: Arc::new(ReceiverMetrics::new()),
         body_limit: DEFAULT_BODY_LIMIT,
+        draining: CancellationToken::new(),
     };
     let app = router(state);
     // Nothing loaded yet: the hook may well exist.

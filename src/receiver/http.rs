@@ -19,6 +19,7 @@ use axum::{
 };
 use bytes::Bytes;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use super::{
     queue::{Activity, Delivery, Enqueued, ObjectRef, Queue, QueueError},
@@ -42,6 +43,8 @@ pub struct AppState {
     pub queue: Queue,
     pub metrics: Arc<ReceiverMetrics>,
     pub body_limit: usize,
+    /// Cancelled on SIGTERM: not ready, and every answer closes its connection.
+    pub draining: CancellationToken,
 }
 
 /// The receiver's router.
@@ -51,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::map_response_with_state(state.clone(), close_when_draining))
         .with_state(state)
 }
 
@@ -264,7 +268,19 @@ pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// While draining, a client's next request opens a new connection, which
+/// the Service sends to a replica that is staying.
+async fn close_when_draining(State(state): State<AppState>, mut response: Response) -> Response {
+    if state.draining.is_cancelled() {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
+}
+
 async fn readyz(State(state): State<AppState>) -> Response {
+    if state.draining.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "draining": true }))).into_response();
+    }
     let redis = tokio::time::timeout(Duration::from_secs(2), state.queue.ping()).await;
     let redis_ok = matches!(redis, Ok(Ok(())));
     let synced = state.registry.is_synced();

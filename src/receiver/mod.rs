@@ -41,6 +41,8 @@ pub struct ReceiverConfig {
     pub body_limit: usize,
     pub consumer: String,
     pub shutdown_grace: Duration,
+    /// Time between SIGTERM and closing the webhook listener (see `run`).
+    pub shutdown_delay: Duration,
     pub reclaim_after: Duration,
     /// Address of the admin API; served only when `admin_token` is set.
     pub admin_listen: SocketAddr,
@@ -64,9 +66,15 @@ pub enum Error {
     Serve(#[source] std::io::Error),
 }
 
-/// Runs the receiver until SIGTERM or Ctrl-C, then shuts down gracefully:
-/// stops accepting, lets in-flight dispatches finish within the grace period
-/// (the rest stay pending in Redis for another replica), and returns.
+/// Runs the receiver until SIGTERM or Ctrl-C, then shuts down gracefully.
+/// First it drains for `shutdown_delay`: `/readyz` answers 503 and every
+/// answer says `Connection: close`, but deliveries are still accepted, because
+/// Kubernetes sends SIGTERM and takes the pod out of the Service at the same
+/// time, and kube-proxy (and a client's kept-alive connection) may still send
+/// it traffic for a moment; a closed port then would make GitHub record a
+/// failure. Then it stops accepting, lets in-flight dispatches finish within
+/// the grace period (the rest stay pending in Redis for another replica), and
+/// returns.
 pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), Error> {
     crate::api::check_installed(&client, config.namespace.as_deref()).await?;
     let queue = connect_redis(&config).await;
@@ -117,7 +125,14 @@ pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), Error> {
         None => tracing::info!("no admin token configured; admin API off"),
     }
 
-    let state = http::AppState { registry, queue, metrics, body_limit: config.body_limit };
+    let draining = CancellationToken::new();
+    let state = http::AppState {
+        registry,
+        queue,
+        metrics,
+        body_limit: config.body_limit,
+        draining: draining.clone(),
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| Error::Listen { addr: config.listen, source })?;
@@ -126,6 +141,10 @@ pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), Error> {
     axum::serve(listener, http::router(state))
         .with_graceful_shutdown(async move {
             crate::shutdown_signal().await;
+            let delay_seconds = config.shutdown_delay.as_secs_f64();
+            tracing::info!(delay_seconds, "shutting down: not ready, still accepting during the delay");
+            draining.cancel();
+            tokio::time::sleep(config.shutdown_delay).await;
             tracing::info!("shutting down: no new deliveries, finishing in-flight dispatches");
             stop.cancel();
         })

@@ -315,6 +315,8 @@ impl Process {
             .args(args)
             .env("KUBECONFIG", env.kubeconfig())
             .env("RUST_LOG", "info")
+            // Not behind a Service: nothing to drain before closing the listener.
+            .env("HOOKWARDEN_SHUTDOWN_DELAY", "0")
             .envs(vars.iter().copied())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -414,4 +416,49 @@ impl PushFlow {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         self.task.await.unwrap()
     }
+}
+
+/// The simulator at `github` emits `n` pushes of repository `repo` to hook
+/// `hook_id` at `rate` per second (each send on its own task, so a slow answer
+/// does not slow the rate); returns each delivery's GUID and the status the
+/// simulator recorded for it (what GitHub would show as the response).
+pub fn emit(
+    http: &reqwest::Client,
+    github: &str,
+    hook_id: i64,
+    repo: &str,
+    n: usize,
+    rate: f64,
+) -> tokio::task::JoinHandle<Vec<(String, u64)>> {
+    let url = format!("{github}/_sim/hooks/{hook_id}/events");
+    let (http, repo) = (http.clone(), repo.to_owned());
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+        let mut sends = Vec::with_capacity(n);
+        for seq in 0..n {
+            tick.tick().await;
+            let body = serde_json::json!({ "event": "push", "payload": { "ref": "refs/heads/main", "seq": seq, "repository": { "full_name": repo } } });
+            let (http, url) = (http.clone(), url.clone());
+            sends.push(tokio::spawn(async move {
+                let d: serde_json::Value = http.post(&url).json(&body).send().await.unwrap().json().await.unwrap();
+                (d["guid"].as_str().unwrap().to_owned(), d["status_code"].as_u64().unwrap())
+            }));
+        }
+        let mut out = Vec::with_capacity(n);
+        for s in sends {
+            out.push(s.await.unwrap());
+        }
+        out
+    })
+}
+
+/// When the sample agent at `agent_url` accepted each GUID for `agent`
+/// (Unix ms), every time it did.
+pub async fn accepted(http: &reqwest::Client, agent_url: &str, agent: &str) -> HashMap<String, Vec<u64>> {
+    let got: Vec<serde_json::Value> = get_json(http, &format!("{agent_url}/_received/{agent}")).await;
+    let mut by_guid: HashMap<String, Vec<u64>> = HashMap::new();
+    for r in got {
+        by_guid.entry(r["id"].as_str().unwrap().to_owned()).or_default().push(r["atMs"].as_u64().unwrap());
+    }
+    by_guid
 }

@@ -72,9 +72,9 @@ seccompProfile:
 - name: HOOKWARDEN_REDIS_PREFIX
   value: {{ .Values.redis.prefix | quote }}
 - name: HOOKWARDEN_REDIS_REPLICAS
-  value: {{ .Values.redis.ackReplicas | quote }}
+  value: {{ .Values.redis.ackReplicas | int64 | quote }}
 - name: HOOKWARDEN_REDIS_REPLICA_TIMEOUT_MS
-  value: {{ .Values.redis.ackTimeoutMs | quote }}
+  value: {{ .Values.redis.ackTimeoutMs | int64 | quote }}
 - name: RUST_LOG
   value: {{ .Values.logLevel | quote }}
 {{- end -}}
