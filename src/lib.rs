@@ -37,6 +37,34 @@ pub mod sample_agent;
 pub mod signature;
 pub mod telemetry;
 
+/// The pod this process runs in (`POD_NAME` and `POD_UID`, set by the
+/// chart from the downward API). The Leases a replica holds name it as their
+/// owner, so Kubernetes removes them with the pod even when the process was
+/// killed before it could remove them itself.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodRef {
+    pub name: String,
+    pub uid: String,
+}
+
+impl PodRef {
+    /// From the environment; `None` outside a pod (either variable unset or empty).
+    pub fn from_env() -> Option<Self> {
+        let var = |name| std::env::var(name).ok().filter(|v| !v.is_empty());
+        Some(Self { name: var("POD_NAME")?, uid: var("POD_UID")? })
+    }
+
+    pub fn owner_reference(&self) -> k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            ..Default::default()
+        }
+    }
+}
+
 /// Resolves on SIGTERM (what Kubernetes sends) or Ctrl-C.
 pub async fn shutdown_signal() {
     let ctrl_c = async {

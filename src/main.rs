@@ -243,6 +243,7 @@ fn main() -> ExitCode {
                 admin_listen: args.admin_listen,
                 admin_token: args.admin_token,
                 lease_namespace: args.lease_namespace,
+                pod: hookwarden::PodRef::from_env(),
             };
             runtime().block_on(async {
                 match kube::Client::try_default().await {
@@ -298,6 +299,7 @@ fn main() -> ExitCode {
                 instance: args
                     .instance
                     .unwrap_or_else(|| format!("{}-{}", default_consumer(), std::process::id())),
+                pod: hookwarden::PodRef::from_env(),
                 public_base_url: args.public_base_url,
                 resync: Duration::from_secs(args.resync_seconds.max(1)),
                 lease_namespace: args.lease_namespace,

@@ -14,7 +14,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{PrivateRedis, Process, TestEnv, TestNamespace, eventually, free_port, get_json, redis_prefix};
+use common::{
+    PrivateRedis, Process, PushFlow, TestEnv, TestNamespace, eventually, free_port, get_json, redis_prefix,
+};
 use hookwarden::{
     api::WebhookConfig,
     receiver::queue::{ObjectRef, Queue},
@@ -224,8 +226,9 @@ spec:
         assert!(r.status().is_success());
     }
 
-    fn emit(&self, n: usize, rate: f64) -> tokio::task::JoinHandle<Vec<(String, u64)>> {
-        common::emit(&self.http, &self.github, self.hook_id, &self.repo, n, rate)
+    /// The simulator emits `n` pushes at `rate` per second.
+    fn emit(&self, n: usize, rate: f64) -> PushFlow {
+        PushFlow::start(&self.github, &self.repo, self.hook_id, rate, Some(n))
     }
 
     async fn accepted(&self) -> HashMap<String, Vec<u64>> {
@@ -372,7 +375,7 @@ async fn soak(n: usize, rate: f64) -> Report {
             Act::Unreachable(on) => w.unreachable(on).await,
         }
     }
-    let sent = emitter.await.unwrap();
+    let sent = emitter.finish().await;
     let emitted_at = Instant::now();
     let guids: HashSet<String> = sent.iter().map(|(g, _)| g.clone()).collect();
     assert_eq!(guids.len(), n, "every emitted delivery has its own GUID");
@@ -436,7 +439,7 @@ async fn a_backlog_survives_an_operator_restart_and_a_leader_change() {
     // GitHub cannot reach the receivers at all: only reading the deliveries
     // from GitHub's API brings them back.
     w.unreachable(true).await;
-    let sent = w.emit(BACKLOG, 300.0).await.unwrap();
+    let sent = w.emit(BACKLOG, 300.0).finish().await;
     assert!(sent.iter().all(|(_, code)| *code == 0), "every delivery failed at GitHub");
     progress(&w, BACKLOG / 5).await;
     let leader = w.leader().await.expect("a leader");

@@ -127,9 +127,13 @@ fn numbers_reach_the_programs_as_integers_whatever_their_size() {
     assert!(ok, "{err}");
     let mut checked = 0;
     for doc in documents(&yaml) {
-        for container in doc.pointer("/spec/template/spec/containers").and_then(|c| c.as_array()).into_iter().flatten() {
+        for container in
+            doc.pointer("/spec/template/spec/containers").and_then(|c| c.as_array()).into_iter().flatten()
+        {
             for var in container["env"].as_array().into_iter().flatten() {
-                if let Some(value) = var["value"].as_str().filter(|v| v.starts_with(|c: char| c.is_ascii_digit())) {
+                if let Some(value) =
+                    var["value"].as_str().filter(|v| v.starts_with(|c: char| c.is_ascii_digit()))
+                {
                     assert!(value.parse::<u64>().is_ok(), "{} = {value:?} is not an integer", var["name"]);
                     checked += 1;
                 }

@@ -11,7 +11,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Process, PushFlow, TestEnv, TestNamespace, eventually, free_port, redis_prefix, webhook_examples,
+    Process, PushFlow, TestEnv, TestNamespace, eventually, free_port, redis_prefix, rotate_now,
+    webhook_examples,
 };
 use hookwarden::sample_agent::{self, Sink};
 use serde_json::{Value, json};
@@ -292,33 +293,11 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
     }
 
     // 4. A forced rotation while events flow (a push every 50 ms) rejects nothing.
-    let old_keys = j.kubectl_in(&["get", "secret", "service-hmac", "-o", "jsonpath={.data}"]);
-    let flow = PushFlow::start(&j.github, &j.repo, hook_id);
+    let flow = PushFlow::start(&j.github, &j.repo, hook_id, 20.0, None);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    j.kubectl_in(&["annotate", "whc", "service", "hookwarden.io/rotate=journey", "--overwrite"]);
-    let rotated = Instant::now();
-    loop {
-        let status = j.kubectl_in(&[
-            "get",
-            "whc",
-            "service",
-            "-o",
-            "jsonpath={.status.confirmedKeyVersion} {.status.signingKeyVersion}",
-        ]);
-        let keys = j.kubectl_in(&["get", "secret", "service-hmac", "-o", "jsonpath={.data}"]);
-        let (confirmed, signing) = status.split_once(' ').unwrap_or_default();
-        if keys != old_keys
-            && !signing.is_empty()
-            && confirmed == signing
-            && keys.matches("key-").count() == 1
-        {
-            break;
-        }
-        assert!(rotated.elapsed() < Duration::from_secs(60), "the rotation did not complete: {status}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    rotate_now(&j.env, &j.ns.name, "service", Duration::from_secs(60)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let codes = flow.stop().await;
+    let codes: Vec<u64> = flow.stop().await.into_iter().map(|(_, code)| code).collect();
     assert!(codes.len() >= 20, "events flowed during the rotation: {}", codes.len());
     assert!(codes.iter().all(|c| *c == 202), "rejected during the rotation: {codes:?}");
     let reasons = j.kubectl_in(&["get", "events", "-o", "jsonpath={.items[*].reason}"]);

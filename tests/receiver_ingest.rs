@@ -24,8 +24,8 @@ use hookwarden::{
     telemetry::ReceiverMetrics,
 };
 use serde_json::{Value, json};
-use tower::ServiceExt;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 const KEY: &str = "It's a Secret to Everybody";
 
@@ -321,7 +321,11 @@ async fn a_draining_receiver_is_not_ready_but_still_accepts_and_closes_connectio
     h.draining.cancel(); // what SIGTERM does first
     assert_eq!(ready(&h.app).await.status(), StatusCode::SERVICE_UNAVAILABLE);
     let late = h.app.clone().oneshot(signed("issues", &guid(), b"{}")).await.unwrap();
-    assert_eq!(late.status(), StatusCode::ACCEPTED, "a delivery routed here during the delay is still accepted");
+    assert_eq!(
+        late.status(),
+        StatusCode::ACCEPTED,
+        "a delivery routed here during the delay is still accepted"
+    );
     assert_eq!(late.headers()["connection"], "close");
     assert_eq!(h.queue.len(&h.policy).await.unwrap(), 2);
 }

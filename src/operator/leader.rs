@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
-    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta},
+    apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference},
     jiff::Timestamp,
 };
 use kube::{
@@ -27,11 +27,21 @@ pub struct Election {
     name: String,
     identity: String,
     duration: Duration,
+    /// Owner references a holder writes on the Lease (its pod).
+    owners: Option<Vec<OwnerReference>>,
 }
 
 impl Election {
     pub fn new(api: Api<Lease>, name: &str, identity: &str, duration: Duration) -> Self {
-        Self { api, name: name.to_owned(), identity: identity.to_owned(), duration }
+        Self { api, name: name.to_owned(), identity: identity.to_owned(), duration, owners: None }
+    }
+
+    /// Whoever holds the Lease names its pod as the Lease's owner: when the
+    /// holder's pod goes (`helm uninstall` included, whatever its RBAC
+    /// still allows at that moment), so does the Lease.
+    pub fn owned_by(mut self, pod: Option<&crate::PodRef>) -> Self {
+        self.owners = pod.map(|p| vec![p.owner_reference()]);
+        self
     }
 
     fn renew_every(&self) -> Duration {
@@ -105,7 +115,11 @@ impl Election {
         let seconds = self.duration.as_secs().max(1) as i32;
         let Some(mut lease) = self.api.get_opt(&self.name).await? else {
             let lease = Lease {
-                metadata: ObjectMeta { name: Some(self.name.clone()), ..ObjectMeta::default() },
+                metadata: ObjectMeta {
+                    name: Some(self.name.clone()),
+                    owner_references: self.owners.clone(),
+                    ..ObjectMeta::default()
+                },
                 spec: Some(LeaseSpec {
                     holder_identity: Some(self.identity.clone()),
                     lease_duration_seconds: Some(seconds),
@@ -139,6 +153,9 @@ impl Election {
         }
         spec.renew_time = Some(now);
         spec.lease_duration_seconds = Some(seconds);
+        if !ours {
+            lease.metadata.owner_references = self.owners.clone();
+        }
         // NB: replace carries the resourceVersion read above: a race is a 409.
         debug_assert!(lease.meta().resource_version.is_some());
         match self.api.replace(&self.name, &PostParams::default(), &lease).await {

@@ -48,6 +48,8 @@ pub struct OperatorConfig {
     pub listen: SocketAddr,
     /// This replica's name, shown in Events.
     pub instance: String,
+    /// This replica's pod: the owner of the leader Lease while it holds it.
+    pub pod: Option<crate::PodRef>,
     /// Public base URL of the receivers; a hook without `spec.url` delivers
     /// to `{base}/hooks/{namespace}/{name}`.
     pub public_base_url: Option<String>,
@@ -177,7 +179,8 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::ap
     tracing::info!(listen = %config.listen, instance = %config.instance, "operator started");
 
     let leases = kube::Api::namespaced(client.clone(), &config.lease_namespace);
-    let election = leader::Election::new(leases, LEADER_LEASE, &config.instance, config.lease_duration);
+    let election = leader::Election::new(leases, LEADER_LEASE, &config.instance, config.lease_duration)
+        .owned_by(config.pod.as_ref());
     tokio::select! {
         () = election.acquire() => {}
         () = crate::shutdown_signal() => return Ok(()),

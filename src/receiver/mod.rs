@@ -49,6 +49,8 @@ pub struct ReceiverConfig {
     pub admin_token: Option<String>,
     /// Namespace of this replica's Lease reporting its loaded keys.
     pub lease_namespace: String,
+    /// This replica's pod, the owner of its Lease.
+    pub pod: Option<crate::PodRef>,
 }
 
 /// Why the receiver could not start or stopped.
@@ -101,6 +103,7 @@ pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), Error> {
         client.clone(),
         config.lease_namespace.clone(),
         config.consumer.clone(),
+        config.pod.clone(),
         registry.clone(),
         shutdown.clone(),
     ));

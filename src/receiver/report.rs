@@ -1,7 +1,8 @@
 //! Tells the operator what this replica can verify: a Lease of its own,
 //! renewed every few seconds and at once when keys change, whose annotation
 //! lists the key versions it has loaded (see [`crate::keys::replicas_missing`]).
-//! Removed on graceful shutdown; a crashed replica's Lease simply goes stale.
+//! Removed on graceful shutdown; a crashed replica's Lease goes stale, and
+//! goes with its pod (the Lease names the pod as owner).
 
 use std::{sync::Arc, time::Duration};
 
@@ -38,12 +39,14 @@ pub async fn run(
     client: Client,
     namespace: String,
     replica: String,
+    pod: Option<crate::PodRef>,
     registry: Arc<Registry>,
     shutdown: CancellationToken,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &namespace);
     let name = lease_name(&replica);
     let mut changes = registry.watch_key_set();
+    let owners: Vec<_> = pod.iter().map(crate::PodRef::owner_reference).collect();
     loop {
         let loaded = serde_json::to_string(&registry.loaded_key_versions()).expect("serialisable");
         let lease = json!({
@@ -53,6 +56,7 @@ pub async fn run(
                 "name": name,
                 "labels": { MANAGED_BY.0: MANAGED_BY.1, "app.kubernetes.io/component": RECEIVER_COMPONENT },
                 "annotations": { LOADED_KEYS_ANNOTATION: loaded },
+                "ownerReferences": owners,
             },
             "spec": {
                 "holderIdentity": replica,

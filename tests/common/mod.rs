@@ -384,72 +384,58 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// The simulator emitting a `push` to one hook every 50 ms, in the
-/// background, as GitHub would while something else happens.
+/// The simulator emitting `push`es to one hook at a steady rate, in the
+/// background, as GitHub would while something else happens. Each send runs
+/// on its own task, so a slow answer does not slow the rate.
 pub struct PushFlow {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    task: tokio::task::JoinHandle<Vec<u64>>,
+    task: tokio::task::JoinHandle<Vec<(String, u64)>>,
 }
 
 impl PushFlow {
-    /// Starts emitting to hook `hook_id` of repository `repo` on the simulator at `github`.
-    pub fn start(github: &str, repo: &str, hook_id: i64) -> Self {
+    /// Starts emitting `rate` pushes a second of repository `repo` to hook
+    /// `hook_id` on the simulator at `github`, until stopped or `limit` are sent.
+    pub fn start(github: &str, repo: &str, hook_id: i64, rate: f64, limit: Option<usize>) -> Self {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (flag, http) = (stop.clone(), reqwest::Client::new());
         let url = format!("{github}/_sim/hooks/{hook_id}/events");
-        let body = serde_json::json!({ "event": "push", "payload": { "ref": "refs/heads/main", "repository": { "full_name": repo } } });
+        let repo = repo.to_owned();
         let task = tokio::spawn(async move {
-            let mut codes = Vec::new();
-            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
-                let d: serde_json::Value =
-                    http.post(&url).json(&body).send().await.unwrap().json().await.unwrap();
-                codes.push(d["status_code"].as_u64().unwrap());
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+            let mut sends = Vec::new();
+            for seq in 0..limit.unwrap_or(usize::MAX) {
+                tick.tick().await;
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                let body = serde_json::json!({ "event": "push", "payload": { "ref": "refs/heads/main", "seq": seq, "repository": { "full_name": repo } } });
+                let (http, url) = (http.clone(), url.clone());
+                sends.push(tokio::spawn(async move {
+                    let d: serde_json::Value =
+                        http.post(&url).json(&body).send().await.unwrap().json().await.unwrap();
+                    (d["guid"].as_str().unwrap().to_owned(), d["status_code"].as_u64().unwrap())
+                }));
             }
-            codes
+            let mut out = Vec::with_capacity(sends.len());
+            for s in sends {
+                out.push(s.await.unwrap());
+            }
+            out
         });
         Self { stop, task }
     }
 
-    /// Stops; the HTTP status the receiver gave each delivery, in order.
-    pub async fn stop(self) -> Vec<u64> {
+    /// Stops; each delivery's GUID and the HTTP status the receiver gave it
+    /// (as the simulator recorded it, what GitHub would show), in order.
+    pub async fn stop(self) -> Vec<(String, u64)> {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         self.task.await.unwrap()
     }
-}
 
-/// The simulator at `github` emits `n` pushes of repository `repo` to hook
-/// `hook_id` at `rate` per second (each send on its own task, so a slow answer
-/// does not slow the rate); returns each delivery's GUID and the status the
-/// simulator recorded for it (what GitHub would show as the response).
-pub fn emit(
-    http: &reqwest::Client,
-    github: &str,
-    hook_id: i64,
-    repo: &str,
-    n: usize,
-    rate: f64,
-) -> tokio::task::JoinHandle<Vec<(String, u64)>> {
-    let url = format!("{github}/_sim/hooks/{hook_id}/events");
-    let (http, repo) = (http.clone(), repo.to_owned());
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-        let mut sends = Vec::with_capacity(n);
-        for seq in 0..n {
-            tick.tick().await;
-            let body = serde_json::json!({ "event": "push", "payload": { "ref": "refs/heads/main", "seq": seq, "repository": { "full_name": repo } } });
-            let (http, url) = (http.clone(), url.clone());
-            sends.push(tokio::spawn(async move {
-                let d: serde_json::Value = http.post(&url).json(&body).send().await.unwrap().json().await.unwrap();
-                (d["guid"].as_str().unwrap().to_owned(), d["status_code"].as_u64().unwrap())
-            }));
-        }
-        let mut out = Vec::with_capacity(n);
-        for s in sends {
-            out.push(s.await.unwrap());
-        }
-        out
-    })
+    /// Waits until all `limit` deliveries are sent; as `stop`.
+    pub async fn finish(self) -> Vec<(String, u64)> {
+        self.task.await.unwrap()
+    }
 }
 
 /// When the sample agent at `agent_url` accepted each GUID for `agent`
@@ -461,4 +447,35 @@ pub async fn accepted(http: &reqwest::Client, agent_url: &str, agent: &str) -> H
         by_guid.entry(r["id"].as_str().unwrap().to_owned()).or_default().push(r["atMs"].as_u64().unwrap());
     }
     by_guid
+}
+
+/// Forces a rotation of WebhookConfig `name`'s key (`hookwarden.io/rotate`)
+/// and waits until it is complete: a new signing key, confirmed on GitHub,
+/// and only that one left in Secret `{name}-hmac`. Returns how long it took.
+pub async fn rotate_now(env: &TestEnv, ns: &str, name: &str, timeout: Duration) -> Duration {
+    let secret = format!("{name}-hmac");
+    let keys = || env.kubectl_ok(&["get", "secret", &secret, "-n", ns, "-o", "jsonpath={.data}"]);
+    let old_keys = keys();
+    let stamp = format!("hookwarden.io/rotate={}", rand::random::<u32>());
+    env.kubectl_ok(&["annotate", "whc", name, "-n", ns, &stamp, "--overwrite"]);
+    let started = std::time::Instant::now();
+    loop {
+        let status = env.kubectl_ok(&[
+            "get",
+            "whc",
+            name,
+            "-n",
+            ns,
+            "-o",
+            "jsonpath={.status.confirmedKeyVersion} {.status.signingKeyVersion}",
+        ]);
+        let now = keys();
+        let (confirmed, signing) = status.split_once(' ').unwrap_or_default();
+        if now != old_keys && !signing.is_empty() && confirmed == signing && now.matches("key-").count() == 1
+        {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < timeout, "the rotation did not complete: {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
