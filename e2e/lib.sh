@@ -117,8 +117,9 @@ ensure_redis() {
 # nft for the confinement rules, busybox for the storage helper image.
 ensure_node_packages() {
   command -v containerd >/dev/null && [[ -x /usr/lib/cni/bridge ]] && command -v nft >/dev/null &&
-    [[ -x /bin/busybox ]] && return
-  apt_install containerd runc containernetworking-plugins iptables nftables busybox-static
+    [[ -x /bin/busybox ]] && command -v ip >/dev/null && command -v sysctl >/dev/null && return
+  apt_install containerd runc containernetworking-plugins iptables nftables busybox-static iproute2 procps \
+    ca-certificates
   # The package may start a system containerd; the node runs its own.
   command -v systemctl >/dev/null && systemctl disable --now containerd >/dev/null 2>&1 || true
 }

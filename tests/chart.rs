@@ -131,9 +131,12 @@ fn numbers_reach_the_programs_as_integers_whatever_their_size() {
             doc.pointer("/spec/template/spec/containers").and_then(|c| c.as_array()).into_iter().flatten()
         {
             for var in container["env"].as_array().into_iter().flatten() {
-                if let Some(value) =
-                    var["value"].as_str().filter(|v| v.starts_with(|c: char| c.is_ascii_digit()))
-                {
+                // Anything a float could have been printed as (not "0.0.0.0:8081").
+                let numeric = |v: &&str| {
+                    v.starts_with(|c: char| c.is_ascii_digit())
+                        && v.chars().all(|c| c.is_ascii_digit() || ".e+-".contains(c))
+                };
+                if let Some(value) = var["value"].as_str().filter(numeric) {
                     assert!(value.parse::<u64>().is_ok(), "{} = {value:?} is not an integer", var["name"]);
                     checked += 1;
                 }
