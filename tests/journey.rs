@@ -398,6 +398,11 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
     operator.terminate();
     receiver.terminate();
     j.env.tool_ok("helm", &["uninstall", RELEASE, "-n", &j.ns.name, "--wait"], None);
+    // The Deployments' pods (never started here) go with them, in the background.
+    eventually("the release's pods gone", Duration::from_secs(60), || async {
+        j.kubectl_in(&["get", "pods", "-o", "name"]).is_empty().then_some(())
+    })
+    .await;
     let left = j.kubectl_in(&[
         "get",
         "all,serviceaccounts,roles,rolebindings,secrets,configmaps,leases,poddisruptionbudgets,agentpolicies,webhookconfigs,networkpolicies",
