@@ -195,6 +195,19 @@ struct ReceiverArgs {
     /// still accepting, while Kubernetes takes the pod out of the Service.
     #[arg(long, env = "HOOKWARDEN_SHUTDOWN_DELAY", default_value_t = 5)]
     shutdown_delay_seconds: u64,
+    /// Seconds a client has to send a request's headers, counted from when
+    /// the receiver waits for them (so also the keep-alive idle limit).
+    #[arg(long, env = "HOOKWARDEN_HEADER_TIMEOUT", default_value_t = 5)]
+    header_timeout_seconds: u64,
+    /// Seconds a client has to send a delivery's body (then 408).
+    #[arg(long, env = "HOOKWARDEN_BODY_TIMEOUT", default_value_t = 10)]
+    body_timeout_seconds: u64,
+    /// Open connections on the webhook port; one more is answered 503 and closed.
+    #[arg(long, env = "HOOKWARDEN_MAX_CONNECTIONS", default_value_t = 4096)]
+    max_connections: usize,
+    /// Deliveries handled at a time; one more is answered 503 before it is read.
+    #[arg(long, env = "HOOKWARDEN_MAX_IN_FLIGHT", default_value_t = 1024)]
+    max_in_flight: usize,
     /// Namespace of the Lease in which this replica reports the keys it has
     /// loaded (default: its pod's namespace, else `default`).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
@@ -239,6 +252,12 @@ fn main() -> ExitCode {
                 consumer,
                 shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
                 shutdown_delay: Duration::from_secs(args.shutdown_delay_seconds),
+                limits: receiver::serve::Limits {
+                    header_timeout: Duration::from_secs(args.header_timeout_seconds.max(1)),
+                    body_timeout: Duration::from_secs(args.body_timeout_seconds.max(1)),
+                    max_connections: args.max_connections.max(1),
+                    max_in_flight: args.max_in_flight.max(1),
+                },
                 reclaim_after: Duration::from_secs(args.reclaim_after_seconds),
                 admin_listen: args.admin_listen,
                 admin_token: args.admin_token,

@@ -1,17 +1,21 @@
 //! The receiver's ingest path against a real Redis: what GitHub sends is
 //! verified and queued durably exactly once; everything else gets a clear
-//! error and queues nothing.
+//! error and queues nothing. And its front door, as a slow or flooding
+//! client meets it on a real socket: timeouts and caps.
 
 mod common;
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Router,
     body::Body,
     http::{Request, StatusCode},
 };
-use common::{TestEnv, redis_prefix, webhook_examples};
+use common::{TestEnv, eventually, redis_prefix, webhook_examples};
 use hookwarden::{
     api::{CircuitBreaker, RetryPolicy},
     keys::HmacKey,
@@ -19,6 +23,7 @@ use hookwarden::{
         http::{AppState, DEFAULT_BODY_LIMIT, router},
         queue::{ObjectRef, Queue},
         registry::{HookInfo, PolicySettings, Registry, Watched},
+        serve::{Limits, serve},
     },
     signature,
     telemetry::ReceiverMetrics,
@@ -38,6 +43,10 @@ struct Harness {
 }
 
 async fn harness_with(redis_url: &str, body_limit: usize) -> Harness {
+    harness_limited(redis_url, body_limit, Limits::default()).await
+}
+
+async fn harness_limited(redis_url: &str, body_limit: usize, limits: Limits) -> Harness {
     let queue = Queue::connect(redis_url, &redis_prefix()).await.expect("connect to redis");
     let registry = Arc::new(Registry::new());
     let secret = ObjectRef::new("team", "repo-hook-hmac");
@@ -57,6 +66,7 @@ async fn harness_with(redis_url: &str, body_limit: usize) -> Harness {
         metrics: Arc::new(ReceiverMetrics::new()),
         body_limit,
         draining: draining.clone(),
+        limits,
     };
     Harness { app: router(state), registry, queue, policy, draining }
 }
@@ -395,6 +405,7 @@ async fn before_its_watches_have_listed_everything_a_receiver_says_not_yet_never
         metrics: Arc::new(ReceiverMetrics::new()),
         body_limit: DEFAULT_BODY_LIMIT,
         draining: CancellationToken::new(),
+        limits: Limits::default(),
     };
     let app = router(state);
     // Nothing loaded yet: the hook may well exist.
@@ -410,4 +421,137 @@ async fn before_its_watches_have_listed_everything_a_receiver_says_not_yet_never
     registry.mark_synced(Watched::Keys);
     let (status, reply, _) = send(&app, signed("push", &guid(), b"{}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{reply}");
+}
+
+/// The front door as a client reaches it: the router served by `serve` on a
+/// loopback port, with small limits. Returns the address.
+async fn front_door(limits: Limits) -> (std::net::SocketAddr, Harness) {
+    let h = harness_limited(TestEnv::load().var("REDIS_URL"), DEFAULT_BODY_LIMIT, limits).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let metrics = Arc::new(ReceiverMetrics::new());
+    tokio::spawn(serve(listener, h.app.clone(), limits, metrics, std::future::pending()));
+    (addr, h)
+}
+
+/// Reads what the server sends until it closes the connection or `within` passes.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(within, stream.read_to_end(&mut got)).await;
+    read.ok().map(|_| String::from_utf8_lossy(&got).into_owned())
+}
+
+const SMALL: Limits = Limits {
+    header_timeout: Duration::from_secs(1),
+    body_timeout: Duration::from_secs(1),
+    max_connections: 8,
+    max_in_flight: 2,
+};
+
+#[tokio::test]
+async fn headers_that_never_finish_and_idle_keep_alive_lose_their_connection() {
+    use tokio::io::AsyncWriteExt;
+    let (addr, _h) = front_door(SMALL).await;
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    slow.write_all(b"POST /hooks/team/repo-hook HTTP/1.1\r\nhost: x\r\nx-github-event: pu").await.unwrap();
+    let started = Instant::now();
+    assert!(read_until_closed(&mut slow, Duration::from_secs(5)).await.is_some(), "closed");
+    assert!(started.elapsed() < Duration::from_secs(3), "within the header timeout: {:?}", started.elapsed());
+
+    // A finished request, then silence: the kept-alive connection goes too.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+    let answer = read_until_closed(&mut idle, Duration::from_secs(5)).await.expect("closed when idle");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_trickled_body_gets_408_and_queues_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let (addr, h) = front_door(SMALL).await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = "POST /hooks/team/repo-hook HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+                x-github-event: issues\r\nx-github-delivery: 1\r\ncontent-length: 100\r\n\r\n{";
+    s.write_all(head.as_bytes()).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if s.write_all(b" ").await.is_err() {
+                break;
+            }
+        }
+        s
+    });
+    let mut s = trickle.await.unwrap();
+    let answer = read_until_closed(&mut s, Duration::from_secs(5)).await.unwrap_or_default();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("did not arrive within 1 seconds"), "{answer}");
+    assert_eq!(h.queue.len(&h.policy).await.unwrap(), 0);
+}
+
+/// Limits small enough to reach, timeouts long enough to stay out of the way.
+const CAPPED: Limits =
+    Limits { header_timeout: Duration::from_secs(10), body_timeout: Duration::from_secs(10), ..SMALL };
+
+#[tokio::test]
+async fn beyond_the_in_flight_cap_a_delivery_gets_503_before_it_is_read() {
+    use tokio::io::AsyncWriteExt;
+    let (addr, h) = front_door(CAPPED).await;
+    // Two deliveries holding the in-flight slots with bodies that have not arrived.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /hooks/team/repo-hook HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n")
+            .await
+            .unwrap();
+        held.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/hooks/team/repo-hook");
+    let body = br#"{"action":"opened"}"#.to_vec();
+    let sig = signature::sign(KEY.as_bytes(), &body);
+    let send = || {
+        http.post(&url)
+            .header("x-github-event", "issues")
+            .header("x-github-delivery", guid())
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", &sig)
+            .body(body.clone())
+            .send()
+    };
+    let overloaded = send().await.unwrap();
+    assert_eq!(overloaded.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(overloaded.headers().contains_key("retry-after"));
+    assert!(overloaded.text().await.unwrap().contains("overloaded"));
+    // Probes are not deliveries: still answered.
+    assert!(http.get(format!("http://{addr}/healthz")).send().await.unwrap().status().is_success());
+    // Once the slow clients are gone, deliveries are served again.
+    drop(held);
+    eventually("a slot free again", Duration::from_secs(5), || async {
+        (send().await.ok()?.status() == StatusCode::ACCEPTED).then_some(())
+    })
+    .await;
+    assert_eq!(h.queue.len(&h.policy).await.unwrap(), 1, "only the delivery that was served is queued");
+}
+
+#[tokio::test]
+async fn beyond_the_connection_cap_a_client_gets_503_and_is_closed() {
+    let (addr, _h) = front_door(CAPPED).await;
+    let mut open = Vec::new();
+    for _ in 0..CAPPED.max_connections {
+        open.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut refused = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let answer = read_until_closed(&mut refused, Duration::from_secs(2)).await.expect("answered and closed");
+    assert!(answer.starts_with("HTTP/1.1 503") && answer.contains("too many connections"), "{answer}");
+    // One goes, one more may come.
+    drop(open.pop());
+    let http = reqwest::Client::new();
+    eventually("a connection slot free again", Duration::from_secs(5), || async {
+        http.get(format!("http://{addr}/healthz")).send().await.ok()?.status().is_success().then_some(())
+    })
+    .await;
 }

@@ -4,8 +4,12 @@
 //! Order of checks on a delivery: the receiver has loaded what it watches
 //! (503 + `Retry-After` until then, never a misleading 404) → the hook exists (404) → the body fits (413)
 //! → the signature matches a current key, on the raw bytes (401) → the
-//! content type is JSON or form (415) → the payload parses (400) → it is in
+//! event and delivery headers are well-formed (400) → the content type is
+//! JSON or form (415) → the payload parses (400) → it is in
 //! Redis (202), or was already (200). Only then does GitHub get a 2xx.
+//! Every check before Redis is a pure step, `admit` (before the body is read)
+//! then `verify` (on the body), table-tested without Redis; `accept` is the
+//! I/O around them.
 
 use std::{sync::Arc, time::Duration};
 
@@ -19,11 +23,13 @@ use axum::{
 };
 use bytes::Bytes;
 use serde_json::json;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::{
     queue::{Activity, Delivery, Enqueued, ObjectRef, Queue, QueueError},
-    registry::{DEFAULT_QUEUE_LIMIT, Registry},
+    registry::{DEFAULT_QUEUE_LIMIT, HookInfo, Registry},
+    serve::Limits,
 };
 use crate::{
     signature::{self, SignatureError},
@@ -45,12 +51,21 @@ pub struct AppState {
     pub body_limit: usize,
     /// Cancelled on SIGTERM: not ready, and every answer closes its connection.
     pub draining: CancellationToken,
+    /// What one client may hold (the body deadline and the in-flight cap apply here).
+    pub limits: Limits,
 }
 
 /// The receiver's router.
 pub fn router(state: AppState) -> Router {
+    let in_flight = Arc::new(Semaphore::new(state.limits.max_in_flight));
     Router::new()
-        .route("/hooks/{namespace}/{name}", post(ingest))
+        .route(
+            "/hooks/{namespace}/{name}",
+            post(ingest).layer(axum::middleware::from_fn_with_state(
+                (in_flight, state.metrics.clone()),
+                limit_in_flight,
+            )),
+        )
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -72,6 +87,8 @@ pub enum IngestError {
     TooLarge(usize),
     #[error("could not read the request body")]
     BodyRead,
+    #[error("the body did not arrive within {0} seconds")]
+    BodyTimeout(u64),
     #[error("no keys loaded for this hook yet")]
     NoKeys,
     #[error(transparent)]
@@ -95,6 +112,7 @@ impl IngestError {
             Self::UnknownHook(_) => "unknown_hook",
             Self::TooLarge(_) => "too_large",
             Self::BodyRead => "body_read",
+            Self::BodyTimeout(_) => "body_timeout",
             Self::NoKeys => "no_keys",
             Self::Signature(e) => e.metric_label(),
             Self::Header(_) => "bad_header",
@@ -110,6 +128,7 @@ impl IngestError {
             Self::UnknownHook(_) => StatusCode::NOT_FOUND,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyRead | Self::Header(_) | Self::BadPayload(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Signature(_) => StatusCode::UNAUTHORIZED,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotSynced | Self::NoKeys | Self::QueueFull | Self::QueueUnavailable => {
@@ -167,35 +186,50 @@ async fn ingest(
     }
 }
 
-async fn accept(
-    state: &AppState,
+/// The first pure step, before the body is read: the receiver knows the hook
+/// and the declared size fits. Returns the hook's settings.
+pub fn admit(
+    registry: &Registry,
     hook_ref: &ObjectRef,
     headers: &HeaderMap,
-    body: Body,
-) -> Result<(StatusCode, &'static str), IngestError> {
-    if !state.registry.is_synced() {
+    body_limit: usize,
+) -> Result<HookInfo, IngestError> {
+    if !registry.is_synced() {
         return Err(IngestError::NotSynced);
     }
-    let hook = state.registry.hook(hook_ref).ok_or_else(|| IngestError::UnknownHook(hook_ref.clone()))?;
+    let hook = registry.hook(hook_ref).ok_or_else(|| IngestError::UnknownHook(hook_ref.clone()))?;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > state.body_limit) {
-        return Err(IngestError::TooLarge(state.body_limit));
+    if declared.is_some_and(|len| len > body_limit) {
+        return Err(IngestError::TooLarge(body_limit));
     }
-    let body = axum::body::to_bytes(body, state.body_limit).await.map_err(|e| {
-        // NB: axum reports an exceeded limit as an error whose source is LengthLimitError.
-        if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
-            IngestError::TooLarge(state.body_limit)
-        } else {
-            IngestError::BodyRead
-        }
-    })?;
+    Ok(hook)
+}
 
-    let keys = state.registry.keys(&hook.secret);
+/// A request that passed every check: what to do with it.
+#[derive(Debug)]
+pub enum Verified {
+    /// GitHub's ping: answered and recorded with the key that verified it, never queued.
+    Ping { delivery: Delivery, key_version: String },
+    /// A delivery for the policy's queue.
+    Delivery(Delivery),
+}
+
+/// The second pure step, on the whole body: signed with one of the hook's
+/// current keys (on the raw bytes, before anything else is believed), then
+/// headers, media type and payload. The order of the answers is the order of
+/// these checks (see the module header).
+pub fn verify(
+    registry: &Registry,
+    hook_ref: &ObjectRef,
+    hook: &HookInfo,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Verified, IngestError> {
+    let keys = registry.keys(&hook.secret);
     if keys.is_empty() {
         return Err(IngestError::NoKeys);
     }
     let key = signature::verify(headers.get(signature::HEADER).map(HeaderValue::as_bytes), &body, &keys)?;
-
     let event = header_token(headers, "x-github-event", |c| {
         c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'
     })?;
@@ -207,18 +241,47 @@ async fn accept(
     };
     let delivery = Delivery::parse(guid, event, hook_ref, payload)
         .map_err(|e| IngestError::BadPayload(e.to_string()))?;
-    state.metrics.received.with_label_values(&[event]).inc();
-    if event == "ping" {
-        // Answered, not dispatched: the operator reads the ping's delivery
-        // status on GitHub to confirm a rotation. Recorded for the admin API.
-        let version = keys[key].version();
-        if let Err(error) = state.queue.record_ping(&delivery, version).await {
-            tracing::warn!(hook = %hook_ref, delivery_id = %guid, %error, "could not record ping");
-        }
-        tracing::info!(hook = %hook_ref, delivery_id = %guid, key_version = version, "ping verified");
-        return Ok((StatusCode::OK, "pong"));
-    }
+    Ok(match event {
+        "ping" => Verified::Ping { delivery, key_version: keys[key].version().to_owned() },
+        _ => Verified::Delivery(delivery),
+    })
+}
 
+/// The pure steps around the I/O: read the body, then queue what they let through.
+async fn accept(
+    state: &AppState,
+    hook_ref: &ObjectRef,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, &'static str), IngestError> {
+    let hook = admit(&state.registry, hook_ref, headers, state.body_limit)?;
+    let deadline = state.limits.body_timeout;
+    let body = tokio::time::timeout(deadline, axum::body::to_bytes(body, state.body_limit))
+        .await
+        .map_err(|_| IngestError::BodyTimeout(deadline.as_secs()))?
+        .map_err(|e| {
+            // NB: axum reports an exceeded limit as an error whose source is LengthLimitError.
+            if std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>()) {
+                IngestError::TooLarge(state.body_limit)
+            } else {
+                IngestError::BodyRead
+            }
+        })?;
+    let delivery = match verify(&state.registry, hook_ref, &hook, headers, body)? {
+        Verified::Ping { delivery, key_version } => {
+            state.metrics.received.with_label_values(&["ping"]).inc();
+            // Answered, not dispatched: the operator reads the ping's delivery
+            // status on GitHub to confirm a rotation. Recorded for the admin API.
+            if let Err(error) = state.queue.record_ping(&delivery, &key_version).await {
+                tracing::warn!(hook = %hook_ref, delivery_id = %delivery.guid, %error, "could not record ping");
+            }
+            tracing::info!(hook = %hook_ref, delivery_id = %delivery.guid, key_version, "ping verified");
+            return Ok((StatusCode::OK, "pong"));
+        }
+        Verified::Delivery(delivery) => delivery,
+    };
+    let (guid, event) = (delivery.guid.as_str(), delivery.event.as_str());
+    state.metrics.received.with_label_values(&[event]).inc();
     let limit = state.registry.policy(&hook.policy).map_or(DEFAULT_QUEUE_LIMIT, |p| p.queue_limit);
     match state.queue.enqueue(&hook.policy, &delivery, limit).await {
         Ok(Enqueued::Queued(id)) => {
@@ -268,6 +331,24 @@ pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// At most `max_in_flight` deliveries at a time: one more is answered 503
+/// before its body is read or its signature computed.
+async fn limit_in_flight(
+    State((in_flight, metrics)): State<(Arc<Semaphore>, Arc<ReceiverMetrics>)>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Ok(_permit) = in_flight.try_acquire() else {
+        metrics.rejected.with_label_values(&["overloaded"]).inc();
+        let mut response =
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": "overloaded; retry later" })))
+                .into_response();
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        return response;
+    };
+    next.run(request).await
+}
+
 /// While draining, a client's next request opens a new connection, which
 /// the Service sends to a replica that is staying.
 async fn close_when_draining(State(state): State<AppState>, mut response: Response) -> Response {
@@ -290,4 +371,115 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{keys::HmacKey, receiver::registry::Watched};
+
+    const KEY: &str = "a key";
+    const LIMIT: usize = 64;
+
+    fn registry(synced: bool) -> Registry {
+        let registry = Registry::new();
+        let secret = ObjectRef::new("team", "hook-hmac");
+        registry.set_hook(
+            ObjectRef::new("team", "hook"),
+            HookInfo { secret: secret.clone(), policy: ObjectRef::new("team", "default") },
+        );
+        registry.set_keys(secret, vec![HmacKey::new("000000000001", KEY)]);
+        if synced {
+            for watched in [Watched::Hooks, Watched::Keys, Watched::Policies] {
+                registry.mark_synced(watched);
+            }
+        }
+        registry
+    }
+
+    /// One request, described by what is wrong with it.
+    #[derive(Clone, Copy, Default)]
+    struct Request {
+        unknown_hook: bool,
+        declared_too_large: bool,
+        bad_signature: bool,
+        bad_event: bool,
+        bad_media_type: bool,
+        bad_json: bool,
+        ping: bool,
+    }
+
+    fn check(registry: &Registry, r: Request) -> Result<Verified, IngestError> {
+        let body: &[u8] = if r.bad_json { b"{not json" } else { br#"{"zen":"ok"}"# };
+        let mut headers = HeaderMap::new();
+        let signature = signature::sign(if r.bad_signature { b"another key" } else { KEY.as_bytes() }, body);
+        headers.insert(signature::HEADER, signature.parse().unwrap());
+        let event = if r.bad_event {
+            "Push Event"
+        } else if r.ping {
+            "ping"
+        } else {
+            "push"
+        };
+        headers.insert("x-github-event", event.parse().unwrap());
+        headers.insert("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958".parse().unwrap());
+        let media = if r.bad_media_type { "text/plain" } else { "application/json; charset=utf-8" };
+        headers.insert(header::CONTENT_TYPE, media.parse().unwrap());
+        let length = if r.declared_too_large { LIMIT + 1 } else { body.len() };
+        headers.insert(header::CONTENT_LENGTH, length.into());
+        let hook_ref = ObjectRef::new("team", if r.unknown_hook { "other" } else { "hook" });
+        let hook = admit(registry, &hook_ref, &headers, LIMIT)?;
+        verify(registry, &hook_ref, &hook, &headers, Bytes::from_static(body))
+    }
+
+    #[test]
+    fn each_answer_comes_from_the_first_check_that_fails_with_no_redis_involved() {
+        let everything = Request {
+            unknown_hook: true,
+            declared_too_large: true,
+            bad_signature: true,
+            bad_event: true,
+            bad_media_type: true,
+            bad_json: true,
+            ping: false,
+        };
+        // Each row fixes one more problem than the row before, and the
+        // answer moves on to the next check.
+        let known = Request { unknown_hook: false, ..everything };
+        let fits = Request { declared_too_large: false, ..known };
+        let signed = Request { bad_signature: false, ..fits };
+        let named = Request { bad_event: false, ..signed };
+        let json = Request { bad_media_type: false, ..named };
+        let rows = [
+            ("everything wrong", everything, StatusCode::NOT_FOUND, "unknown_hook"),
+            ("known hook", known, StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            ("fits", fits, StatusCode::UNAUTHORIZED, "signature_mismatch"),
+            ("signed", signed, StatusCode::BAD_REQUEST, "bad_header"),
+            ("event named", named, StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ("JSON declared", json, StatusCode::BAD_REQUEST, "bad_payload"),
+            ("not synced yet", Request::default(), StatusCode::SERVICE_UNAVAILABLE, "not_synced"),
+        ];
+        for (name, request, status, label) in rows {
+            let registry = registry(name != "not synced yet");
+            let error = check(&registry, request).expect_err(name);
+            assert_eq!((error.status(), error.metric_label()), (status, label), "{name}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_good_request_is_a_delivery_and_a_ping_is_a_ping_with_its_key() {
+        let registry = registry(true);
+        match check(&registry, Request::default()).unwrap() {
+            Verified::Delivery(d) => {
+                assert_eq!((d.event.as_str(), d.hook.to_string()), ("push", "team/hook".into()))
+            }
+            other => panic!("{other:?}"),
+        }
+        match check(&registry, Request { ping: true, ..Request::default() }).unwrap() {
+            Verified::Ping { delivery, key_version } => {
+                assert_eq!((delivery.event.as_str(), key_version.as_str()), ("ping", "000000000001"))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 }

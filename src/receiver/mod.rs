@@ -16,6 +16,7 @@ pub mod http;
 pub mod queue;
 pub mod registry;
 pub mod report;
+pub mod serve;
 pub mod watch;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -43,6 +44,8 @@ pub struct ReceiverConfig {
     pub shutdown_grace: Duration,
     /// Time between SIGTERM and closing the webhook listener (see `run`).
     pub shutdown_delay: Duration,
+    /// What one client may hold (see `serve`).
+    pub limits: serve::Limits,
     pub reclaim_after: Duration,
     /// Address of the admin API; served only when `admin_token` is set.
     pub admin_listen: SocketAddr,
@@ -64,8 +67,6 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    #[error("server error: {0}")]
-    Serve(#[source] std::io::Error),
 }
 
 /// Runs the receiver until SIGTERM or Ctrl-C, then shuts down gracefully.
@@ -132,27 +133,26 @@ pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), Error> {
     let state = http::AppState {
         registry,
         queue,
-        metrics,
+        metrics: metrics.clone(),
         body_limit: config.body_limit,
         draining: draining.clone(),
+        limits: config.limits,
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| Error::Listen { addr: config.listen, source })?;
     tracing::info!(listen = %config.listen, consumer = %config.consumer, "receiver listening");
     let stop = shutdown.clone();
-    axum::serve(listener, http::router(state))
-        .with_graceful_shutdown(async move {
-            crate::shutdown_signal().await;
-            let delay_seconds = config.shutdown_delay.as_secs_f64();
-            tracing::info!(delay_seconds, "shutting down: not ready, still accepting during the delay");
-            draining.cancel();
-            tokio::time::sleep(config.shutdown_delay).await;
-            tracing::info!("shutting down: no new deliveries, finishing in-flight dispatches");
-            stop.cancel();
-        })
-        .await
-        .map_err(Error::Serve)?;
+    serve::serve(listener, http::router(state), config.limits, metrics, async move {
+        crate::shutdown_signal().await;
+        let delay_seconds = config.shutdown_delay.as_secs_f64();
+        tracing::info!(delay_seconds, "shutting down: not ready, still accepting during the delay");
+        draining.cancel();
+        tokio::time::sleep(config.shutdown_delay).await;
+        tracing::info!("shutting down: no new deliveries, finishing in-flight dispatches");
+        stop.cancel();
+    })
+    .await;
     shutdown.cancel();
     let _ = workers.await;
     let _ = reporter.await;
