@@ -15,7 +15,7 @@ use axum::{
     body::Body,
     http::{Request, StatusCode},
 };
-use common::{TestEnv, eventually, redis_prefix, webhook_examples};
+use common::{PrivateRedis, TestEnv, eventually, redis_prefix, webhook_examples};
 use hookwarden::{
     api::{CircuitBreaker, RetryPolicy},
     keys::HmacKey,
@@ -23,6 +23,7 @@ use hookwarden::{
         http::{AppState, DEFAULT_BODY_LIMIT, router},
         queue::{ObjectRef, Queue},
         registry::{HookInfo, PolicySettings, Registry, Watched},
+        rejections::Rejections,
         serve::{Limits, serve},
     },
     signature,
@@ -40,6 +41,7 @@ struct Harness {
     queue: Queue,
     policy: ObjectRef,
     draining: CancellationToken,
+    rejections: Arc<Rejections>,
 }
 
 async fn harness_with(redis_url: &str, body_limit: usize) -> Harness {
@@ -60,6 +62,7 @@ async fn harness_limited(redis_url: &str, body_limit: usize, limits: Limits) -> 
         registry.mark_synced(watched);
     }
     let draining = CancellationToken::new();
+    let rejections = Arc::new(Rejections::default());
     let state = AppState {
         registry: registry.clone(),
         queue: queue.clone(),
@@ -67,8 +70,9 @@ async fn harness_limited(redis_url: &str, body_limit: usize, limits: Limits) -> 
         body_limit,
         draining: draining.clone(),
         limits,
+        rejections: rejections.clone(),
     };
-    Harness { app: router(state), registry, queue, policy, draining }
+    Harness { app: router(state), registry, queue, policy, draining, rejections }
 }
 
 async fn harness() -> Harness {
@@ -406,6 +410,7 @@ async fn before_its_watches_have_listed_everything_a_receiver_says_not_yet_never
         body_limit: DEFAULT_BODY_LIMIT,
         draining: CancellationToken::new(),
         limits: Limits::default(),
+        rejections: Default::default(),
     };
     let app = router(state);
     // Nothing loaded yet: the hook may well exist.
@@ -554,4 +559,42 @@ async fn beyond_the_connection_cap_a_client_gets_503_and_is_closed() {
         http.get(format!("http://{addr}/healthz")).send().await.ok()?.status().is_success().then_some(())
     })
     .await;
+}
+
+/// Commands Redis has executed, by name, from `INFO commandstats` (the INFO
+/// calls themselves left out).
+async fn redis_commands(url: &str) -> std::collections::BTreeMap<String, u64> {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO").arg("commandstats").query_async(&mut conn).await.unwrap();
+    info.lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_"))
+        .filter_map(|l| {
+            let (name, stats) = l.split_once(':')?;
+            let calls = stats.split(',').find_map(|f| f.strip_prefix("calls="))?.parse().ok()?;
+            (name != "info").then(|| (name.to_owned(), calls))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn fifty_thousand_bad_signatures_cost_redis_nothing_and_are_still_seen() {
+    // A Redis of its own: nothing else may touch its counters.
+    let redis = PrivateRedis::start();
+    let h = harness_with(&redis.url, DEFAULT_BODY_LIMIT).await;
+    let before = redis_commands(&redis.url).await;
+    let body = br#"{"action":"opened"}"#;
+    for n in 0..50_000 {
+        let forged = signature::sign(b"not the key", format!("{n}").as_bytes());
+        let req = delivery("issues", &format!("forged-{n}"), "application/json", body.to_vec(), Some(forged));
+        let (status, ..) = send(&h.app, req).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(redis_commands(&redis.url).await, before, "Redis did no work for them");
+    assert_eq!(h.queue.len(&h.policy).await.unwrap(), 0);
+    // Seen all the same: the newest are in the replica's window.
+    let newest = h.rejections.matching(&Default::default(), 3);
+    let guids: Vec<&str> = newest.iter().map(|a| a.guid.as_str()).collect();
+    assert_eq!(guids, ["forged-49999", "forged-49998", "forged-49997"]);
+    assert!(newest.iter().all(|a| a.detail.as_deref() == Some("signature_mismatch")));
 }

@@ -9,7 +9,8 @@
 //! - `POST /admin/policies/{ns}/{name}/dead-letters/{id}/replay`
 //! - `DELETE /admin/policies/{ns}/{name}/dead-letters`: purge.
 //! - `GET  /admin/deliveries?status=&event=&repository=&hook=&limit=`:
-//!   recent activity, newest first.
+//!   recent activity, newest first: the log in Redis, and the requests this
+//!   replica rejected (kept in its memory only).
 
 use std::sync::Arc;
 
@@ -30,6 +31,7 @@ use super::{
     dispatch::Dispatcher,
     queue::{ActivityFilter, ObjectRef, Queue},
     registry::Registry,
+    rejections::Rejections,
 };
 use crate::api::AgentPolicy;
 
@@ -41,6 +43,8 @@ pub struct AdminState {
     pub registry: Arc<Registry>,
     pub queue: Queue,
     pub dispatcher: Arc<Dispatcher>,
+    /// This replica's recent rejections (kept in memory, not in Redis).
+    pub rejections: Arc<Rejections>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -199,8 +203,15 @@ async fn deliveries(
     Query(filter): Query<ActivityFilter>,
     Query(q): Query<Limit>,
 ) -> Response {
-    match s.queue.activity(&filter, q.limit.unwrap_or(100).min(1000)).await {
-        Ok(list) => Json(list).into_response(),
+    let limit = q.limit.unwrap_or(100).min(1000);
+    match s.queue.activity(&filter, limit).await {
+        Ok(mut list) => {
+            // The log in Redis and this replica's rejections, newest first.
+            list.extend(s.rejections.matching(&filter, limit));
+            list.sort_by_key(|a| std::cmp::Reverse(a.at_ms));
+            list.truncate(limit);
+            Json(list).into_response()
+        }
         Err(e) => unavailable(e),
     }
 }

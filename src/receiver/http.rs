@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     queue::{Activity, Delivery, Enqueued, ObjectRef, Queue, QueueError},
     registry::{DEFAULT_QUEUE_LIMIT, HookInfo, Registry},
+    rejections::Rejections,
     serve::Limits,
 };
 use crate::{
@@ -53,10 +54,37 @@ pub struct AppState {
     pub draining: CancellationToken,
     /// What one client may hold (the body deadline and the in-flight cap apply here).
     pub limits: Limits,
+    /// The most recent rejections, in memory: unauthenticated requests write nothing to Redis.
+    pub rejections: Arc<Rejections>,
 }
 
 /// The receiver's router.
+/// Every reason a request is turned away (`reason` of the rejection counter),
+/// exported at 0 from the start so that dashboards and alert ratios see 0,
+/// not "no data".
+pub const REJECTION_REASONS: &[&str] = &[
+    "not_synced",
+    "unknown_hook",
+    "too_large",
+    "body_read",
+    "body_timeout",
+    "no_keys",
+    "signature_missing",
+    "signature_malformed",
+    "signature_mismatch",
+    "bad_header",
+    "unsupported_media_type",
+    "bad_payload",
+    "queue_full",
+    "queue_unavailable",
+    "overloaded",
+    "too_many_connections",
+];
+
 pub fn router(state: AppState) -> Router {
+    for reason in REJECTION_REASONS {
+        state.metrics.rejected.with_label_values(&[reason]);
+    }
     let in_flight = Arc::new(Semaphore::new(state.limits.max_in_flight));
     Router::new()
         .route(
@@ -168,7 +196,7 @@ async fn ingest(
                 IngestError::QueueFull | IngestError::QueueUnavailable | IngestError::NotSynced
             ) {
                 let event = headers.get("x-github-event").and_then(|v| v.to_str().ok()).unwrap_or("");
-                let record = Activity {
+                state.rejections.push(Activity {
                     at_ms: now_ms(),
                     guid: guid.chars().take(64).collect(),
                     event: event.chars().take(64).collect(),
@@ -178,8 +206,7 @@ async fn ingest(
                     status: "rejected".into(),
                     agent: None,
                     detail: Some(error.metric_label().into()),
-                };
-                let _ = state.queue.record_activity(&record).await;
+                });
             }
             error.into_response()
         }
@@ -463,6 +490,34 @@ mod tests {
             let registry = registry(name != "not synced yet");
             let error = check(&registry, request).expect_err(name);
             assert_eq!((error.status(), error.metric_label()), (status, label), "{name}: {error}");
+        }
+    }
+
+    #[test]
+    fn every_rejection_reason_is_exported_from_the_start() {
+        let hook = ObjectRef::new("team", "hook");
+        let errors = [
+            IngestError::NotSynced,
+            IngestError::UnknownHook(hook),
+            IngestError::TooLarge(1),
+            IngestError::BodyRead,
+            IngestError::BodyTimeout(1),
+            IngestError::NoKeys,
+            IngestError::Signature(SignatureError::Missing),
+            IngestError::Signature(SignatureError::Malformed),
+            IngestError::Signature(SignatureError::Mismatch),
+            IngestError::Header("x-github-event"),
+            IngestError::UnsupportedMediaType,
+            IngestError::BadPayload(String::new()),
+            IngestError::QueueFull,
+            IngestError::QueueUnavailable,
+        ];
+        for error in &errors {
+            assert!(
+                REJECTION_REASONS.contains(&error.metric_label()),
+                "{} is not exported",
+                error.metric_label()
+            );
         }
     }
 

@@ -15,6 +15,7 @@ pub mod dispatch;
 pub mod http;
 pub mod queue;
 pub mod registry;
+pub mod rejections;
 pub mod report;
 pub mod serve;
 pub mod watch;
@@ -109,6 +110,7 @@ pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), Error> {
         shutdown.clone(),
     ));
 
+    let rejections = Arc::new(rejections::Rejections::default());
     match config.admin_token.as_deref().filter(|t| !t.is_empty()) {
         Some(token) => {
             let admin = admin::router(admin::AdminState {
@@ -117,6 +119,7 @@ pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), Error> {
                 registry: registry.clone(),
                 queue: queue.clone(),
                 dispatcher: dispatcher.clone(),
+                rejections: rejections.clone(),
             });
             let listener = tokio::net::TcpListener::bind(config.admin_listen)
                 .await
@@ -137,6 +140,7 @@ pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), Error> {
         body_limit: config.body_limit,
         draining: draining.clone(),
         limits: config.limits,
+        rejections,
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

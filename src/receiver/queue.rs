@@ -294,7 +294,7 @@ pub struct ActivityFilter {
 }
 
 impl ActivityFilter {
-    fn matches(&self, a: &Activity) -> bool {
+    pub fn matches(&self, a: &Activity) -> bool {
         let eq = |want: &Option<String>, have: Option<&str>| {
             want.as_deref().is_none_or(|w| have.is_some_and(|h| h.eq_ignore_ascii_case(w)))
         };
@@ -630,21 +630,6 @@ impl Queue {
 impl Queue {
     fn activity_key(&self) -> String {
         format!("{}:activity", self.prefix)
-    }
-
-    /// Logs a delivery turned away before it reached the queue.
-    pub async fn record_activity(&self, record: &Activity) -> Result<()> {
-        let _: String = redis::cmd("XADD")
-            .arg(self.activity_key())
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(ACTIVITY_LEN)
-            .arg("*")
-            .arg("json")
-            .arg(record.to_json())
-            .query_async(&mut self.conn.get())
-            .await?;
-        Ok(())
     }
 
     /// The most recent activity matching `filter`, newest first, at most `limit`.
