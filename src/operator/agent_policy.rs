@@ -118,7 +118,7 @@ pub async fn reconcile(policy: Arc<AgentPolicy>, ctx: Arc<Context>) -> Result<Ac
                 tracing::warn!(policy = %name, %namespace, %error, "could not publish event");
             }
         }
-        tracing::info!(policy = %name, %namespace, enabled = ?status.enabled, concurrency = ?status.concurrency, reason = ?status.reason, "effective settings written");
+        tracing::info!(policy = %name, %namespace, enabled = status.enabled, concurrency = status.concurrency, reason = status.reason.as_deref(), "effective settings written");
     }
     // The safety rule watches a number that changes outside Kubernetes.
     let every = if policy.spec.safety.max_dead_letters.is_some() { 10 } else { 300 };
