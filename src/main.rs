@@ -208,6 +208,17 @@ struct ReceiverArgs {
     /// Deliveries handled at a time; one more is answered 503 before it is read.
     #[arg(long, env = "HOOKWARDEN_MAX_IN_FLIGHT", default_value_t = 1024)]
     max_in_flight: usize,
+    /// Failed deliveries (unknown hook, bad signature) one source may send a
+    /// minute before it gets 429 for a while, unverified; 0 turns it off.
+    /// Behind an Ingress, set --trusted-proxies too.
+    #[arg(long, env = "HOOKWARDEN_FAILURES_PER_MINUTE", default_value_t = 0)]
+    failures_per_minute: u32,
+    /// Failures one source may send at once before the per-minute rate applies.
+    #[arg(long, env = "HOOKWARDEN_FAILURE_BURST", default_value_t = 30)]
+    failure_burst: u32,
+    /// Comma-separated CIDRs of proxies whose X-Forwarded-For names the source.
+    #[arg(long, env = "HOOKWARDEN_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<ipnet::IpNet>,
     /// Namespace of the Lease in which this replica reports the keys it has
     /// loaded (default: its pod's namespace, else `default`).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
@@ -258,6 +269,9 @@ fn main() -> ExitCode {
                     max_connections: args.max_connections.max(1),
                     max_in_flight: args.max_in_flight.max(1),
                 },
+                failures_per_minute: args.failures_per_minute,
+                failure_burst: args.failure_burst,
+                trusted_proxies: args.trusted_proxies,
                 reclaim_after: Duration::from_secs(args.reclaim_after_seconds),
                 admin_listen: args.admin_listen,
                 admin_token: args.admin_token,

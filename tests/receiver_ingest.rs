@@ -25,6 +25,7 @@ use hookwarden::{
         registry::{HookInfo, PolicySettings, Registry, Watched},
         rejections::Rejections,
         serve::{Limits, serve},
+        sources::FailureLimit,
     },
     signature,
     telemetry::ReceiverMetrics,
@@ -45,10 +46,15 @@ struct Harness {
 }
 
 async fn harness_with(redis_url: &str, body_limit: usize) -> Harness {
-    harness_limited(redis_url, body_limit, Limits::default()).await
+    harness_limited(redis_url, body_limit, Limits::default(), FailureLimit::off()).await
 }
 
-async fn harness_limited(redis_url: &str, body_limit: usize, limits: Limits) -> Harness {
+async fn harness_limited(
+    redis_url: &str,
+    body_limit: usize,
+    limits: Limits,
+    failures: FailureLimit,
+) -> Harness {
     let queue = Queue::connect(redis_url, &redis_prefix()).await.expect("connect to redis");
     let registry = Arc::new(Registry::new());
     let secret = ObjectRef::new("team", "repo-hook-hmac");
@@ -71,6 +77,7 @@ async fn harness_limited(redis_url: &str, body_limit: usize, limits: Limits) -> 
         draining: draining.clone(),
         limits,
         rejections: rejections.clone(),
+        failures: Arc::new(failures),
     };
     Harness { app: router(state), registry, queue, policy, draining, rejections }
 }
@@ -411,6 +418,7 @@ async fn before_its_watches_have_listed_everything_a_receiver_says_not_yet_never
         draining: CancellationToken::new(),
         limits: Limits::default(),
         rejections: Default::default(),
+        failures: Arc::new(FailureLimit::off()),
     };
     let app = router(state);
     // Nothing loaded yet: the hook may well exist.
@@ -431,7 +439,11 @@ async fn before_its_watches_have_listed_everything_a_receiver_says_not_yet_never
 /// The front door as a client reaches it: the router served by `serve` on a
 /// loopback port, with small limits. Returns the address.
 async fn front_door(limits: Limits) -> (std::net::SocketAddr, Harness) {
-    let h = harness_limited(TestEnv::load().var("REDIS_URL"), DEFAULT_BODY_LIMIT, limits).await;
+    front_door_with(limits, FailureLimit::off()).await
+}
+
+async fn front_door_with(limits: Limits, failures: FailureLimit) -> (std::net::SocketAddr, Harness) {
+    let h = harness_limited(TestEnv::load().var("REDIS_URL"), DEFAULT_BODY_LIMIT, limits, failures).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let metrics = Arc::new(ReceiverMetrics::new());
@@ -597,4 +609,40 @@ async fn fifty_thousand_bad_signatures_cost_redis_nothing_and_are_still_seen() {
     let guids: Vec<&str> = newest.iter().map(|a| a.guid.as_str()).collect();
     assert_eq!(guids, ["forged-49999", "forged-49998", "forged-49997"]);
     assert!(newest.iter().all(|a| a.detail.as_deref() == Some("signature_mismatch")));
+}
+
+#[tokio::test]
+async fn a_source_sending_bad_signatures_is_refused_with_429_and_github_behind_the_proxy_is_not() {
+    // The receiver behind an Ingress on loopback: 127.0.0.1 is the trusted proxy.
+    let failures = FailureLimit::new(60, 5, vec!["127.0.0.0/8".parse().unwrap()]);
+    let (addr, h) = front_door_with(CAPPED, failures).await;
+    let http = reqwest::Client::new();
+    let url = format!("http://{addr}/hooks/team/repo-hook");
+    let body = br#"{"action":"opened"}"#.to_vec();
+    let send = |from: &'static str, key: &'static [u8]| {
+        http.post(&url)
+            .header("x-forwarded-for", format!("6.6.6.6, {from}"))
+            .header("x-github-event", "issues")
+            .header("x-github-delivery", guid())
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", signature::sign(key, &body))
+            .body(body.clone())
+            .send()
+    };
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        codes.push(send("198.51.100.66", b"a guessed key").await.unwrap().status().as_u16());
+    }
+    // Five failures are the burst; the sixth goes over it (and is still
+    // answered 401), then the source is refused.
+    assert_eq!(codes, [401, 401, 401, 401, 401, 401, 429, 429], "the burst, then refused");
+    let refused = send("198.51.100.66", KEY.as_bytes()).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS, "refused before its signature is checked");
+    assert!(refused.headers().contains_key("retry-after"));
+    // Another source behind the same proxy (GitHub) is served.
+    assert_eq!(send("140.82.115.1", KEY.as_bytes()).await.unwrap().status(), StatusCode::ACCEPTED);
+    assert_eq!(h.queue.len(&h.policy).await.unwrap(), 1);
+    // Counted once each as rejected signatures; the refusals as too_many_failures.
+    let window = h.rejections.matching(&Default::default(), 100);
+    assert_eq!(window.len(), 6, "refusals are not remembered one by one: {window:?}");
 }

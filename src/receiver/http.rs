@@ -31,6 +31,7 @@ use super::{
     registry::{DEFAULT_QUEUE_LIMIT, HookInfo, Registry},
     rejections::Rejections,
     serve::Limits,
+    sources::FailureLimit,
 };
 use crate::{
     signature::{self, SignatureError},
@@ -56,6 +57,8 @@ pub struct AppState {
     pub limits: Limits,
     /// The most recent rejections, in memory: unauthenticated requests write nothing to Redis.
     pub rejections: Arc<Rejections>,
+    /// Sources that fail too often are refused for a while.
+    pub failures: Arc<FailureLimit>,
 }
 
 /// The receiver's router.
@@ -75,6 +78,7 @@ pub const REJECTION_REASONS: &[&str] = &[
     "bad_header",
     "unsupported_media_type",
     "bad_payload",
+    "too_many_failures",
     "queue_full",
     "queue_unavailable",
     "overloaded",
@@ -127,6 +131,8 @@ pub enum IngestError {
     UnsupportedMediaType,
     #[error("malformed payload: {0}")]
     BadPayload(String),
+    #[error("too many failed deliveries from this address; retry in {0} seconds")]
+    TooManyFailures(u64),
     #[error("queue is full; retry later")]
     QueueFull,
     #[error("queue unavailable; retry later")]
@@ -146,6 +152,7 @@ impl IngestError {
             Self::Header(_) => "bad_header",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::BadPayload(_) => "bad_payload",
+            Self::TooManyFailures(_) => "too_many_failures",
             Self::QueueFull => "queue_full",
             Self::QueueUnavailable => "queue_unavailable",
         }
@@ -157,6 +164,7 @@ impl IngestError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyRead | Self::Header(_) | Self::BadPayload(_) => StatusCode::BAD_REQUEST,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            Self::TooManyFailures(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Signature(_) => StatusCode::UNAUTHORIZED,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotSynced | Self::NoKeys | Self::QueueFull | Self::QueueUnavailable => {
@@ -169,9 +177,13 @@ impl IngestError {
 impl IntoResponse for IngestError {
     fn into_response(self) -> Response {
         let status = self.status();
+        let retry_after = match self {
+            Self::TooManyFailures(seconds) => Some(seconds),
+            _ => (status == StatusCode::SERVICE_UNAVAILABLE).then_some(RETRY_AFTER_SECS),
+        };
         let mut response = (status, Json(json!({ "error": self.to_string() }))).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }
@@ -180,15 +192,34 @@ impl IntoResponse for IngestError {
 async fn ingest(
     State(state): State<AppState>,
     Path((namespace, name)): Path<(String, String)>,
+    extensions: axum::http::Extensions,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     let hook = ObjectRef::new(namespace, name);
     let guid = headers.get("x-github-delivery").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    match accept(&state, &hook, &headers, body).await {
+    // NB: the connection's peer is known when served by `serve::serve`.
+    let source = extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|peer| state.failures.source(peer.0.ip(), &headers));
+    let refused = source.and_then(|s| state.failures.refuses(s));
+    let result = match refused {
+        // Before the body is read or any HMAC computed.
+        Some(wait) => Err(IngestError::TooManyFailures(wait.as_secs().max(1))),
+        None => accept(&state, &hook, &headers, body).await,
+    };
+    match result {
         Ok((status, message)) => (status, Json(json!({ "status": message }))).into_response(),
         Err(error) => {
             state.metrics.rejected.with_label_values(&[error.metric_label()]).inc();
+            if matches!(error, IngestError::TooManyFailures(_)) {
+                // Counted only: a refused flood must not become a log or memory flood.
+                return error.into_response();
+            }
+            if let (Some(source), IngestError::UnknownHook(_) | IngestError::Signature(_)) = (source, &error)
+            {
+                state.failures.failed(source);
+            }
             tracing::warn!(%hook, delivery_id = %guid, reason = error.metric_label(), %error, "delivery rejected");
             // The queue logs its own refusals; Redis being down needs no record.
             if !matches!(
@@ -509,6 +540,7 @@ mod tests {
             IngestError::Header("x-github-event"),
             IngestError::UnsupportedMediaType,
             IngestError::BadPayload(String::new()),
+            IngestError::TooManyFailures(1),
             IngestError::QueueFull,
             IngestError::QueueUnavailable,
         ];

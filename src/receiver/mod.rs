@@ -18,6 +18,7 @@ pub mod registry;
 pub mod rejections;
 pub mod report;
 pub mod serve;
+pub mod sources;
 pub mod watch;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -47,6 +48,12 @@ pub struct ReceiverConfig {
     pub shutdown_delay: Duration,
     /// What one client may hold (see `serve`).
     pub limits: serve::Limits,
+    /// Failed deliveries (unknown hook, bad signature) a source may send a
+    /// minute, and in a burst, before it is refused for a while; 0: no limit.
+    pub failures_per_minute: u32,
+    pub failure_burst: u32,
+    /// Proxies (an Ingress) whose `X-Forwarded-For` names the real source.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     pub reclaim_after: Duration,
     /// Address of the admin API; served only when `admin_token` is set.
     pub admin_listen: SocketAddr,
@@ -141,6 +148,11 @@ pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), Error> {
         draining: draining.clone(),
         limits: config.limits,
         rejections,
+        failures: Arc::new(sources::FailureLimit::new(
+            config.failures_per_minute,
+            config.failure_burst,
+            config.trusted_proxies.clone(),
+        )),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

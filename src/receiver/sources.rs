@@ -1,0 +1,150 @@
+//! Who is sending, and whether they have failed too often. A source that
+//! keeps sending deliveries for unknown hooks or with bad signatures beyond a
+//! rate is answered 429 for a while, before its body is read or any HMAC is
+//! computed (governor's keyed GCRA limiter counts the failures).
+//!
+//! The source is the connection's peer, unless that peer is a trusted proxy
+//! (an Ingress controller): then it is the nearest address in
+//! `X-Forwarded-For` that is not a trusted proxy. Without the trusted-proxy
+//! setting behind an Ingress, every delivery seems to come from the Ingress,
+//! and one misbehaving client would get GitHub refused too: the limit is off
+//! unless configured.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    num::NonZeroU32,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use axum::http::HeaderMap;
+use governor::{DefaultKeyedRateLimiter, Quota, clock::Clock};
+use ipnet::IpNet;
+
+/// The client behind `peer`: `peer` itself unless it is one of `trusted`,
+/// else the rightmost `X-Forwarded-For` entry that is not trusted (entries
+/// further left were written by the client and prove nothing).
+pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|a| a.trim().parse::<IpAddr>().ok())
+        .collect::<Vec<_>>();
+    forwarded.into_iter().rev().find(|ip| !is_trusted(ip)).unwrap_or(peer)
+}
+
+/// Failures per source, and the proxies whose `X-Forwarded-For` is believed.
+pub struct FailureLimit {
+    trusted: Vec<IpNet>,
+    limiter: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Sources over their budget, and until when they are refused.
+    refused: Mutex<HashMap<IpAddr, Instant>>,
+}
+
+impl FailureLimit {
+    /// `per_minute` failures a minute per source, with bursts of `burst`; 0 turns it off.
+    pub fn new(per_minute: u32, burst: u32, trusted: Vec<IpNet>) -> Self {
+        let limiter = NonZeroU32::new(per_minute).map(|rate| {
+            let burst = NonZeroU32::new(burst).unwrap_or(rate);
+            governor::RateLimiter::keyed(Quota::per_minute(rate).allow_burst(burst))
+        });
+        Self { trusted, limiter, refused: Mutex::new(HashMap::new()) }
+    }
+
+    /// The limit off (the default).
+    pub fn off() -> Self {
+        Self::new(0, 0, Vec::new())
+    }
+
+    /// The client a request on a connection from `peer` comes from.
+    pub fn source(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        client_address(peer, headers, &self.trusted)
+    }
+
+    /// How long `source` is still refused, if it is.
+    pub fn refuses(&self, source: IpAddr) -> Option<Duration> {
+        self.limiter.as_ref()?;
+        let mut refused = self.refused.lock().unwrap();
+        let until = *refused.get(&source)?;
+        let left = until.checked_duration_since(Instant::now());
+        if left.is_none() {
+            refused.remove(&source);
+        }
+        left
+    }
+
+    /// Counts one failure of `source`; past its budget it is refused until
+    /// the limiter would let it fail again.
+    pub fn failed(&self, source: IpAddr) {
+        let Some(limiter) = &self.limiter else { return };
+        if let Err(not_until) = limiter.check_key(&source) {
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            let mut refused = self.refused.lock().unwrap();
+            refused.insert(source, Instant::now() + wait.max(Duration::from_secs(1)));
+            // NB: keeps both maps bounded by the sources seen recently.
+            if refused.len() > 10_000 {
+                let now = Instant::now();
+                refused.retain(|_, until| *until > now);
+                limiter.retain_recent();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(xff: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in xff {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_client_is_the_nearest_untrusted_address() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let rows = [
+            // (peer, X-Forwarded-For, client)
+            ("203.0.113.7", vec!["198.51.100.1"], "203.0.113.7"), // not a proxy: its header is ignored
+            ("10.1.2.3", vec!["198.51.100.1"], "198.51.100.1"),
+            ("10.1.2.3", vec!["1.1.1.1, 198.51.100.1, 10.9.9.9"], "198.51.100.1"), // the client wrote 1.1.1.1
+            ("10.1.2.3", vec!["1.1.1.1", "198.51.100.1"], "198.51.100.1"), // several headers, in order
+            ("10.1.2.3", vec![], "10.1.2.3"),
+            ("10.1.2.3", vec!["garbage"], "10.1.2.3"),
+        ];
+        for (peer, xff, client) in rows {
+            assert_eq!(client_address(ip(peer), &headers(&xff), &trusted), ip(client), "{peer} {xff:?}");
+        }
+        assert_eq!(client_address(ip("10.1.2.3"), &headers(&["198.51.100.1"]), &[]), ip("10.1.2.3"));
+    }
+
+    #[test]
+    fn a_source_over_its_failure_budget_is_refused_and_others_are_not() {
+        let limit = FailureLimit::new(60, 3, Vec::new());
+        let (bad, good) = ("198.51.100.1".parse().unwrap(), "198.51.100.2".parse().unwrap());
+        for _ in 0..3 {
+            limit.failed(bad);
+            assert_eq!(limit.refuses(bad), None, "within the burst");
+        }
+        limit.failed(bad);
+        let left = limit.refuses(bad).expect("refused past the burst");
+        assert!(left <= Duration::from_secs(2), "until one more failure is allowed: {left:?}");
+        assert_eq!(limit.refuses(good), None);
+        let off = FailureLimit::off();
+        for _ in 0..100 {
+            off.failed(bad);
+        }
+        assert_eq!(off.refuses(bad), None, "0 turns it off");
+    }
+}
