@@ -369,15 +369,17 @@ node_down() {
   find /sys/fs/cgroup/*/kubepods -depth -type d -exec rmdir {} \; 2>/dev/null || true
   # kube-proxy's chains and rules; the kubelet's canary and firewall chains.
   [[ -x $TOOLS_BIN/kube-proxy ]] && kube-proxy --cleanup >/dev/null 2>&1 || true
-  local t c
-  for t in filter nat mangle; do
-    for c in $(iptables -t "$t" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^KUBE-/ {print $2}'); do
-      iptables -t "$t" -S | awk -v c="$c" '$1 == "-A" && $0 ~ ("-j " c "( |$)") {sub(/^-A/, "-D"); print}' |
-        while read -r rule; do eval "iptables -t $t $rule" 2>/dev/null || true; done
-      iptables -t "$t" -F "$c" 2>/dev/null || true
-    done
-    for c in $(iptables -t "$t" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^KUBE-/ {print $2}'); do
-      iptables -t "$t" -X "$c" 2>/dev/null || true
+  local ipt t c
+  for ipt in iptables ip6tables; do
+    for t in filter nat mangle; do
+      for c in $($ipt -t "$t" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^KUBE-/ {print $2}'); do
+        $ipt -t "$t" -S | awk -v c="$c" '$1 == "-A" && $0 ~ ("-j " c "( |$)") {sub(/^-A/, "-D"); print}' |
+          while read -r rule; do eval "$ipt -t $t $rule" 2>/dev/null || true; done || true
+        $ipt -t "$t" -F "$c" 2>/dev/null || true
+      done
+      for c in $($ipt -t "$t" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^KUBE-/ {print $2}'); do
+        $ipt -t "$t" -X "$c" 2>/dev/null || true
+      done
     done
   done
   nft delete table inet hookwarden 2>/dev/null || true
@@ -392,16 +394,21 @@ node_down() {
 }
 
 # node_leftovers: print whatever of the node is still on the host (nothing when clean).
+# NB: every check runs, whatever the one before found (no early exit under set -e).
 node_leftovers() {
+  local ipt t
   pgrep -a -f "$NODE_DIR|containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK" || true
-  pod_pids | sed 's/^/pod process /'
-  mounts_under "$NODE_DIR" /run/containerd /var/run/netns /run/netns | sed 's/^/mount /'
-  ls -d /sys/fs/cgroup/*/kubepods 2>/dev/null | sed 's/^/cgroup /'
-  ip link show "$BRIDGE" >/dev/null 2>&1 && echo "bridge $BRIDGE"
-  ip -o link show type veth 2>/dev/null | sed 's/^/veth /'
-  nft list table inet hookwarden >/dev/null 2>&1 && echo "nft table inet hookwarden"
-  for t in filter nat mangle; do iptables -t "$t" -S 2>/dev/null | grep -E 'KUBE-|CNI-' | sed "s/^/iptables $t /"; done
-  [[ -e $NODE_DIR ]] && echo "dir $NODE_DIR"
-  [[ -e $SYSCTLS_FILE ]] && echo "unrestored sysctls $SYSCTLS_FILE"
-  true
+  pod_pids | sed 's/^/pod process /' || true
+  mounts_under "$NODE_DIR" /run/containerd /var/run/netns /run/netns | sed 's/^/mount /' || true
+  { ls -d /sys/fs/cgroup/*/kubepods 2>/dev/null || true; } | sed 's/^/cgroup /'
+  if ip link show "$BRIDGE" >/dev/null 2>&1; then echo "bridge $BRIDGE"; fi
+  { ip -o link show type veth 2>/dev/null || true; } | sed 's/^/veth /'
+  if nft list table inet hookwarden >/dev/null 2>&1; then echo "nft table inet hookwarden"; fi
+  for ipt in iptables ip6tables; do
+    for t in filter nat mangle; do
+      { $ipt -t "$t" -S 2>/dev/null || true; } | { grep -E 'KUBE-|CNI-' || true; } | sed "s/^/$ipt $t /"
+    done
+  done
+  if [[ -e $NODE_DIR ]]; then echo "dir $NODE_DIR"; fi
+  if [[ -e $SYSCTLS_FILE ]]; then echo "unrestored sysctls $SYSCTLS_FILE"; fi
 }
