@@ -133,6 +133,8 @@ pub enum IngestError {
     BadPayload(String),
     #[error("too many failed deliveries from this address; retry in {0} seconds")]
     TooManyFailures(u64),
+    #[error("overloaded; retry later")]
+    Overloaded,
     #[error("queue is full; retry later")]
     QueueFull,
     #[error("queue unavailable; retry later")]
@@ -153,6 +155,7 @@ impl IngestError {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::BadPayload(_) => "bad_payload",
             Self::TooManyFailures(_) => "too_many_failures",
+            Self::Overloaded => "overloaded",
             Self::QueueFull => "queue_full",
             Self::QueueUnavailable => "queue_unavailable",
         }
@@ -167,7 +170,7 @@ impl IngestError {
             Self::TooManyFailures(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Signature(_) => StatusCode::UNAUTHORIZED,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::NotSynced | Self::NoKeys | Self::QueueFull | Self::QueueUnavailable => {
+            Self::NotSynced | Self::NoKeys | Self::Overloaded | Self::QueueFull | Self::QueueUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }
@@ -397,12 +400,9 @@ async fn limit_in_flight(
     next: axum::middleware::Next,
 ) -> Response {
     let Ok(_permit) = in_flight.try_acquire() else {
-        metrics.rejected.with_label_values(&["overloaded"]).inc();
-        let mut response =
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": "overloaded; retry later" })))
-                .into_response();
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
-        return response;
+        let error = IngestError::Overloaded;
+        metrics.rejected.with_label_values(&[error.metric_label()]).inc();
+        return error.into_response();
     };
     next.run(request).await
 }
@@ -541,6 +541,7 @@ mod tests {
             IngestError::UnsupportedMediaType,
             IngestError::BadPayload(String::new()),
             IngestError::TooManyFailures(1),
+            IngestError::Overloaded,
             IngestError::QueueFull,
             IngestError::QueueUnavailable,
         ];
