@@ -11,6 +11,7 @@
 //! - [`github`]: the GitHub REST client (hooks).
 //! - [`keys`]: the layout of a hook's HMAC keys in its Secret.
 //! - [`signature`]: GitHub's `X-Hub-Signature-256`, signed and verified.
+//! - [`standard_webhooks`]: the signature on what is sent to agents.
 //! - [`operator`]: the operator's controllers.
 //! - [`receiver`]: the receiver: ingest, queue, dispatch.
 //! - [`sample_agent`]: a recording HTTP sink standing in for an agent.
@@ -35,6 +36,7 @@ pub mod operator;
 pub mod receiver;
 pub mod sample_agent;
 pub mod signature;
+pub mod standard_webhooks;
 pub mod telemetry;
 
 /// The pod this process runs in (`POD_NAME` and `POD_UID`, set by the

@@ -49,6 +49,16 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8090")]
         listen: SocketAddr,
+        /// Verify each call's Standard Webhooks signature against these keys
+        /// (`whsec_...`, comma-separated or repeated); unsigned or wrongly
+        /// signed calls get 401.
+        #[arg(
+            long = "signing-key",
+            env = "HOOKWARDEN_AGENT_SIGNING_KEYS",
+            value_delimiter = ',',
+            hide_env_values = true
+        )]
+        signing_keys: Vec<String>,
     },
 }
 
@@ -303,15 +313,21 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Command::SampleAgent { listen } => {
+        Command::SampleAgent { listen, signing_keys } => {
             hookwarden::telemetry::init_logging();
+            let keys: Result<Vec<_>, _> =
+                signing_keys.iter().map(|k| hookwarden::standard_webhooks::SigningKey::parse(k)).collect();
+            let sink = match keys {
+                Ok(keys) => hookwarden::sample_agent::Sink::verifying(keys),
+                Err(error) => return fail(format!("--signing-key: {error}")),
+            };
             runtime().block_on(async {
                 let listener = match tokio::net::TcpListener::bind(listen).await {
                     Ok(l) => l,
                     Err(error) => return fail(format!("cannot listen on {listen}: {error}")),
                 };
                 tracing::info!(%listen, "sample agent listening");
-                exit_code(hookwarden::sample_agent::serve(listener, Default::default()).await)
+                exit_code(hookwarden::sample_agent::serve(listener, sink).await)
             })
         }
         Command::Operator(args) => {

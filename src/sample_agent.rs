@@ -6,7 +6,11 @@
 //! - `PUT /_mode/{agent}` with body `ok`, `fail`, `slow:<ms>` or `flaky:<percent>`
 //!   (that share of calls fails, at random).
 //! - `GET /_received/{agent}`: what it accepted, as JSON `[{id, type, subject, bytes, atMs}]`.
-//! - `GET /_stats/{agent}`: `{received, inFlight, maxInFlight}`.
+//! - `GET /_stats/{agent}`: `{received, inFlight, maxInFlight, unverified}`.
+//!
+//! Given signing keys (`--signing-key whsec_...`), it verifies each call's
+//! Standard Webhooks signature and answers 401 to a call that does not
+//! carry a valid one (counted as `unverified`, not recorded).
 
 use std::{
     collections::HashMap,
@@ -22,6 +26,8 @@ use axum::{
     routing::{get, post, put},
 };
 use serde::Serialize;
+
+use crate::standard_webhooks::{self, SigningKey};
 
 /// How an agent answers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -53,15 +59,23 @@ struct AgentState {
     received: Vec<Received>,
     in_flight: usize,
     max_in_flight: usize,
+    unverified: usize,
 }
 
 /// The sink's state, shared by its handlers (and inspectable in-process).
 #[derive(Clone, Default)]
 pub struct Sink {
     agents: Arc<Mutex<HashMap<String, AgentState>>>,
+    /// When not empty, every call must be signed with one of these.
+    signing_keys: Arc<[SigningKey]>,
 }
 
 impl Sink {
+    /// A sink that verifies Standard Webhooks signatures against `keys`.
+    pub fn verifying(keys: Vec<SigningKey>) -> Self {
+        Self { signing_keys: keys.into(), ..Self::default() }
+    }
+
     pub fn set_mode(&self, agent: &str, mode: Mode) {
         self.agents.lock().unwrap().entry(agent.to_owned()).or_default().mode = mode;
     }
@@ -103,6 +117,23 @@ async fn receive(
     body: Bytes,
 ) -> StatusCode {
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if !sink.signing_keys.is_empty() {
+        let now = crate::receiver::http::now_ms() / 1000;
+        let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
+        let verified = standard_webhooks::verify(
+            &sink.signing_keys,
+            h(standard_webhooks::ID),
+            h(standard_webhooks::TIMESTAMP),
+            h(standard_webhooks::SIGNATURE),
+            &body,
+            now,
+        );
+        if let Err(error) = verified {
+            tracing::warn!(agent, %error, "unverified call refused");
+            sink.agents.lock().unwrap().entry(agent).or_default().unverified += 1;
+            return StatusCode::UNAUTHORIZED;
+        }
+    }
     let mode = {
         let mut agents = sink.agents.lock().unwrap();
         let a = agents.entry(agent.clone()).or_default();
@@ -154,9 +185,12 @@ async fn set_mode(State(sink): State<Sink>, Path(agent): Path<String>, body: Str
 
 async fn stats(State(sink): State<Sink>, Path(agent): Path<String>) -> Json<serde_json::Value> {
     let agents = sink.agents.lock().unwrap();
-    let (received, in_flight, max) =
-        agents.get(&agent).map_or((0, 0, 0), |a| (a.received.len(), a.in_flight, a.max_in_flight));
-    Json(serde_json::json!({ "received": received, "inFlight": in_flight, "maxInFlight": max }))
+    let (received, in_flight, max, unverified) = agents
+        .get(&agent)
+        .map_or((0, 0, 0, 0), |a| (a.received.len(), a.in_flight, a.max_in_flight, a.unverified));
+    Json(serde_json::json!({
+        "received": received, "inFlight": in_flight, "maxInFlight": max, "unverified": unverified,
+    }))
 }
 
 /// Serves the sink on `listener` until SIGTERM or Ctrl-C.

@@ -77,6 +77,7 @@ impl World {
             events: events.iter().map(|e| e.to_string()).collect(),
             repositories: vec![],
             timeout_seconds: 2,
+            signing_secret_ref: None,
         }
     }
 

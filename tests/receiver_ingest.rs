@@ -64,7 +64,7 @@ async fn harness_limited(
         HookInfo { secret: secret.clone(), policy: policy.clone() },
     );
     registry.set_keys(secret, vec![HmacKey::new("000000000001", KEY)]);
-    for watched in [Watched::Hooks, Watched::Keys, Watched::Policies] {
+    for watched in Watched::ALL {
         registry.mark_synced(watched);
     }
     let draining = CancellationToken::new();

@@ -19,6 +19,7 @@ use hookwarden::{
     keys::{self, HmacKey, MANAGED_BY, WEBHOOK_CONFIG_LABEL},
     sample_agent::{self, Mode, Sink},
     signature,
+    standard_webhooks::SigningKey,
 };
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{
@@ -577,4 +578,127 @@ async fn each_replica_reports_the_keys_it_has_loaded() {
     let mut r2 = r2;
     tokio::task::spawn_blocking(move || r2.terminate()).await.unwrap();
     assert_eq!(missing(new.version().to_owned()).await.0, 1);
+}
+
+/// The Standard Webhooks verifier from npm (e2e/npm/standard-webhooks-agent.js),
+/// killed when dropped.
+struct ReferenceAgent {
+    child: std::process::Child,
+    url: String,
+}
+
+impl ReferenceAgent {
+    fn start() -> Self {
+        use std::io::BufRead;
+        let script = common::npm_fixtures().join("../../standard-webhooks-agent.js");
+        let mut child = std::process::Command::new("node")
+            .arg(script)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("node (installed with the npm fixtures)");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port: u16 = line.trim().parse().expect("the reference agent prints its port");
+        Self { child, url: format!("http://127.0.0.1:{port}") }
+    }
+
+    async fn accept_keys(&self, http: &reqwest::Client, keys: &[&str]) {
+        let r = http.put(format!("{}/_keys", self.url)).json(keys).send().await.unwrap();
+        assert!(r.status().is_success());
+    }
+
+    async fn received(&self, http: &reqwest::Client) -> serde_json::Value {
+        common::get_json(http, &format!("{}/_received", self.url)).await
+    }
+
+    async fn verified(&self, http: &reqwest::Client, agent: &str) -> Vec<String> {
+        let got = self.received(http).await;
+        serde_json::from_value(got["verified"][agent].clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for ReferenceAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signing_secret(name: &str, keys: &[(&str, &str)]) -> Secret {
+    let mut secret = Secret {
+        string_data: Some(keys.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()),
+        ..Secret::default()
+    };
+    secret.metadata.name = Some(name.into());
+    secret.metadata.labels = Some([("hookwarden.io/agent-signing".to_owned(), "true".to_owned())].into());
+    secret
+}
+
+#[tokio::test]
+async fn agents_get_calls_signed_as_standard_webhooks_and_keys_rotate_without_a_refusal() {
+    let key = HmacKey::generate(1);
+    let s = System::new(&[("reviewer", 10)], &key).await;
+    let reference = ReferenceAgent::start();
+    let (old, new) = (SigningKey::generate(), SigningKey::generate());
+    reference.accept_keys(&s.http, &[&old]).await;
+    // The reference really verifies: an unsigned call is refused.
+    let r = s.http.post(format!("{}/probe", reference.url)).body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 401);
+
+    let secrets: Api<Secret> = Api::namespaced(s.env.client().await, &s.ns.name);
+    let pp = PostParams::default();
+    secrets.create(&pp, &signing_secret("agent-signing", &[("current", &old)])).await.unwrap();
+    let agents = json!([
+        {"name": "signed", "url": format!("{}/signed", reference.url), "timeoutSeconds": 5,
+         "signingSecretRef": {"name": "agent-signing"}},
+        {"name": "late", "url": format!("{}/late", reference.url), "timeoutSeconds": 5,
+         "signingSecretRef": {"name": "late-signing"}},
+    ]);
+    s.kubectl_patch_policy(&json!({"spec": {"agents": agents}}).to_string());
+    let (_receiver, base) = s.receiver("r1").await;
+
+    // Signed with the current key, verified by the reference implementation.
+    let first = s.deliver_many(&base, &key, 5).await;
+    eventually("the reference agent to verify 5 calls", WAIT, || async {
+        let got = reference.verified(&s.http, "signed").await;
+        first.iter().all(|g| got.contains(g)).then_some(())
+    })
+    .await;
+
+    // An agent whose Secret does not exist yet gets nothing, unsigned or otherwise...
+    let refused_before = reference.received(&s.http).await["refused"].as_u64().unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(reference.verified(&s.http, "late").await.is_empty());
+    let text = s.http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let unsigned = |l: &&str| {
+        l.starts_with("github_webhook_errors_total")
+            && l.contains(r#"agent="late""#)
+            && l.contains(r#"reason="unsigned""#)
+    };
+    assert!(text.lines().filter(unsigned).any(|l| !l.ends_with(" 0")), "unsigned failures counted:\n{text}");
+    // ...until the Secret appears: its retries then arrive, signed (with
+    // two keys: the reference accepts the one it knows).
+    secrets.create(&pp, &signing_secret("late-signing", &[("a", &old), ("b", &new)])).await.unwrap();
+    eventually("the late agent's retries to arrive signed", WAIT, || async {
+        let got = reference.verified(&s.http, "late").await;
+        first.iter().all(|g| got.contains(g)).then_some(())
+    })
+    .await;
+
+    // Rotation: add the new key beside the old, move the agent to the new
+    // key, then drop the old one. No call is refused at any step.
+    let patch = |keys: serde_json::Value| Patch::Merge(json!({"stringData": keys}));
+    secrets.patch("agent-signing", &PatchParams::default(), &patch(json!({"next": new}))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    reference.accept_keys(&s.http, &[&new]).await;
+    let second = s.deliver_many(&base, &key, 5).await;
+    eventually("calls verified with the new key", WAIT, || async {
+        let got = reference.verified(&s.http, "signed").await;
+        second.iter().all(|g| got.contains(g)).then_some(())
+    })
+    .await;
+    let received = reference.received(&s.http).await;
+    assert_eq!(received["refused"].as_u64().unwrap(), refused_before, "{received}");
+    let verified = reference.verified(&s.http, "signed").await;
+    assert_eq!(verified.len(), 10, "each call once: {verified:?}");
 }

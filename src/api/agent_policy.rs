@@ -115,6 +115,16 @@ pub struct Agent {
     #[serde(default = "default_timeout_seconds")]
     #[schemars(range(min = 1, max = 300))]
     pub timeout_seconds: i32,
+
+    /// Sign every call with Standard Webhooks headers (`webhook-id` = the
+    /// delivery GUID, `webhook-timestamp`, `webhook-signature`). Every value
+    /// of this Secret that is a `whsec_<base64>` key signs, so an agent
+    /// accepts the call with either key while one is rotated. The Secret
+    /// must carry the label `hookwarden.io/agent-signing: "true"` (receivers
+    /// watch only such Secrets). Until its keys are loaded, calls to the
+    /// agent fail and are retried: nothing is ever sent unsigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret_ref: Option<super::SecretRef>,
 }
 
 /// Circuit-breaker settings, applied to each agent separately.

@@ -33,6 +33,15 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
+/// A Secret in the same namespace as the resource that refers to it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretRef {
+    /// Name of the Secret.
+    #[schemars(extend("pattern" = DNS_SUBDOMAIN, "maxLength" = 253))]
+    pub name: String,
+}
+
 /// RFC 1123 subdomain, the format of most Kubernetes object names.
 pub(crate) const DNS_SUBDOMAIN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 

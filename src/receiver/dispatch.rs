@@ -26,7 +26,7 @@ use super::{
     queue::{Delivery, Entry, ObjectRef, Queue, Settlement},
     registry::{PolicySettings, Registry},
 };
-use crate::{api::Agent, telemetry::ReceiverMetrics};
+use crate::{api::Agent, standard_webhooks, telemetry::ReceiverMetrics};
 
 /// Tuning of the workers.
 #[derive(Clone, Debug)]
@@ -58,6 +58,13 @@ pub enum Failure {
     Transport(String),
     #[error("agent no longer in the policy")]
     AgentGone,
+    /// The agent asks for signed calls and its signing Secret has no key
+    /// loaded (missing, unlabelled or without a `whsec_` value): nothing is
+    /// sent unsigned.
+    #[error(
+        "no signing key loaded from Secret {0} (it must exist, carry the label hookwarden.io/agent-signing=true and hold whsec_ keys)"
+    )]
+    Unsigned(ObjectRef),
 }
 
 impl Failure {
@@ -68,6 +75,7 @@ impl Failure {
             Self::Status(_) => "http_status",
             Self::Transport(_) => "transport",
             Self::AgentGone => "agent_gone",
+            Self::Unsigned(_) => "unsigned",
         }
     }
 }
@@ -381,6 +389,19 @@ impl Dispatcher {
         settings: &PolicySettings,
         d: &Delivery,
     ) -> Result<(), Failure> {
+        let mut headers = cloudevent_headers(d);
+        if let Some(secret) = &agent.signing_secret_ref {
+            let secret = ObjectRef::new(policy.namespace.clone(), secret.name.clone());
+            let keys = self.registry.signing_keys(&secret);
+            if keys.is_empty() {
+                return Err(Failure::Unsigned(secret));
+            }
+            for (name, value) in standard_webhooks::headers(&keys, &d.guid, now_ms() / 1000, &d.payload) {
+                if let Ok(value) = HeaderValue::from_str(&value) {
+                    headers.insert(HeaderName::from_static(name), value);
+                }
+            }
+        }
         let breaker = self.breaker(policy, &agent.name, settings);
         let labels = [policy.to_string(), agent.name.clone()];
         let permit = breaker.acquire().map_err(|r| Failure::CircuitOpen { retry_at: r.retry_at })?;
@@ -388,7 +409,7 @@ impl Dispatcher {
             .http
             .post(&agent.url)
             .timeout(Duration::from_secs(agent.timeout_seconds.max(1) as u64))
-            .headers(cloudevent_headers(d))
+            .headers(headers)
             .body(d.payload.clone())
             .send()
             .await;
@@ -418,6 +439,7 @@ mod tests {
             events: events.iter().map(|s| s.to_string()).collect(),
             repositories: repositories.iter().map(|s| s.to_string()).collect(),
             timeout_seconds: 10,
+            signing_secret_ref: None,
         }
     }
 

@@ -448,7 +448,7 @@ mod tests {
         );
         registry.set_keys(secret, vec![HmacKey::new("000000000001", KEY)]);
         if synced {
-            for watched in [Watched::Hooks, Watched::Keys, Watched::Policies] {
+            for watched in Watched::ALL {
                 registry.mark_synced(watched);
             }
         }

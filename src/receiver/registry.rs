@@ -14,6 +14,7 @@ use super::queue::ObjectRef;
 use crate::{
     api::{Agent, AgentPolicy, CircuitBreaker, RetryPolicy},
     keys::HmacKey,
+    standard_webhooks::SigningKey,
 };
 
 /// Queue limit used while a hook's AgentPolicy is unknown or has no status.
@@ -66,6 +67,8 @@ impl PolicySettings {
 pub struct Registry {
     hooks: RwLock<HashMap<ObjectRef, HookInfo>>,
     keys: RwLock<HashMap<ObjectRef, Arc<[HmacKey]>>>,
+    /// Agents' Standard Webhooks keys, by Secret.
+    signing_keys: RwLock<HashMap<ObjectRef, Arc<[SigningKey]>>>,
     policies: RwLock<HashMap<ObjectRef, watch::Sender<Arc<PolicySettings>>>>,
     /// Bumped whenever a policy appears or disappears.
     policy_set: watch::Sender<u64>,
@@ -80,6 +83,7 @@ struct Synced {
     hooks: bool,
     keys: bool,
     policies: bool,
+    signing_keys: bool,
 }
 
 /// Which watch finished its initial list.
@@ -88,6 +92,11 @@ pub enum Watched {
     Hooks,
     Keys,
     Policies,
+    SigningKeys,
+}
+
+impl Watched {
+    pub const ALL: [Self; 4] = [Self::Hooks, Self::Keys, Self::Policies, Self::SigningKeys];
 }
 
 impl Registry {
@@ -144,6 +153,23 @@ impl Registry {
             .collect()
     }
 
+    /// The Standard Webhooks keys in Secret `secret`; empty when none are loaded.
+    pub fn signing_keys(&self, secret: &ObjectRef) -> Arc<[SigningKey]> {
+        self.signing_keys.read().unwrap().get(secret).cloned().unwrap_or_else(|| Arc::from(Vec::new()))
+    }
+
+    pub fn set_signing_keys(&self, secret: ObjectRef, keys: Vec<SigningKey>) {
+        self.signing_keys.write().unwrap().insert(secret, keys.into());
+    }
+
+    pub fn signing_key_refs(&self) -> Vec<ObjectRef> {
+        self.signing_keys.read().unwrap().keys().cloned().collect()
+    }
+
+    pub fn remove_signing_keys(&self, secret: &ObjectRef) {
+        self.signing_keys.write().unwrap().remove(secret);
+    }
+
     /// Current settings of `policy`, if it exists.
     pub fn policy(&self, policy: &ObjectRef) -> Option<Arc<PolicySettings>> {
         self.policies.read().unwrap().get(policy).map(|tx| tx.borrow().clone())
@@ -195,12 +221,14 @@ impl Registry {
             Watched::Hooks => s.hooks = true,
             Watched::Keys => s.keys = true,
             Watched::Policies => s.policies = true,
+            Watched::SigningKeys => s.signing_keys = true,
         }
     }
 
-    /// True once hooks, keys and policies have all been listed.
+    /// True once hooks, keys, policies and agents' signing keys have all
+    /// been listed.
     pub fn is_synced(&self) -> bool {
         let s = *self.synced.read().unwrap();
-        s.hooks && s.keys && s.policies
+        s.hooks && s.keys && s.policies && s.signing_keys
     }
 }

@@ -1,7 +1,7 @@
 //! Keeps the [`Registry`] current from the Kubernetes API: WebhookConfigs
 //! (which hook uses which Secret and policy), hookwarden's Secrets (the keys,
-//! reloaded the moment the operator writes one) and AgentPolicies (the
-//! effective settings from their status).
+//! reloaded the moment the operator writes one), AgentPolicies (the
+//! effective settings from their status) and agents' signing Secrets.
 
 use std::{collections::HashSet, sync::Arc};
 
@@ -19,13 +19,37 @@ use super::{
 use crate::{
     api::{AgentPolicy, WebhookConfig},
     keys::{MANAGED_BY, keys_from_secret},
+    standard_webhooks::{self, SigningKey},
 };
+
+/// The label that makes a Secret an agent's signing Secret, the only kind of
+/// user Secret receivers watch.
+pub const AGENT_SIGNING_LABEL: (&str, &str) = ("hookwarden.io/agent-signing", "true");
+
+/// The `whsec_` keys of an agent's signing Secret, by entry name; other
+/// values are skipped (named in a warning, never shown).
+fn signing_keys_from_secret(secret: &Secret) -> Vec<SigningKey> {
+    let mut entries: Vec<_> = secret.data.iter().flatten().collect();
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    entries
+        .into_iter()
+        .filter_map(|(name, value)| {
+            let parsed = std::str::from_utf8(&value.0)
+                .map_err(|_| standard_webhooks::Error::MalformedKey)
+                .and_then(SigningKey::parse);
+            if let Err(error) = &parsed {
+                tracing::warn!(secret = %object_ref(secret), entry = name, %error, "signing Secret entry skipped");
+            }
+            parsed.ok()
+        })
+        .collect()
+}
 
 fn object_ref<K: Resource>(obj: &K) -> ObjectRef {
     ObjectRef::new(obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
-/// Starts the three watches; they run until the process ends, riding out
+/// Starts the four watches; they run until the process ends, riding out
 /// API errors with backoff.
 pub fn spawn(client: &Client, namespace: Option<&str>, registry: Arc<Registry>) {
     let hooks = crate::scoped_api::<WebhookConfig>(client, namespace);
@@ -60,6 +84,21 @@ pub fn spawn(client: &Client, namespace: Option<&str>, registry: Arc<Registry>) 
             r.set_keys(object_ref(secret), keys);
         },
         Registry::remove_keys,
+    ));
+
+    let signing = crate::scoped_api::<Secret>(client, namespace);
+    tokio::spawn(follow(
+        signing,
+        watcher::Config::default().labels(&format!("{}={}", AGENT_SIGNING_LABEL.0, AGENT_SIGNING_LABEL.1)),
+        registry.clone(),
+        Watched::SigningKeys,
+        Registry::signing_key_refs,
+        |r, secret| {
+            let keys = signing_keys_from_secret(secret);
+            tracing::info!(secret = %object_ref(secret), keys = keys.len(), "agent signing keys loaded");
+            r.set_signing_keys(object_ref(secret), keys);
+        },
+        Registry::remove_signing_keys,
     ));
 
     let policies = crate::scoped_api::<AgentPolicy>(client, namespace);
