@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, Request, State},
+    extract::{Path, Query, RawQuery, Request, State},
     http::{StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -161,7 +161,7 @@ async fn dead_letters(
     Path((ns, name)): Path<(String, String)>,
     Query(q): Query<Limit>,
 ) -> Response {
-    match s.queue.dead_letters(&ObjectRef::new(ns, name), q.limit.unwrap_or(100).min(1000)).await {
+    match s.queue.dead_letters(&ObjectRef::new(ns, name), q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT)).await {
         Ok(letters) => Json(
             letters
                 .into_iter()
@@ -198,12 +198,38 @@ async fn purge(State(s): State<AdminState>, Path((ns, name)): Path<(String, Stri
     }
 }
 
-async fn deliveries(
-    State(s): State<AdminState>,
-    Query(filter): Query<ActivityFilter>,
-    Query(q): Query<Limit>,
-) -> Response {
-    let limit = q.limit.unwrap_or(100).min(1000);
+/// The most entries one list answer holds, and the default.
+const MAX_LIMIT: usize = 1000;
+const DEFAULT_LIMIT: usize = 100;
+
+/// Parses `/admin/deliveries`' query string: the filter and the limit
+/// (default 100, at most 1000). Unknown parameters are ignored; a repeated
+/// one keeps its last value; a limit that is not a number is an error.
+pub fn deliveries_query(raw: &str) -> Result<(ActivityFilter, usize), String> {
+    let mut filter = ActivityFilter::default();
+    let mut limit = DEFAULT_LIMIT;
+    for (key, value) in form_urlencoded::parse(raw.as_bytes()) {
+        let slot = match &*key {
+            "status" => &mut filter.status,
+            "event" => &mut filter.event,
+            "repository" => &mut filter.repository,
+            "hook" => &mut filter.hook,
+            "limit" => {
+                limit = value.parse().map_err(|_| format!("limit must be a whole number, not {value:?}"))?;
+                continue;
+            }
+            _ => continue,
+        };
+        *slot = Some(value.into_owned());
+    }
+    Ok((filter, limit.min(MAX_LIMIT)))
+}
+
+async fn deliveries(State(s): State<AdminState>, RawQuery(raw): RawQuery) -> Response {
+    let (filter, limit) = match deliveries_query(raw.as_deref().unwrap_or("")) {
+        Ok(parsed) => parsed,
+        Err(message) => return error(StatusCode::BAD_REQUEST, message),
+    };
     match s.queue.activity(&filter, limit).await {
         Ok(mut list) => {
             // The log in Redis and this replica's rejections, newest first.

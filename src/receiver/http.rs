@@ -381,7 +381,7 @@ fn media_type(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// GitHub's form encoding: the JSON payload in a `payload` field.
-fn form_payload(body: &[u8]) -> Result<Bytes, IngestError> {
+pub fn form_payload(body: &[u8]) -> Result<Bytes, IngestError> {
     form_urlencoded::parse(body)
         .find(|(k, _)| k == "payload")
         .map(|(_, v)| Bytes::from(v.into_owned()))
