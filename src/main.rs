@@ -226,6 +226,11 @@ struct ReceiverArgs {
     /// Failures one source may send at once before the per-minute rate applies.
     #[arg(long, env = "HOOKWARDEN_FAILURE_BURST", default_value_t = 30)]
     failure_burst: u32,
+    /// How long a queued body is remembered: the same signed body under
+    /// another X-GitHub-Delivery within it is refused as a replay (409);
+    /// 0 turns the check off.
+    #[arg(long, env = "HOOKWARDEN_REPLAY_WINDOW", default_value_t = 3 * 24 * 3600)]
+    replay_window_seconds: u64,
     /// Comma-separated CIDRs of proxies whose X-Forwarded-For names the source.
     #[arg(long, env = "HOOKWARDEN_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Vec<ipnet::IpNet>,
@@ -281,6 +286,7 @@ fn main() -> ExitCode {
                 },
                 failures_per_minute: args.failures_per_minute,
                 failure_burst: args.failure_burst,
+                replay_window: Duration::from_secs(args.replay_window_seconds),
                 trusted_proxies: args.trusted_proxies,
                 reclaim_after: Duration::from_secs(args.reclaim_after_seconds),
                 admin_listen: args.admin_listen,

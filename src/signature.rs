@@ -72,6 +72,13 @@ pub fn verify<K: AsRef<[u8]>>(
         .ok_or(SignatureError::Mismatch)
 }
 
+/// The MAC a well-formed header carries (upper- or lower-case hex alike),
+/// the identity of a signed body: replaying a captured body means replaying
+/// this MAC, since no one else can sign it.
+pub fn digest(header: &[u8]) -> Option<[u8; 32]> {
+    parse(header).ok()
+}
+
 fn parse(header: &[u8]) -> Result<[u8; 32], SignatureError> {
     let hex_digits = header.strip_prefix(PREFIX.as_bytes()).ok_or(SignatureError::Malformed)?;
     if hex_digits.len() != 64 {

@@ -94,8 +94,10 @@ impl Journey {
         all.into_iter().filter(|h| h["url"].as_str().unwrap().contains(&owner)).collect()
     }
 
-    /// The simulator emits `event` to hook `id`; returns the delivery it recorded.
+    /// The simulator emits a new occurrence of `event` to hook `id`; returns
+    /// the delivery it recorded.
     async fn emit(&self, id: i64, event: &str, payload: &Value) -> Value {
+        let payload = common::occurrence(payload);
         self.sim(&format!("hooks/{id}/events"), json!({ "event": event, "payload": payload })).await
     }
 

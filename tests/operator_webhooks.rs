@@ -187,7 +187,7 @@ impl World {
     }
 
     async fn emit(&self, hook_id: i64) -> Value {
-        let body = json!({ "event": "push", "payload": { "ref": "refs/heads/main", "repository": { "full_name": self.repo } } });
+        let body = json!({ "event": "push", "payload": { "ref": "refs/heads/main", "after": common::commit_sha(), "repository": { "full_name": self.repo } } });
         let url = format!("{}/_sim/hooks/{hook_id}/events", self.github);
         self.http.post(url).json(&body).send().await.unwrap().json().await.unwrap()
     }

@@ -121,7 +121,7 @@ impl World {
                 agent: None,
                 attempt: 0,
             };
-            self.queue.enqueue(&self.policy, &d, 10_000).await.unwrap();
+            self.queue.enqueue(&self.policy, &d, 10_000, None).await.unwrap();
             guids.push(guid);
         }
         guids

@@ -6,6 +6,7 @@
 mod common;
 
 use std::{
+    collections::HashSet,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -21,7 +22,7 @@ use hookwarden::{
     keys::HmacKey,
     receiver::{
         http::{AppState, DEFAULT_BODY_LIMIT, router},
-        queue::{ObjectRef, Queue},
+        queue::{ActivityFilter, ObjectRef, Queue},
         registry::{HookInfo, PolicySettings, Registry, Watched},
         rejections::Rejections,
         serve::{Limits, serve},
@@ -139,18 +140,30 @@ async fn githubs_test_vector_passes_the_signature_check() {
 }
 
 #[tokio::test]
-async fn every_github_example_is_accepted_and_a_flipped_byte_is_rejected() {
+async fn every_github_example_is_accepted_once_a_redelivery_is_a_duplicate_and_a_replay_is_refused() {
     let h = harness().await;
     let examples = webhook_examples();
     assert!(examples.len() > 300, "expected GitHub's full example set, got {}", examples.len());
     let mut queued = 0;
+    let mut sent = Vec::new();
+    // The set lists a few payloads twice, byte for byte (five in 7.6.1):
+    // not distinct events, so the copy is refused as a replay. Every
+    // distinct payload is accepted.
+    let mut distinct = HashSet::new();
+    let mut copies = 0;
     for (event, payload) in &examples {
         let body = serde_json::to_vec(payload).unwrap();
-        let (status, reply, _) = send(&h.app, signed(event, &guid(), &body)).await;
-        let want = if event == "ping" { StatusCode::OK } else { StatusCode::ACCEPTED };
-        assert_eq!(status, want, "{event}: {reply}");
-        if event != "ping" {
+        let first = guid();
+        let (status, reply, _) = send(&h.app, signed(event, &first, &body)).await;
+        if event == "ping" {
+            assert_eq!(status, StatusCode::OK, "{event}: {reply}");
+        } else if distinct.insert(body.clone()) {
+            assert_eq!(status, StatusCode::ACCEPTED, "{event}: {reply}");
             queued += 1;
+            sent.push((event, body.clone(), first.clone()));
+        } else {
+            assert_eq!(status, StatusCode::CONFLICT, "{event}, a byte-identical copy: {reply}");
+            copies += 1;
         }
 
         let mut tampered = body.clone();
@@ -166,6 +179,26 @@ async fn every_github_example_is_accepted_and_a_flipped_byte_is_rejected() {
         queued,
         "each accepted delivery queued once, no tampered one"
     );
+
+    // GitHub's redelivery (same GUID, same body): a harmless duplicate. The
+    // same captured body and signature under a new GUID: a replay, refused —
+    // also when the signature's hex is written in upper case.
+    assert_eq!(queued as usize, distinct.len(), "every distinct payload accepted ({copies} copies refused)");
+    for (event, body, first) in &sent {
+        let (status, reply, _) = send(&h.app, signed(event, first, body)).await;
+        assert_eq!((status, reply["status"].as_str()), (StatusCode::OK, Some("duplicate")), "{event}");
+        let (status, reply, _) = send(&h.app, signed(event, &guid(), body)).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{event} replayed: {reply}");
+        assert!(reply["error"].as_str().unwrap().starts_with("replay"), "{reply}");
+        let upper = signature::sign(KEY.as_bytes(), body).to_uppercase().replacen("SHA256=", "sha256=", 1);
+        let req = delivery(event, &guid(), "application/json", body.clone(), Some(upper));
+        assert_eq!(send(&h.app, req).await.0, StatusCode::CONFLICT, "{event} replayed in upper case");
+    }
+    assert_eq!(h.queue.len(&h.policy).await.unwrap(), queued, "no redelivery or replay queued");
+    let replayed = h
+        .rejections
+        .matching(&ActivityFilter { status: Some("rejected".into()), ..ActivityFilter::default() }, 1000);
+    assert!(replayed.iter().any(|a| a.detail.as_deref() == Some("replay")), "replays are listed");
 }
 
 #[tokio::test]
@@ -336,12 +369,12 @@ async fn a_draining_receiver_is_not_ready_but_still_accepts_and_closes_connectio
         async move { app.oneshot(Request::get("/readyz").body(Body::empty()).unwrap()).await.unwrap() }
     };
     assert_eq!(ready(&h.app).await.status(), StatusCode::OK);
-    let open = h.app.clone().oneshot(signed("issues", &guid(), b"{}")).await.unwrap();
+    let open = h.app.clone().oneshot(signed("issues", &guid(), br#"{"n":1}"#)).await.unwrap();
     assert!(open.headers().get("connection").is_none(), "no Connection: close before SIGTERM");
 
     h.draining.cancel(); // what SIGTERM does first
     assert_eq!(ready(&h.app).await.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let late = h.app.clone().oneshot(signed("issues", &guid(), b"{}")).await.unwrap();
+    let late = h.app.clone().oneshot(signed("issues", &guid(), br#"{"n":2}"#)).await.unwrap();
     assert_eq!(
         late.status(),
         StatusCode::ACCEPTED,
@@ -364,17 +397,17 @@ async fn a_full_queue_answers_503_with_retry_after() {
         retry: RetryPolicy::default(),
     };
     h.registry.set_policy(h.policy.clone(), settings);
-    let body = br#"{"action":"opened"}"#;
+    let body = |n: u32| format!(r#"{{"action":"opened","number":{n}}}"#).into_bytes();
     let first = guid();
-    for id in [first.clone(), guid()] {
-        assert_eq!(send(&h.app, signed("issues", &id, body)).await.0, StatusCode::ACCEPTED);
+    for (n, id) in [first.clone(), guid()].into_iter().enumerate() {
+        assert_eq!(send(&h.app, signed("issues", &id, &body(n as u32))).await.0, StatusCode::ACCEPTED);
     }
-    let (status, reply, retry_after) = send(&h.app, signed("issues", &guid(), body)).await;
+    let (status, reply, retry_after) = send(&h.app, signed("issues", &guid(), &body(3))).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reply}");
     assert_eq!(retry_after.as_deref(), Some("30"));
     assert_eq!(h.queue.len(&h.policy).await.unwrap(), 2);
     // A redelivery of something already queued is still a success.
-    assert_eq!(send(&h.app, signed("issues", &first, body)).await.0, StatusCode::OK);
+    assert_eq!(send(&h.app, signed("issues", &first, &body(0))).await.0, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -430,8 +463,11 @@ async fn before_its_watches_have_listed_everything_a_receiver_says_not_yet_never
     registry.mark_synced(Watched::Hooks);
     registry.mark_synced(Watched::Policies);
     assert_eq!(send(&app, signed("push", &guid(), b"{}")).await.0, StatusCode::SERVICE_UNAVAILABLE);
-    // Everything listed: now an unknown hook is truly unknown.
+    // Keys listed, agents' signing Secrets not yet: still not yet.
     registry.mark_synced(Watched::Keys);
+    assert_eq!(send(&app, signed("push", &guid(), b"{}")).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    // Everything listed: now an unknown hook is truly unknown.
+    registry.mark_synced(Watched::SigningKeys);
     let (status, reply, _) = send(&app, signed("push", &guid(), b"{}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{reply}");
 }

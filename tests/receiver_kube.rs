@@ -150,8 +150,11 @@ impl System {
 
     /// POSTs a signed delivery; returns the HTTP status.
     async fn deliver(&self, base: &str, key: &HmacKey, guid: &str) -> u16 {
-        let body =
-            json!({"action": "opened", "repository": {"full_name": "octo-org/hello-world"}}).to_string();
+        // Distinct per delivery, as GitHub's are (the same body under a new
+        // GUID is refused as a replay).
+        let body = json!({"action": "opened", "pull_request": {"head": {"sha": common::commit_sha()}},
+                          "repository": {"full_name": "octo-org/hello-world"}})
+        .to_string();
         let r = self
             .http
             .post(format!("{base}/hooks/{}/repo-hook", self.ns.name))

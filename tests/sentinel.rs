@@ -170,7 +170,7 @@ async fn a_sentinel_failover_under_load_loses_no_acknowledged_delivery() {
                             Instant::now() < deadline + Duration::from_secs(30),
                             "the queue never came back"
                         );
-                        match queue.enqueue(&policy, &d, 1_000_000).await {
+                        match queue.enqueue(&policy, &d, 1_000_000, None).await {
                             Ok(_) => break,
                             Err(_) => {
                                 *errors.lock().unwrap() += 1;

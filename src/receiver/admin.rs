@@ -161,7 +161,11 @@ async fn dead_letters(
     Path((ns, name)): Path<(String, String)>,
     Query(q): Query<Limit>,
 ) -> Response {
-    match s.queue.dead_letters(&ObjectRef::new(ns, name), q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT)).await {
+    match s
+        .queue
+        .dead_letters(&ObjectRef::new(ns, name), q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT))
+        .await
+    {
         Ok(letters) => Json(
             letters
                 .into_iter()

@@ -6,7 +6,8 @@
 //! → the signature matches a current key, on the raw bytes (401) → the
 //! event and delivery headers are well-formed (400) → the content type is
 //! JSON or form (415) → the payload parses (400) → it is in
-//! Redis (202), or was already (200). Only then does GitHub get a 2xx.
+//! Redis (202), or was already (200), or its signed body was, under another
+//! GUID (409, a replay). Only then does GitHub get a 2xx.
 //! Every check before Redis is a pure step, `admit` (before the body is read)
 //! then `verify` (on the body), table-tested without Redis; `accept` is the
 //! I/O around them.
@@ -79,6 +80,7 @@ pub const REJECTION_REASONS: &[&str] = &[
     "unsupported_media_type",
     "bad_payload",
     "too_many_failures",
+    "replay",
     "queue_full",
     "queue_unavailable",
     "overloaded",
@@ -135,6 +137,9 @@ pub enum IngestError {
     TooManyFailures(u64),
     #[error("overloaded; retry later")]
     Overloaded,
+    /// The same signed body was accepted before under another GUID.
+    #[error("replay: this body was already accepted under another delivery id")]
+    Replay,
     #[error("queue is full; retry later")]
     QueueFull,
     #[error("queue unavailable; retry later")]
@@ -156,6 +161,7 @@ impl IngestError {
             Self::BadPayload(_) => "bad_payload",
             Self::TooManyFailures(_) => "too_many_failures",
             Self::Overloaded => "overloaded",
+            Self::Replay => "replay",
             Self::QueueFull => "queue_full",
             Self::QueueUnavailable => "queue_unavailable",
         }
@@ -168,6 +174,7 @@ impl IngestError {
             Self::BodyRead | Self::Header(_) | Self::BadPayload(_) => StatusCode::BAD_REQUEST,
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::TooManyFailures(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Replay => StatusCode::CONFLICT,
             Self::Signature(_) => StatusCode::UNAUTHORIZED,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::NotSynced | Self::NoKeys | Self::Overloaded | Self::QueueFull | Self::QueueUnavailable => {
@@ -219,7 +226,10 @@ async fn ingest(
                 // Counted only: a refused flood must not become a log or memory flood.
                 return error.into_response();
             }
-            if let (Some(source), IngestError::UnknownHook(_) | IngestError::Signature(_)) = (source, &error)
+            if let (
+                Some(source),
+                IngestError::UnknownHook(_) | IngestError::Signature(_) | IngestError::Replay,
+            ) = (source, &error)
             {
                 state.failures.failed(source);
             }
@@ -271,8 +281,9 @@ pub fn admit(
 pub enum Verified {
     /// GitHub's ping: answered and recorded with the key that verified it, never queued.
     Ping { delivery: Delivery, key_version: String },
-    /// A delivery for the policy's queue.
-    Delivery(Delivery),
+    /// A delivery for the policy's queue, with the MAC that signed its body
+    /// (what identifies a replay).
+    Delivery { delivery: Delivery, mac: [u8; 32] },
 }
 
 /// The second pure step, on the whole body: signed with one of the hook's
@@ -290,7 +301,9 @@ pub fn verify(
     if keys.is_empty() {
         return Err(IngestError::NoKeys);
     }
-    let key = signature::verify(headers.get(signature::HEADER).map(HeaderValue::as_bytes), &body, &keys)?;
+    let signed = headers.get(signature::HEADER).map(HeaderValue::as_bytes);
+    let key = signature::verify(signed, &body, &keys)?;
+    let mac = signed.and_then(signature::digest).expect("a verified header has a digest");
     let event = header_token(headers, "x-github-event", |c| {
         c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'
     })?;
@@ -304,7 +317,7 @@ pub fn verify(
         .map_err(|e| IngestError::BadPayload(e.to_string()))?;
     Ok(match event {
         "ping" => Verified::Ping { delivery, key_version: keys[key].version().to_owned() },
-        _ => Verified::Delivery(delivery),
+        _ => Verified::Delivery { delivery, mac },
     })
 }
 
@@ -328,7 +341,7 @@ async fn accept(
                 IngestError::BodyRead
             }
         })?;
-    let delivery = match verify(&state.registry, hook_ref, &hook, headers, body)? {
+    let (delivery, mac) = match verify(&state.registry, hook_ref, &hook, headers, body)? {
         Verified::Ping { delivery, key_version } => {
             state.metrics.received.with_label_values(&["ping"]).inc();
             // Answered, not dispatched: the operator reads the ping's delivery
@@ -339,12 +352,12 @@ async fn accept(
             tracing::info!(hook = %hook_ref, delivery_id = %delivery.guid, key_version, "ping verified");
             return Ok((StatusCode::OK, "pong"));
         }
-        Verified::Delivery(delivery) => delivery,
+        Verified::Delivery { delivery, mac } => (delivery, mac),
     };
     let (guid, event) = (delivery.guid.as_str(), delivery.event.as_str());
     state.metrics.received.with_label_values(&[event]).inc();
     let limit = state.registry.policy(&hook.policy).map_or(DEFAULT_QUEUE_LIMIT, |p| p.queue_limit);
-    match state.queue.enqueue(&hook.policy, &delivery, limit).await {
+    match state.queue.enqueue(&hook.policy, &delivery, limit, Some(&mac)).await {
         Ok(Enqueued::Queued(id)) => {
             tracing::info!(hook = %hook_ref, delivery_id = %guid, event, entry = %id, "delivery queued");
             Ok((StatusCode::ACCEPTED, "queued"))
@@ -354,6 +367,7 @@ async fn accept(
             tracing::info!(hook = %hook_ref, delivery_id = %guid, event, "duplicate delivery not queued again");
             Ok((StatusCode::OK, "duplicate"))
         }
+        Ok(Enqueued::Replay) => Err(IngestError::Replay),
         Err(QueueError::Full { .. }) => Err(IngestError::QueueFull),
         Err(error) => {
             tracing::error!(hook = %hook_ref, delivery_id = %guid, %error, "could not queue delivery");
@@ -558,7 +572,7 @@ mod tests {
     fn a_good_request_is_a_delivery_and_a_ping_is_a_ping_with_its_key() {
         let registry = registry(true);
         match check(&registry, Request::default()).unwrap() {
-            Verified::Delivery(d) => {
+            Verified::Delivery { delivery: d, .. } => {
                 assert_eq!((d.event.as_str(), d.hook.to_string()), ("push", "team/hook".into()))
             }
             other => panic!("{other:?}"),

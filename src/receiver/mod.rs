@@ -52,6 +52,8 @@ pub struct ReceiverConfig {
     /// minute, and in a burst, before it is refused for a while; 0: no limit.
     pub failures_per_minute: u32,
     pub failure_burst: u32,
+    /// How long a queued body is remembered against replays (0: off).
+    pub replay_window: Duration,
     /// Proxies (an Ingress) whose `X-Forwarded-For` names the real source.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub reclaim_after: Duration,
@@ -182,7 +184,11 @@ async fn connect_redis(config: &ReceiverConfig) -> Queue {
     let mut delay = Duration::from_millis(200);
     loop {
         match Queue::connect(&config.redis_url, &config.redis_prefix).await {
-            Ok(queue) => return queue.acknowledged_by(config.redis_replicas.0, config.redis_replicas.1),
+            Ok(queue) => {
+                return queue
+                    .acknowledged_by(config.redis_replicas.0, config.redis_replicas.1)
+                    .replay_window(config.replay_window);
+            }
             Err(error) => {
                 tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "redis unavailable");
                 tokio::time::sleep(delay).await;

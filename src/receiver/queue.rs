@@ -211,6 +211,9 @@ pub enum Enqueued {
     Queued(String),
     /// Seen before (a redelivery): not queued again.
     Duplicate,
+    /// Its body was queued before under another GUID: a captured delivery
+    /// sent again. Not queued.
+    Replay,
 }
 
 /// A dead letter: a delivery one agent never accepted.
@@ -321,6 +324,8 @@ pub struct Queue {
     /// Replicas that must have a delivery before it counts as queued, and
     /// how long to wait for them (Redis' `WAIT`).
     replicas: Option<(u32, u64)>,
+    /// How long a signed body is remembered against replays (s; 0: off).
+    replay_window_secs: u64,
 }
 
 impl Queue {
@@ -328,12 +333,24 @@ impl Queue {
     /// or `redis+sentinel://...`, see [`super::connection`]); every key
     /// starts with `prefix`.
     pub async fn connect(redis_url: &str, prefix: &str) -> Result<Self> {
-        Ok(Self { conn: Connection::open(redis_url).await?, prefix: prefix.to_owned(), replicas: None })
+        Ok(Self {
+            conn: Connection::open(redis_url).await?,
+            prefix: prefix.to_owned(),
+            replicas: None,
+            replay_window_secs: DEDUP_TTL_SECS,
+        })
     }
 
     /// A delivery counts as queued only once `replicas` replicas have it,
     /// waited for at most `timeout`: a failover to a replica then loses no
     /// delivery that was acknowledged. 0 turns it off.
+    /// How long a queued body is remembered, so that the same signed body
+    /// under another GUID is refused as a replay; 0 turns the check off.
+    pub fn replay_window(mut self, window: std::time::Duration) -> Self {
+        self.replay_window_secs = window.as_secs();
+        self
+    }
+
     pub fn acknowledged_by(mut self, replicas: u32, timeout: std::time::Duration) -> Self {
         self.replicas = (replicas > 0).then_some((replicas, timeout.as_millis() as u64));
         self
@@ -347,6 +364,10 @@ impl Queue {
         format!("{}:dedup:{{{hook}}}:{guid}", self.prefix)
     }
 
+    fn body_key(&self, hook: &ObjectRef, mac: &[u8; 32]) -> String {
+        format!("{}:body:{{{hook}}}:{}", self.prefix, hex::encode(mac))
+    }
+
     /// Is Redis answering?
     pub async fn ping(&self) -> Result<()> {
         let _: String = redis::cmd("PING").query_async(&mut self.conn.get()).await?;
@@ -355,17 +376,30 @@ impl Queue {
 
     /// Queues `delivery` for `policy` unless its GUID was seen, or the queue
     /// holds `limit` deliveries already.
-    pub async fn enqueue(&self, policy: &ObjectRef, delivery: &Delivery, limit: u64) -> Result<Enqueued> {
+    ///
+    /// `signed_mac` is the MAC GitHub signed the body with, when it came
+    /// through the webhook (not from GitHub's API): a body already queued
+    /// for the hook under another GUID within the replay window is refused.
+    pub async fn enqueue(
+        &self,
+        policy: &ObjectRef,
+        delivery: &Delivery,
+        limit: u64,
+        signed_mac: Option<&[u8; 32]>,
+    ) -> Result<Enqueued> {
         let mut script = ENQUEUE.prepare_invoke();
+        let replay_ttl = signed_mac.map_or(0, |_| self.replay_window_secs);
         script
             .key(self.key(policy, "events"))
             .key(self.dedup_key(&delivery.hook, &delivery.guid))
-            .key(self.activity_key());
+            .key(self.activity_key())
+            .key(self.body_key(&delivery.hook, signed_mac.unwrap_or(&[0; 32])));
         script.arg(limit).arg(DEDUP_TTL_SECS).arg(ACTIVITY_LEN);
         for status in ["queued", "duplicate", "rejected"] {
             let detail = (status == "rejected").then(|| "queue_full".to_owned());
             script.arg(Activity::of(delivery, policy, status, None, detail).to_json());
         }
+        script.arg(replay_ttl);
         for (k, v) in delivery.to_fields() {
             script.arg(k).arg(v);
         }
@@ -392,6 +426,7 @@ impl Queue {
         };
         match reply.as_str() {
             "dup" => Ok(Enqueued::Duplicate),
+            "replay" => Ok(Enqueued::Replay),
             "full" => Err(QueueError::Full { limit }),
             _ => Ok(Enqueued::Queued(reply)),
         }

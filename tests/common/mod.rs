@@ -209,6 +209,28 @@ pub fn webhook_examples() -> Vec<(String, serde_json::Value)> {
         .collect()
 }
 
+/// `payload` as a new occurrence of the same event: two real events are never
+/// byte-identical (at least their timestamps differ), and an identical body
+/// under a new GUID is refused as a replay. Sets `updated_at` of the event's
+/// subject (`pull_request`, `issue`, ...) or of the repository.
+pub fn occurrence(payload: &serde_json::Value) -> serde_json::Value {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + rand::random::<u32>() as u64;
+    let stamp = format!("2026-01-01T00:00:00.{n:012}Z");
+    let mut p = payload.clone();
+    let subject = ["pull_request", "issue", "repository"].into_iter().find(|k| p[*k].is_object());
+    match subject {
+        Some(k) => p[k]["updated_at"] = stamp.into(),
+        None => p["updated_at"] = stamp.into(),
+    }
+    p
+}
+
+/// A random 40-hex-digit commit SHA: what makes each push GitHub sends distinct.
+pub fn commit_sha() -> String {
+    format!("{:032x}{:08x}", rand::random::<u128>(), rand::random::<u32>())
+}
+
 /// A random key prefix, so tests sharing one Redis never see each other.
 pub fn redis_prefix() -> String {
     format!("hwtest-{:08x}", rand::random::<u32>())
@@ -408,7 +430,9 @@ impl PushFlow {
                 if flag.load(std::sync::atomic::Ordering::SeqCst) {
                     break;
                 }
-                let body = serde_json::json!({ "event": "push", "payload": { "ref": "refs/heads/main", "seq": seq, "repository": { "full_name": repo } } });
+                // Each push its own commit, as on GitHub: distinct bodies (an
+                // identical body under a new GUID is refused as a replay).
+                let body = serde_json::json!({ "event": "push", "payload": { "ref": "refs/heads/main", "after": commit_sha(), "seq": seq, "repository": { "full_name": repo } } });
                 let (http, url) = (http.clone(), url.clone());
                 sends.push(tokio::spawn(async move {
                     let d: serde_json::Value =

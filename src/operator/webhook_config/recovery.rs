@@ -407,8 +407,9 @@ impl Pass<'_> {
         let bytes = Bytes::from(serde_json::to_vec(&payload).expect("JSON value serialises"));
         let delivery = queue::Delivery::parse(&request.guid, &request.event, &hook, bytes)
             .expect("a JSON value parses back");
-        match queue.enqueue(policy, &delivery, limit).await? {
-            Enqueued::Queued(_) | Enqueued::Duplicate => Ok(Way::Fetch),
+        // NB: fetched from GitHub's API, not signed: no replay check (None).
+        match queue.enqueue(policy, &delivery, limit, None).await? {
+            Enqueued::Queued(_) | Enqueued::Duplicate | Enqueued::Replay => Ok(Way::Fetch),
         }
     }
 
