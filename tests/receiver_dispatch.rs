@@ -12,7 +12,7 @@ use common::{TestEnv, eventually, redis_prefix};
 use hookwarden::{
     api::{Agent, CircuitBreaker, RetryPolicy, RetryStrategy},
     receiver::{
-        dispatch::{DispatchConfig, Dispatcher},
+        dispatch::{DispatchConfig, Dispatcher, Failure},
         queue::{Delivery, ObjectRef, Queue},
         registry::{PolicySettings, Registry},
     },
@@ -383,4 +383,47 @@ async fn departed_consumers_with_nothing_pending_are_pruned() {
         "only the idle one without work"
     );
     assert_eq!(w.queue.prune_consumers(&w.policy, "me", 10).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn every_series_of_a_policy_and_its_agents_exists_at_zero_before_anything_happens() {
+    let mut w = world().await;
+    w.settings.agents = vec![w.agent("reviewer", &[]), w.agent("triage", &[])];
+    w.apply();
+    let _stop = w.start("a");
+    let policy = w.policy.to_string();
+    let zero = |text: &str, name: &str, labels: &[(&str, &str)]| {
+        text.lines().any(|l| {
+            l.starts_with(name)
+                && l.ends_with(" 0")
+                && labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+    };
+    eventually("the worker to create its series", WAIT, || async {
+        zero(&w.metrics.render(), "webhook_circuit_breaker_open", &[("policy", &policy), ("agent", "triage")])
+            .then_some(())
+    })
+    .await;
+    let text = w.metrics.render();
+    for agent in ["reviewer", "triage"] {
+        for result in hookwarden::receiver::dispatch::RESULTS {
+            let labels = [("policy", policy.as_str()), ("agent", agent), ("result", result)];
+            assert!(zero(&text, "github_webhook_processed_total", &labels), "{agent} {result}:\n{text}");
+        }
+        for reason in Failure::REASONS {
+            let labels = [("policy", policy.as_str()), ("agent", agent), ("reason", reason)];
+            assert!(zero(&text, "github_webhook_errors_total", &labels), "{agent} {reason}:\n{text}");
+        }
+        let count = [("policy", policy.as_str()), ("agent", agent)];
+        assert!(zero(&text, "github_webhook_processing_duration_seconds_count", &count), "{agent}");
+    }
+    assert!(zero(&text, "hookwarden_dead_letters", &[("policy", &policy)]), "{text}");
+    // An agent added later gets its series too.
+    w.settings.agents.push(w.agent("audit", &[]));
+    w.apply();
+    eventually("the new agent's series", WAIT, || async {
+        let text = w.metrics.render();
+        zero(&text, "github_webhook_errors_total", &[("agent", "audit"), ("reason", "timeout")]).then_some(())
+    })
+    .await;
 }

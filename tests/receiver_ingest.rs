@@ -682,3 +682,21 @@ async fn a_source_sending_bad_signatures_is_refused_with_429_and_github_behind_t
     let window = h.rejections.matching(&Default::default(), 100);
     assert_eq!(window.len(), 6, "refusals are not remembered one by one: {window:?}");
 }
+
+#[tokio::test]
+async fn every_reason_and_event_series_is_at_zero_right_after_start() {
+    let h = harness().await;
+    let res = h.app.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    let text =
+        String::from_utf8(axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap().to_vec()).unwrap();
+    for reason in hookwarden::receiver::http::REJECTION_REASONS {
+        let series = format!("hookwarden_rejected_deliveries_total{{reason=\"{reason}\"}} 0");
+        assert!(text.contains(&series), "{series} missing");
+    }
+    for event in hookwarden::api::GITHUB_EVENTS.iter().chain(&["ping"]) {
+        for name in ["github_webhooks_total", "hookwarden_duplicate_deliveries_total"] {
+            let series = format!("{name}{{event=\"{event}\"}} 0");
+            assert!(text.contains(&series), "{series} missing");
+        }
+    }
+}

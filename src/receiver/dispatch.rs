@@ -67,7 +67,14 @@ pub enum Failure {
     Unsigned(ObjectRef),
 }
 
+/// How a dispatch ends (`result` of `github_webhook_processed_total`).
+pub const RESULTS: &[&str] = &["success", "retry", "dead_letter"];
+
 impl Failure {
+    /// Every `reason` of `github_webhook_errors_total`.
+    pub const REASONS: &[&str] =
+        &["circuit_open", "timeout", "http_status", "transport", "agent_gone", "unsigned"];
+
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::CircuitOpen { .. } => "circuit_open",
@@ -213,9 +220,14 @@ impl Dispatcher {
         let mut next_housekeeping = Instant::now();
         let mut next_reclaim = Instant::now();
         let mut next_prune = Instant::now() + Duration::from_secs(60);
+        let mut series_for: Option<Arc<PolicySettings>> = None;
         while !stop.is_cancelled() {
             let settings = settings_rx.borrow_and_update().clone();
             self.metrics.agents_enabled.with_label_values(&[&policy_label]).set(i64::from(settings.enabled));
+            if !series_for.as_ref().is_some_and(|s| Arc::ptr_eq(s, &settings)) {
+                self.create_series(&policy_label, &settings);
+                series_for = Some(settings.clone());
+            }
             while let Some(done) = inflight.try_join_next() {
                 if let Err(error) = done {
                     tracing::error!(%policy, %error, "dispatch task failed");
@@ -286,6 +298,26 @@ impl Dispatcher {
             inflight.abort_all();
         }
         tracing::info!(%policy, "worker stopped");
+    }
+
+    /// Every series of the policy and its agents, at 0 until something
+    /// happens (values already counted are kept), so that dashboards and
+    /// alert ratios read 0 rather than "no data".
+    fn create_series(&self, policy: &str, settings: &PolicySettings) {
+        let m = &self.metrics;
+        for label in [&m.queue_length, &m.dead_letters] {
+            label.with_label_values(&[policy]);
+        }
+        for agent in settings.agents.iter().map(|a| a.name.as_str()) {
+            m.breaker_open.with_label_values(&[policy, agent]);
+            m.duration.with_label_values(&[policy, agent]);
+            for result in RESULTS {
+                m.processed.with_label_values(&[policy, agent, result]);
+            }
+            for reason in Failure::REASONS {
+                m.errors.with_label_values(&[policy, agent, reason]);
+            }
+        }
     }
 
     /// Idle time after which another consumer's entry is taken over: longer
@@ -456,6 +488,22 @@ mod tests {
         assert!(!wants(&agent(&[], &["other/*"]), "push", repo));
         assert!(!wants(&agent(&[], &["octo-org/*"]), "push", None), "no repository, no match");
         assert!(!wants(&agent(&["push"], &["octo-org/*"]), "issues", repo), "both filters must match");
+    }
+
+    #[test]
+    fn every_failure_reason_is_created_at_zero() {
+        let failures = [
+            Failure::CircuitOpen { retry_at: Instant::now() },
+            Failure::Timeout,
+            Failure::Status(500),
+            Failure::Transport(String::new()),
+            Failure::AgentGone,
+            Failure::Unsigned(ObjectRef::new("ns", "s")),
+        ];
+        for failure in failures {
+            assert!(Failure::REASONS.contains(&failure.metric_label()), "{failure}");
+        }
+        assert_eq!(Failure::REASONS.len(), 6);
     }
 
     #[test]

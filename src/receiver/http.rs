@@ -91,6 +91,12 @@ pub fn router(state: AppState) -> Router {
     for reason in REJECTION_REASONS {
         state.metrics.rejected.with_label_values(&[reason]);
     }
+    // Every event GitHub can send, at 0: a ratio of duplicates to deliveries
+    // per event is 0, not "no data", until the first one.
+    for event in crate::api::GITHUB_EVENTS.iter().chain(&["ping"]) {
+        state.metrics.received.with_label_values(&[event]);
+        state.metrics.duplicates.with_label_values(&[event]);
+    }
     let in_flight = Arc::new(Semaphore::new(state.limits.max_in_flight));
     Router::new()
         .route(
@@ -556,6 +562,7 @@ mod tests {
             IngestError::BadPayload(String::new()),
             IngestError::TooManyFailures(1),
             IngestError::Overloaded,
+            IngestError::Replay,
             IngestError::QueueFull,
             IngestError::QueueUnavailable,
         ];
