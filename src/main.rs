@@ -169,6 +169,14 @@ struct OperatorArgs {
     /// credentials (GitHub asks for at least 1 s).
     #[arg(long, env = "HOOKWARDEN_GITHUB_MUTATION_INTERVAL_MS", default_value_t = 1000)]
     github_mutation_interval_ms: u64,
+    /// Seconds between reads of GitHub's hook source ranges (`GET /meta`,
+    /// conditional) for each API URL in use, published in the ConfigMap
+    /// --github-meta-configmap for the receivers' allowlist; 0: off.
+    #[arg(long, env = "HOOKWARDEN_GITHUB_META_REFRESH_SECONDS", default_value_t = 3600)]
+    github_meta_refresh_seconds: u64,
+    /// The ConfigMap (in the pod's namespace) with GitHub's hook ranges.
+    #[arg(long, env = "HOOKWARDEN_GITHUB_META_CONFIGMAP", default_value = hookwarden::github::meta::DEFAULT_CONFIGMAP)]
+    github_meta_configmap: String,
     /// This replica's name in the leader Lease and in Events (default: the
     /// pod name, else the host name and process id).
     #[arg(long, env = "POD_NAME")]
@@ -234,6 +242,14 @@ struct ReceiverArgs {
     /// Comma-separated CIDRs of proxies whose X-Forwarded-For names the source.
     #[arg(long, env = "HOOKWARDEN_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// Accept deliveries only from GitHub's hook source ranges, as the
+    /// operator publishes them (`GET /meta`); others get 403. Behind an
+    /// Ingress, set --trusted-proxies too.
+    #[arg(long, env = "HOOKWARDEN_GITHUB_META_ALLOWLIST")]
+    github_meta_allowlist: bool,
+    /// The ConfigMap (in the pod's namespace) with GitHub's hook ranges.
+    #[arg(long, env = "HOOKWARDEN_GITHUB_META_CONFIGMAP", default_value = hookwarden::github::meta::DEFAULT_CONFIGMAP)]
+    github_meta_configmap: String,
     /// Namespace of the Lease in which this replica reports the keys it has
     /// loaded (default: its pod's namespace, else `default`).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
@@ -288,6 +304,7 @@ fn main() -> ExitCode {
                 failure_burst: args.failure_burst,
                 replay_window: Duration::from_secs(args.replay_window_seconds),
                 trusted_proxies: args.trusted_proxies,
+                github_meta_allowlist: args.github_meta_allowlist.then_some(args.github_meta_configmap),
                 reclaim_after: Duration::from_secs(args.reclaim_after_seconds),
                 admin_listen: args.admin_listen,
                 admin_token: args.admin_token,
@@ -357,12 +374,17 @@ fn main() -> ExitCode {
                 pod: hookwarden::PodRef::from_env(),
                 public_base_url: args.public_base_url,
                 resync: Duration::from_secs(args.resync_seconds.max(1)),
-                lease_namespace: args.lease_namespace,
+                lease_namespace: args.lease_namespace.clone(),
                 lease_duration: Duration::from_secs(args.lease_seconds.max(3)),
                 redelivery_interval: (args.redelivery_seconds > 0)
                     .then(|| Duration::from_secs(args.redelivery_seconds)),
                 recovery,
                 mutation_interval: Duration::from_millis(args.github_mutation_interval_ms),
+                meta: (args.github_meta_refresh_seconds > 0).then(|| operator::meta::MetaConfig {
+                    namespace: args.lease_namespace.clone(),
+                    configmap: args.github_meta_configmap,
+                    refresh: Duration::from_secs(args.github_meta_refresh_seconds),
+                }),
             };
             runtime().block_on(async {
                 match kube::Client::try_default().await {

@@ -146,6 +146,24 @@ impl World {
 
     /// A push hook on the repository delivering to `url`, rotated hourly with
     /// `overlap`, once in sync; returns its id and first key.
+    /// A receiver process for the namespace, started with `extra`
+    /// arguments; returns it and its base URL.
+    fn receiver(&self, name: &str, extra: &[&str]) -> (Process, String) {
+        let (port, admin) = (free_port(), free_port());
+        let (listen, admin_listen) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{admin}"));
+        let mut args =
+            vec!["receiver", "--listen", &listen, "--admin-listen", &admin_listen, "--consumer", name];
+        args.extend_from_slice(extra);
+        let vars = [
+            ("HOOKWARDEN_NAMESPACE", self.ns.name.as_str()),
+            ("POD_NAMESPACE", self.ns.name.as_str()),
+            ("REDIS_URL", self.env.var("REDIS_URL")),
+            ("HOOKWARDEN_REDIS_PREFIX", &common::redis_prefix()),
+            ("HOOKWARDEN_ADMIN_TOKEN", "test-admin-token"),
+        ];
+        (Process::start(&self.env, name, &args, &vars), format!("http://{listen}"))
+    }
+
     async fn rotating_hook(&self, name: &str, url: &str, overlap: &str) -> (i64, hookwarden::keys::HmacKey) {
         let spec = json!({ "repository": self.repo, "events": ["push"], "url": url,
             "secretRotation": { "interval": "1h", "overlap": overlap } });
@@ -539,26 +557,8 @@ async fn rotation_waits_for_receivers_and_a_good_ping_and_keeps_both_keys_throug
 #[tokio::test]
 async fn a_rotation_with_a_real_receiver_rejects_no_delivery() {
     let w = World::new().await;
-    let (port, admin) = (free_port(), free_port());
-    let _receiver = Process::start(
-        &w.env,
-        "receiver",
-        &[
-            "receiver",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
-        ],
-        &[
-            ("HOOKWARDEN_NAMESPACE", &w.ns.name),
-            ("POD_NAMESPACE", &w.ns.name),
-            ("REDIS_URL", w.env.var("REDIS_URL")),
-            ("HOOKWARDEN_REDIS_PREFIX", &common::redis_prefix()),
-            ("HOOKWARDEN_ADMIN_TOKEN", "test-admin-token"),
-        ],
-    );
-    let url = format!("http://127.0.0.1:{port}/hooks/{}/live", w.ns.name);
+    let (_receiver, base) = w.receiver("receiver", &[]);
+    let url = format!("{base}/hooks/{}/live", w.ns.name);
     let (id, old) = w.rotating_hook("live", &url, "2s").await;
     // The receiver takes deliveries signed with the first key.
     eventually("the receiver to accept deliveries", WAIT, || async {
@@ -733,4 +733,55 @@ async fn a_github_app_installation_manages_an_organization_hook() {
     );
     w.assert_github_agrees(&format!("orgs/{}", w.org)).await;
     w.assert_github_agrees(&format!("app/installations/{installation}")).await;
+}
+
+#[tokio::test]
+async fn with_the_allowlist_on_only_githubs_published_hook_ranges_may_deliver() {
+    let w = World::with(&["--github-meta-refresh-seconds", "1"]).await;
+    // GitHub (the simulator) sends from loopback, and its /meta says so.
+    w.sim_post("meta", json!({ "hooks": ["127.0.0.0/8", "::1/128"] })).await;
+    let (_guarded, guarded_base) = w.receiver("guarded", &["--github-meta-allowlist"]);
+    let (_open, open_base) = w.receiver("open", &[]);
+    let mut ids = Vec::new();
+    for (name, base) in [("guarded", &guarded_base), ("open", &open_base)] {
+        let url = format!("{base}/hooks/{}/{name}", w.ns.name);
+        w.apply_spec(name, json!({ "repository": w.repo, "events": ["push"], "url": url })).await;
+        let id =
+            eventually("the hook registered", WAIT, || async { w.whc(name).await.status?.hook_id }).await;
+        ids.push(id);
+    }
+    let (guarded, open) = (ids[0], ids[1]);
+    eventually("GitHub's deliveries accepted from its published ranges", WAIT, || async {
+        (w.emit(guarded).await["status_code"] == 202).then_some(())
+    })
+    .await;
+    let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(w.env.client().await, &w.ns.name);
+    let published = configmaps.get("hookwarden-github-meta").await.unwrap().data.unwrap();
+    assert_eq!(published["hooks"], "127.0.0.0/8\n::1/128");
+    assert_eq!(published["apiUrls"], w.github);
+    // Read again every second, conditionally: unchanged ranges cost a 304.
+    eventually("a conditional re-read of /meta", WAIT, || async {
+        let requests: Vec<Value> = get_json(&w.http, &format!("{}/_sim/requests", w.github)).await;
+        requests.iter().any(|r| r["path"] == "/meta" && r["status"] == 304).then_some(())
+    })
+    .await;
+
+    // GitHub's ranges change: loopback is no longer one of them. The guarded
+    // receiver refuses within seconds; the other, without the allowlist,
+    // still accepts.
+    w.sim_post("meta", json!({ "hooks": ["192.30.252.0/22", "2a0a:a440::/29"] })).await;
+    eventually("deliveries from outside the ranges refused", WAIT, || async {
+        (w.emit(guarded).await["status_code"] == 403).then_some(())
+    })
+    .await;
+    assert_eq!(w.emit(open).await["status_code"], 202);
+    let metrics = w.http.get(format!("{guarded_base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let refused = metrics
+        .lines()
+        .find(|l| l.starts_with("hookwarden_rejected_deliveries_total{reason=\"source_not_allowed\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(refused.is_some_and(|n| n >= 1.0), "{metrics}");
+    // Back to github.com's ranges for whoever comes next.
+    w.http.delete(format!("{}/_sim/meta", w.github)).send().await.unwrap();
 }

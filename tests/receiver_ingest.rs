@@ -26,7 +26,7 @@ use hookwarden::{
         registry::{HookInfo, PolicySettings, Registry, Watched},
         rejections::Rejections,
         serve::{Limits, serve},
-        sources::FailureLimit,
+        sources::{Allowlist, FailureLimit},
     },
     signature,
     telemetry::ReceiverMetrics,
@@ -79,6 +79,7 @@ async fn harness_limited(
         limits,
         rejections: rejections.clone(),
         failures: Arc::new(failures),
+        allowlist: Arc::new(Allowlist::off()),
     };
     Harness { app: router(state), registry, queue, policy, draining, rejections }
 }
@@ -452,6 +453,7 @@ async fn before_its_watches_have_listed_everything_a_receiver_says_not_yet_never
         limits: Limits::default(),
         rejections: Default::default(),
         failures: Arc::new(FailureLimit::off()),
+        allowlist: Arc::new(Allowlist::off()),
     };
     let app = router(state);
     // Nothing loaded yet: the hook may well exist.

@@ -190,7 +190,20 @@ struct Inner {
     /// Hook URLs starting with one of these cannot be reached: deliveries
     /// fail as GitHub's do when the host refuses (a broken Ingress, DNS).
     unreachable: Vec<String>,
+    /// The `hooks` ranges `GET /meta` lists (`None`: GitHub's own).
+    meta_hooks: Option<Vec<String>>,
 }
+
+/// The addresses github.com's hooks come from, as its `GET /meta` listed
+/// them when this was written; the simulator serves them until told otherwise.
+pub const GITHUB_HOOKS_RANGES: &[&str] = &[
+    "192.30.252.0/22",
+    "185.199.108.0/22",
+    "140.82.112.0/20",
+    "143.55.64.0/20",
+    "2a0a:a440::/29",
+    "2606:50c0::/32",
+];
 
 /// The simulator. Cheap to clone.
 #[derive(Clone)]
@@ -568,6 +581,16 @@ async fn handle(
         .map(str::to_owned);
 
     let answer: Answer = 'answer: {
+        if let (&Method::GET, ["meta"]) = (&method, segments.as_slice()) {
+            // As on GitHub: no authentication, no budget; ETag'd below.
+            let hooks = sim.inner.lock().unwrap().meta_hooks.clone();
+            let hooks = hooks.unwrap_or_else(|| GITHUB_HOOKS_RANGES.iter().map(|r| r.to_string()).collect());
+            let mut a: Answer =
+                (StatusCode::OK, json!({ "verifiable_password_authentication": false, "hooks": hooks }))
+                    .into();
+            a.free = true;
+            break 'answer a;
+        }
         if let (&Method::POST, ["app", "installations", id, "access_tokens"]) = (&method, segments.as_slice())
         {
             break 'answer match id.parse() {
@@ -1039,6 +1062,21 @@ async fn control(sim: &Sim, method: &Method, seg: &[&str], body: &[u8]) -> Respo
             if method == Method::POST {
                 s.unreachable.push(url.to_owned());
             }
+            StatusCode::NO_CONTENT.into_response()
+        }
+        // Back to github.com's hook ranges.
+        (Method::DELETE, ["meta"]) => {
+            sim.inner.lock().unwrap().meta_hooks = None;
+            StatusCode::NO_CONTENT.into_response()
+        }
+        // {"hooks": [cidr...]}: what `GET /meta` lists as hook source ranges.
+        (Method::POST, ["meta"]) => {
+            let Some(hooks) = body["hooks"].as_array() else {
+                return (StatusCode::BAD_REQUEST, "body must be {\"hooks\": [\"<cidr>\"...]}")
+                    .into_response();
+            };
+            let hooks = hooks.iter().filter_map(|h| h.as_str().map(str::to_owned)).collect();
+            sim.inner.lock().unwrap().meta_hooks = Some(hooks);
             StatusCode::NO_CONTENT.into_response()
         }
         (Method::GET, ["requests"]) => Json(sim.requests()).into_response(),

@@ -324,6 +324,9 @@ async fn the_simulator_speaks_githubs_openapi_description() {
         w.call(M::POST, &format!("{one}/deliveries/{delivery}/attempts"), None).await;
         w.call(M::DELETE, &one, None).await;
     }
+    let (status, _, meta) = w.call(M::GET, "/meta", None).await;
+    assert_eq!(status, 200);
+    assert!(meta["hooks"].as_array().is_some_and(|h| !h.is_empty()), "{meta}");
     // The checker itself notices what GitHub would never do.
     let wrong = |status: u16, response: Value, body: Option<Value>| github_sim::Recorded {
         method: "POST".into(),

@@ -11,6 +11,8 @@
 //! gave; mutations are sent one at a time with a pause between them, as
 //! GitHub's best-practice guide for secondary limits asks.
 
+pub mod meta;
+
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},

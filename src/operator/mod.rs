@@ -8,6 +8,7 @@
 
 pub mod agent_policy;
 pub mod leader;
+pub mod meta;
 pub mod webhook_config;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -65,6 +66,8 @@ pub struct OperatorConfig {
     pub recovery: webhook_config::RecoveryWay,
     /// Pause between two mutating GitHub calls of one account.
     pub mutation_interval: Duration,
+    /// Publishing GitHub's hook source ranges (`None`: not done).
+    pub meta: Option<meta::MetaConfig>,
 }
 
 /// Errors of a reconcile.
@@ -200,10 +203,15 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::ap
         .graceful_shutdown_on(crate::shutdown_signal())
         .run(reconcile_hook, hook_error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
+    let publisher =
+        config.meta.clone().map(|m| tokio::spawn(meta::run(client.clone(), config.namespace.clone(), m)));
     let lost = tokio::select! {
         _ = futures::future::join(policy_controller, hook_controller) => false,
         () = election.keep() => true,
     };
+    if let Some(task) = publisher {
+        task.abort();
+    }
     metrics.leader.set(0);
     if lost {
         // NB: another replica may be leading already; stop writing at once.

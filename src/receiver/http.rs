@@ -32,7 +32,7 @@ use super::{
     registry::{DEFAULT_QUEUE_LIMIT, HookInfo, Registry},
     rejections::Rejections,
     serve::Limits,
-    sources::FailureLimit,
+    sources::{Allowlist, FailureLimit, NotAllowed},
 };
 use crate::{
     signature::{self, SignatureError},
@@ -60,6 +60,8 @@ pub struct AppState {
     pub rejections: Arc<Rejections>,
     /// Sources that fail too often are refused for a while.
     pub failures: Arc<FailureLimit>,
+    /// Only GitHub's hook ranges, when enforced.
+    pub allowlist: Arc<Allowlist>,
 }
 
 /// The receiver's router.
@@ -80,6 +82,8 @@ pub const REJECTION_REASONS: &[&str] = &[
     "unsupported_media_type",
     "bad_payload",
     "too_many_failures",
+    "source_not_allowed",
+    "allowlist_not_loaded",
     "replay",
     "queue_full",
     "queue_unavailable",
@@ -141,6 +145,10 @@ pub enum IngestError {
     BadPayload(String),
     #[error("too many failed deliveries from this address; retry in {0} seconds")]
     TooManyFailures(u64),
+    #[error("this address is not one GitHub sends webhooks from")]
+    SourceNotAllowed,
+    #[error("GitHub's hook source ranges are not loaded yet; retry later")]
+    AllowlistNotLoaded,
     #[error("overloaded; retry later")]
     Overloaded,
     /// The same signed body was accepted before under another GUID.
@@ -166,6 +174,8 @@ impl IngestError {
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::BadPayload(_) => "bad_payload",
             Self::TooManyFailures(_) => "too_many_failures",
+            Self::SourceNotAllowed => "source_not_allowed",
+            Self::AllowlistNotLoaded => "allowlist_not_loaded",
             Self::Overloaded => "overloaded",
             Self::Replay => "replay",
             Self::QueueFull => "queue_full",
@@ -181,11 +191,15 @@ impl IngestError {
             Self::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::TooManyFailures(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::Replay => StatusCode::CONFLICT,
+            Self::SourceNotAllowed => StatusCode::FORBIDDEN,
             Self::Signature(_) => StatusCode::UNAUTHORIZED,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::NotSynced | Self::NoKeys | Self::Overloaded | Self::QueueFull | Self::QueueUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NotSynced
+            | Self::NoKeys
+            | Self::AllowlistNotLoaded
+            | Self::Overloaded
+            | Self::QueueFull
+            | Self::QueueUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -219,10 +233,12 @@ async fn ingest(
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|peer| state.failures.source(peer.0.ip(), &headers));
     let refused = source.and_then(|s| state.failures.refuses(s));
-    let result = match refused {
-        // Before the body is read or any HMAC computed.
-        Some(wait) => Err(IngestError::TooManyFailures(wait.as_secs().max(1))),
-        None => accept(&state, &hook, &headers, body).await,
+    // Both before the body is read or any HMAC computed.
+    let result = match (refused, state.allowlist.check(source)) {
+        (Some(wait), _) => Err(IngestError::TooManyFailures(wait.as_secs().max(1))),
+        (None, Err(NotAllowed::Outside)) => Err(IngestError::SourceNotAllowed),
+        (None, Err(NotAllowed::NotLoaded)) => Err(IngestError::AllowlistNotLoaded),
+        (None, Ok(())) => accept(&state, &hook, &headers, body).await,
     };
     match result {
         Ok((status, message)) => (status, Json(json!({ "status": message }))).into_response(),
@@ -234,7 +250,10 @@ async fn ingest(
             }
             if let (
                 Some(source),
-                IngestError::UnknownHook(_) | IngestError::Signature(_) | IngestError::Replay,
+                IngestError::UnknownHook(_)
+                | IngestError::Signature(_)
+                | IngestError::Replay
+                | IngestError::SourceNotAllowed,
             ) = (source, &error)
             {
                 state.failures.failed(source);
@@ -561,6 +580,8 @@ mod tests {
             IngestError::UnsupportedMediaType,
             IngestError::BadPayload(String::new()),
             IngestError::TooManyFailures(1),
+            IngestError::SourceNotAllowed,
+            IngestError::AllowlistNotLoaded,
             IngestError::Overloaded,
             IngestError::Replay,
             IngestError::QueueFull,

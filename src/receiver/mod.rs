@@ -56,6 +56,9 @@ pub struct ReceiverConfig {
     pub replay_window: Duration,
     /// Proxies (an Ingress) whose `X-Forwarded-For` names the real source.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Accept only GitHub's hook source ranges, read from this ConfigMap
+    /// (in `lease_namespace`), as the operator publishes them.
+    pub github_meta_allowlist: Option<String>,
     pub reclaim_after: Duration,
     /// Address of the admin API; served only when `admin_token` is set.
     pub admin_listen: SocketAddr,
@@ -141,6 +144,15 @@ pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), Error> {
         None => tracing::info!("no admin token configured; admin API off"),
     }
 
+    let allowlist = match &config.github_meta_allowlist {
+        Some(configmap) => {
+            let allowlist = Arc::new(sources::Allowlist::enforced());
+            watch::spawn_allowlist(&client, &config.lease_namespace, configmap, allowlist.clone());
+            tracing::info!(configmap, "deliveries accepted only from GitHub's hook ranges");
+            allowlist
+        }
+        None => Arc::new(sources::Allowlist::off()),
+    };
     let draining = CancellationToken::new();
     let state = http::AppState {
         registry,
@@ -155,6 +167,7 @@ pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), Error> {
             config.failure_burst,
             config.trusted_proxies.clone(),
         )),
+        allowlist,
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -40,6 +40,53 @@ pub fn client_address(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> I
     forwarded.into_iter().rev().find(|ip| !is_trusted(ip)).unwrap_or(peer)
 }
 
+/// The optional allowlist of sources: GitHub's hook ranges (`GET /meta`),
+/// as the operator publishes them.
+#[derive(Default)]
+pub struct Allowlist {
+    enforced: bool,
+    /// `None` until the published ranges were read.
+    ranges: std::sync::RwLock<Option<Vec<IpNet>>>,
+}
+
+/// Why the allowlist refused a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotAllowed {
+    /// The ranges were not read yet: nothing can be allowed.
+    NotLoaded,
+    /// The source is outside every range (or unknown).
+    Outside,
+}
+
+impl Allowlist {
+    /// Every source allowed (the default).
+    pub fn off() -> Self {
+        Self::default()
+    }
+
+    /// Only sources within ranges given with [`Allowlist::set`].
+    pub fn enforced() -> Self {
+        Self { enforced: true, ..Self::default() }
+    }
+
+    pub fn set(&self, ranges: Vec<IpNet>) {
+        *self.ranges.write().unwrap() = Some(ranges);
+    }
+
+    /// May `source` (`None`: not known, as in-process tests) deliver?
+    pub fn check(&self, source: Option<IpAddr>) -> Result<(), NotAllowed> {
+        if !self.enforced {
+            return Ok(());
+        }
+        let ranges = self.ranges.read().unwrap();
+        let ranges = ranges.as_ref().ok_or(NotAllowed::NotLoaded)?;
+        match source {
+            Some(ip) if ranges.iter().any(|net| net.contains(&ip)) => Ok(()),
+            _ => Err(NotAllowed::Outside),
+        }
+    }
+}
+
 /// Failures per source, and the proxies whose `X-Forwarded-For` is believed.
 pub struct FailureLimit {
     trusted: Vec<IpNet>,
@@ -101,6 +148,29 @@ impl FailureLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_allowlist_admits_only_published_ranges_once_read() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        let off = Allowlist::off();
+        assert_eq!(off.check(ip("203.0.113.9")), Ok(()));
+        assert_eq!(off.check(None), Ok(()));
+        let on = Allowlist::enforced();
+        assert_eq!(on.check(ip("140.82.115.1")), Err(NotAllowed::NotLoaded));
+        on.set(vec!["140.82.112.0/20".parse().unwrap(), "2a0a:a440::/29".parse().unwrap()]);
+        let cases = [
+            (ip("140.82.115.1"), Ok(())),
+            (ip("2a0a:a441::1"), Ok(())),
+            (ip("140.82.128.1"), Err(NotAllowed::Outside)),
+            (ip("127.0.0.1"), Err(NotAllowed::Outside)),
+            (None, Err(NotAllowed::Outside)),
+        ];
+        for (source, want) in cases {
+            assert_eq!(on.check(source), want, "{source:?}");
+        }
+        on.set(Vec::new());
+        assert_eq!(on.check(ip("140.82.115.1")), Err(NotAllowed::Outside), "an empty list allows nothing");
+    }
 
     fn headers(xff: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();

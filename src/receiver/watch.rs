@@ -6,7 +6,7 @@
 use std::{collections::HashSet, sync::Arc};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{
     Api, Client, Resource, ResourceExt,
     runtime::{WatchStreamExt, watcher},
@@ -15,9 +15,11 @@ use kube::{
 use super::{
     queue::ObjectRef,
     registry::{HookInfo, PolicySettings, Registry, Watched},
+    sources::Allowlist,
 };
 use crate::{
     api::{AgentPolicy, WebhookConfig},
+    github::meta,
     keys::{MANAGED_BY, keys_from_secret},
     standard_webhooks::{self, SigningKey},
 };
@@ -113,6 +115,29 @@ pub fn spawn(client: &Client, namespace: Option<&str>, registry: Arc<Registry>) 
         },
         Registry::remove_policy,
     ));
+}
+
+/// Keeps `allowlist` at the ranges the operator publishes in ConfigMap
+/// `name` of `namespace` (see `crate::github::meta`). A deleted ConfigMap
+/// leaves the last ranges in force; until one is read, nothing is allowed.
+pub fn spawn_allowlist(client: &Client, namespace: &str, name: &str, allowlist: Arc<Allowlist>) {
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    tokio::spawn(async move {
+        let mut events = watcher(api, config).default_backoff().applied_objects().boxed();
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(cm) => {
+                    let text =
+                        cm.data.as_ref().and_then(|d| d.get(meta::HOOKS_KEY)).map_or("", String::as_str);
+                    let ranges = meta::parse_hooks(text);
+                    tracing::info!(ranges = ranges.len(), "GitHub's hook ranges loaded");
+                    allowlist.set(ranges);
+                }
+                Err(error) => tracing::warn!(%error, "allowlist watch error; retrying"),
+            }
+        }
+    });
 }
 
 /// Applies a watch to the registry. A re-list (after a disconnect) also

@@ -73,6 +73,8 @@ seccompProfile:
 {{- end }}
 - name: HOOKWARDEN_REDIS_PREFIX
   value: {{ .Values.redis.prefix | quote }}
+- name: HOOKWARDEN_GITHUB_META_CONFIGMAP
+  value: {{ printf "%s-github-meta" (include "hookwarden.fullname" .) | quote }}
 - name: HOOKWARDEN_REDIS_REPLICAS
   value: {{ .Values.redis.ackReplicas | int64 | quote }}
 - name: HOOKWARDEN_REDIS_REPLICA_TIMEOUT_MS
