@@ -173,12 +173,16 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-# wait_for DESCRIPTION SECONDS CMD...: poll CMD until it succeeds.
+# wait_for DESCRIPTION SECONDS CMD...: poll CMD until it succeeds; on
+# timeout, say what was waited for and what CMD said last, and fail.
 wait_for() {
   local what=$1 secs=$2; shift 2
-  local deadline=$((SECONDS + secs))
-  until "$@" >/dev/null 2>&1; do
-    ((SECONDS < deadline)) || return 1
+  local deadline=$((SECONDS + secs)) out
+  until out=$("$@" 2>&1); do
+    if ((SECONDS >= deadline)); then
+      log "timed out after ${secs}s waiting for $what; last answer: $(tail -n 3 <<<"$out" | tr '\n' ' ')"
+      return 1
+    fi
     sleep 0.2
   done
 }
