@@ -182,6 +182,7 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
             ("HOOKWARDEN_NAMESPACE", j.ns.name.clone()),
             ("REDIS_URL", j.env.var("REDIS_URL").to_owned()),
             ("HOOKWARDEN_REDIS_PREFIX", prefix.clone()),
+            ("HOOKWARDEN_GITHUB_META_CONFIGMAP", format!("{FULLNAME}-github-meta")),
         ]
     };
     let mut operator_env = shared(&operator_kubeconfig);
