@@ -25,7 +25,7 @@
 //! | secret rotation | `operator::webhook_config::rotate`; receivers report loaded keys in `receiver::report` |
 //! | recovery of failed deliveries | `operator::webhook_config::recovery` (decisions: `to_recover`, `scan_done`, `due`, `after_pass`) |
 //! | ingest (verify, de-duplicate, queue) | `receiver::http::accept`, `receiver::queue::Queue::enqueue` |
-//! | dispatch (breaker, retries, dead letters) | `receiver::dispatch::Dispatcher::run_policy`, `process` |
+//! | dispatch (breaker, retries, dead letters) | `receiver::dispatch::Dispatcher::run_policy`, `process` (decision: `settle`) |
 //! | kill switch and concurrency | `operator::agent_policy::effective_status` → status → `receiver::registry` → dispatch |
 //! | leader election | `operator::leader` |
 

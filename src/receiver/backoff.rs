@@ -23,9 +23,13 @@ pub fn base_delay(policy: &RetryPolicy, attempts: u32) -> Duration {
 /// [`base_delay`] plus up to 20 % random jitter, still capped at `maxDelay`,
 /// so that agents coming back are not hit by every retry at once.
 pub fn delay(policy: &RetryPolicy, attempts: u32) -> Duration {
+    jittered(policy, attempts, rand::random())
+}
+
+/// [`delay`] for a given draw `r` in [0, 1): `r` of the 20 % jitter.
+pub fn jittered(policy: &RetryPolicy, attempts: u32, r: f64) -> Duration {
     let base = base_delay(policy, attempts);
-    let jitter = base.mul_f64(rand::random::<f64>() * 0.2);
-    (base + jitter).min(policy.max_delay.get())
+    (base + base.mul_f64(r.clamp(0.0, 1.0) * 0.2)).min(policy.max_delay.get())
 }
 
 /// 1, 1, 2, 3, 5, ... (saturating).

@@ -23,10 +23,14 @@ use super::{
     backoff,
     breaker::{Breaker, State},
     http::now_ms,
-    queue::{Delivery, Entry, ObjectRef, Queue, Settlement},
+    queue::{Delivery, Entry, GiveUp, ObjectRef, Queue, Retry, Settlement},
     registry::{PolicySettings, Registry},
 };
-use crate::{api::Agent, standard_webhooks, telemetry::ReceiverMetrics};
+use crate::{
+    api::{Agent, RetryPolicy},
+    standard_webhooks,
+    telemetry::ReceiverMetrics,
+};
 
 /// Tuning of the workers.
 #[derive(Clone, Debug)]
@@ -65,6 +69,41 @@ pub enum Failure {
         "no signing key loaded from Secret {0} (it must exist, carry the label hookwarden.io/agent-signing=true and hold whsec_ keys)"
     )]
     Unsigned(ObjectRef),
+}
+
+/// The pure step after the calls: for each agent's outcome of one attempt
+/// of a delivery (`attempt` attempts made before it), whether it was
+/// delivered, is retried (when: the policy's backoff with draw `jitter` of
+/// its 20 % jitter, or later if the agent's circuit opens later), or is
+/// given up on (attempts exhausted, or the agent left the policy).
+pub fn settle(
+    outcomes: &[(String, Result<(), Failure>)],
+    retry: &RetryPolicy,
+    attempt: u32,
+    now_ms: u64,
+    now: Instant,
+    jitter: f64,
+) -> Settlement {
+    let mut settlement = Settlement::default();
+    let attempts = attempt + 1;
+    for (agent, outcome) in outcomes {
+        let agent = agent.clone();
+        let Err(failure) = outcome else {
+            settlement.delivered.push(agent);
+            continue;
+        };
+        let error = failure.to_string();
+        if matches!(failure, Failure::AgentGone) || attempts >= retry.max_attempts.max(1) as u32 {
+            settlement.dead.push(GiveUp { agent, attempts, error });
+            continue;
+        }
+        let mut wait = backoff::jittered(retry, attempts, jitter);
+        if let Failure::CircuitOpen { retry_at } = failure {
+            wait = wait.max(retry_at.saturating_duration_since(now));
+        }
+        settlement.retries.push(Retry { agent, due_ms: now_ms + wait.as_millis() as u64, attempts, error });
+    }
+    settlement
 }
 
 /// How a dispatch ends (`result` of `github_webhook_processed_total`).
@@ -372,33 +411,23 @@ impl Dispatcher {
         let outcomes = futures::future::join_all(calls).await;
 
         let policy_label = policy.to_string();
-        let mut settlement = Settlement::default();
+        let labels = |agent: &str, result: &str| [policy_label.as_str(), agent, result].map(str::to_owned);
+        for (agent, failure) in outcomes.iter().filter_map(|(a, o)| Some((a, o.as_ref().err()?))) {
+            self.metrics.errors.with_label_values(&labels(agent, failure.metric_label())).inc();
+        }
         let now = now_ms();
-        for (agent, outcome) in outcomes {
-            let labels = |result: &str| [policy_label.clone(), agent.clone(), result.to_owned()];
-            let Err(failure) = outcome else {
-                self.metrics.processed.with_label_values(&labels("success")).inc();
-                settlement.log.push((agent, "delivered", None));
-                continue;
-            };
-            let attempts = d.attempt + 1;
-            self.metrics.errors.with_label_values(&labels(failure.metric_label())).inc();
-            let gone = matches!(failure, Failure::AgentGone);
-            if gone || attempts >= settings.retry.max_attempts.max(1) as u32 {
-                tracing::warn!(%policy, agent, delivery_id = %d.guid, attempts, error = %failure, "dead-lettered");
-                self.metrics.processed.with_label_values(&labels("dead_letter")).inc();
-                settlement.log.push((agent.clone(), "dead_letter", Some(failure.to_string())));
-                settlement.dead.push((agent, attempts, failure.to_string()));
-            } else {
-                let mut wait = backoff::delay(&settings.retry, attempts);
-                if let Failure::CircuitOpen { retry_at } = failure {
-                    wait = wait.max(retry_at.saturating_duration_since(Instant::now()));
-                }
-                tracing::info!(%policy, agent, delivery_id = %d.guid, attempts, retry_in_ms = wait.as_millis() as u64, error = %failure, "retry scheduled");
-                self.metrics.processed.with_label_values(&labels("retry")).inc();
-                settlement.log.push((agent.clone(), "retry", Some(failure.to_string())));
-                settlement.retries.push((agent, now + wait.as_millis() as u64, attempts));
-            }
+        let settlement = settle(&outcomes, &settings.retry, d.attempt, now, Instant::now(), rand::random());
+        for agent in &settlement.delivered {
+            self.metrics.processed.with_label_values(&labels(agent, "success")).inc();
+        }
+        for r in &settlement.retries {
+            let retry_in_ms = r.due_ms.saturating_sub(now);
+            tracing::info!(%policy, agent = r.agent, delivery_id = %d.guid, attempts = r.attempts, retry_in_ms, error = r.error, "retry scheduled");
+            self.metrics.processed.with_label_values(&labels(&r.agent, "retry")).inc();
+        }
+        for g in &settlement.dead {
+            tracing::warn!(%policy, agent = g.agent, delivery_id = %d.guid, attempts = g.attempts, error = g.error, "dead-lettered");
+            self.metrics.processed.with_label_values(&labels(&g.agent, "dead_letter")).inc();
         }
         for attempt in 1..=3 {
             match self.queue.settle(&policy, &entry, &settlement, now).await {
@@ -488,6 +517,57 @@ mod tests {
         assert!(!wants(&agent(&[], &["other/*"]), "push", repo));
         assert!(!wants(&agent(&[], &["octo-org/*"]), "push", None), "no repository, no match");
         assert!(!wants(&agent(&["push"], &["octo-org/*"]), "issues", repo), "both filters must match");
+    }
+
+    #[test]
+    fn settle_delivers_retries_or_gives_up_per_agent() {
+        use crate::api::RetryStrategy;
+        let retry = RetryPolicy {
+            strategy: RetryStrategy::Exponential,
+            max_attempts: 3,
+            initial_delay: "1s".parse().unwrap(),
+            max_delay: "1m".parse().unwrap(),
+        };
+        let now = Instant::now();
+        let (t, ok) = (1_000_000u64, Ok(()));
+        let one = |outcome: Result<(), Failure>, attempt: u32, jitter: f64| {
+            settle(&[("a".to_owned(), outcome)], &retry, attempt, t, now, jitter)
+        };
+        let retry_at = |due_ms, attempts, error: &str| Settlement {
+            retries: vec![Retry { agent: "a".into(), due_ms, attempts, error: error.into() }],
+            ..Settlement::default()
+        };
+        let dead = |attempts, error: &str| Settlement {
+            dead: vec![GiveUp { agent: "a".into(), attempts, error: error.into() }],
+            ..Settlement::default()
+        };
+        let open_for = |secs| Failure::CircuitOpen { retry_at: now + Duration::from_secs(secs) };
+        let cases = [
+            // (outcome, attempts made before, jitter draw) -> settlement
+            (one(ok, 0, 0.0), Settlement { delivered: vec!["a".into()], ..Settlement::default() }),
+            (one(Err(Failure::Timeout), 0, 0.0), retry_at(t + 1_000, 1, "timed out")),
+            (one(Err(Failure::Timeout), 0, 0.5), retry_at(t + 1_100, 1, "timed out")),
+            (one(Err(Failure::Status(503)), 1, 0.0), retry_at(t + 2_000, 2, "agent answered HTTP 503")),
+            (one(Err(Failure::Status(503)), 2, 0.0), dead(3, "agent answered HTTP 503")),
+            (one(Err(Failure::AgentGone), 0, 0.0), dead(1, "agent no longer in the policy")),
+            // An open circuit waits for the circuit when that is later...
+            (one(Err(open_for(30)), 0, 0.0), retry_at(t + 30_000, 1, "circuit open")),
+            // ...and for the backoff when that is later.
+            (one(Err(open_for(0)), 1, 0.0), retry_at(t + 2_000, 2, "circuit open")),
+        ];
+        for (i, (got, want)) in cases.into_iter().enumerate() {
+            assert_eq!(got, want, "case {i}");
+        }
+        // Agents are settled independently; max_attempts 0 means one attempt.
+        let both = settle(
+            &[("a".into(), Ok(())), ("b".into(), Err(Failure::Timeout))],
+            &RetryPolicy { max_attempts: 0, ..retry.clone() },
+            0,
+            t,
+            now,
+            0.0,
+        );
+        assert_eq!((both.delivered.len(), both.retries.len(), both.dead.len()), (1, 0, 1));
     }
 
     #[test]

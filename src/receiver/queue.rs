@@ -225,15 +225,46 @@ pub struct DeadLetter {
     pub failed_ms: u64,
 }
 
-/// How one delivery ended for each agent, applied atomically by [`Queue::settle`].
-#[derive(Debug, Default)]
+/// How one delivery ended for each agent, applied atomically by
+/// [`Queue::settle`]; decided by `dispatch::settle`.
+#[derive(Debug, Default, PartialEq)]
 pub struct Settlement {
-    /// `(agent, due Unix ms, attempts made)` to try again later.
-    pub retries: Vec<(String, u64, u32)>,
-    /// `(agent, attempts made, last error)` given up on.
-    pub dead: Vec<(String, u32, String)>,
+    /// Agents that accepted it.
+    pub delivered: Vec<String>,
+    /// Agents to try again later.
+    pub retries: Vec<Retry>,
+    /// Agents given up on: a dead letter each.
+    pub dead: Vec<GiveUp>,
+}
+
+/// One agent's next attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    pub agent: String,
+    /// When, Unix ms.
+    pub due_ms: u64,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Why the last one failed.
+    pub error: String,
+}
+
+/// An agent given up on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GiveUp {
+    pub agent: String,
+    pub attempts: u32,
+    pub error: String,
+}
+
+impl Settlement {
     /// `(agent, status, detail)` for the activity log.
-    pub log: Vec<(String, &'static str, Option<String>)>,
+    fn log(&self) -> impl Iterator<Item = (&str, &'static str, Option<&str>)> {
+        let delivered = self.delivered.iter().map(|a| (a.as_str(), "delivered", None));
+        let retries = self.retries.iter().map(|r| (r.agent.as_str(), "retry", Some(r.error.as_str())));
+        let dead = self.dead.iter().map(|d| (d.agent.as_str(), "dead_letter", Some(d.error.as_str())));
+        delivered.chain(retries).chain(dead)
+    }
 }
 
 /// Entries kept in the activity log (approximately: trimmed lazily).
@@ -567,19 +598,23 @@ impl Queue {
             .key(self.key(policy, "dead"))
             .key(self.activity_key());
         script.arg(GROUP).arg(&entry.id).arg(ACTIVITY_LEN).arg(outcome.retries.len());
-        for (agent, due, attempts) in &outcome.retries {
-            let retry = Delivery { agent: Some(agent.clone()), attempt: *attempts, ..entry.delivery.clone() };
+        for r in &outcome.retries {
+            let retry =
+                Delivery { agent: Some(r.agent.clone()), attempt: r.attempts, ..entry.delivery.clone() };
             // NB: the id makes each member unique, so two retries never merge.
-            script.arg(due).arg(retry.to_flat_json(&[("origin", entry.id.clone())]));
+            script.arg(r.due_ms).arg(retry.to_flat_json(&[("origin", entry.id.clone())]));
         }
         script.arg(outcome.dead.len());
-        for (agent, attempts, error) in &outcome.dead {
-            let dead = Delivery { agent: Some(agent.clone()), attempt: *attempts, ..entry.delivery.clone() };
-            script.arg(dead.to_flat_json(&[("error", error.clone()), ("failed", now_ms.to_string())]));
+        for d in &outcome.dead {
+            let dead =
+                Delivery { agent: Some(d.agent.clone()), attempt: d.attempts, ..entry.delivery.clone() };
+            script.arg(dead.to_flat_json(&[("error", d.error.clone()), ("failed", now_ms.to_string())]));
         }
-        script.arg(outcome.log.len());
-        for (agent, status, detail) in &outcome.log {
-            let record = Activity::of(&entry.delivery, policy, status, Some(agent.clone()), detail.clone());
+        let log: Vec<_> = outcome.log().collect();
+        script.arg(log.len());
+        for (agent, status, detail) in log {
+            let detail = detail.map(str::to_owned);
+            let record = Activity::of(&entry.delivery, policy, status, Some(agent.to_owned()), detail);
             script.arg(record.to_json());
         }
         let _: i64 = script.invoke_async(&mut self.conn.get()).await?;
