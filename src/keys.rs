@@ -112,6 +112,26 @@ impl fmt::Debug for HmacKey {
     }
 }
 
+/// Secret `name` of WebhookConfig `webhook_config` holding `keys`: the
+/// labels receivers select on and one entry per key.
+pub fn key_secret(name: &str, webhook_config: &str, keys: &[&HmacKey]) -> Secret {
+    let mut secret = Secret {
+        data: Some(
+            keys.iter().map(|k| (k.entry_name(), k8s_openapi::ByteString(k.secret().to_vec()))).collect(),
+        ),
+        ..Secret::default()
+    };
+    secret.metadata.name = Some(name.to_owned());
+    secret.metadata.labels = Some(
+        [
+            (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+            (WEBHOOK_CONFIG_LABEL.to_owned(), webhook_config.to_owned()),
+        ]
+        .into(),
+    );
+    secret
+}
+
 /// The keys held in a Secret, oldest first.
 pub fn keys_from_secret(secret: &Secret) -> Vec<HmacKey> {
     let mut keys: Vec<HmacKey> = secret

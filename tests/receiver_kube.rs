@@ -5,7 +5,7 @@
 mod common;
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::HashSet,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -16,12 +16,12 @@ use std::{
 use common::{Process, TestEnv, TestNamespace, eventually, free_port, redis_prefix};
 use hookwarden::{
     api::AgentPolicy,
-    keys::{self, HmacKey, MANAGED_BY, WEBHOOK_CONFIG_LABEL},
+    keys::{self, HmacKey},
     sample_agent::{self, Mode, Sink},
     signature,
     standard_webhooks::SigningKey,
 };
-use k8s_openapi::{ByteString, api::core::v1::Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api,
     api::{Patch, PatchParams, PostParams},
@@ -212,18 +212,7 @@ impl System {
 }
 
 fn key_secret(keys: &[&HmacKey]) -> Secret {
-    let data: BTreeMap<String, ByteString> =
-        keys.iter().map(|k| (k.entry_name(), ByteString(k.secret().to_vec()))).collect();
-    let mut secret = Secret { data: Some(data), ..Secret::default() };
-    secret.metadata.name = Some("repo-hook-hmac".into());
-    secret.metadata.labels = Some(
-        [
-            (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
-            (WEBHOOK_CONFIG_LABEL.to_owned(), "repo-hook".to_owned()),
-        ]
-        .into(),
-    );
-    secret
+    keys::key_secret("repo-hook-hmac", "repo-hook", keys)
 }
 
 fn new_guid() -> String {

@@ -25,7 +25,7 @@ use std::{sync::Arc, time::Duration};
 use k8s_openapi::{
     ByteString,
     api::{coordination::v1::Lease, core::v1::Secret},
-    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+    apimachinery::pkg::apis::meta::v1::Time,
     jiff::Timestamp,
 };
 use kube::{
@@ -44,9 +44,7 @@ use crate::{
         DeliverySummary, ROTATE_ANNOTATION, RateLimitStatus, WebhookConfig, WebhookConfigStatus, conditions,
     },
     github::{self, Auth, DesiredHook, Target},
-    keys::{
-        HmacKey, MANAGED_BY, RECEIVER_COMPONENT, WEBHOOK_CONFIG_LABEL, keys_from_secret, replicas_missing,
-    },
+    keys::{HmacKey, MANAGED_BY, RECEIVER_COMPONENT, keys_from_secret, replicas_missing},
 };
 
 /// While a rotation step waits, look again this soon.
@@ -133,22 +131,8 @@ async fn ensure_keys(whc: &WebhookConfig, ctx: &Context) -> Result<Vec<HmacKey>,
         return Ok(keys);
     }
     let key = HmacKey::generate(Timestamp::now().as_second() as u64);
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            labels: Some(
-                [
-                    (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
-                    (WEBHOOK_CONFIG_LABEL.to_owned(), whc.name_any()),
-                ]
-                .into(),
-            ),
-            owner_references: whc.controller_owner_ref(&()).map(|o| vec![o]),
-            ..ObjectMeta::default()
-        },
-        data: Some([(key.entry_name(), ByteString(key.secret().to_vec()))].into()),
-        ..Secret::default()
-    };
+    let mut secret = crate::keys::key_secret(&name, &whc.name_any(), &[&key]);
+    secret.metadata.owner_references = whc.controller_owner_ref(&()).map(|o| vec![o]);
     match existing {
         None => secrets.create(&PostParams::default(), &secret).await.map_err(Error::Kube)?,
         Some(_) => secrets.replace(&name, &PostParams::default(), &secret).await.map_err(Error::Kube)?,
