@@ -70,22 +70,55 @@ async fn authorize(State(state): State<AdminState>, request: Request, next: Next
     if bool::from(presented.as_bytes().ct_eq(state.token.as_bytes())) && !state.token.is_empty() {
         next.run(request).await
     } else {
-        let mut response = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
-        response.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+        AdminError::Unauthorized.into_response()
+    }
+}
+
+/// Why an admin request failed: one `{"error": ...}` answer each. Backend
+/// failures are logged here and shown only as "unavailable".
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("missing or wrong bearer token")]
+    Unauthorized,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("the receiver may not patch AgentPolicies (check its RBAC)")]
+    Forbidden,
+    #[error("backend unavailable; retry later")]
+    Unavailable(String),
+}
+
+impl AdminError {
+    fn unavailable(error: impl std::fmt::Display) -> Self {
+        Self::Unavailable(error.to_string())
+    }
+}
+
+impl IntoResponse for AdminError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Unavailable(cause) => {
+                tracing::warn!(error = %cause, "admin request failed");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        };
+        let mut response = (status, Json(json!({ "error": self.to_string() }))).into_response();
+        if matches!(self, Self::Unauthorized) {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+        }
         response
     }
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
-}
+type Answer = Result<Json<Value>, AdminError>;
 
-fn unavailable(e: impl std::fmt::Display) -> Response {
-    tracing::warn!(error = %e, "admin request failed");
-    error(StatusCode::SERVICE_UNAVAILABLE, "backend unavailable; retry later")
-}
-
-async fn policies(State(s): State<AdminState>) -> Response {
+async fn policies(State(s): State<AdminState>) -> Answer {
     let breakers = s.dispatcher.breaker_states();
     let mut out = Vec::new();
     let mut refs = s.registry.policy_refs();
@@ -99,10 +132,7 @@ async fn policies(State(s): State<AdminState>) -> Response {
                 s.queue.dead_len(&policy).await?,
             ))
         };
-        let (queued, retrying, dead) = match counts.await {
-            Ok(c) => c,
-            Err(e) => return unavailable(e),
-        };
+        let (queued, retrying, dead) = counts.await.map_err(AdminError::unavailable)?;
         let agents: Vec<Value> = settings
             .agents
             .iter()
@@ -126,28 +156,26 @@ async fn policies(State(s): State<AdminState>) -> Response {
             "agents": agents,
         }));
     }
-    Json(Value::Array(out)).into_response()
+    Ok(Json(Value::Array(out)))
 }
 
 async fn set_enabled(
     State(s): State<AdminState>,
     Path((ns, name)): Path<(String, String)>,
     enabled: bool,
-) -> Response {
+) -> Answer {
     let api: kube::Api<AgentPolicy> = kube::Api::namespaced(s.client.clone(), &ns);
     let patch = json!({ "spec": { "enabled": enabled } });
     match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
         Ok(_) => {
             tracing::info!(policy = %ObjectRef::new(&ns, &name), enabled, "spec.enabled patched through the admin API");
-            Json(json!({ "policy": format!("{ns}/{name}"), "specEnabled": enabled })).into_response()
+            Ok(Json(json!({ "policy": format!("{ns}/{name}"), "specEnabled": enabled })))
         }
         Err(kube::Error::Api(e)) if e.code == 404 => {
-            error(StatusCode::NOT_FOUND, format!("no AgentPolicy {ns}/{name}"))
+            Err(AdminError::NotFound(format!("no AgentPolicy {ns}/{name}")))
         }
-        Err(kube::Error::Api(e)) if e.code == 403 => {
-            error(StatusCode::FORBIDDEN, "the receiver may not patch AgentPolicies (check its RBAC)")
-        }
-        Err(e) => unavailable(e),
+        Err(kube::Error::Api(e)) if e.code == 403 => Err(AdminError::Forbidden),
+        Err(e) => Err(AdminError::unavailable(e)),
     }
 }
 
@@ -160,46 +188,38 @@ async fn dead_letters(
     State(s): State<AdminState>,
     Path((ns, name)): Path<(String, String)>,
     Query(q): Query<Limit>,
-) -> Response {
-    match s
+) -> Answer {
+    let letters = s
         .queue
         .dead_letters(&ObjectRef::new(ns, name), q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT))
         .await
-    {
-        Ok(letters) => Json(
-            letters
-                .into_iter()
-                .map(|l| {
-                    json!({
-                        "id": l.id, "guid": l.delivery.guid, "event": l.delivery.event,
-                        "hook": l.delivery.hook.to_string(), "repository": l.delivery.repository,
-                        "agent": l.delivery.agent, "attempts": l.delivery.attempt,
-                        "error": l.error, "failedMs": l.failed_ms,
-                    })
+        .map_err(AdminError::unavailable)?;
+    Ok(Json(
+        letters
+            .into_iter()
+            .map(|l| {
+                json!({
+                    "id": l.id, "guid": l.delivery.guid, "event": l.delivery.event,
+                    "hook": l.delivery.hook.to_string(), "repository": l.delivery.repository,
+                    "agent": l.delivery.agent, "attempts": l.delivery.attempt,
+                    "error": l.error, "failedMs": l.failed_ms,
                 })
-                .collect::<Vec<_>>(),
-        )
-        .into_response(),
-        Err(e) => unavailable(e),
+            })
+            .collect::<Vec<_>>()
+            .into(),
+    ))
+}
+
+async fn replay(State(s): State<AdminState>, Path((ns, name, id)): Path<(String, String, String)>) -> Answer {
+    match s.queue.replay(&ObjectRef::new(ns, name), &id).await.map_err(AdminError::unavailable)? {
+        true => Ok(Json(json!({ "replayed": id }))),
+        false => Err(AdminError::NotFound(format!("no dead letter {id}"))),
     }
 }
 
-async fn replay(
-    State(s): State<AdminState>,
-    Path((ns, name, id)): Path<(String, String, String)>,
-) -> Response {
-    match s.queue.replay(&ObjectRef::new(ns, name), &id).await {
-        Ok(true) => Json(json!({ "replayed": id })).into_response(),
-        Ok(false) => error(StatusCode::NOT_FOUND, format!("no dead letter {id}")),
-        Err(e) => unavailable(e),
-    }
-}
-
-async fn purge(State(s): State<AdminState>, Path((ns, name)): Path<(String, String)>) -> Response {
-    match s.queue.purge_dead(&ObjectRef::new(ns, name)).await {
-        Ok(n) => Json(json!({ "purged": n })).into_response(),
-        Err(e) => unavailable(e),
-    }
+async fn purge(State(s): State<AdminState>, Path((ns, name)): Path<(String, String)>) -> Answer {
+    let n = s.queue.purge_dead(&ObjectRef::new(ns, name)).await.map_err(AdminError::unavailable)?;
+    Ok(Json(json!({ "purged": n })))
 }
 
 /// The most entries one list answer holds, and the default.
@@ -229,21 +249,17 @@ pub fn deliveries_query(raw: &str) -> Result<(ActivityFilter, usize), String> {
     Ok((filter, limit.min(MAX_LIMIT)))
 }
 
-async fn deliveries(State(s): State<AdminState>, RawQuery(raw): RawQuery) -> Response {
-    let (filter, limit) = match deliveries_query(raw.as_deref().unwrap_or("")) {
-        Ok(parsed) => parsed,
-        Err(message) => return error(StatusCode::BAD_REQUEST, message),
-    };
-    match s.queue.activity(&filter, limit).await {
-        Ok(mut list) => {
-            // The log in Redis and this replica's rejections, newest first.
-            list.extend(s.rejections.matching(&filter, limit));
-            list.sort_by_key(|a| std::cmp::Reverse(a.at_ms));
-            list.truncate(limit);
-            Json(list).into_response()
-        }
-        Err(e) => unavailable(e),
-    }
+async fn deliveries(
+    State(s): State<AdminState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<Vec<super::queue::Activity>>, AdminError> {
+    let (filter, limit) = deliveries_query(raw.as_deref().unwrap_or("")).map_err(AdminError::BadRequest)?;
+    let mut list = s.queue.activity(&filter, limit).await.map_err(AdminError::unavailable)?;
+    // The log in Redis and this replica's rejections, newest first.
+    list.extend(s.rejections.matching(&filter, limit));
+    list.sort_by_key(|a| std::cmp::Reverse(a.at_ms));
+    list.truncate(limit);
+    Ok(Json(list))
 }
 
 /// One admin API call, as the `hookwarden admin` CLI makes it.
@@ -258,8 +274,8 @@ pub enum Call {
 }
 
 /// Makes `call` against the admin API at `base`; returns the JSON answer, or
-/// the API's error message.
-pub async fn call(base: &str, token: &str, call: Call) -> Result<Value, String> {
+/// why not.
+pub async fn call(base: &str, token: &str, call: Call) -> Result<Value, CallError> {
     let base = base.trim_end_matches('/');
     let policy_url =
         |p: &ObjectRef, rest: &str| format!("{base}/admin/policies/{}/{}{rest}", p.namespace, p.name);
@@ -289,14 +305,28 @@ pub async fn call(base: &str, token: &str, call: Call) -> Result<Value, String> 
             http.get(format!("{base}/admin/deliveries")).query(&q)
         }
     };
-    let response =
-        request.bearer_auth(token).send().await.map_err(|e| format!("cannot reach {base}: {e}"))?;
-    let status = response.status();
-    let bytes = response.bytes().await.map_err(|e| format!("unreadable answer: {e}"))?;
-    let body: Value = serde_json::from_slice(&bytes).map_err(|e| format!("unreadable answer: {e}"))?;
-    if status.is_success() {
-        Ok(body)
-    } else {
-        Err(format!("{status}: {}", body["error"].as_str().unwrap_or("no message")))
+    let unreachable =
+        |e: reqwest::Error| CallError::Unreachable { base: base.to_owned(), cause: e.to_string() };
+    let response = request.bearer_auth(token).send().await.map_err(unreachable)?;
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.map_err(unreachable)?;
+    let body: Value = serde_json::from_slice(&bytes).map_err(|e| CallError::Unreadable(e.to_string()))?;
+    match status {
+        200..=299 => Ok(body),
+        _ => {
+            let message = body["error"].as_str().unwrap_or("no message").to_owned();
+            Err(CallError::Api { status, message })
+        }
     }
+}
+
+/// Why an admin call failed, in a line that says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("cannot reach the admin API at {base} ({cause}): is the URL right, and the port forwarded?")]
+    Unreachable { base: String, cause: String },
+    #[error("the admin API's answer is not JSON ({0}): is the URL the admin port?")]
+    Unreadable(String),
+    #[error("HTTP {status}: {message}")]
+    Api { status: u16, message: String },
 }
