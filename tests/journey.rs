@@ -310,6 +310,7 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
     let operator_exactly = [
         "agentpolicies.hookwarden.io [get list watch]",
         "agentpolicies.hookwarden.io/status [get patch update]",
+        "configmaps [get create patch]",
         "events.events.k8s.io [create patch]",
         "leases.coordination.k8s.io [get list create update delete]",
         "secrets [get list watch create update patch]",
@@ -318,6 +319,7 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
     ];
     let receiver_exactly = [
         "agentpolicies.hookwarden.io [get list watch patch]",
+        "configmaps [get list watch]",
         "leases.coordination.k8s.io [get create patch delete]",
         "secrets [get list watch]",
         "webhookconfigs.hookwarden.io [get list watch]",
