@@ -32,6 +32,16 @@ pub const LOADED_KEYS_ANNOTATION: &str = "hookwarden.io/loaded-keys";
 /// A receiver whose Lease was not renewed for this long is gone.
 pub const RECEIVER_LEASE_SECONDS: i32 = 30;
 
+/// The label selector `key=value` of one label.
+pub fn selector((key, value): (&str, &str)) -> String {
+    format!("{key}={value}")
+}
+
+/// The label selector of the receivers' Leases.
+pub fn receiver_lease_selector() -> String {
+    format!("{},app.kubernetes.io/component={RECEIVER_COMPONENT}", selector(MANAGED_BY))
+}
+
 /// Key versions loaded per Secret (`namespace/name`), as receivers report them.
 pub type LoadedKeys = BTreeMap<String, Vec<String>>;
 

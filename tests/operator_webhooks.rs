@@ -310,9 +310,19 @@ async fn a_repository_hook_is_registered_updated_repaired_and_deleted() {
         "{reasons}"
     );
 
-    // Deleting the resource deletes the hook, and the key Secret with it.
+    // Deleting the resource deletes the hook, and the key Secret with it;
+    // while GitHub refuses, the resource says so and stays.
+    let hook_path = format!("hooks/{}", repaired["id"]);
+    w.fault(json!({ "status": 500, "count": 1, "method": "DELETE", "pathContains": hook_path })).await;
     let api = Api::<WebhookConfig>::namespaced(w.env.client().await, &w.ns.name);
     api.delete("svc", &DeleteParams::default()).await.unwrap();
+    let (status, reason) = eventually("the blocked deletion to show", WAIT, || async {
+        let r = w.ready("svc").await?;
+        (r.0 == "False").then_some(r)
+    })
+    .await;
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "DeletionBlocked"));
+    assert!(w.event_reasons().await.contains("DeletionBlocked"));
     eventually("the hook to be deleted on GitHub", WAIT, || async {
         w.hooks(&owner).await.is_empty().then_some(())
     })

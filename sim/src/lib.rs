@@ -160,6 +160,8 @@ pub struct Faults {
     pub status: Option<u16>,
     /// Limit `status` and `drop_connections` to requests whose path contains this.
     pub path_contains: Option<String>,
+    /// Limit `status` and `drop_connections` to requests of this method (`DELETE`).
+    pub method: Option<String>,
     /// Close the connection of the next N API requests without an answer.
     #[serde(default)]
     pub drop_connections: u32,
@@ -173,6 +175,14 @@ pub struct Faults {
     /// Treat every token's hourly budget as spent.
     #[serde(default)]
     pub exhaust_budget: bool,
+}
+
+impl Faults {
+    /// Is a request of `method` to `path` one the faults are limited to?
+    fn scoped(&self, method: &Method, path: &str) -> bool {
+        self.path_contains.as_ref().is_none_or(|p| path.contains(p.as_str()))
+            && self.method.as_ref().is_none_or(|m| m.eq_ignore_ascii_case(method.as_str()))
+    }
 }
 
 #[derive(Default)]
@@ -559,8 +569,7 @@ async fn handle(
 
     let drop_it = {
         let mut s = sim.inner.lock().unwrap();
-        let scoped = s.faults.path_contains.as_ref().is_none_or(|p| path.contains(p.as_str()));
-        let drop_it = scoped && s.faults.drop_connections > 0;
+        let drop_it = s.faults.scoped(&method, &path) && s.faults.drop_connections > 0;
         s.faults.drop_connections -= u32::from(drop_it);
         drop_it
     };
@@ -605,7 +614,7 @@ async fn handle(
         let token = token.clone().unwrap_or_default();
         {
             let mut s = sim.inner.lock().unwrap();
-            let scoped = s.faults.path_contains.as_ref().is_none_or(|p| path.contains(p.as_str()));
+            let scoped = s.faults.scoped(&method, &path);
             if let Some(status) = s.faults.status.filter(|_| s.faults.count > 0 && scoped) {
                 s.faults.count -= 1;
                 let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -78,8 +78,8 @@ pub enum Error {
     #[error(transparent)]
     GitHub(#[from] crate::github::Error),
     /// Only an edit of the resource (or its Secrets) can fix it.
-    #[error("{0}")]
-    Config(String),
+    #[error(transparent)]
+    Config(#[from] webhook_config::ConfigError),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -199,7 +199,7 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::ap
     let hooks = crate::scoped_api::<WebhookConfig>(&client, config.namespace.as_deref());
     let secrets = crate::scoped_api::<Secret>(&client, config.namespace.as_deref());
     let hook_controller = Controller::new(hooks, watcher::Config::default())
-        .owns(secrets, watcher::Config::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)))
+        .owns(secrets, watcher::Config::default().labels(&crate::keys::selector(MANAGED_BY)))
         .graceful_shutdown_on(crate::shutdown_signal())
         .run(reconcile_hook, hook_error_policy, ctx)
         .for_each(|_| futures::future::ready(()));

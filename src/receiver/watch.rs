@@ -72,7 +72,7 @@ pub fn spawn(client: &Client, namespace: Option<&str>, registry: Arc<Registry>) 
         Registry::remove_hook,
     ));
 
-    let selector = format!("{}={}", MANAGED_BY.0, MANAGED_BY.1);
+    let selector = crate::keys::selector(MANAGED_BY);
     let secrets = crate::scoped_api::<Secret>(client, namespace);
     tokio::spawn(follow(
         secrets,
@@ -91,7 +91,7 @@ pub fn spawn(client: &Client, namespace: Option<&str>, registry: Arc<Registry>) 
     let signing = crate::scoped_api::<Secret>(client, namespace);
     tokio::spawn(follow(
         signing,
-        watcher::Config::default().labels(&format!("{}={}", AGENT_SIGNING_LABEL.0, AGENT_SIGNING_LABEL.1)),
+        watcher::Config::default().labels(&crate::keys::selector(AGENT_SIGNING_LABEL)),
         registry.clone(),
         Watched::SigningKeys,
         Registry::signing_key_refs,

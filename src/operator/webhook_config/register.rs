@@ -1,0 +1,307 @@
+//! Registration: make GitHub's hook match the spec — keep, update, repair,
+//! adopt by URL or create — and switch it to a key the receivers have when
+//! the one it signed with left the Secret.
+//!
+//! The decisions ([`signing_key`], [`plan`], [`plan_new`]) are pure;
+//! [`register`] reads GitHub, acts on them and records the hook in status.
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{ResourceExt, runtime::events::EventType};
+
+use super::{ConfigError, publish};
+use crate::{
+    api::{WebhookConfig, WebhookConfigStatus, conditions},
+    github::{self, DesiredHook, Hook, Target},
+    keys::HmacKey,
+    operator::{Context, Error},
+};
+
+pub(super) fn target(whc: &WebhookConfig) -> Target {
+    match (&whc.spec.repository, &whc.spec.organization) {
+        (Some(r), _) => Target::Repository(r.clone()),
+        (None, Some(o)) => Target::Organization(o.clone()),
+        // NB: the schema's CEL rule makes this unreachable for stored objects.
+        (None, None) => Target::Repository(String::new()),
+    }
+}
+
+/// The hook the spec asks for; its URL from `spec.url` or the operator's
+/// public base URL.
+pub(super) fn desired(
+    whc: &WebhookConfig,
+    public_base_url: Option<&str>,
+) -> Result<DesiredHook, ConfigError> {
+    let url = match (&whc.spec.url, public_base_url) {
+        (Some(url), _) => url.clone(),
+        (None, Some(base)) => format!(
+            "{}/hooks/{}/{}",
+            base.trim_end_matches('/'),
+            whc.namespace().unwrap_or_default(),
+            whc.name_any()
+        ),
+        (None, None) => return Err(ConfigError::NoUrl),
+    };
+    Ok(DesiredHook {
+        url,
+        events: whc.spec.events.clone(),
+        active: whc.spec.active,
+        content_type: whc.spec.content_type.as_str().to_owned(),
+    })
+}
+
+/// What registering did to the hook on GitHub; its Event's reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookChange {
+    Created,
+    /// The recorded hook (this id) was gone from GitHub: a new one was made.
+    Recreated(i64),
+    Adopted,
+    Updated,
+    /// Changed on GitHub by someone else: put back.
+    Repaired,
+    /// The key GitHub signed with left the Secret: switched to one it has.
+    SecretReset,
+}
+
+impl HookChange {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Created => "Created",
+            Self::Recreated(_) => "Recreated",
+            Self::Adopted => "Adopted",
+            Self::Updated => "Updated",
+            Self::Repaired => "Repaired",
+            Self::SecretReset => "SecretReset",
+        }
+    }
+}
+
+/// The key GitHub must sign with: the recorded one while the Secret has it,
+/// else the newest (and `true`: the one GitHub signed with was lost, so
+/// GitHub must be switched whatever the rest of the hook). `keys` is not empty.
+pub fn signing_key<'a>(keys: &'a [HmacKey], recorded: Option<&str>) -> (&'a HmacKey, bool) {
+    match recorded.and_then(|v| keys.iter().find(|k| k.version() == v)) {
+        Some(key) => (key, false),
+        None => (keys.last().expect("the key Secret has a key"), true),
+    }
+}
+
+/// What to do with the hook GitHub has under the recorded id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Plan {
+    Keep,
+    Update(HookChange),
+    /// No hook under the recorded id (or none recorded): see [`plan_new`].
+    Look,
+}
+
+/// `spec_seen`: status was written for the current generation, so a
+/// difference was made on GitHub, not in the spec.
+pub fn plan(current: Option<&Hook>, desired: &DesiredHook, secret_lost: bool, spec_seen: bool) -> Plan {
+    match current {
+        Some(hook) if desired.matches(hook) && !secret_lost => Plan::Keep,
+        Some(_) if secret_lost => Plan::Update(HookChange::SecretReset),
+        Some(_) if spec_seen => Plan::Update(HookChange::Repaired),
+        Some(_) => Plan::Update(HookChange::Updated),
+        None => Plan::Look,
+    }
+}
+
+/// With no hook under the recorded id (`known`): adopt the hook that already
+/// delivers to `url` — never a duplicate — or create one.
+pub fn plan_new(existing: &[Hook], url: &str, known: Option<i64>) -> (Option<i64>, HookChange) {
+    match existing.iter().find(|h| h.config.url.as_deref() == Some(url)) {
+        Some(hook) => (Some(hook.id), HookChange::Adopted),
+        None => (None, known.map_or(HookChange::Created, HookChange::Recreated)),
+    }
+}
+
+/// The registered hook.
+pub(super) struct Registered {
+    pub id: i64,
+    /// GitHub's word that the hook's latest delivery failed.
+    pub last_delivery_failed: bool,
+}
+
+/// Makes GitHub's hook match `desired`, signing with the key the receivers
+/// have; records it in `status`.
+pub(super) async fn register(
+    whc: &WebhookConfig,
+    ctx: &Context,
+    github: &github::Client,
+    desired: &DesiredHook,
+    keys: &[HmacKey],
+    status: &mut WebhookConfigStatus,
+    now: Timestamp,
+) -> Result<Registered, Error> {
+    let target = target(whc);
+    let known = status.hook_id;
+    let (signing, secret_lost) = signing_key(keys, status.signing_key_version.as_deref());
+    let secret = String::from_utf8_lossy(signing.secret()).into_owned();
+
+    let current = match known {
+        Some(id) => github.get_hook(&target, id).await?,
+        None => None,
+    };
+    let spec_seen = status.observed_generation == whc.metadata.generation;
+    let (id, change) = match plan(current.as_ref(), desired, secret_lost, spec_seen) {
+        Plan::Keep => (current.as_ref().expect("kept").id, None),
+        Plan::Update(change) => {
+            let id = current.as_ref().expect("updated").id;
+            (github.update_hook(&target, id, desired, &secret).await?.id, Some(change))
+        }
+        Plan::Look => {
+            let existing = github.list_hooks(&target).await?;
+            let hook = match plan_new(&existing, &desired.url, known) {
+                // NB: GitHub masks the secret, so adopting means setting ours.
+                (Some(id), change) => (github.update_hook(&target, id, desired, &secret).await?, change),
+                (None, change) => (github.create_hook(&target, desired, &secret).await?, change),
+            };
+            (hook.0.id, Some(hook.1))
+        }
+    };
+    if let Some(change) = change {
+        let mut note = format!("hook {id} on {target} delivers to {}", desired.url);
+        if let HookChange::Recreated(old) = change {
+            note = format!("hook {old} was gone from GitHub; {note}");
+        }
+        publish(ctx, whc, EventType::Normal, change.reason(), note).await;
+    }
+    // A new hook starts with deliveries of its own: the position read in
+    // another hook's deliveries means nothing for it.
+    if known != Some(id) {
+        status.recovery = None;
+    }
+    let generation = whc.metadata.generation;
+    status.hook_id = Some(id);
+    status.url = Some(desired.url.clone());
+    status.secret_name = Some(whc.secret_name());
+    status.observed_generation = generation;
+    if secret_lost {
+        status.signing_key_version = Some(signing.version().to_owned());
+        status.confirmed_key_version = Some(signing.version().to_owned());
+    }
+    let now = Time(now);
+    let message = format!("hook {id} on {target}");
+    conditions::set(
+        &mut status.conditions,
+        conditions::HOOK_REGISTERED,
+        true,
+        "Registered",
+        message,
+        generation,
+        &now,
+    );
+    let message = "hook registered and secret set";
+    conditions::set(&mut status.conditions, conditions::READY, true, "Ready", message, generation, &now);
+    let last_delivery_failed = current.as_ref().is_some_and(Hook::last_delivery_failed);
+    Ok(Registered { id, last_delivery_failed })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::github::HookConfig;
+
+    fn wanted() -> DesiredHook {
+        DesiredHook {
+            url: "https://hooks.example.com/hooks/ns/a".into(),
+            events: vec!["push".into(), "issues".into()],
+            active: true,
+            content_type: "json".into(),
+        }
+    }
+
+    fn hook(id: i64, url: &str) -> Hook {
+        Hook {
+            id,
+            active: true,
+            events: vec!["issues".into(), "push".into()],
+            config: HookConfig { url: Some(url.into()), content_type: Some("json".into()) },
+            last_response: None,
+        }
+    }
+
+    #[test]
+    fn what_to_do_with_the_recorded_hook() {
+        let same = hook(7, &wanted().url);
+        let changed = Hook { active: false, ..same.clone() };
+        let cases = [
+            ("matches, key kept: nothing", Some(&same), false, true, Plan::Keep),
+            ("matches, key lost: switch it", Some(&same), true, true, Plan::Update(HookChange::SecretReset)),
+            (
+                "differs, spec seen: someone changed GitHub",
+                Some(&changed),
+                false,
+                true,
+                Plan::Update(HookChange::Repaired),
+            ),
+            ("differs, spec edited", Some(&changed), false, false, Plan::Update(HookChange::Updated)),
+            (
+                "differs and key lost: the key reason wins",
+                Some(&changed),
+                true,
+                false,
+                Plan::Update(HookChange::SecretReset),
+            ),
+            ("gone or never made", None, false, true, Plan::Look),
+        ];
+        for (what, current, lost, seen, want) in cases {
+            assert_eq!(plan(current, &wanted(), lost, seen), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn a_missing_hook_is_adopted_by_url_or_made() {
+        let url = wanted().url;
+        let others = vec![hook(1, "https://elsewhere.example.com/"), hook(2, &url)];
+        let cases = [
+            ("one delivers to our URL: adopted", others.clone(), None, (Some(2), HookChange::Adopted)),
+            ("adopted even when another id was recorded", others, Some(9), (Some(2), HookChange::Adopted)),
+            (
+                "none: created",
+                vec![hook(1, "https://elsewhere.example.com/")],
+                None,
+                (None, HookChange::Created),
+            ),
+            ("none, one was recorded: recreated", vec![], Some(9), (None, HookChange::Recreated(9))),
+        ];
+        for (what, existing, known, want) in cases {
+            assert_eq!(plan_new(&existing, &url, known), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn github_signs_with_the_recorded_key_while_the_secret_has_it() {
+        let keys = [HmacKey::new("100", "a"), HmacKey::new("200", "b")];
+        let cases = [
+            ("recorded and present", Some("100"), ("100", false)),
+            ("recorded, gone from the Secret: the newest", Some("50"), ("200", true)),
+            ("none recorded: the newest", None, ("200", true)),
+        ];
+        for (what, recorded, want) in cases {
+            let (key, lost) = signing_key(&keys, recorded);
+            assert_eq!((key.version(), lost), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn the_url_comes_from_the_spec_or_the_base() {
+        let mut whc = WebhookConfig::new(
+            "a",
+            serde_json::from_value(serde_json::json!({
+                "repository": "o/r", "events": ["push"], "agentPolicy": "p",
+                "github": {"tokenSecretRef": {"name": "t", "key": "token"}}
+            }))
+            .unwrap(),
+        );
+        whc.metadata.namespace = Some("ns".into());
+        assert_eq!(
+            desired(&whc, Some("https://h.example.com/")).unwrap().url,
+            "https://h.example.com/hooks/ns/a"
+        );
+        assert!(matches!(desired(&whc, None), Err(ConfigError::NoUrl)));
+        whc.spec.url = Some("https://mine.example.com/x".into());
+        assert_eq!(desired(&whc, None).unwrap().url, "https://mine.example.com/x");
+    }
+}

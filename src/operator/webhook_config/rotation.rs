@@ -1,0 +1,378 @@
+//! Rotation of a hook's HMAC key with no rejected delivery, one step per
+//! reconcile, each safe to repeat after a crash:
+//! 1. **start**: a new key is added to the Secret beside the one GitHub signs with;
+//! 2. **await receivers**: until every live receiver reports it loaded it (their Leases);
+//! 3. **switch** GitHub to it (`status.signingKeyVersion`) and ask for a ping;
+//! 4. **await ping**: a successful ping delivery confirms the switch (`confirmedKeyVersion`);
+//! 5. **drop old**: `overlap` after the switch, the older keys leave the Secret.
+//!
+//! Then it is **in sync** until the next one is due (by age or the annotation).
+//!
+//! A failure anywhere leaves every key in place and the step is retried, so
+//! GitHub never signs with a key the receivers do not have. The decisions
+//! ([`step`], [`ping_outcome`]) are pure; [`rotate`] gathers the facts and acts.
+
+use std::time::Duration;
+
+use k8s_openapi::{api::coordination::v1::Lease, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::{Api, ResourceExt, api::ListParams, runtime::events::EventType};
+
+use super::{HookRef, publish, secret::edit_keys};
+use crate::{
+    api::{ROTATE_ANNOTATION, WebhookConfig, WebhookConfigStatus, conditions},
+    github::Delivery,
+    keys::{HmacKey, receiver_lease_selector, replicas_missing},
+    operator::{Context, Error},
+};
+
+/// While a rotation step waits, look again this soon.
+const ROTATION_POLL: Duration = Duration::from_secs(2);
+/// Ask for another ping when none succeeded for this long after the switch.
+const REPING_AFTER_SECS: i64 = 10;
+
+/// What a rotation decides from.
+#[derive(Clone, Debug)]
+pub struct Facts<'a> {
+    pub now: i64,
+    /// The versions in the key Secret, oldest first (not empty).
+    pub versions: Vec<&'a str>,
+    /// The version GitHub signs with (`status.signingKeyVersion`).
+    pub signing: &'a str,
+    /// A successful ping confirmed GitHub signs with it.
+    pub confirmed: bool,
+    /// When GitHub was switched to it (Unix seconds; 0 when never).
+    pub switched: i64,
+    /// The annotation asks for a rotation not yet served.
+    pub asked: bool,
+    pub interval_secs: i64,
+    pub overlap_secs: i64,
+}
+
+/// The next step of a rotation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Add a key of this version beside the signing one (`asked`: by the annotation).
+    Start { version: i64, asked: bool },
+    /// The newest key is not GitHub's yet: switch once every receiver has it.
+    Switch { to: String },
+    /// GitHub signs with the newest key; wait for a successful ping.
+    AwaitPing,
+    /// Confirmed: remove `drop` from the Secret; the previous key stays valid
+    /// until `overlap_until` when set; look again at `next`.
+    InSync { drop: Vec<String>, overlap_until: Option<i64>, next: i64 },
+}
+
+pub fn step(f: &Facts) -> Step {
+    let newest = *f.versions.last().expect("the key Secret has a key");
+    let signed_since = f.signing.parse::<i64>().unwrap_or(0);
+    let due_at = signed_since + f.interval_secs;
+    if newest != f.signing {
+        return Step::Switch { to: newest.to_owned() };
+    }
+    if !f.confirmed {
+        return Step::AwaitPing;
+    }
+    if f.asked || f.now >= due_at {
+        // NB: versions order keys; a second rotation within a second still sorts after.
+        return Step::Start { version: f.now.max(signed_since + 1), asked: f.asked };
+    }
+    let older: Vec<String> = f.versions.iter().filter(|v| **v < f.signing).map(|v| (*v).to_owned()).collect();
+    let drop_at = f.switched + f.overlap_secs;
+    match (older.is_empty(), f.now >= drop_at) {
+        (true, _) => Step::InSync { drop: vec![], overlap_until: None, next: due_at },
+        (false, true) => Step::InSync { drop: older, overlap_until: None, next: due_at },
+        (false, false) => Step::InSync { drop: vec![], overlap_until: Some(drop_at), next: drop_at },
+    }
+}
+
+/// What GitHub's deliveries say about the switch made at `switched`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ping<'a> {
+    /// This ping, delivered after the switch, succeeded.
+    Confirmed(&'a Delivery),
+    /// None succeeded yet; `last` is the newest ping's HTTP status, `again`
+    /// whether to ask for another.
+    Waiting { last: Option<i64>, again: bool },
+}
+
+/// Deliveries newest first. Only pings strictly after the switch count
+/// (GitHub's timestamps have whole seconds; one in the same second is asked
+/// again).
+pub fn ping_outcome(deliveries: &[Delivery], switched: i64, now: i64) -> Ping<'_> {
+    let mut pings =
+        deliveries.iter().filter(|d| d.event == "ping" && d.delivered_unix() > switched).peekable();
+    let newest = pings.peek().copied();
+    if let Some(ok) = pings.find(|d| d.succeeded()) {
+        return Ping::Confirmed(ok);
+    }
+    let last_ping = newest.map_or(switched, Delivery::delivered_unix);
+    Ping::Waiting { last: newest.map(|d| d.status_code), again: now - last_ping >= REPING_AFTER_SECS }
+}
+
+/// Takes the next step of a rotation that is due or under way, recording it
+/// in `status` (which the caller writes even when this fails). Returns how
+/// soon to look again.
+pub(super) async fn rotate(
+    whc: &WebhookConfig,
+    ctx: &Context,
+    hook: &HookRef<'_>,
+    mut keys: Vec<HmacKey>,
+    status: &mut WebhookConfigStatus,
+    now: Timestamp,
+) -> Result<Duration, Error> {
+    let generation = whc.metadata.generation;
+    let in_sync = |status: &mut WebhookConfigStatus, ok: bool, reason: &str, message: String| {
+        let now = Time(now);
+        conditions::set(
+            &mut status.conditions,
+            conditions::SECRET_IN_SYNC,
+            ok,
+            reason,
+            message,
+            generation,
+            &now,
+        )
+    };
+    let requested = whc.annotations().get(ROTATE_ANNOTATION).cloned();
+    let rotation = &whc.spec.secret_rotation;
+    loop {
+        let signing = status.signing_key_version.clone().expect("set by register");
+        let facts = Facts {
+            now: now.as_second(),
+            versions: keys.iter().map(HmacKey::version).collect(),
+            signing: &signing,
+            confirmed: status.confirmed_key_version.as_deref() == Some(signing.as_str()),
+            switched: status.last_rotation_time.as_ref().map_or(0, |t| t.0.as_second()),
+            asked: requested.is_some() && requested != status.rotation_request,
+            interval_secs: rotation.interval.get().as_secs() as i64,
+            overlap_secs: rotation.overlap.get().as_secs() as i64,
+        };
+        let asked = facts.asked;
+        match step(&facts) {
+            Step::Start { version, asked } => {
+                let key = HmacKey::generate(version as u64);
+                edit_keys(whc, ctx, Some(&key), &[]).await?;
+                status.rotation_request.clone_from(&requested);
+                let why = if asked {
+                    format!("the {ROTATE_ANNOTATION} annotation")
+                } else {
+                    "the rotation interval".into()
+                };
+                let note = format!(
+                    "key {} added beside key {signing} ({why}); waiting for receivers to load it",
+                    key.version()
+                );
+                publish(ctx, whc, EventType::Normal, "RotationStarted", note).await;
+                keys.push(key);
+                // Straight on to the switch: the receivers may be quick.
+            }
+            Step::Switch { to } => {
+                if asked {
+                    // Already rotating: this request is served by the rotation under way.
+                    status.rotation_request.clone_from(&requested);
+                }
+                let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.lease_namespace);
+                let leases = leases
+                    .list(&ListParams::default().labels(&receiver_lease_selector()))
+                    .await
+                    .map_err(Error::Kube)?;
+                let secret = format!("{}/{}", whc.namespace().unwrap_or_default(), whc.secret_name());
+                let missing = replicas_missing(&leases.items, now, &secret, &to);
+                if !missing.is_empty() {
+                    let message = format!(
+                        "key {to} is in the Secret; {} receiver(s) have not loaded it yet: {}",
+                        missing.len(),
+                        missing.join(", ")
+                    );
+                    in_sync(status, false, "WaitingForReceivers", message);
+                    return Ok(ROTATION_POLL);
+                }
+                let key = keys.last().expect("switching to the newest key");
+                let secret = String::from_utf8_lossy(key.secret()).into_owned();
+                if let Err(error) = hook.github.update_hook(hook.target, hook.id, hook.desired, &secret).await
+                {
+                    let message =
+                        format!("switching GitHub to key {to} failed; key {signing} stays valid: {error}");
+                    in_sync(status, false, "SwitchFailed", message);
+                    return Err(error.into());
+                }
+                status.signing_key_version = Some(to.clone());
+                // NB: the clock read after GitHub's answer: pings strictly after it confirm.
+                status.last_rotation_time = Some(Time(Timestamp::now()));
+                let message = format!("GitHub signs with key {to}; waiting for a successful ping delivery");
+                in_sync(status, false, "AwaitingPing", message);
+                hook.github.ping_hook(hook.target, hook.id).await?;
+                return Ok(ROTATION_POLL);
+            }
+            Step::AwaitPing => {
+                let deliveries = hook.github.deliveries_page(hook.target, hook.id, None).await?.deliveries;
+                match ping_outcome(&deliveries, facts.switched, facts.now) {
+                    Ping::Confirmed(ok) => {
+                        status.confirmed_key_version = Some(signing.clone());
+                        let note = format!(
+                            "GitHub signs with key {signing}: ping delivery {} succeeded; older keys leave the Secret after {}",
+                            ok.guid, rotation.overlap
+                        );
+                        publish(ctx, whc, EventType::Normal, "Rotated", note).await;
+                        // On to the old keys.
+                    }
+                    Ping::Waiting { last, again } => {
+                        let last = last.map_or("none yet".to_owned(), |code| format!("HTTP {code}"));
+                        let message = format!(
+                            "GitHub signs with key {signing}; no successful ping delivery yet (last: {last}); older keys stay valid"
+                        );
+                        in_sync(status, false, "AwaitingPing", message);
+                        if again {
+                            hook.github.ping_hook(hook.target, hook.id).await?;
+                        }
+                        return Ok(ROTATION_POLL * 2);
+                    }
+                }
+            }
+            Step::InSync { drop, overlap_until, next } => {
+                if !drop.is_empty() {
+                    let older: Vec<&HmacKey> =
+                        keys.iter().filter(|k| drop.iter().any(|v| v == k.version())).collect();
+                    edit_keys(whc, ctx, None, &older).await?;
+                    let note =
+                        format!("keys {} removed from the Secret; key {signing} remains", drop.join(", "));
+                    publish(ctx, whc, EventType::Normal, "OldKeysRemoved", note).await;
+                }
+                let message = match overlap_until {
+                    None => format!("GitHub signs with key {signing}, the only key in the Secret"),
+                    Some(_) => format!(
+                        "GitHub signs with key {signing}; the previous key stays valid until the overlap ends"
+                    ),
+                };
+                in_sync(status, true, "InSync", message);
+                return Ok(Duration::from_secs((next - facts.now).max(1) as u64));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_800_000_000;
+    const DAY: i64 = 86_400;
+
+    fn facts<'a>(versions: &[&'a str], signing: &'a str, confirmed: bool) -> Facts<'a> {
+        Facts {
+            now: NOW,
+            versions: versions.to_vec(),
+            signing,
+            confirmed,
+            switched: NOW - 60,
+            asked: false,
+            interval_secs: 30 * DAY,
+            overlap_secs: 3600,
+        }
+    }
+
+    #[test]
+    fn the_next_step() {
+        let fresh = (NOW - DAY).to_string();
+        let old = (NOW - 31 * DAY).to_string();
+        let older = (NOW - 62 * DAY).to_string();
+        let next = (NOW - 10).to_string();
+        let now = NOW.to_string();
+        let in_sync = |drop: &[&str], overlap_until, next| Step::InSync {
+            drop: drop.iter().map(|v| (*v).to_owned()).collect(),
+            overlap_until,
+            next,
+        };
+        let cases = [
+            (
+                "young key, alone: in sync until due",
+                facts(&[&fresh], &fresh, true),
+                in_sync(&[], None, NOW - DAY + 30 * DAY),
+            ),
+            ("due by age: start", facts(&[&old], &old, true), Step::Start { version: NOW, asked: false }),
+            (
+                "asked by annotation: start at once",
+                Facts { asked: true, ..facts(&[&fresh], &fresh, true) },
+                Step::Start { version: NOW, asked: true },
+            ),
+            (
+                "asked twice within a second: the new version still sorts after",
+                Facts { asked: true, ..facts(&[&now], &now, true) },
+                Step::Start { version: NOW + 1, asked: true },
+            ),
+            (
+                "a newer key in the Secret: switch to it",
+                facts(&[&old, &next], &old, true),
+                Step::Switch { to: next.clone() },
+            ),
+            (
+                "asked while switching: still the switch",
+                Facts { asked: true, ..facts(&[&old, &next], &old, true) },
+                Step::Switch { to: next.clone() },
+            ),
+            ("switched, not confirmed: await the ping", facts(&[&old, &next], &next, false), Step::AwaitPing),
+            ("due by age but unconfirmed: the ping first", facts(&[&old], &old, false), Step::AwaitPing),
+            (
+                "confirmed within the overlap: keep the old key",
+                facts(&[&old, &next], &next, true),
+                in_sync(&[], Some(NOW - 60 + 3600), NOW - 60 + 3600),
+            ),
+            (
+                "overlap over: drop every older key",
+                Facts { switched: NOW - 3600, ..facts(&[&older, &old, &next], &next, true) },
+                in_sync(&[&older, &old], None, NOW - 10 + 30 * DAY),
+            ),
+        ];
+        for (what, facts, want) in cases {
+            assert_eq!(step(&facts), want, "{what}");
+        }
+    }
+
+    fn ping(id: i64, code: i64, secs: i64) -> Delivery {
+        Delivery {
+            id,
+            guid: format!("g{id}"),
+            delivered_at: Timestamp::from_second(secs).unwrap().to_string(),
+            redelivery: false,
+            status_code: code,
+            event: "ping".into(),
+        }
+    }
+
+    #[test]
+    fn a_ping_confirms_the_switch() {
+        let switched = NOW - 30;
+        let push = Delivery { event: "push".into(), ..ping(9, 200, NOW - 1) };
+        // Ok(the confirming ping's id), or Err((last status, ask again)).
+        let seen = |p: Ping| match p {
+            Ping::Confirmed(d) => Ok(d.id),
+            Ping::Waiting { last, again } => Err((last, again)),
+        };
+        let cases = [
+            ("nothing yet, just switched", vec![], NOW - 25, Err((None, false))),
+            ("nothing for 10 s: ask again", vec![], NOW - 20, Err((None, true))),
+            ("a push is no confirmation", vec![push], NOW, Err((None, true))),
+            (
+                "a ping in the switch's second does not count",
+                vec![ping(5, 200, switched)],
+                NOW,
+                Err((None, true)),
+            ),
+            (
+                "the last ping failed 5 s ago: wait",
+                vec![ping(6, 401, NOW - 5), ping(5, 401, NOW - 20)],
+                NOW,
+                Err((Some(401), false)),
+            ),
+            (
+                "an earlier ping after the switch succeeded",
+                vec![ping(6, 502, NOW - 5), ping(5, 200, NOW - 20)],
+                NOW,
+                Ok(5),
+            ),
+        ];
+        for (what, deliveries, now, want) in cases {
+            assert_eq!(seen(ping_outcome(&deliveries, switched, now)), want, "{what}");
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! What a WebhookConfig's status says, and writing it.
+
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
+use kube::runtime::events::EventType;
+
+use super::publish;
+use crate::{
+    api::{DeliverySummary, RateLimitStatus, WebhookConfig, WebhookConfigStatus, conditions},
+    github::{self, Delivery, RateLimit},
+    operator::{Context, Error, apply_status},
+};
+
+/// The Ready reason a person can act on, for an error of a reconcile.
+pub fn failure_reason(error: &Error) -> &'static str {
+    match error {
+        Error::GitHub(github::Error::BadCredentials | github::Error::BadPrivateKey) => "BadCredentials",
+        Error::GitHub(github::Error::NotFound(_)) => "NotFound",
+        Error::GitHub(github::Error::Invalid(_)) => "Rejected",
+        Error::GitHub(github::Error::RateLimited { .. }) => "RateLimited",
+        Error::GitHub(_) => "GitHubError",
+        Error::Config(_) => "InvalidConfig",
+        Error::Kube(_) | Error::Finalizer(_) => "Error",
+    }
+}
+
+pub fn rate_limit(rate_limit: Option<RateLimit>) -> Option<RateLimitStatus> {
+    rate_limit.map(|r| RateLimitStatus {
+        limit: r.limit,
+        remaining: r.remaining,
+        reset_time: Time(Timestamp::from_second(r.reset).unwrap_or_default()),
+    })
+}
+
+pub fn last_delivery(newest: &Delivery) -> DeliverySummary {
+    DeliverySummary {
+        guid: newest.guid.clone(),
+        event: newest.event.clone(),
+        status_code: newest.status_code as i32,
+        delivered_at: Time(Timestamp::from_second(newest.delivered_unix()).unwrap_or_default()),
+    }
+}
+
+/// Writes `status` when it differs from what the object has.
+pub(super) async fn write(
+    whc: &WebhookConfig,
+    ctx: &Context,
+    status: &WebhookConfigStatus,
+) -> Result<(), Error> {
+    // NB: the remaining budget changes with every call; writing it alone would
+    // wake this controller again and again. It rides along with real changes.
+    let without_budget = |s: &WebhookConfigStatus| WebhookConfigStatus { rate_limit: None, ..s.clone() };
+    if whc.status.as_ref().map(without_budget) == Some(without_budget(status)) {
+        return Ok(());
+    }
+    apply_status(&ctx.client, whc, status).await
+}
+
+/// Puts `reason` and `message` into the Ready condition, and a Warning Event.
+pub(super) async fn write_failure(
+    whc: &WebhookConfig,
+    ctx: &Context,
+    reason: &str,
+    message: String,
+    now: Timestamp,
+) {
+    let mut status = whc.status.clone().unwrap_or_default();
+    let generation = whc.metadata.generation;
+    conditions::set(
+        &mut status.conditions,
+        conditions::READY,
+        false,
+        reason,
+        &message,
+        generation,
+        &Time(now),
+    );
+    if let Err(e) = write(whc, ctx, &status).await {
+        tracing::warn!(error = %e, "could not write the failure to status");
+    }
+    publish(ctx, whc, EventType::Warning, reason, message).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::webhook_config::ConfigError;
+
+    #[test]
+    fn reasons_a_person_can_act_on() {
+        let secret = ConfigError::SecretMissing { namespace: "ns".into(), name: "t".into() };
+        let cases = [
+            (Error::GitHub(github::Error::BadCredentials), "BadCredentials"),
+            (Error::GitHub(github::Error::BadPrivateKey), "BadCredentials"),
+            (Error::GitHub(github::Error::NotFound("repos/o/r".into())), "NotFound"),
+            (Error::GitHub(github::Error::Invalid("events".into())), "Rejected"),
+            (Error::Config(ConfigError::NoUrl), "InvalidConfig"),
+            (Error::Config(secret), "InvalidConfig"),
+        ];
+        for (error, want) in cases {
+            assert_eq!(failure_reason(&error), want, "{error}");
+        }
+    }
+}
