@@ -33,11 +33,37 @@ pub mod api;
 pub mod github;
 pub mod keys;
 pub mod operator;
+pub mod queue;
 pub mod receiver;
 pub mod sample_agent;
 pub mod signature;
 pub mod standard_webhooks;
 pub mod telemetry;
+
+/// A namespaced name: `namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self { namespace: namespace.into(), name: name.into() }
+    }
+}
+
+impl std::fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// The wall clock, Unix milliseconds: the one place it is read for
+/// timestamps that are stored or compared across processes.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
 
 /// The pod this process runs in (`POD_NAME` and `POD_UID`, set by the
 /// chart from the downward API). The Leases a replica holds name it as their

@@ -4,12 +4,10 @@ use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand};
 use hookwarden::{
+    ObjectRef,
     operator::{self, OperatorConfig, webhook_config::RecoveryWay},
-    receiver::{
-        self, ReceiverConfig, admin,
-        http::DEFAULT_BODY_LIMIT,
-        queue::{ActivityFilter, ObjectRef},
-    },
+    queue::ActivityFilter,
+    receiver::{self, ReceiverConfig, admin, http::DEFAULT_BODY_LIMIT},
 };
 
 #[derive(Parser)]

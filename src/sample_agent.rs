@@ -118,7 +118,7 @@ async fn receive(
 ) -> StatusCode {
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
     if !sink.signing_keys.is_empty() {
-        let now = crate::receiver::http::now_ms() / 1000;
+        let now = crate::now_ms() / 1000;
         let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok());
         let verified = standard_webhooks::verify(
             &sink.signing_keys,
@@ -160,7 +160,7 @@ async fn receive(
         kind: header("ce-type").unwrap_or_default(),
         subject: header("ce-subject"),
         bytes: body.len(),
-        at_ms: crate::receiver::http::now_ms(),
+        at_ms: crate::now_ms(),
     });
     tracing::info!(agent, id = ?header("ce-id"), kind = ?header("ce-type"), "event received");
     StatusCode::OK

@@ -17,10 +17,7 @@ use std::{
 use common::{
     PrivateRedis, Process, PushFlow, TestEnv, TestNamespace, eventually, free_port, get_json, redis_prefix,
 };
-use hookwarden::{
-    api::WebhookConfig,
-    receiver::queue::{ObjectRef, Queue},
-};
+use hookwarden::{ObjectRef, api::WebhookConfig, queue::Queue};
 use kube::Api;
 use serde_json::{Value, json};
 

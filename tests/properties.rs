@@ -5,12 +5,10 @@
 
 use bytes::Bytes;
 use hookwarden::{
+    ObjectRef,
     api::Duration,
-    receiver::{
-        admin::deliveries_query,
-        http::form_payload,
-        queue::{Delivery, ObjectRef},
-    },
+    queue::Delivery,
+    receiver::{admin::deliveries_query, http::form_payload},
     signature,
 };
 use proptest::prelude::*;

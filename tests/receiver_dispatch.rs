@@ -10,10 +10,11 @@ use std::{collections::HashSet, sync::Arc, time::Duration};
 use bytes::Bytes;
 use common::{TestEnv, eventually, redis_prefix};
 use hookwarden::{
+    ObjectRef,
     api::{Agent, CircuitBreaker, RetryPolicy, RetryStrategy},
+    queue::{Delivery, Queue},
     receiver::{
         dispatch::{DispatchConfig, Dispatcher, Failure},
-        queue::{Delivery, ObjectRef, Queue},
         registry::{PolicySettings, Registry},
     },
     sample_agent::{self, Mode, Sink},

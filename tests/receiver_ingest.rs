@@ -18,11 +18,12 @@ use axum::{
 };
 use common::{PrivateRedis, TestEnv, eventually, redis_prefix, webhook_examples};
 use hookwarden::{
+    ObjectRef,
     api::{CircuitBreaker, RetryPolicy},
     keys::HmacKey,
+    queue::{ActivityFilter, Queue},
     receiver::{
         http::{AppState, DEFAULT_BODY_LIMIT, router},
-        queue::{ActivityFilter, ObjectRef, Queue},
         registry::{HookInfo, PolicySettings, Registry, Watched},
         rejections::Rejections,
         serve::{Limits, serve},

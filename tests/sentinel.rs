@@ -14,7 +14,10 @@ use std::{
 
 use bytes::Bytes;
 use common::{free_port, redis_prefix};
-use hookwarden::receiver::queue::{Delivery, ObjectRef, Queue};
+use hookwarden::{
+    ObjectRef,
+    queue::{Delivery, Queue},
+};
 
 const MASTER: &str = "hookwarden";
 

@@ -1,7 +1,7 @@
 //! `/admin/deliveries`' query string: never panics, the limit stays within
 //! bounds, and the filter matches an activity that has the values it asks for.
 #![no_main]
-use hookwarden::receiver::{admin::deliveries_query, queue::Activity};
+use hookwarden::{queue::Activity, receiver::admin::deliveries_query};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

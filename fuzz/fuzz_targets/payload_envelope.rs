@@ -3,7 +3,7 @@
 //! queue's encoding unchanged.
 #![no_main]
 use bytes::Bytes;
-use hookwarden::receiver::queue::{Delivery, ObjectRef};
+use hookwarden::{ObjectRef, queue::Delivery};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -239,7 +239,18 @@ fn default_concurrency() -> i32 {
     4
 }
 fn default_queue_limit() -> i64 {
-    10_000
+    DEFAULT_QUEUE_LIMIT as i64
+}
+
+/// Queue limit used while a hook's AgentPolicy is unknown or has no status.
+pub const DEFAULT_QUEUE_LIMIT: u64 = 10_000;
+
+impl AgentPolicy {
+    /// The queue limit receivers and the operator obey: the status's (the
+    /// operator is its one writer), else [`DEFAULT_QUEUE_LIMIT`].
+    pub fn effective_queue_limit(&self) -> u64 {
+        self.status.as_ref().and_then(|s| s.queue_limit).map_or(DEFAULT_QUEUE_LIMIT, |l| l.max(1) as u64)
+    }
 }
 fn default_timeout_seconds() -> i32 {
     10

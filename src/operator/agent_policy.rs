@@ -15,8 +15,8 @@ use kube::{
 
 use super::{Context, Error, apply_status};
 use crate::{
+    ObjectRef,
     api::{AgentPolicy, AgentPolicyStatus, conditions},
-    receiver::queue::ObjectRef,
 };
 
 /// Reason of the `Dispatching` condition when the safety rule tripped.
@@ -118,7 +118,15 @@ pub async fn reconcile(policy: Arc<AgentPolicy>, ctx: Arc<Context>) -> Result<Ac
                 tracing::warn!(policy = %name, %namespace, %error, "could not publish event");
             }
         }
-        tracing::info!(policy = %name, %namespace, enabled = status.enabled, concurrency = status.concurrency, reason = status.reason.as_deref(), "effective settings written");
+        // NB: plain values, not `Option`s (their Debug form, `Some(true)`, is what JSON logs showed).
+        tracing::info!(
+            policy = %name,
+            %namespace,
+            enabled = status.enabled.unwrap_or_default(),
+            concurrency = status.concurrency.unwrap_or_default(),
+            reason = status.reason.as_deref().unwrap_or_default(),
+            "effective settings written"
+        );
     }
     // The safety rule watches a number that changes outside Kubernetes.
     let every = if policy.spec.safety.max_dead_letters.is_some() { 10 } else { 300 };

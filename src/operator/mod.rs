@@ -26,7 +26,7 @@ use k8s_openapi::api::core::v1::Secret;
 use crate::{
     api::{AgentPolicy, WebhookConfig},
     keys::MANAGED_BY,
-    receiver::queue::Queue,
+    queue::Queue,
     telemetry::OperatorMetrics,
 };
 
@@ -116,9 +116,8 @@ pub struct Context {
     /// How failed deliveries are recovered.
     pub recovery_way: webhook_config::RecoveryWay,
     /// When each hook's next recovery pass is due, by WebhookConfig and hook id.
-    pub recovery: std::sync::Mutex<
-        std::collections::HashMap<(crate::receiver::queue::ObjectRef, i64), webhook_config::recovery::Memo>,
-    >,
+    pub recovery:
+        std::sync::Mutex<std::collections::HashMap<(crate::ObjectRef, i64), webhook_config::recovery::Memo>>,
 }
 
 /// Runs the controllers until SIGTERM or Ctrl-C.

@@ -27,13 +27,12 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
-use super::{
-    dispatch::Dispatcher,
-    queue::{ActivityFilter, ObjectRef, Queue},
-    registry::Registry,
-    rejections::Rejections,
+use super::{dispatch::Dispatcher, registry::Registry, rejections::Rejections};
+use crate::{
+    ObjectRef,
+    api::AgentPolicy,
+    queue::{ActivityFilter, Queue},
 };
-use crate::api::AgentPolicy;
 
 /// What the admin handlers share.
 #[derive(Clone)]
@@ -126,7 +125,7 @@ async fn policies(State(s): State<AdminState>) -> Answer {
     for policy in refs {
         let Some(settings) = s.registry.policy(&policy) else { continue };
         let counts = async {
-            Ok::<_, super::queue::QueueError>((
+            Ok::<_, crate::queue::QueueError>((
                 s.queue.len(&policy).await?,
                 s.queue.retry_len(&policy).await?,
                 s.queue.dead_len(&policy).await?,
@@ -252,9 +251,10 @@ pub fn deliveries_query(raw: &str) -> Result<(ActivityFilter, usize), String> {
 async fn deliveries(
     State(s): State<AdminState>,
     RawQuery(raw): RawQuery,
-) -> Result<Json<Vec<super::queue::Activity>>, AdminError> {
+) -> Result<Json<Vec<crate::queue::Activity>>, AdminError> {
     let (filter, limit) = deliveries_query(raw.as_deref().unwrap_or("")).map_err(AdminError::BadRequest)?;
-    let mut list = s.queue.activity(&filter, limit).await.map_err(AdminError::unavailable)?;
+    let policies = s.registry.queue_policies();
+    let mut list = s.queue.activity(&policies, &filter, limit).await.map_err(AdminError::unavailable)?;
     // The log in Redis and this replica's rejections, newest first.
     list.extend(s.rejections.matching(&filter, limit));
     list.sort_by_key(|a| std::cmp::Reverse(a.at_ms));

@@ -22,12 +22,13 @@ use tokio_util::sync::CancellationToken;
 use super::{
     backoff,
     breaker::{Breaker, State},
-    http::now_ms,
-    queue::{Delivery, Entry, GiveUp, ObjectRef, Queue, Retry, Settlement},
     registry::{PolicySettings, Registry},
 };
 use crate::{
+    ObjectRef,
     api::{Agent, RetryPolicy},
+    now_ms,
+    queue::{Delivery, Entry, GiveUp, Queue, Retry, Settlement},
     standard_webhooks,
     telemetry::ReceiverMetrics,
 };

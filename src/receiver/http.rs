@@ -28,13 +28,16 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    queue::{Activity, Delivery, Enqueued, ObjectRef, Queue, QueueError},
-    registry::{DEFAULT_QUEUE_LIMIT, HookInfo, Registry},
+    registry::{HookInfo, Registry},
     rejections::Rejections,
     serve::Limits,
     sources::{Allowlist, FailureLimit, NotAllowed},
 };
 use crate::{
+    ObjectRef,
+    api::DEFAULT_QUEUE_LIMIT,
+    now_ms,
+    queue::{Activity, Delivery, Enqueued, Queue, QueueError},
     signature::{self, SignatureError},
     telemetry::ReceiverMetrics,
 };
@@ -425,10 +428,6 @@ pub fn form_payload(body: &[u8]) -> Result<Bytes, IngestError> {
         .find(|(k, _)| k == "payload")
         .map(|(_, v)| Bytes::from(v.into_owned()))
         .ok_or_else(|| IngestError::BadPayload("form body has no payload field".to_owned()))
-}
-
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// At most `max_in_flight` deliveries at a time: one more is answered 503

@@ -10,10 +10,8 @@
 pub mod admin;
 pub mod backoff;
 pub mod breaker;
-pub mod connection;
 pub mod dispatch;
 pub mod http;
-pub mod queue;
 pub mod registry;
 pub mod rejections;
 pub mod report;
@@ -26,9 +24,9 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use kube::Client;
 use tokio_util::sync::CancellationToken;
 
+use crate::queue::Queue;
 use crate::telemetry::ReceiverMetrics;
 use dispatch::{DispatchConfig, Dispatcher};
-use queue::Queue;
 use registry::Registry;
 
 /// Settings of one receiver process.

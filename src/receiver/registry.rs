@@ -10,15 +10,12 @@ use std::{
 
 use tokio::sync::watch;
 
-use super::queue::ObjectRef;
 use crate::{
+    ObjectRef,
     api::{Agent, AgentPolicy, CircuitBreaker, RetryPolicy},
     keys::HmacKey,
     standard_webhooks::SigningKey,
 };
-
-/// Queue limit used while a hook's AgentPolicy is unknown or has no status.
-pub const DEFAULT_QUEUE_LIMIT: u64 = 10_000;
 
 /// Where a hook's deliveries are verified and queued.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,7 +47,7 @@ impl PolicySettings {
         Self {
             enabled: enabled.unwrap_or(false),
             concurrency: status.and_then(|s| s.concurrency).map_or(1, |c| c.max(1) as usize),
-            queue_limit: status.and_then(|s| s.queue_limit).map_or(DEFAULT_QUEUE_LIMIT, |l| l.max(1) as u64),
+            queue_limit: policy.effective_queue_limit(),
             reason: match (enabled, status.and_then(|s| s.reason.clone())) {
                 (None, _) => "waiting for the operator to write the policy's status".to_owned(),
                 (Some(_), reason) => reason.unwrap_or_default(),
@@ -183,6 +180,16 @@ impl Registry {
     /// Every known policy.
     pub fn policy_refs(&self) -> Vec<ObjectRef> {
         self.policies.read().unwrap().keys().cloned().collect()
+    }
+
+    /// Every policy a delivery can be queued for: the known ones and those
+    /// a hook names (its AgentPolicy may not exist yet), sorted.
+    pub fn queue_policies(&self) -> Vec<ObjectRef> {
+        let mut refs = self.policy_refs();
+        refs.extend(self.hooks.read().unwrap().values().map(|h| h.policy.clone()));
+        refs.sort();
+        refs.dedup();
+        refs
     }
 
     /// Notified when a policy appears or disappears.

@@ -7,7 +7,7 @@
 
 use std::{collections::VecDeque, sync::Mutex};
 
-use super::queue::{Activity, ActivityFilter};
+use crate::queue::{Activity, ActivityFilter};
 
 /// How many rejections each replica remembers.
 pub const REMEMBERED: usize = 1000;

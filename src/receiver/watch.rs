@@ -13,11 +13,11 @@ use kube::{
 };
 
 use super::{
-    queue::ObjectRef,
     registry::{HookInfo, PolicySettings, Registry, Watched},
     sources::Allowlist,
 };
 use crate::{
+    ObjectRef,
     api::{AgentPolicy, WebhookConfig},
     github::meta,
     keys::{MANAGED_BY, keys_from_secret},
@@ -31,10 +31,11 @@ pub const AGENT_SIGNING_LABEL: (&str, &str) = ("hookwarden.io/agent-signing", "t
 /// The `whsec_` keys of an agent's signing Secret, by entry name; other
 /// values are skipped (named in a warning, never shown).
 fn signing_keys_from_secret(secret: &Secret) -> Vec<SigningKey> {
-    let mut entries: Vec<_> = secret.data.iter().flatten().collect();
-    entries.sort_by(|a, b| a.0.cmp(b.0));
-    entries
-        .into_iter()
+    // NB: `data` is a BTreeMap: already in entry-name order.
+    secret
+        .data
+        .iter()
+        .flatten()
         .filter_map(|(name, value)| {
             let parsed = std::str::from_utf8(&value.0)
                 .map_err(|_| standard_webhooks::Error::MalformedKey)

@@ -131,14 +131,26 @@ impl TestNamespace {
     }
 }
 
+impl TestNamespace {
+    fn kubectl(&self, args: &[&str]) -> Option<std::process::Output> {
+        Command::new(&self.kubectl).args(args).env("KUBECONFIG", &self.kubeconfig).output().ok()
+    }
+}
+
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         // NB: Drop cannot await; kubectl is synchronous and does not need the
         // test's runtime. Namespace deletion itself finishes in the background.
-        let _ = Command::new(&self.kubectl)
-            .args(["delete", "namespace", &self.name, "--wait=false"])
-            .env("KUBECONFIG", &self.kubeconfig)
-            .output();
+        self.kubectl(&["delete", "namespace", &self.name, "--wait=false"]);
+        // The test's operator is gone with the test: nobody would remove the
+        // WebhookConfigs' finalizer, and the namespace would stay Terminating.
+        let Some(listed) = self.kubectl(&["get", "webhookconfigs", "-n", &self.name, "-o", "name"]) else {
+            return;
+        };
+        for whc in String::from_utf8_lossy(&listed.stdout).lines() {
+            let finalizers = r#"{"metadata":{"finalizers":null}}"#;
+            self.kubectl(&["patch", whc, "-n", &self.name, "--type=merge", "-p", finalizers]);
+        }
     }
 }
 

@@ -35,13 +35,11 @@ use kube::{Api, ResourceExt, runtime::events::EventType};
 
 use super::{HookRef, publish};
 use crate::{
+    ObjectRef,
     api::{AgentPolicy, RecoveryScan, RecoveryStatus, WebhookConfig},
     github::{self, Delivery, RateLimit},
     operator::Context,
-    receiver::{
-        queue::{self, Enqueued, ObjectRef, QueueError},
-        registry::{DEFAULT_QUEUE_LIMIT, PolicySettings},
-    },
+    queue::{self, Enqueued, QueueError},
 };
 
 /// GitHub keeps deliveries (and serves them) for 3 days.
@@ -387,8 +385,8 @@ impl Pass<'_> {
         let name = self.whc.spec.agent_policy.clone();
         let api: Api<AgentPolicy> = Api::namespaced(self.ctx.client.clone(), &ns);
         let limit = match api.get_opt(&name).await {
-            Ok(Some(p)) => PolicySettings::from_policy(&p).queue_limit,
-            _ => DEFAULT_QUEUE_LIMIT,
+            Ok(Some(p)) => p.effective_queue_limit(),
+            _ => crate::api::DEFAULT_QUEUE_LIMIT,
         };
         (ObjectRef::new(ns, name), limit)
     }

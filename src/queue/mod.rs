@@ -13,11 +13,19 @@
 
 use std::{collections::HashMap, sync::LazyLock};
 
-use bytes::Bytes;
 use redis::{AsyncCommands, Script};
 
-use super::connection::Connection;
 use serde_json::json;
+
+use crate::ObjectRef;
+use connection::Connection;
+
+pub mod activity;
+pub mod connection;
+pub mod model;
+
+pub use activity::{ACTIVITY_LEN, Activity, ActivityFilter};
+pub use model::{DeadLetter, Delivery, Enqueued, Entry, GiveUp, Retry, Settlement};
 
 /// Consumer group all receivers join.
 pub const GROUP: &str = "receivers";
@@ -49,295 +57,6 @@ impl QueueError {
 }
 
 pub type Result<T, E = QueueError> = std::result::Result<T, E>;
-
-/// A namespaced name: `namespace/name`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ObjectRef {
-    pub namespace: String,
-    pub name: String,
-}
-
-impl ObjectRef {
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self { namespace: namespace.into(), name: name.into() }
-    }
-}
-
-impl std::fmt::Display for ObjectRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
-/// One accepted delivery, as queued.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Delivery {
-    /// `X-GitHub-Delivery`.
-    pub guid: String,
-    /// `X-GitHub-Event`.
-    pub event: String,
-    /// The WebhookConfig it arrived through.
-    pub hook: ObjectRef,
-    /// `repository.full_name`, when the payload has one.
-    pub repository: Option<String>,
-    /// `action`, when the payload has one.
-    pub action: Option<String>,
-    /// The JSON payload (decoded from `payload=` for form deliveries).
-    pub payload: Bytes,
-    /// When the receiver accepted it, Unix milliseconds.
-    pub received_ms: u64,
-    /// Set on a retry or replay: the one agent it is for.
-    pub agent: Option<String>,
-    /// Attempts already made for `agent`.
-    pub attempt: u32,
-}
-
-impl Delivery {
-    /// A new delivery of `event` through `hook`, its payload checked to be
-    /// JSON, with the two fields dispatch filters on read from it.
-    pub fn parse(
-        guid: &str,
-        event: &str,
-        hook: &ObjectRef,
-        payload: Bytes,
-    ) -> std::result::Result<Self, serde_json::Error> {
-        let envelope: Envelope = serde_json::from_slice(&payload)?;
-        Ok(Self {
-            guid: guid.to_owned(),
-            event: event.to_owned(),
-            hook: hook.clone(),
-            repository: envelope.repository.map(|r| r.full_name.into_owned()),
-            action: envelope.action.map(std::borrow::Cow::into_owned),
-            payload,
-            received_ms: crate::receiver::http::now_ms(),
-            agent: None,
-            attempt: 0,
-        })
-    }
-
-    /// Stream fields. The payload is LZ4-compressed (`payload_lz4`): GitHub's
-    /// JSON shrinks several times, and Redis memory, AOF bytes and copies with it.
-    fn to_fields(&self) -> Vec<(&'static str, Vec<u8>)> {
-        self.fields(("payload_lz4", lz4_flex::compress_prepend_size(&self.payload)))
-    }
-
-    fn fields(&self, payload: (&'static str, Vec<u8>)) -> Vec<(&'static str, Vec<u8>)> {
-        let mut f = vec![
-            ("guid", self.guid.clone().into_bytes()),
-            ("event", self.event.clone().into_bytes()),
-            ("hook", self.hook.to_string().into_bytes()),
-            ("received", self.received_ms.to_string().into_bytes()),
-            ("attempt", self.attempt.to_string().into_bytes()),
-            payload,
-        ];
-        for (name, value) in
-            [("repository", &self.repository), ("action", &self.action), ("agent", &self.agent)]
-        {
-            if let Some(v) = value {
-                f.push((name, v.clone().into_bytes()));
-            }
-        }
-        f
-    }
-
-    fn from_fields(id: &str, mut map: HashMap<String, Vec<u8>>) -> Result<Self> {
-        let corrupt = |what| QueueError::Corrupt { id: id.to_owned(), what };
-        let mut text = |name: &'static str| -> Option<String> {
-            map.remove(name).and_then(|v| String::from_utf8(v).ok())
-        };
-        let hook = text("hook").ok_or_else(|| corrupt("hook"))?;
-        let (namespace, name) = hook.split_once('/').ok_or_else(|| corrupt("hook"))?;
-        Ok(Self {
-            guid: text("guid").ok_or_else(|| corrupt("guid"))?,
-            event: text("event").ok_or_else(|| corrupt("event"))?,
-            hook: ObjectRef::new(namespace, name),
-            repository: text("repository"),
-            action: text("action"),
-            received_ms: text("received").and_then(|v| v.parse().ok()).ok_or_else(|| corrupt("received"))?,
-            agent: text("agent"),
-            attempt: text("attempt").and_then(|v| v.parse().ok()).unwrap_or(0),
-            payload: match map.remove("payload_lz4") {
-                Some(packed) => {
-                    Bytes::from(lz4_flex::decompress_size_prepended(&packed).map_err(|_| corrupt("payload"))?)
-                }
-                None => map.remove("payload").map(Bytes::from).ok_or_else(|| corrupt("payload"))?,
-            },
-        })
-    }
-
-    /// Flat `[field, value, ...]` JSON for storing inside Lua-managed sets.
-    fn to_flat_json(&self, extra: &[(&str, String)]) -> String {
-        let mut flat: Vec<serde_json::Value> = Vec::new();
-        // NB: JSON carries text, so the payload goes uncompressed here.
-        for (k, v) in self.fields(("payload", self.payload.to_vec())) {
-            flat.push(k.into());
-            flat.push(String::from_utf8_lossy(&v).into_owned().into());
-        }
-        for (k, v) in extra {
-            flat.push((*k).into());
-            flat.push(v.clone().into());
-        }
-        serde_json::Value::Array(flat).to_string()
-    }
-}
-
-/// The two fields of a payload dispatch filters on; the rest is skipped
-/// (but still has to be valid JSON).
-#[derive(serde::Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow, default)]
-    action: Option<std::borrow::Cow<'a, str>>,
-    #[serde(borrow, default)]
-    repository: Option<Repository<'a>>,
-}
-
-#[derive(serde::Deserialize)]
-struct Repository<'a> {
-    #[serde(borrow)]
-    full_name: std::borrow::Cow<'a, str>,
-}
-
-/// A queued delivery together with its stream entry id.
-#[derive(Clone, Debug)]
-pub struct Entry {
-    pub id: String,
-    pub delivery: Delivery,
-}
-
-/// What enqueueing did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Enqueued {
-    /// Newly queued under this entry id.
-    Queued(String),
-    /// Seen before (a redelivery): not queued again.
-    Duplicate,
-    /// Its body was queued before under another GUID: a captured delivery
-    /// sent again. Not queued.
-    Replay,
-}
-
-/// A dead letter: a delivery one agent never accepted.
-#[derive(Clone, Debug)]
-pub struct DeadLetter {
-    pub id: String,
-    pub delivery: Delivery,
-    pub error: String,
-    pub failed_ms: u64,
-}
-
-/// How one delivery ended for each agent, applied atomically by
-/// [`Queue::settle`]; decided by `dispatch::settle`.
-#[derive(Debug, Default, PartialEq)]
-pub struct Settlement {
-    /// Agents that accepted it.
-    pub delivered: Vec<String>,
-    /// Agents to try again later.
-    pub retries: Vec<Retry>,
-    /// Agents given up on: a dead letter each.
-    pub dead: Vec<GiveUp>,
-}
-
-/// One agent's next attempt.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Retry {
-    pub agent: String,
-    /// When, Unix ms.
-    pub due_ms: u64,
-    /// Attempts made so far.
-    pub attempts: u32,
-    /// Why the last one failed.
-    pub error: String,
-}
-
-/// An agent given up on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GiveUp {
-    pub agent: String,
-    pub attempts: u32,
-    pub error: String,
-}
-
-impl Settlement {
-    /// `(agent, status, detail)` for the activity log.
-    fn log(&self) -> impl Iterator<Item = (&str, &'static str, Option<&str>)> {
-        let delivered = self.delivered.iter().map(|a| (a.as_str(), "delivered", None));
-        let retries = self.retries.iter().map(|r| (r.agent.as_str(), "retry", Some(r.error.as_str())));
-        let dead = self.dead.iter().map(|d| (d.agent.as_str(), "dead_letter", Some(d.error.as_str())));
-        delivered.chain(retries).chain(dead)
-    }
-}
-
-/// Entries kept in the activity log (approximately: trimmed lazily).
-pub const ACTIVITY_LEN: u64 = 10_000;
-
-/// One line of the activity log that the admin API lists: a delivery
-/// accepted, recognised as a duplicate, rejected, or dispatched to an agent.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Activity {
-    pub at_ms: u64,
-    pub guid: String,
-    pub event: String,
-    pub hook: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub repository: Option<String>,
-    /// `queued`, `duplicate`, `rejected`, `delivered`, `retry`, `dead_letter`.
-    pub status: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent: Option<String>,
-    /// Why, for `rejected`, `retry` and `dead_letter`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-}
-
-impl Activity {
-    pub fn of(
-        d: &Delivery,
-        policy: &ObjectRef,
-        status: &str,
-        agent: Option<String>,
-        detail: Option<String>,
-    ) -> Self {
-        Self {
-            at_ms: crate::receiver::http::now_ms(),
-            guid: d.guid.clone(),
-            event: d.event.clone(),
-            hook: d.hook.to_string(),
-            policy: Some(policy.to_string()),
-            repository: d.repository.clone(),
-            status: status.to_owned(),
-            agent,
-            detail,
-        }
-    }
-
-    fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("activity serialises")
-    }
-}
-
-/// Filters for [`Queue::activity`]; `None` matches anything.
-#[derive(Clone, Debug, Default, serde::Deserialize)]
-pub struct ActivityFilter {
-    pub status: Option<String>,
-    pub event: Option<String>,
-    pub repository: Option<String>,
-    pub hook: Option<String>,
-}
-
-impl ActivityFilter {
-    pub fn matches(&self, a: &Activity) -> bool {
-        let eq = |want: &Option<String>, have: Option<&str>| {
-            want.as_deref().is_none_or(|w| have.is_some_and(|h| h.eq_ignore_ascii_case(w)))
-        };
-        eq(&self.status, Some(&a.status))
-            && eq(&self.event, Some(&a.event))
-            && eq(&self.repository, a.repository.as_deref())
-            && eq(&self.hook, Some(&a.hook))
-    }
-}
 
 static ENQUEUE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/enqueue.lua")));
 
@@ -387,16 +106,20 @@ impl Queue {
         self
     }
 
+    /// A key of `policy`: `{prefix}:{ns/policy}:{what}`, hash-tagged so
+    /// every key of a policy is in one Redis Cluster slot.
     fn key(&self, policy: &ObjectRef, what: &str) -> String {
         format!("{}:{{{policy}}}:{what}", self.prefix)
     }
 
-    fn dedup_key(&self, hook: &ObjectRef, guid: &str) -> String {
-        format!("{}:dedup:{{{hook}}}:{guid}", self.prefix)
+    /// The de-duplication key of a GUID delivered through `hook`.
+    fn dedup_key(&self, policy: &ObjectRef, hook: &ObjectRef, guid: &str) -> String {
+        self.key(policy, &format!("dedup:{hook}:{guid}"))
     }
 
-    fn body_key(&self, hook: &ObjectRef, mac: &[u8; 32]) -> String {
-        format!("{}:body:{{{hook}}}:{}", self.prefix, hex::encode(mac))
+    /// The key that remembers a body signed for `hook` by its MAC.
+    fn body_key(&self, policy: &ObjectRef, hook: &ObjectRef, mac: &[u8; 32]) -> String {
+        self.key(policy, &format!("body:{hook}:{}", hex::encode(mac)))
     }
 
     /// Is Redis answering?
@@ -420,17 +143,14 @@ impl Queue {
     ) -> Result<Enqueued> {
         let mut script = ENQUEUE.prepare_invoke();
         let replay_ttl = signed_mac.map_or(0, |_| self.replay_window_secs);
+        // NB: without a MAC the body key is not read (replay_ttl 0); it is
+        // passed all the same, as scripts declare every key they may touch.
         script
             .key(self.key(policy, "events"))
-            .key(self.dedup_key(&delivery.hook, &delivery.guid))
-            .key(self.activity_key())
-            .key(self.body_key(&delivery.hook, signed_mac.unwrap_or(&[0; 32])));
-        script.arg(limit).arg(DEDUP_TTL_SECS).arg(ACTIVITY_LEN);
-        for status in ["queued", "duplicate", "rejected"] {
-            let detail = (status == "rejected").then(|| "queue_full".to_owned());
-            script.arg(Activity::of(delivery, policy, status, None, detail).to_json());
-        }
-        script.arg(replay_ttl);
+            .key(self.dedup_key(policy, &delivery.hook, &delivery.guid))
+            .key(self.key(policy, "activity"))
+            .key(self.body_key(policy, &delivery.hook, signed_mac.unwrap_or(&[0; 32])));
+        script.arg(limit).arg(DEDUP_TTL_SECS).arg(ACTIVITY_LEN).arg(replay_ttl);
         for (k, v) in delivery.to_fields() {
             script.arg(k).arg(v);
         }
@@ -596,8 +316,11 @@ impl Queue {
             .key(self.key(policy, "events"))
             .key(self.key(policy, "retry"))
             .key(self.key(policy, "dead"))
-            .key(self.activity_key());
-        script.arg(GROUP).arg(&entry.id).arg(ACTIVITY_LEN).arg(outcome.retries.len());
+            .key(self.key(policy, "activity"));
+        let d = &entry.delivery;
+        script.arg(GROUP).arg(&entry.id).arg(ACTIVITY_LEN);
+        script.arg(&d.guid).arg(&d.event).arg(d.hook.to_string()).arg(d.repository.as_deref().unwrap_or(""));
+        script.arg(outcome.retries.len());
         for r in &outcome.retries {
             let retry =
                 Delivery { agent: Some(r.agent.clone()), attempt: r.attempts, ..entry.delivery.clone() };
@@ -613,9 +336,7 @@ impl Queue {
         let log: Vec<_> = outcome.log().collect();
         script.arg(log.len());
         for (agent, status, detail) in log {
-            let detail = detail.map(str::to_owned);
-            let record = Activity::of(&entry.delivery, policy, status, Some(agent.to_owned()), detail);
-            script.arg(record.to_json());
+            script.arg(status).arg(agent).arg(detail.unwrap_or(""));
         }
         let _: i64 = script.invoke_async(&mut self.conn.get()).await?;
         Ok(())
@@ -698,68 +419,50 @@ impl Queue {
 }
 
 impl Queue {
-    fn activity_key(&self) -> String {
-        format!("{}:activity", self.prefix)
-    }
-
-    /// The most recent activity matching `filter`, newest first, at most `limit`.
-    pub async fn activity(&self, filter: &ActivityFilter, limit: usize) -> Result<Vec<Activity>> {
-        let reply: redis::streams::StreamRangeReply =
-            self.conn.get().xrevrange_count(self.activity_key(), "+", "-", ACTIVITY_LEN as usize).await?;
-        Ok(reply
-            .ids
-            .into_iter()
-            .filter_map(|sid| match sid.map.get("json") {
-                Some(redis::Value::BulkString(b)) => serde_json::from_slice::<Activity>(b).ok(),
-                _ => None,
-            })
-            .filter(|a| filter.matches(a))
-            .take(limit)
-            .collect())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn delivery(repository: Option<&str>, agent: Option<&str>) -> Delivery {
-        let payload = Bytes::from(
-            serde_json::json!({ "action": "opened", "repository": repository.map(|r| json!({ "full_name": r })) })
-                .to_string(),
-        );
-        let mut d =
-            Delivery::parse("guid-1", "pull_request", &ObjectRef::new("team", "hook"), payload).unwrap();
-        d.agent = agent.map(str::to_owned);
-        d.attempt = 3;
-        d
-    }
-
-    #[test]
-    fn a_delivery_reads_back_as_it_was_written() {
-        for d in [delivery(Some("octo/hello"), Some("reviewer")), delivery(None, None)] {
-            let fields: HashMap<String, Vec<u8>> =
-                d.to_fields().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-            assert!(fields.contains_key("payload_lz4") && !fields.contains_key("payload"), "compressed");
-            assert_eq!(Delivery::from_fields("1-0", fields).unwrap(), d);
+    /// The most recent activity of `policies` matching `filter`, newest
+    /// first, at most `limit`.
+    pub async fn activity(
+        &self,
+        policies: &[ObjectRef],
+        filter: &ActivityFilter,
+        limit: usize,
+    ) -> Result<Vec<Activity>> {
+        let mut lists = Vec::with_capacity(policies.len());
+        for policy in policies {
+            lists.push(self.policy_activity(policy, filter, limit).await?);
         }
+        Ok(activity::newest(lists, limit))
     }
 
-    #[test]
-    fn the_payload_gives_repository_and_action_and_must_be_json() {
-        let d = delivery(Some("octo/hello"), None);
-        assert_eq!((d.repository.as_deref(), d.action.as_deref()), (Some("octo/hello"), Some("opened")));
-        assert!(
-            Delivery::parse("g", "push", &ObjectRef::new("a", "b"), Bytes::from_static(b"{nope")).is_err()
-        );
-    }
-
-    #[test]
-    fn a_missing_field_is_named() {
-        let mut fields: HashMap<String, Vec<u8>> =
-            delivery(None, None).to_fields().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-        fields.remove("guid");
-        let err = Delivery::from_fields("7-0", fields).unwrap_err();
-        assert_eq!(err.to_string(), "corrupt queue entry 7-0: guid");
+    /// Reads `policy`'s log newest first, a page at a time, until `limit`
+    /// entries match or the log ends.
+    async fn policy_activity(
+        &self,
+        policy: &ObjectRef,
+        filter: &ActivityFilter,
+        limit: usize,
+    ) -> Result<Vec<Activity>> {
+        const PAGE: usize = 500;
+        let key = self.key(policy, "activity");
+        let mut found = Vec::new();
+        let mut end = "+".to_owned();
+        loop {
+            let reply: redis::streams::StreamRangeReply =
+                self.conn.get().xrevrange_count(&key, &end, "-", PAGE).await?;
+            let read = reply.ids.len();
+            for sid in reply.ids {
+                end = format!("({}", sid.id);
+                let Some(a) = Activity::from_entry(policy, &sid.id, bytes_map(sid.map)) else { continue };
+                if filter.matches(&a) {
+                    found.push(a);
+                    if found.len() == limit {
+                        return Ok(found);
+                    }
+                }
+            }
+            if read < PAGE {
+                return Ok(found);
+            }
+        }
     }
 }

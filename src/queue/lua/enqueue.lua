@@ -1,0 +1,33 @@
+-- Queues one delivery unless its GUID was seen, its body was already queued
+-- under another GUID (a replay), or the queue is full. Every key is in the
+-- policy's hash slot.
+-- KEYS[1] the policy's events stream, KEYS[2] the GUID's de-duplication key,
+-- KEYS[3] the policy's activity log, KEYS[4] the body's key (its MAC).
+-- ARGV[1] queue limit, ARGV[2] de-duplication TTL (s), ARGV[3] activity
+-- length, ARGV[4] how long a body is remembered (s; 0: not checked),
+-- ARGV[5..] the entry's field/value pairs (guid, event, hook, and
+-- repository when set, are copied into the activity log).
+-- Returns the entry id, 'dup', 'replay' or 'full'. A replay is not logged
+-- here: the receiver keeps it with its other rejections.
+local FIELDS = 5
+local function log(status, detail)
+  local record = {'status', status}
+  for i = FIELDS, #ARGV, 2 do
+    local name = ARGV[i]
+    if name == 'guid' or name == 'event' or name == 'hook' or name == 'repository' then
+      record[#record + 1] = name
+      record[#record + 1] = ARGV[i + 1]
+    end
+  end
+  if detail then record[#record + 1] = 'detail'; record[#record + 1] = detail end
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', unpack(record))
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then log('duplicate'); return 'dup' end
+local replay_ttl = tonumber(ARGV[4])
+if replay_ttl > 0 and redis.call('EXISTS', KEYS[4]) == 1 then return 'replay' end
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then log('rejected', 'queue_full'); return 'full' end
+local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, FIELDS))
+redis.call('SET', KEYS[2], id, 'EX', ARGV[2])
+if replay_ttl > 0 then redis.call('SET', KEYS[4], id, 'EX', replay_ttl) end
+log('queued')
+return id

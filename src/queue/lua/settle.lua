@@ -1,0 +1,31 @@
+-- Settles one entry atomically: schedules its retries, writes its dead
+-- letters, acknowledges and deletes it, logs what happened. Every key is in
+-- the policy's hash slot.
+-- KEYS[1] events stream, KEYS[2] retry set, KEYS[3] dead-letter stream,
+-- KEYS[4] activity log.
+-- ARGV[1] consumer group, ARGV[2] entry id, ARGV[3] activity length,
+-- ARGV[4..7] the delivery's guid, event, hook, repository ('' when none),
+-- ARGV[8] n_retries, then (due, member) pairs, then n_dead, member*, then
+-- n_log, (status, agent, detail ('' when none))*. Members are flat JSON
+-- field lists.
+local i = 9
+for _ = 1, tonumber(ARGV[8]) do
+  redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+local n_dead = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n_dead do
+  redis.call('XADD', KEYS[3], '*', unpack(cjson.decode(ARGV[i])))
+  i = i + 1
+end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+local n_log = tonumber(ARGV[i]); i = i + 1
+for _ = 1, n_log do
+  local record = {'status', ARGV[i], 'guid', ARGV[4], 'event', ARGV[5], 'hook', ARGV[6], 'agent', ARGV[i + 1]}
+  if ARGV[7] ~= '' then record[#record + 1] = 'repository'; record[#record + 1] = ARGV[7] end
+  if ARGV[i + 2] ~= '' then record[#record + 1] = 'detail'; record[#record + 1] = ARGV[i + 2] end
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', unpack(record))
+  i = i + 3
+end
+return 1
