@@ -57,6 +57,8 @@ pub struct Received {
 struct AgentState {
     mode: Mode,
     received: Vec<Received>,
+    /// Every call, answered or failed: `(ce-id, Unix ms)`.
+    calls: Vec<(String, u64)>,
     in_flight: usize,
     max_in_flight: usize,
     unverified: usize,
@@ -81,6 +83,11 @@ impl Sink {
     }
 
     /// Events agent `agent` accepted (answered 2xx), in arrival order.
+    /// Every call `agent` got, failed ones too: `(ce-id, Unix ms)`.
+    pub fn calls(&self, agent: &str) -> Vec<(String, u64)> {
+        self.agents.lock().unwrap().get(agent).map(|a| a.calls.clone()).unwrap_or_default()
+    }
+
     pub fn received(&self, agent: &str) -> Vec<Received> {
         self.agents.lock().unwrap().get(agent).map(|a| a.received.clone()).unwrap_or_default()
     }
@@ -138,6 +145,7 @@ async fn receive(
         let mut agents = sink.agents.lock().unwrap();
         let a = agents.entry(agent.clone()).or_default();
         a.in_flight += 1;
+        a.calls.push((header("ce-id").unwrap_or_default(), crate::now_ms()));
         a.max_in_flight = a.max_in_flight.max(a.in_flight);
         a.mode
     };

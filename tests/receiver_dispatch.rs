@@ -260,6 +260,63 @@ async fn a_failing_agent_opens_its_circuit_while_a_healthy_one_keeps_receiving()
 }
 
 #[tokio::test]
+async fn retries_come_when_due_with_up_to_a_fifth_of_random_jitter() {
+    let mut w = world().await;
+    w.settings.agents = vec![w.agent("down", &[])];
+    // A circuit that never opens: only the backoff decides.
+    w.settings.circuit_breaker.volume_threshold = 10_000;
+    w.settings.retry = RetryPolicy {
+        strategy: RetryStrategy::Fixed,
+        max_attempts: 4,
+        initial_delay: "1s".parse().unwrap(),
+        max_delay: "10s".parse().unwrap(),
+    };
+    w.sink.set_mode("down", Mode::Fail);
+    w.apply();
+    let _stop = w.start("a");
+    let guids = w.enqueue("push", 4).await;
+    eventually("every attempt", WAIT, || async {
+        (w.queue.dead_len(&w.policy).await.unwrap() == 4).then_some(())
+    })
+    .await;
+    let calls = w.sink.calls("down");
+    let mut gaps = Vec::new();
+    for guid in &guids {
+        let times: Vec<u64> = calls.iter().filter(|(id, _)| id == guid).map(|(_, at)| *at).collect();
+        assert_eq!(times.len(), 4, "{guid}: maxAttempts calls");
+        gaps.extend(times.windows(2).map(|t| t[1] - t[0]));
+    }
+    // 1 s and up to 20 % jitter; 100 ms for the call and the settling.
+    assert!(gaps.iter().all(|g| (1_000..=1_300).contains(g)), "every retry when due: {gaps:?} ms");
+    let spread = gaps.iter().max().unwrap() - gaps.iter().min().unwrap();
+    assert!(spread > 20, "the jitter is drawn for each retry: {gaps:?} ms");
+}
+
+#[tokio::test]
+async fn after_a_good_probe_the_deliveries_that_waited_for_the_circuit_drain_at_once() {
+    let mut w = world().await;
+    w.settings.agents = vec![w.agent("back", &[])];
+    w.settings.circuit_breaker = CircuitBreaker {
+        error_threshold_percent: 50,
+        volume_threshold: 3,
+        window_seconds: 30,
+        reset_timeout_seconds: 3,
+    };
+    w.settings.retry.max_attempts = 50;
+    w.sink.set_mode("back", Mode::Fail);
+    w.apply();
+    let _stop = w.start("a");
+    let guids = w.enqueue("push", 8).await;
+    let open = || w.metrics.breaker_open.with_label_values(&["team/default", "back"]).get();
+    eventually("the circuit to open", WAIT, || async { (open() == 1).then_some(()) }).await;
+    w.sink.set_mode("back", Mode::Ok);
+    w.until_received("back", &guids).await;
+    let times: Vec<u64> = w.sink.received("back").iter().map(|r| r.at_ms).collect();
+    let span = times.iter().max().unwrap() - times.iter().min().unwrap();
+    assert!(span < 1_000, "the probe first, then the rest at once, not a reset period later: {span} ms");
+}
+
+#[tokio::test]
 async fn retries_end_in_a_dead_letter_that_can_be_replayed() {
     let mut w = world().await;
     w.settings.agents = vec![w.agent("flaky", &[])];

@@ -364,6 +364,21 @@ async fn a_redelivery_is_answered_but_not_queued_twice() {
 }
 
 #[tokio::test]
+async fn the_queue_length_gauge_is_current_at_every_scrape() {
+    let h = harness().await;
+    for n in 0..5 {
+        let body = format!(r#"{{"action":"opened","n":{n}}}"#);
+        assert_eq!(send(&h.app, signed("issues", &guid(), body.as_bytes())).await.0, StatusCode::ACCEPTED);
+    }
+    // No dispatcher runs here: nothing but the scrape itself reads the queue.
+    let res = h.app.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    let text =
+        String::from_utf8(axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap().to_vec()).unwrap();
+    let series = format!("github_webhook_queue_length{{policy=\"{}\"}} 5", h.policy);
+    assert!(text.contains(&series), "{series} missing from:\n{text}");
+}
+
+#[tokio::test]
 async fn a_draining_receiver_is_not_ready_but_still_accepts_and_closes_connections() {
     let h = harness().await;
     let ready = |app: &Router| {

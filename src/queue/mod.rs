@@ -198,6 +198,19 @@ impl Queue {
         Ok(self.conn.get().xlen(self.key(policy, "dead")).await?)
     }
 
+    /// `(queued, dead letters)` of each of `policies`, in one round trip.
+    pub async fn lengths(&self, policies: &[ObjectRef]) -> Result<Vec<(u64, u64)>> {
+        if policies.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut pipe = redis::pipe();
+        for policy in policies {
+            pipe.xlen(self.key(policy, "events")).xlen(self.key(policy, "dead"));
+        }
+        let flat: Vec<u64> = pipe.query_async(&mut self.conn.get()).await?;
+        Ok(flat.chunks(2).map(|c| (c[0], c[1])).collect())
+    }
+
     /// Creates the consumer group (and the stream) if missing.
     pub async fn ensure_group(&self, policy: &ObjectRef) -> Result<()> {
         let res: redis::RedisResult<()> = redis::cmd("XGROUP")
@@ -342,11 +355,18 @@ impl Queue {
         Ok(())
     }
 
-    /// Moves retries that are due into the queue; returns how many.
-    pub async fn promote_due(&self, policy: &ObjectRef, now_ms: u64, max: usize) -> Result<u64> {
+    /// Moves retries that are due into the queue; returns how many, and
+    /// when the next one left is due (Unix ms).
+    pub async fn promote_due(
+        &self,
+        policy: &ObjectRef,
+        now_ms: u64,
+        max: usize,
+    ) -> Result<(u64, Option<u64>)> {
         let mut script = PROMOTE.prepare_invoke();
         script.key(self.key(policy, "retry")).key(self.key(policy, "events")).arg(now_ms).arg(max);
-        Ok(script.invoke_async(&mut self.conn.get()).await?)
+        let (moved, next): (u64, i64) = script.invoke_async(&mut self.conn.get()).await?;
+        Ok((moved, u64::try_from(next).ok()))
     }
 
     /// Up to `count` dead letters, oldest first.

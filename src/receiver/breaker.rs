@@ -1,12 +1,14 @@
 //! A circuit breaker per agent: closed (calls flow, outcomes counted over a
 //! rolling window), open (calls fail fast until `resetTimeoutSeconds` pass),
-//! half-open (exactly one probe call; its outcome closes or re-opens).
+//! half-open (exactly one probe call; its outcome closes or re-opens). Calls
+//! that come while the probe is in flight wait for its outcome (at most one
+//! reset period), so after a good probe the waiting deliveries drain at once.
 //! The defaults match what the PR Manager ran with opossum: 50 % errors, 30 s
 //! reset.
 
 use std::{collections::VecDeque, sync::Mutex, time::Duration};
 
-use tokio::time::Instant;
+use tokio::{sync::Notify, time::Instant};
 
 use crate::api::CircuitBreaker as Config;
 
@@ -41,8 +43,18 @@ pub struct Rejected {
     pub retry_at: Instant,
 }
 
+/// Why [`Breaker::try_acquire`] gave no permit.
+#[derive(Debug, Clone, Copy)]
+pub enum Refusal {
+    Open(Rejected),
+    /// Half-open, and the one probe is in flight: its outcome decides.
+    ProbeInFlight,
+}
+
 pub struct Breaker {
     inner: Mutex<Inner>,
+    /// Woken when a probe's outcome is recorded.
+    probe_done: Notify,
 }
 
 struct Inner {
@@ -67,6 +79,7 @@ impl Breaker {
                 probe_in_flight: false,
                 epoch: now,
             }),
+            probe_done: Notify::new(),
         }
     }
 
@@ -84,8 +97,30 @@ impl Breaker {
         inner.state
     }
 
+    /// Asks to make a call; while a probe is in flight, waits for its
+    /// outcome (at most one reset period) and asks again.
+    pub async fn acquire(&self) -> Result<Permit, Rejected> {
+        let deadline = Instant::now() + reset(&self.inner.lock().unwrap().config);
+        loop {
+            // NB: registered before asking, so an outcome recorded in between is not missed.
+            let outcome = self.probe_done.notified();
+            tokio::pin!(outcome);
+            outcome.as_mut().enable();
+            match self.try_acquire() {
+                Ok(permit) => return Ok(permit),
+                Err(Refusal::Open(rejected)) => return Err(rejected),
+                Err(Refusal::ProbeInFlight) => {
+                    if tokio::time::timeout_at(deadline, outcome).await.is_err() {
+                        let reset = reset(&self.inner.lock().unwrap().config);
+                        return Err(Rejected { retry_at: Instant::now() + reset });
+                    }
+                }
+            }
+        }
+    }
+
     /// Asks to make a call now.
-    pub fn acquire(&self) -> Result<Permit, Rejected> {
+    pub fn try_acquire(&self) -> Result<Permit, Refusal> {
         let mut inner = self.inner.lock().unwrap();
         let now = Instant::now();
         let reset = reset(&inner.config);
@@ -96,13 +131,13 @@ impl Breaker {
                 inner.probe_in_flight = true;
                 Ok(Permit { probe: true })
             }
-            State::Open => Err(Rejected { retry_at: inner.opened_at + reset }),
+            State::Open => Err(Refusal::Open(Rejected { retry_at: inner.opened_at + reset })),
             State::HalfOpen if !inner.probe_in_flight => {
                 inner.probe_in_flight = true;
                 Ok(Permit { probe: true })
             }
-            // One probe at a time; the others wait as if the circuit were open.
-            State::HalfOpen => Err(Rejected { retry_at: now + reset }),
+            // One probe at a time.
+            State::HalfOpen => Err(Refusal::ProbeInFlight),
         }
     }
 
@@ -119,6 +154,8 @@ impl Breaker {
                 inner.state = State::Open;
                 inner.opened_at = now;
             }
+            drop(inner);
+            self.probe_done.notify_waiters();
             return;
         }
         if inner.state != State::Closed {
@@ -173,7 +210,7 @@ mod tests {
     }
 
     fn call(b: &Breaker, success: bool) -> bool {
-        match b.acquire() {
+        match b.try_acquire() {
             Ok(p) => {
                 b.record(p, success);
                 true
@@ -192,7 +229,7 @@ mod tests {
         assert_eq!(b.state(), State::Closed);
         assert!(call(&b, false)); // 4 of 4 failed
         assert_eq!(b.state(), State::Open);
-        assert!(b.acquire().is_err(), "an open circuit fails fast");
+        assert!(b.try_acquire().is_err(), "an open circuit fails fast");
     }
 
     #[tokio::test(start_paused = true)]
@@ -231,15 +268,57 @@ mod tests {
         }
         tokio::time::advance(Duration::from_secs(30)).await;
         assert_eq!(b.state(), State::HalfOpen);
-        let probe = b.acquire().expect("the probe is allowed");
-        assert!(b.acquire().is_err(), "only one probe at a time");
+        let probe = b.try_acquire().expect("the probe is allowed");
+        assert!(matches!(b.try_acquire(), Err(Refusal::ProbeInFlight)), "only one probe at a time");
         b.record(probe, false);
         assert_eq!(b.state(), State::Open, "a failed probe re-opens");
 
         tokio::time::advance(Duration::from_secs(30)).await;
-        let probe = b.acquire().expect("next probe after another reset period");
+        let probe = b.try_acquire().expect("next probe after another reset period");
         b.record(probe, true);
         assert_eq!(b.state(), State::Closed, "a successful probe closes");
         assert!(call(&b, true));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_that_wait_for_the_probe_go_as_soon_as_it_succeeds() {
+        let b = std::sync::Arc::new(Breaker::new(config()));
+        for _ in 0..4 {
+            call(&b, false);
+        }
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let probe = b.acquire().await.expect("the probe is allowed");
+        let waiting = tokio::spawn({
+            let b = b.clone();
+            async move {
+                let asked = Instant::now();
+                let permit = b.acquire().await;
+                (permit.is_ok(), asked.elapsed())
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!waiting.is_finished(), "waits while the probe is in flight");
+        b.record(probe, true);
+        let (ok, waited) = waiting.await.unwrap();
+        assert!(ok, "goes once the probe succeeded");
+        assert_eq!(waited, Duration::from_millis(1500), "not a reset period later");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_that_wait_for_a_failing_probe_are_refused_until_the_next_reset() {
+        let b = std::sync::Arc::new(Breaker::new(config()));
+        for _ in 0..4 {
+            call(&b, false);
+        }
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let probe = b.acquire().await.expect("the probe is allowed");
+        let waiting = tokio::spawn({
+            let b = b.clone();
+            async move { b.acquire().await.map(|_| ()).map_err(|r| r.retry_at) }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        b.record(probe, false);
+        let retry_at = waiting.await.unwrap().expect_err("the probe failed: refused");
+        assert_eq!(retry_at, Instant::now() + Duration::from_secs(30), "until the re-opened circuit's reset");
     }
 }

@@ -107,6 +107,17 @@ pub fn settle(
     settlement
 }
 
+/// Housekeeping (reclaim, prune) and the slowest promotion of retries run this often.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+
+/// The instant of a wall-clock time `due_ms` (Unix ms); far off when `None`.
+fn due_instant(due_ms: Option<u64>) -> Instant {
+    match due_ms {
+        Some(due) => Instant::now() + Duration::from_millis(due.saturating_sub(now_ms())),
+        None => Instant::now() + Duration::from_secs(3600),
+    }
+}
+
 /// How a dispatch ends (`result` of `github_webhook_processed_total`).
 pub const RESULTS: &[&str] = &["success", "retry", "dead_letter"];
 
@@ -258,6 +269,10 @@ impl Dispatcher {
         let mut inflight = JoinSet::new();
         let mut held: VecDeque<Entry> = VecDeque::new();
         let mut next_housekeeping = Instant::now();
+        // Retries are promoted when due (as the last promotion or a settled
+        // retry says), and at least every housekeeping second (another
+        // replica may have scheduled one).
+        let mut next_promote = Instant::now();
         let mut next_reclaim = Instant::now();
         let mut next_prune = Instant::now() + Duration::from_secs(60);
         let mut series_for: Option<Arc<PolicySettings>> = None;
@@ -269,14 +284,17 @@ impl Dispatcher {
                 series_for = Some(settings.clone());
             }
             while let Some(done) = inflight.try_join_next() {
-                if let Err(error) = done {
-                    tracing::error!(%policy, %error, "dispatch task failed");
+                match done {
+                    Ok(retry_due) => next_promote = next_promote.min(due_instant(retry_due)),
+                    Err(error) => tracing::error!(%policy, %error, "dispatch task failed"),
                 }
             }
             let now = Instant::now();
+            if now >= next_promote || now >= next_housekeeping {
+                next_promote = self.promote(&policy).await.min(now + HOUSEKEEPING);
+            }
             if now >= next_housekeeping {
-                next_housekeeping = now + Duration::from_secs(1);
-                self.housekeeping(&policy, &policy_label).await;
+                next_housekeeping = now + HOUSEKEEPING;
                 if now >= next_prune {
                     next_prune = now + Duration::from_secs(300);
                     match self.queue.prune_consumers(&policy, &self.config.consumer, 3_600_000).await {
@@ -309,10 +327,10 @@ impl Dispatcher {
             }
             if free > 0 {
                 // Not cancelled midway: entries read are always either dispatched or held.
-                match reader
-                    .read(&policy, &self.config.consumer, free, self.config.read_block.as_millis() as u64)
-                    .await
-                {
+                let block = self.config.read_block.min(next_promote.saturating_duration_since(now));
+                // NB: BLOCK 0 would wait forever.
+                let block_ms = (block.as_millis() as u64).max(1);
+                match reader.read(&policy, &self.config.consumer, free, block_ms).await {
                     Ok(entries) => held.extend(entries),
                     Err(error) => {
                         tracing::warn!(%policy, %error, "queue read failed; retrying");
@@ -324,8 +342,12 @@ impl Dispatcher {
             tokio::select! {
                 _ = stop.cancelled() => {}
                 changed = settings_rx.changed() => if changed.is_err() { break },
-                Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
-                _ = tokio::time::sleep_until(next_housekeeping) => {}
+                Some(done) = inflight.join_next(), if !inflight.is_empty() => {
+                    if let Ok(retry_due) = done {
+                        next_promote = next_promote.min(due_instant(retry_due));
+                    }
+                }
+                _ = tokio::time::sleep_until(next_housekeeping.min(next_promote)) => {}
             }
         }
         // Held entries stay pending in Redis: another replica reclaims them.
@@ -367,15 +389,17 @@ impl Dispatcher {
         self.config.reclaim_after + Duration::from_secs(slowest)
     }
 
-    async fn housekeeping(&self, policy: &ObjectRef, label: &str) {
-        if let Err(error) = self.queue.promote_due(policy, now_ms(), 100).await {
-            tracing::warn!(%policy, %error, "could not promote due retries");
-        }
-        if let Ok(len) = self.queue.len(policy).await {
-            self.metrics.queue_length.with_label_values(&[label]).set(len as i64);
-        }
-        if let Ok(len) = self.queue.dead_len(policy).await {
-            self.metrics.dead_letters.with_label_values(&[label]).set(len as i64);
+    /// Moves the retries that are due into the queue; returns when to look again.
+    async fn promote(&self, policy: &ObjectRef) -> Instant {
+        const BATCH: usize = 100;
+        match self.queue.promote_due(policy, now_ms(), BATCH).await {
+            // A full batch: more may be due already.
+            Ok((moved, _)) if moved as usize == BATCH => Instant::now(),
+            Ok((_, next)) => due_instant(next),
+            Err(error) => {
+                tracing::warn!(%policy, %error, "could not promote due retries");
+                Instant::now() + HOUSEKEEPING
+            }
         }
     }
 
@@ -388,9 +412,11 @@ impl Dispatcher {
         breaker.clone()
     }
 
-    async fn process(self: Arc<Self>, policy: ObjectRef, entry: Entry) {
+    /// Dispatches one entry and settles it; returns when the earliest retry
+    /// it scheduled is due (Unix ms).
+    async fn process(self: Arc<Self>, policy: ObjectRef, entry: Entry) -> Option<u64> {
         let Some(settings) = self.registry.policy(&policy) else {
-            return;
+            return None;
         };
         let d = &entry.delivery;
         let targets: Vec<Result<&Agent, String>> = match &d.agent {
@@ -432,7 +458,7 @@ impl Dispatcher {
         }
         for attempt in 1..=3 {
             match self.queue.settle(&policy, &entry, &settlement, now).await {
-                Ok(()) => return,
+                Ok(()) => return settlement.retries.iter().map(|r| r.due_ms).min(),
                 Err(error) => {
                     tracing::warn!(%policy, delivery_id = %d.guid, attempt, %error, "could not settle; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -442,6 +468,7 @@ impl Dispatcher {
         // Left pending: a later reclaim processes it again (agents see the
         // same CloudEvent id and can de-duplicate).
         tracing::error!(%policy, delivery_id = %d.guid, "could not settle; entry stays pending for reclaim");
+        None
     }
 
     async fn call(
@@ -466,7 +493,7 @@ impl Dispatcher {
         }
         let breaker = self.breaker(policy, &agent.name, settings);
         let labels = [policy.to_string(), agent.name.clone()];
-        let permit = breaker.acquire().map_err(|r| Failure::CircuitOpen { retry_at: r.retry_at })?;
+        let permit = breaker.acquire().await.map_err(|r| Failure::CircuitOpen { retry_at: r.retry_at })?;
         let response = self
             .http
             .post(&agent.url)

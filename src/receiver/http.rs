@@ -466,6 +466,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    // The queue gauges are read from Redis at scrape time, so an alert sees
+    // a queue fill up at once. Redis down: the last values stay.
+    let policies = state.registry.queue_policies();
+    let lengths = tokio::time::timeout(Duration::from_secs(1), state.queue.lengths(&policies)).await;
+    if let Ok(Ok(lengths)) = lengths {
+        for (policy, (queued, dead)) in policies.iter().zip(lengths) {
+            let label = policy.to_string();
+            state.metrics.queue_length.with_label_values(&[&label]).set(queued as i64);
+            state.metrics.dead_letters.with_label_values(&[&label]).set(dead as i64);
+        }
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 
