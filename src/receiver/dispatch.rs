@@ -415,9 +415,7 @@ impl Dispatcher {
     /// Dispatches one entry and settles it; returns when the earliest retry
     /// it scheduled is due (Unix ms).
     async fn process(self: Arc<Self>, policy: ObjectRef, entry: Entry) -> Option<u64> {
-        let Some(settings) = self.registry.policy(&policy) else {
-            return None;
-        };
+        let settings = self.registry.policy(&policy)?;
         let d = &entry.delivery;
         let targets: Vec<Result<&Agent, String>> = match &d.agent {
             // A retry or replay is for one agent only.
