@@ -10,7 +10,7 @@
 //! a retry scheduled in Redis, or has a dead letter, all in one atomic step.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -19,6 +19,11 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::{task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 
+mod settle;
+mod worker;
+
+pub use settle::{Failure, RESULTS, settle};
+
 use super::{
     backoff,
     breaker::{Breaker, State},
@@ -26,9 +31,9 @@ use super::{
 };
 use crate::{
     ObjectRef,
-    api::{Agent, RetryPolicy},
+    api::Agent,
     now_ms,
-    queue::{Delivery, Entry, GiveUp, Queue, Retry, Settlement},
+    queue::{Delivery, Entry, Queue},
     standard_webhooks,
     telemetry::ReceiverMetrics,
 };
@@ -50,63 +55,6 @@ pub struct DispatchConfig {
     pub shutdown_grace: Duration,
 }
 
-/// Why one call to one agent failed.
-#[derive(Debug, thiserror::Error)]
-pub enum Failure {
-    #[error("circuit open")]
-    CircuitOpen { retry_at: Instant },
-    #[error("timed out")]
-    Timeout,
-    #[error("agent answered HTTP {0}")]
-    Status(u16),
-    #[error("request failed: {0}")]
-    Transport(String),
-    #[error("agent no longer in the policy")]
-    AgentGone,
-    /// The agent asks for signed calls and its signing Secret has no key
-    /// loaded (missing, unlabelled or without a `whsec_` value): nothing is
-    /// sent unsigned.
-    #[error(
-        "no signing key loaded from Secret {0} (it must exist, carry the label hookwarden.io/agent-signing=true and hold whsec_ keys)"
-    )]
-    Unsigned(ObjectRef),
-}
-
-/// The pure step after the calls: for each agent's outcome of one attempt
-/// of a delivery (`attempt` attempts made before it), whether it was
-/// delivered, is retried (when: the policy's backoff with draw `jitter` of
-/// its 20 % jitter, or later if the agent's circuit opens later), or is
-/// given up on (attempts exhausted, or the agent left the policy).
-pub fn settle(
-    outcomes: &[(String, Result<(), Failure>)],
-    retry: &RetryPolicy,
-    attempt: u32,
-    now_ms: u64,
-    now: Instant,
-    jitter: f64,
-) -> Settlement {
-    let mut settlement = Settlement::default();
-    let attempts = attempt + 1;
-    for (agent, outcome) in outcomes {
-        let agent = agent.clone();
-        let Err(failure) = outcome else {
-            settlement.delivered.push(agent);
-            continue;
-        };
-        let error = failure.to_string();
-        if matches!(failure, Failure::AgentGone) || attempts >= retry.max_attempts.max(1) as u32 {
-            settlement.dead.push(GiveUp { agent, attempts, error });
-            continue;
-        }
-        let mut wait = backoff::jittered(retry, attempts, jitter);
-        if let Failure::CircuitOpen { retry_at } = failure {
-            wait = wait.max(retry_at.saturating_duration_since(now));
-        }
-        settlement.retries.push(Retry { agent, due_ms: now_ms + wait.as_millis() as u64, attempts, error });
-    }
-    settlement
-}
-
 /// Housekeeping (reclaim, prune) and the slowest promotion of retries run this often.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
@@ -115,26 +63,6 @@ fn due_instant(due_ms: Option<u64>) -> Instant {
     match due_ms {
         Some(due) => Instant::now() + Duration::from_millis(due.saturating_sub(now_ms())),
         None => Instant::now() + Duration::from_secs(3600),
-    }
-}
-
-/// How a dispatch ends (`result` of `github_webhook_processed_total`).
-pub const RESULTS: &[&str] = &["success", "retry", "dead_letter"];
-
-impl Failure {
-    /// Every `reason` of `github_webhook_errors_total`.
-    pub const REASONS: &[&str] =
-        &["circuit_open", "timeout", "http_status", "transport", "agent_gone", "unsigned"];
-
-    pub fn metric_label(&self) -> &'static str {
-        match self {
-            Self::CircuitOpen { .. } => "circuit_open",
-            Self::Timeout => "timeout",
-            Self::Status(_) => "http_status",
-            Self::Transport(_) => "transport",
-            Self::AgentGone => "agent_gone",
-            Self::Unsigned(_) => "unsigned",
-        }
     }
 }
 
@@ -224,7 +152,7 @@ impl Dispatcher {
                 if !workers.contains_key(policy) {
                     let stop = shutdown.child_token();
                     workers.insert(policy.clone(), stop.clone());
-                    tasks.spawn(self.clone().run_policy(policy.clone(), stop));
+                    tasks.spawn(worker::run(self.clone(), policy.clone(), stop));
                 }
             }
             workers.retain(|policy, stop| {
@@ -241,125 +169,6 @@ impl Dispatcher {
             }
         }
         while tasks.join_next().await.is_some() {}
-    }
-
-    async fn run_policy(self: Arc<Self>, policy: ObjectRef, stop: CancellationToken) {
-        let Some(mut settings_rx) = self.registry.subscribe_policy(&policy) else {
-            return;
-        };
-        // NB: a blocking XREADGROUP holds its connection; give it one of its own
-        // so ingest and settling never wait behind it.
-        let reader = loop {
-            match Queue::connect(&self.config.redis_url, &self.config.redis_prefix).await {
-                Ok(q) => match q.ensure_group(&policy).await {
-                    Ok(()) => break q,
-                    Err(error) => {
-                        tracing::warn!(%policy, %error, "cannot create consumer group; retrying")
-                    }
-                },
-                Err(error) => tracing::warn!(%policy, %error, "cannot connect to redis; retrying"),
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        };
-        tracing::info!(%policy, consumer = %self.config.consumer, "worker started");
-        let policy_label = policy.to_string();
-        let mut inflight = JoinSet::new();
-        let mut held: VecDeque<Entry> = VecDeque::new();
-        let mut next_housekeeping = Instant::now();
-        // Retries are promoted when due (as the last promotion or a settled
-        // retry says), and at least every housekeeping second (another
-        // replica may have scheduled one).
-        let mut next_promote = Instant::now();
-        let mut next_reclaim = Instant::now();
-        let mut next_prune = Instant::now() + Duration::from_secs(60);
-        let mut series_for: Option<Arc<PolicySettings>> = None;
-        while !stop.is_cancelled() {
-            let settings = settings_rx.borrow_and_update().clone();
-            self.metrics.agents_enabled.with_label_values(&[&policy_label]).set(i64::from(settings.enabled));
-            if !series_for.as_ref().is_some_and(|s| Arc::ptr_eq(s, &settings)) {
-                self.create_series(&policy_label, &settings);
-                series_for = Some(settings.clone());
-            }
-            while let Some(done) = inflight.try_join_next() {
-                match done {
-                    Ok(retry_due) => next_promote = next_promote.min(due_instant(retry_due)),
-                    Err(error) => tracing::error!(%policy, %error, "dispatch task failed"),
-                }
-            }
-            let now = Instant::now();
-            if now >= next_promote || now >= next_housekeeping {
-                next_promote = self.promote(&policy).await.min(now + HOUSEKEEPING);
-            }
-            if now >= next_housekeeping {
-                next_housekeeping = now + HOUSEKEEPING;
-                if now >= next_prune {
-                    next_prune = now + Duration::from_secs(300);
-                    match self.queue.prune_consumers(&policy, &self.config.consumer, 3_600_000).await {
-                        Ok(0) => {}
-                        Ok(n) => {
-                            tracing::info!(%policy, removed = n, "pruned consumers of departed replicas")
-                        }
-                        Err(error) => tracing::warn!(%policy, %error, "could not prune consumers"),
-                    }
-                }
-                if now >= next_reclaim {
-                    next_reclaim = now + Duration::from_secs(5);
-                    let idle = self.reclaim_idle(&settings);
-                    match reader.reclaim(&policy, &self.config.consumer, idle.as_millis() as u64, 100).await {
-                        Ok(entries) if !entries.is_empty() => {
-                            tracing::info!(%policy, count = entries.len(), "reclaimed entries of a stalled consumer");
-                            held.extend(entries);
-                        }
-                        Ok(_) => {}
-                        Err(error) => tracing::warn!(%policy, %error, "reclaim failed"),
-                    }
-                }
-            }
-            let free = if settings.enabled { settings.concurrency.saturating_sub(inflight.len()) } else { 0 };
-            if free > 0 && !held.is_empty() {
-                for entry in held.drain(..free.min(held.len())) {
-                    inflight.spawn(self.clone().process(policy.clone(), entry));
-                }
-                continue;
-            }
-            if free > 0 {
-                // Not cancelled midway: entries read are always either dispatched or held.
-                let block = self.config.read_block.min(next_promote.saturating_duration_since(now));
-                // NB: BLOCK 0 would wait forever.
-                let block_ms = (block.as_millis() as u64).max(1);
-                match reader.read(&policy, &self.config.consumer, free, block_ms).await {
-                    Ok(entries) => held.extend(entries),
-                    Err(error) => {
-                        tracing::warn!(%policy, %error, "queue read failed; retrying");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                }
-                continue;
-            }
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                changed = settings_rx.changed() => if changed.is_err() { break },
-                Some(done) = inflight.join_next(), if !inflight.is_empty() => {
-                    if let Ok(retry_due) = done {
-                        next_promote = next_promote.min(due_instant(retry_due));
-                    }
-                }
-                _ = tokio::time::sleep_until(next_housekeeping.min(next_promote)) => {}
-            }
-        }
-        // Held entries stay pending in Redis: another replica reclaims them.
-        let drained = tokio::time::timeout(self.config.shutdown_grace, async {
-            while inflight.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(%policy, unfinished = inflight.len(), "grace period over; unfinished entries will be reclaimed");
-            inflight.abort_all();
-        }
-        tracing::info!(%policy, "worker stopped");
     }
 
     /// Every series of the policy and its agents, at 0 until something
@@ -543,73 +352,6 @@ mod tests {
         assert!(!wants(&agent(&[], &["other/*"]), "push", repo));
         assert!(!wants(&agent(&[], &["octo-org/*"]), "push", None), "no repository, no match");
         assert!(!wants(&agent(&["push"], &["octo-org/*"]), "issues", repo), "both filters must match");
-    }
-
-    #[test]
-    fn settle_delivers_retries_or_gives_up_per_agent() {
-        use crate::api::RetryStrategy;
-        let retry = RetryPolicy {
-            strategy: RetryStrategy::Exponential,
-            max_attempts: 3,
-            initial_delay: "1s".parse().unwrap(),
-            max_delay: "1m".parse().unwrap(),
-        };
-        let now = Instant::now();
-        let (t, ok) = (1_000_000u64, Ok(()));
-        let one = |outcome: Result<(), Failure>, attempt: u32, jitter: f64| {
-            settle(&[("a".to_owned(), outcome)], &retry, attempt, t, now, jitter)
-        };
-        let retry_at = |due_ms, attempts, error: &str| Settlement {
-            retries: vec![Retry { agent: "a".into(), due_ms, attempts, error: error.into() }],
-            ..Settlement::default()
-        };
-        let dead = |attempts, error: &str| Settlement {
-            dead: vec![GiveUp { agent: "a".into(), attempts, error: error.into() }],
-            ..Settlement::default()
-        };
-        let open_for = |secs| Failure::CircuitOpen { retry_at: now + Duration::from_secs(secs) };
-        let cases = [
-            // (outcome, attempts made before, jitter draw) -> settlement
-            (one(ok, 0, 0.0), Settlement { delivered: vec!["a".into()], ..Settlement::default() }),
-            (one(Err(Failure::Timeout), 0, 0.0), retry_at(t + 1_000, 1, "timed out")),
-            (one(Err(Failure::Timeout), 0, 0.5), retry_at(t + 1_100, 1, "timed out")),
-            (one(Err(Failure::Status(503)), 1, 0.0), retry_at(t + 2_000, 2, "agent answered HTTP 503")),
-            (one(Err(Failure::Status(503)), 2, 0.0), dead(3, "agent answered HTTP 503")),
-            (one(Err(Failure::AgentGone), 0, 0.0), dead(1, "agent no longer in the policy")),
-            // An open circuit waits for the circuit when that is later...
-            (one(Err(open_for(30)), 0, 0.0), retry_at(t + 30_000, 1, "circuit open")),
-            // ...and for the backoff when that is later.
-            (one(Err(open_for(0)), 1, 0.0), retry_at(t + 2_000, 2, "circuit open")),
-        ];
-        for (i, (got, want)) in cases.into_iter().enumerate() {
-            assert_eq!(got, want, "case {i}");
-        }
-        // Agents are settled independently; max_attempts 0 means one attempt.
-        let both = settle(
-            &[("a".into(), Ok(())), ("b".into(), Err(Failure::Timeout))],
-            &RetryPolicy { max_attempts: 0, ..retry.clone() },
-            0,
-            t,
-            now,
-            0.0,
-        );
-        assert_eq!((both.delivered.len(), both.retries.len(), both.dead.len()), (1, 0, 1));
-    }
-
-    #[test]
-    fn every_failure_reason_is_created_at_zero() {
-        let failures = [
-            Failure::CircuitOpen { retry_at: Instant::now() },
-            Failure::Timeout,
-            Failure::Status(500),
-            Failure::Transport(String::new()),
-            Failure::AgentGone,
-            Failure::Unsigned(ObjectRef::new("ns", "s")),
-        ];
-        for failure in failures {
-            assert!(Failure::REASONS.contains(&failure.metric_label()), "{failure}");
-        }
-        assert_eq!(Failure::REASONS.len(), 6);
     }
 
     #[test]

@@ -1,0 +1,161 @@
+//! The pure step after an entry's calls: per agent, delivered, retried
+//! (when) or given up on — and the failure vocabulary it decides from.
+
+use tokio::time::Instant;
+
+use super::backoff;
+use crate::{
+    ObjectRef,
+    api::RetryPolicy,
+    queue::{GiveUp, Retry, Settlement},
+};
+
+/// Why one call to one agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("circuit open")]
+    CircuitOpen { retry_at: Instant },
+    #[error("timed out")]
+    Timeout,
+    #[error("agent answered HTTP {0}")]
+    Status(u16),
+    #[error("request failed: {0}")]
+    Transport(String),
+    #[error("agent no longer in the policy")]
+    AgentGone,
+    /// The agent asks for signed calls and its signing Secret has no key
+    /// loaded (missing, unlabelled or without a `whsec_` value): nothing is
+    /// sent unsigned.
+    #[error(
+        "no signing key loaded from Secret {0} (it must exist, carry the label hookwarden.io/agent-signing=true and hold whsec_ keys)"
+    )]
+    Unsigned(ObjectRef),
+}
+
+/// The pure step after the calls: for each agent's outcome of one attempt
+/// of a delivery (`attempt` attempts made before it), whether it was
+/// delivered, is retried (when: the policy's backoff with draw `jitter` of
+/// its 20 % jitter, or later if the agent's circuit opens later), or is
+/// given up on (attempts exhausted, or the agent left the policy).
+pub fn settle(
+    outcomes: &[(String, Result<(), Failure>)],
+    retry: &RetryPolicy,
+    attempt: u32,
+    now_ms: u64,
+    now: Instant,
+    jitter: f64,
+) -> Settlement {
+    let mut settlement = Settlement::default();
+    let attempts = attempt + 1;
+    for (agent, outcome) in outcomes {
+        let agent = agent.clone();
+        let Err(failure) = outcome else {
+            settlement.delivered.push(agent);
+            continue;
+        };
+        let error = failure.to_string();
+        if matches!(failure, Failure::AgentGone) || attempts >= retry.max_attempts.max(1) as u32 {
+            settlement.dead.push(GiveUp { agent, attempts, error });
+            continue;
+        }
+        let mut wait = backoff::jittered(retry, attempts, jitter);
+        if let Failure::CircuitOpen { retry_at } = failure {
+            wait = wait.max(retry_at.saturating_duration_since(now));
+        }
+        settlement.retries.push(Retry { agent, due_ms: now_ms + wait.as_millis() as u64, attempts, error });
+    }
+    settlement
+}
+
+/// How a dispatch ends (`result` of `github_webhook_processed_total`).
+pub const RESULTS: &[&str] = &["success", "retry", "dead_letter"];
+
+impl Failure {
+    /// Every `reason` of `github_webhook_errors_total`.
+    pub const REASONS: &[&str] =
+        &["circuit_open", "timeout", "http_status", "transport", "agent_gone", "unsigned"];
+
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::CircuitOpen { .. } => "circuit_open",
+            Self::Timeout => "timeout",
+            Self::Status(_) => "http_status",
+            Self::Transport(_) => "transport",
+            Self::AgentGone => "agent_gone",
+            Self::Unsigned(_) => "unsigned",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn settle_delivers_retries_or_gives_up_per_agent() {
+        use crate::api::RetryStrategy;
+        let retry = RetryPolicy {
+            strategy: RetryStrategy::Exponential,
+            max_attempts: 3,
+            initial_delay: "1s".parse().unwrap(),
+            max_delay: "1m".parse().unwrap(),
+        };
+        let now = Instant::now();
+        let (t, ok) = (1_000_000u64, Ok(()));
+        let one = |outcome: Result<(), Failure>, attempt: u32, jitter: f64| {
+            settle(&[("a".to_owned(), outcome)], &retry, attempt, t, now, jitter)
+        };
+        let retry_at = |due_ms, attempts, error: &str| Settlement {
+            retries: vec![Retry { agent: "a".into(), due_ms, attempts, error: error.into() }],
+            ..Settlement::default()
+        };
+        let dead = |attempts, error: &str| Settlement {
+            dead: vec![GiveUp { agent: "a".into(), attempts, error: error.into() }],
+            ..Settlement::default()
+        };
+        let open_for = |secs| Failure::CircuitOpen { retry_at: now + Duration::from_secs(secs) };
+        let cases = [
+            // (outcome, attempts made before, jitter draw) -> settlement
+            (one(ok, 0, 0.0), Settlement { delivered: vec!["a".into()], ..Settlement::default() }),
+            (one(Err(Failure::Timeout), 0, 0.0), retry_at(t + 1_000, 1, "timed out")),
+            (one(Err(Failure::Timeout), 0, 0.5), retry_at(t + 1_100, 1, "timed out")),
+            (one(Err(Failure::Status(503)), 1, 0.0), retry_at(t + 2_000, 2, "agent answered HTTP 503")),
+            (one(Err(Failure::Status(503)), 2, 0.0), dead(3, "agent answered HTTP 503")),
+            (one(Err(Failure::AgentGone), 0, 0.0), dead(1, "agent no longer in the policy")),
+            // An open circuit waits for the circuit when that is later...
+            (one(Err(open_for(30)), 0, 0.0), retry_at(t + 30_000, 1, "circuit open")),
+            // ...and for the backoff when that is later.
+            (one(Err(open_for(0)), 1, 0.0), retry_at(t + 2_000, 2, "circuit open")),
+        ];
+        for (i, (got, want)) in cases.into_iter().enumerate() {
+            assert_eq!(got, want, "case {i}");
+        }
+        // Agents are settled independently; max_attempts 0 means one attempt.
+        let both = settle(
+            &[("a".into(), Ok(())), ("b".into(), Err(Failure::Timeout))],
+            &RetryPolicy { max_attempts: 0, ..retry.clone() },
+            0,
+            t,
+            now,
+            0.0,
+        );
+        assert_eq!((both.delivered.len(), both.retries.len(), both.dead.len()), (1, 0, 1));
+    }
+
+    #[test]
+    fn every_failure_reason_is_created_at_zero() {
+        let failures = [
+            Failure::CircuitOpen { retry_at: Instant::now() },
+            Failure::Timeout,
+            Failure::Status(500),
+            Failure::Transport(String::new()),
+            Failure::AgentGone,
+            Failure::Unsigned(ObjectRef::new("ns", "s")),
+        ];
+        for failure in failures {
+            assert!(Failure::REASONS.contains(&failure.metric_label()), "{failure}");
+        }
+        assert_eq!(Failure::REASONS.len(), 6);
+    }
+}
