@@ -11,13 +11,12 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{
-    Process, PushFlow, TestEnv, TestNamespace, eventually, free_port, redis_prefix, rotate_now,
-    webhook_examples,
+    Process, PushFlow, TestEnv, TestNamespace, WAIT, eventually, free_port, redis_prefix, rotate_now, sample,
+    scrape, webhook_examples,
 };
 use hookwarden::sample_agent::{self, Sink};
 use serde_json::{Value, json};
 
-const WAIT: Duration = Duration::from_secs(30);
 const RELEASE: &str = "hw";
 const FULLNAME: &str = "hw-hookwarden";
 
@@ -101,10 +100,8 @@ impl Journey {
         self.sim(&format!("hooks/{id}/events"), json!({ "event": event, "payload": payload })).await
     }
 
-    async fn metric(&self, line_start: &str) -> Option<String> {
-        let text =
-            self.http.get(format!("{}/metrics", self.receiver)).send().await.ok()?.text().await.ok()?;
-        text.lines().find(|l| l.starts_with(line_start)).map(str::to_owned)
+    async fn metric(&self, series: &str) -> Option<f64> {
+        sample(&scrape(&self.http, &format!("{}/metrics", self.receiver)).await, series)
     }
 }
 
@@ -244,7 +241,7 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
     let flipped = Instant::now();
     j.set_enabled(false);
     eventually("dispatch to stop", Duration::from_secs(5), || async {
-        (j.metric(&enabled).await? == format!("{enabled} 0")).then_some(())
+        (j.metric(&enabled).await? == 0.0).then_some(())
     })
     .await;
     let took = flipped.elapsed();

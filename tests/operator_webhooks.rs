@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Process, PushFlow, TestEnv, TestNamespace, eventually, free_port, get_json};
+use common::{Process, PushFlow, TestEnv, TestNamespace, WAIT, eventually, free_port, get_json};
 use hookwarden::{api::WebhookConfig, keys::keys_from_secret};
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Secret};
 use kube::{
@@ -21,7 +21,6 @@ use kube::{
 };
 use serde_json::{Value, json};
 
-const WAIT: Duration = Duration::from_secs(30);
 const PUBLIC_BASE: &str = "http://127.0.0.1:9/receiver";
 
 /// An operator for namespace `ns` (its Leases there too), resyncing every 2 s;

@@ -20,7 +20,7 @@ use std::{
 };
 
 use common::{
-    Process, PushFlow, TestEnv, TestNamespace, accepted, eventually, free_port, repo_dir, rotate_now,
+    Process, PushFlow, TestEnv, TestNamespace, accepted, eventually, free_port, repo_dir, rotate_now, scrape,
 };
 use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
@@ -149,10 +149,7 @@ impl Installed {
         let line = format!("agents_enabled{{policy=\"{}/default\"}}", self.ns.name);
         let mut out = Vec::new();
         for (_, ip, _) in self.pods("receiver") {
-            let text = match self.http.get(format!("http://{ip}:8080/metrics")).send().await {
-                Ok(r) => r.text().await.unwrap_or_default(),
-                Err(_) => String::new(),
-            };
+            let text = scrape(&self.http, &format!("http://{ip}:8080/metrics")).await;
             out.push(text.lines().find(|l| l.starts_with(&line)).map(|l| l[line.len()..].trim().to_owned()));
         }
         out

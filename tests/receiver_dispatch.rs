@@ -8,7 +8,7 @@ mod common;
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use bytes::Bytes;
-use common::{TestEnv, eventually, redis_prefix};
+use common::{TestEnv, WAIT, eventually, guid, redis_prefix};
 use hookwarden::{
     ObjectRef,
     api::{Agent, CircuitBreaker, RetryPolicy, RetryStrategy},
@@ -21,8 +21,6 @@ use hookwarden::{
     telemetry::ReceiverMetrics,
 };
 use tokio_util::sync::CancellationToken;
-
-const WAIT: Duration = Duration::from_secs(20);
 
 struct World {
     redis_url: String,
@@ -110,7 +108,7 @@ impl World {
     async fn enqueue(&self, event: &str, n: usize) -> Vec<String> {
         let mut guids = Vec::new();
         for _ in 0..n {
-            let guid = format!("{:032x}", rand::random::<u128>());
+            let guid = guid();
             let d = Delivery {
                 guid: guid.clone(),
                 event: event.into(),

@@ -16,7 +16,7 @@ use axum::{
     body::Body,
     http::{Request, StatusCode},
 };
-use common::{PrivateRedis, TestEnv, eventually, redis_prefix, webhook_examples};
+use common::{PrivateRedis, TestEnv, eventually, guid, redis_prefix, webhook_examples};
 use hookwarden::{
     ObjectRef,
     api::{CircuitBreaker, RetryPolicy},
@@ -85,6 +85,15 @@ async fn harness_limited(
     Harness { app: router(state), registry, queue, policy, draining, rejections }
 }
 
+impl Harness {
+    /// What `/metrics` shows now.
+    async fn metrics_text(&self) -> String {
+        let res =
+            self.app.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+        String::from_utf8(axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap().to_vec()).unwrap()
+    }
+}
+
 async fn harness() -> Harness {
     harness_with(TestEnv::load().var("REDIS_URL"), DEFAULT_BODY_LIMIT).await
 }
@@ -118,10 +127,6 @@ async fn send(app: &Router, req: Request<Body>) -> (StatusCode, Value, Option<St
     let retry_after = res.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
     let bytes = axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap();
     (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null), retry_after)
-}
-
-fn guid() -> String {
-    format!("{:032x}", rand::random::<u128>())
 }
 
 #[tokio::test]
@@ -371,9 +376,7 @@ async fn the_queue_length_gauge_is_current_at_every_scrape() {
         assert_eq!(send(&h.app, signed("issues", &guid(), body.as_bytes())).await.0, StatusCode::ACCEPTED);
     }
     // No dispatcher runs here: nothing but the scrape itself reads the queue.
-    let res = h.app.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
-    let text =
-        String::from_utf8(axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap().to_vec()).unwrap();
+    let text = h.metrics_text().await;
     let series = format!("github_webhook_queue_length{{policy=\"{}\"}} 5", h.policy);
     assert!(text.contains(&series), "{series} missing from:\n{text}");
 }
@@ -704,9 +707,7 @@ async fn a_source_sending_bad_signatures_is_refused_with_429_and_github_behind_t
 #[tokio::test]
 async fn every_reason_and_event_series_is_at_zero_right_after_start() {
     let h = harness().await;
-    let res = h.app.clone().oneshot(Request::get("/metrics").body(Body::empty()).unwrap()).await.unwrap();
-    let text =
-        String::from_utf8(axum::body::to_bytes(res.into_body(), usize::MAX).await.unwrap().to_vec()).unwrap();
+    let text = h.metrics_text().await;
     for reason in hookwarden::receiver::http::REJECTION_REASONS {
         let series = format!("hookwarden_rejected_deliveries_total{{reason=\"{reason}\"}} 0");
         assert!(text.contains(&series), "{series} missing");

@@ -13,7 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Process, TestEnv, TestNamespace, eventually, free_port, redis_prefix};
+use common::{
+    Process, TestEnv, TestNamespace, WAIT, eventually, free_port, guid, redis_prefix, sample, scrape,
+};
 use hookwarden::{
     api::AgentPolicy,
     keys::{self, HmacKey},
@@ -28,7 +30,6 @@ use kube::{
 };
 use serde_json::json;
 
-const WAIT: Duration = Duration::from_secs(30);
 const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
 struct System {
@@ -172,7 +173,7 @@ impl System {
     async fn deliver_many(&self, base: &str, key: &HmacKey, n: usize) -> Vec<String> {
         let mut guids = Vec::new();
         for _ in 0..n {
-            let guid = new_guid();
+            let guid = guid();
             assert_eq!(self.deliver(base, key, &guid).await, 202);
             guids.push(guid);
         }
@@ -206,17 +207,12 @@ impl System {
     }
 
     async fn metric(&self, base: &str, line_prefix: &str) -> Option<f64> {
-        let text = self.http.get(format!("{base}/metrics")).send().await.ok()?.text().await.ok()?;
-        text.lines().find(|l| l.starts_with(line_prefix))?.rsplit(' ').next()?.parse().ok()
+        sample(&scrape(&self.http, &format!("{base}/metrics")).await, line_prefix)
     }
 }
 
 fn key_secret(keys: &[&HmacKey]) -> Secret {
     keys::key_secret("repo-hook-hmac", "repo-hook", keys)
-}
-
-fn new_guid() -> String {
-    format!("{:032x}", rand::random::<u128>())
 }
 
 #[tokio::test]
@@ -289,7 +285,7 @@ async fn keys_rotate_while_deliveries_flow_without_a_rejection() {
         tokio::spawn(async move {
             while !stop.load(Ordering::SeqCst) {
                 let key = if use_new.load(Ordering::SeqCst) { &new } else { &old };
-                if s.deliver(&base, key, &new_guid()).await != 202 {
+                if s.deliver(&base, key, &guid()).await != 202 {
                     rejected.fetch_add(1, Ordering::SeqCst);
                 }
                 sent.fetch_add(1, Ordering::SeqCst);
@@ -311,7 +307,7 @@ async fn keys_rotate_while_deliveries_flow_without_a_rejection() {
         .unwrap();
     // 2. The receiver has loaded it (a probe signed with it is accepted).
     eventually("the receiver to load the new key", WAIT, || async {
-        (s.deliver(&base, &new, &new_guid()).await == 202).then_some(())
+        (s.deliver(&base, &new, &guid()).await == 202).then_some(())
     })
     .await;
     // 3. GitHub switches to the new key.
@@ -321,7 +317,7 @@ async fn keys_rotate_while_deliveries_flow_without_a_rejection() {
     let remove_old = json!({"data": {old.entry_name(): null}});
     secrets.patch("repo-hook-hmac", &pp, &Patch::Merge(&remove_old)).await.unwrap();
     eventually("the receiver to drop the old key", WAIT, || async {
-        (s.deliver(&base, &old, &new_guid()).await == 401).then_some(())
+        (s.deliver(&base, &old, &guid()).await == 401).then_some(())
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;

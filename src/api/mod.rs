@@ -63,10 +63,6 @@ pub enum InstallError {
     Kube(#[source] kube::Error),
     #[error("the {0} CRD is not installed: install the Helm chart, or `kubectl apply -f crds/`")]
     CrdMissing(String),
-    #[error("cannot listen: {0}")]
-    Listen(#[source] std::io::Error),
-    #[error("lost the leader Lease; exiting so that only the new leader acts")]
-    LostLeadership,
 }
 
 /// Fails fast, with a message that says what to do, when a CRD is missing.

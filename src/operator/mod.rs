@@ -70,6 +70,21 @@ pub struct OperatorConfig {
     pub meta: Option<meta::MetaConfig>,
 }
 
+/// Why the operator could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Install(#[from] crate::api::InstallError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("lost the leader Lease; exiting so that only the new leader acts")]
+    LostLeadership,
+}
+
 /// Errors of a reconcile.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -121,7 +136,7 @@ pub struct Context {
 }
 
 /// Runs the controllers until SIGTERM or Ctrl-C.
-pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::api::InstallError> {
+pub async fn run(config: OperatorConfig, client: Client) -> Result<(), RunError> {
     crate::api::check_installed(&client, config.namespace.as_deref()).await?;
     let queue = Arc::new(OnceCell::new());
     if let Some(url) = config.redis_url.clone() {
@@ -164,7 +179,7 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::ap
     });
 
     let listener =
-        tokio::net::TcpListener::bind(config.listen).await.map_err(crate::api::InstallError::Listen)?;
+        tokio::net::TcpListener::bind(config.listen).await.map_err(|source| RunError::Listen { addr: config.listen, source })?;
     let health = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
@@ -214,7 +229,7 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::ap
     metrics.leader.set(0);
     if lost {
         // NB: another replica may be leading already; stop writing at once.
-        return Err(crate::api::InstallError::LostLeadership);
+        return Err(RunError::LostLeadership);
     }
     election.release().await;
     tracing::info!("operator stopped");

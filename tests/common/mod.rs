@@ -238,6 +238,29 @@ pub fn occurrence(payload: &serde_json::Value) -> serde_json::Value {
     p
 }
 
+/// How long a test waits for something the system does on its own (a
+/// watch to see a change, a worker to dispatch, the operator to reconcile).
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// A new delivery GUID (32 hex digits).
+pub fn guid() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// The `/metrics` text at `url`; empty when it cannot be read.
+pub async fn scrape(http: &reqwest::Client, url: &str) -> String {
+    match http.get(url).send().await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The value of the first series of `text` that starts with `series`
+/// (a name with its labels, e.g. `x_total{reason="y"}`).
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find(|l| l.starts_with(series))?.rsplit(' ').next()?.parse().ok()
+}
+
 /// A random 40-hex-digit commit SHA: what makes each push GitHub sends distinct.
 pub fn commit_sha() -> String {
     format!("{:032x}{:08x}", rand::random::<u128>(), rand::random::<u32>())
