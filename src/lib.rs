@@ -8,26 +8,29 @@
 //! Modules:
 //! - [`api`]: the custom resource types (the source of the CRD YAML in `crds/`),
 //!   their validation and condition vocabulary.
-//! - [`github`]: the GitHub REST client (hooks).
+//! - [`github`]: the GitHub REST client (hooks, deliveries, `/meta`).
 //! - [`keys`]: the layout of a hook's HMAC keys in its Secret.
 //! - [`signature`]: GitHub's `X-Hub-Signature-256`, signed and verified.
 //! - [`standard_webhooks`]: the signature on what is sent to agents.
+//! - [`queue`]: the durable queue on Redis (receiver and operator both write it).
 //! - [`operator`]: the operator's controllers.
-//! - [`receiver`]: the receiver: ingest, queue, dispatch.
+//! - [`receiver`]: the receiver: ingest, dispatch, admin API.
 //! - [`sample_agent`]: a recording HTTP sink standing in for an agent.
 //! - [`telemetry`]: logging and metrics.
 //!
 //! # Flows
 //!
-//! | Flow | Where |
-//! | --- | --- |
-//! | registration (create, adopt, update, repair, delete) | `operator::webhook_config::register`, `cleanup` |
-//! | secret rotation | `operator::webhook_config::rotate`; receivers report loaded keys in `receiver::report` |
-//! | recovery of failed deliveries | `operator::webhook_config::recovery` (decisions: `to_recover`, `scan_done`, `due`, `after_pass`) |
-//! | ingest (verify, de-duplicate, queue) | `receiver::http::accept`, `receiver::queue::Queue::enqueue` |
-//! | dispatch (breaker, retries, dead letters) | `receiver::dispatch::Dispatcher::run_policy`, `process` (decision: `settle`) |
-//! | kill switch and concurrency | `operator::agent_policy::effective_status` → status → `receiver::registry` → dispatch |
-//! | leader election | `operator::leader` |
+//! | Flow | Where | Decisions (pure, table-tested) |
+//! | --- | --- | --- |
+//! | registration (create, adopt, update, repair) | `operator::webhook_config::register::register` | `register::plan`, `plan_new`, `signing_key` |
+//! | deletion of the hook | `operator::webhook_config::cleanup` | — |
+//! | secret rotation | `operator::webhook_config::rotation::rotate`; receivers report loaded keys in `receiver::report` | `rotation::step`, `ping_outcome`, `keys::replicas_missing` |
+//! | recovery of failed deliveries | `operator::webhook_config::recovery::run` | `recovery::to_recover`, `scan_done`, `due`, `after_pass`, `oldest_pending` |
+//! | status and failures of a WebhookConfig | `operator::webhook_config::status` | `status::failure_reason` |
+//! | ingest (verify, de-duplicate, queue) | `receiver::http::ingest` → `accept` → `queue::Queue::enqueue` (`queue/lua/enqueue.lua`) | `http::admit`, `http::verify` |
+//! | dispatch (breaker, retries, dead letters) | `receiver::dispatch::worker::run` → `Dispatcher::process` → `Queue::settle` | `dispatch::settle`, `backoff::jittered`, `Breaker::try_acquire` |
+//! | kill switch and concurrency | `operator::agent_policy::effective_status` → status → `receiver::registry` → the worker | `effective_status`, `worker::free_slots` |
+//! | leader election | `operator::leader` | — |
 
 pub mod api;
 pub mod github;
@@ -63,6 +66,21 @@ impl std::fmt::Display for ObjectRef {
 /// timestamps that are stored or compared across processes.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Why the operator or a receiver could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Install(#[from] crate::api::InstallError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("lost the leader Lease; exiting so that only the new leader acts")]
+    LostLeadership,
 }
 
 /// The pod this process runs in (`POD_NAME` and `POD_UID`, set by the

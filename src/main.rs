@@ -1,4 +1,8 @@
 //! The `hookwarden` binary: parses the command line and calls into the library.
+//!
+//! Over 400 lines because it is the CLI's reference: every subcommand and
+//! flag with the help text `--help` and the README's configuration tables
+//! show; it holds no logic of its own.
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 

@@ -6,6 +6,8 @@
 //!
 //! The short form runs in the suite; `bench/chaos` runs the long one
 //! (`CHAOS_DELIVERIES`, `CHAOS_RATE`) and prints the same report.
+//!
+//! Over 400 lines: one suite per area, each test a scenario a user runs, with the world it needs.
 
 mod common;
 

@@ -5,6 +5,8 @@
 //! `image.pullPolicy=Never` on an image the node does not have; tests/pods.rs
 //! runs them). Everything after the install goes through kubectl and HTTP, as
 //! a platform engineer would.
+//!
+//! Over 400 lines: one suite per area, each test a scenario a user runs, with the world it needs.
 
 mod common;
 

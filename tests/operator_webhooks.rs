@@ -1,6 +1,8 @@
 //! The WebhookConfig controller against the real apiserver and the GitHub
 //! simulator that `e2e/up` runs: register, adopt, update, repair, delete,
 //! and the conditions a person reads when GitHub says no.
+//!
+//! Over 400 lines: one suite per area, each test a scenario a user runs, with the world it needs.
 
 mod common;
 

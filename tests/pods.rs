@@ -10,6 +10,8 @@
 //!
 //! The figures (time to Ready, pod start, hand-over) are printed with
 //! `--nocapture`.
+//!
+//! Over 400 lines: one suite per area, each test a scenario a user runs, with the world it needs.
 
 mod common;
 

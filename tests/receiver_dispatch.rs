@@ -2,6 +2,8 @@
 //! routing, the kill switch, live concurrency, circuit breaking, retries,
 //! dead letters and replay, reclaiming a crashed consumer's work, and a Redis
 //! restart.
+//!
+//! Over 400 lines: one suite per area, each test a scenario a user runs, with the world it needs.
 
 mod common;
 
@@ -140,6 +142,17 @@ impl World {
     }
 }
 
+/// A breaker that opens after three calls, half of them failed, and probes
+/// again after `reset_timeout_seconds`.
+fn quick_breaker(reset_timeout_seconds: i32) -> CircuitBreaker {
+    CircuitBreaker {
+        error_threshold_percent: 50,
+        volume_threshold: 3,
+        window_seconds: 30,
+        reset_timeout_seconds,
+    }
+}
+
 async fn world() -> World {
     World::new(TestEnv::load().var("REDIS_URL")).await
 }
@@ -225,12 +238,7 @@ async fn concurrency_changes_apply_without_a_restart() {
 async fn a_failing_agent_opens_its_circuit_while_a_healthy_one_keeps_receiving() {
     let mut w = world().await;
     w.settings.agents = vec![w.agent("broken", &[]), w.agent("healthy", &[])];
-    w.settings.circuit_breaker = CircuitBreaker {
-        error_threshold_percent: 50,
-        volume_threshold: 3,
-        window_seconds: 30,
-        reset_timeout_seconds: 2,
-    };
+    w.settings.circuit_breaker = quick_breaker(2);
     w.settings.retry.max_attempts = 20;
     w.sink.set_mode("broken", Mode::Fail);
     w.apply();
@@ -294,12 +302,7 @@ async fn retries_come_when_due_with_up_to_a_fifth_of_random_jitter() {
 async fn after_a_good_probe_the_deliveries_that_waited_for_the_circuit_drain_at_once() {
     let mut w = world().await;
     w.settings.agents = vec![w.agent("back", &[])];
-    w.settings.circuit_breaker = CircuitBreaker {
-        error_threshold_percent: 50,
-        volume_threshold: 3,
-        window_seconds: 30,
-        reset_timeout_seconds: 3,
-    };
+    w.settings.circuit_breaker = quick_breaker(3);
     w.settings.retry.max_attempts = 50;
     w.sink.set_mode("back", Mode::Fail);
     w.apply();

@@ -2,6 +2,8 @@
 //! verified and queued durably exactly once; everything else gets a clear
 //! error and queues nothing. And its front door, as a slow or flooding
 //! client meets it on a real socket: timeouts and caps.
+//!
+//! Over 400 lines: one suite per area, each test a scenario a user runs, with the world it needs.
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! The receiver and operator as real processes against the real apiserver and
 //! Redis, driven the way a user drives them: `kubectl patch`, Secret updates,
 //! signed HTTP deliveries, SIGKILL and SIGTERM.
+//!
+//! Over 400 lines: one suite per area, each test a scenario a user runs, with the world it needs.
 
 mod common;
 

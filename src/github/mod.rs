@@ -10,6 +10,9 @@
 //! secondary limit hit, calls on that account fail fast until the time GitHub
 //! gave; mutations are sent one at a time with a pause between them, as
 //! GitHub's best-practice guide for secondary limits asks.
+//!
+//! Over 400 lines: the transport every call shares (credentials, pacing,
+//! `ETag`s, rate limits, errors) and one short method per endpoint.
 
 pub mod meta;
 

@@ -70,21 +70,6 @@ pub struct OperatorConfig {
     pub meta: Option<meta::MetaConfig>,
 }
 
-/// Why the operator could not start or stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    #[error(transparent)]
-    Install(#[from] crate::api::InstallError),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("lost the leader Lease; exiting so that only the new leader acts")]
-    LostLeadership,
-}
-
 /// Errors of a reconcile.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -136,7 +121,7 @@ pub struct Context {
 }
 
 /// Runs the controllers until SIGTERM or Ctrl-C.
-pub async fn run(config: OperatorConfig, client: Client) -> Result<(), RunError> {
+pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::RunError> {
     crate::api::check_installed(&client, config.namespace.as_deref()).await?;
     let queue = Arc::new(OnceCell::new());
     if let Some(url) = config.redis_url.clone() {
@@ -178,8 +163,9 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), RunError>
         recovery: Default::default(),
     });
 
-    let listener =
-        tokio::net::TcpListener::bind(config.listen).await.map_err(|source| RunError::Listen { addr: config.listen, source })?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| crate::RunError::Listen { addr: config.listen, source })?;
     let health = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(|| async { "ok" }))
@@ -229,7 +215,7 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), RunError>
     metrics.leader.set(0);
     if lost {
         // NB: another replica may be leading already; stop writing at once.
-        return Err(RunError::LostLeadership);
+        return Err(crate::RunError::LostLeadership);
     }
     election.release().await;
     tracing::info!("operator stopped");

@@ -165,7 +165,7 @@ pub struct DeadLetter {
 }
 
 /// How one delivery ended for each agent, applied atomically by
-/// [`Queue::settle`]; decided by `dispatch::settle`.
+/// [`super::Queue::settle`]; decided by `dispatch::settle`.
 #[derive(Debug, Default, PartialEq)]
 pub struct Settlement {
     /// Agents that accepted it.

@@ -280,14 +280,20 @@ mod tests {
         assert!(call(&b, true));
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn calls_that_wait_for_the_probe_go_as_soon_as_it_succeeds() {
+    /// A breaker whose circuit opened and reset: its probe is in flight.
+    async fn probing() -> (std::sync::Arc<Breaker>, Permit) {
         let b = std::sync::Arc::new(Breaker::new(config()));
         for _ in 0..4 {
             call(&b, false);
         }
         tokio::time::advance(Duration::from_secs(30)).await;
         let probe = b.acquire().await.expect("the probe is allowed");
+        (b, probe)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn calls_that_wait_for_the_probe_go_as_soon_as_it_succeeds() {
+        let (b, probe) = probing().await;
         let waiting = tokio::spawn({
             let b = b.clone();
             async move {
@@ -306,12 +312,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn calls_that_wait_for_a_failing_probe_are_refused_until_the_next_reset() {
-        let b = std::sync::Arc::new(Breaker::new(config()));
-        for _ in 0..4 {
-            call(&b, false);
-        }
-        tokio::time::advance(Duration::from_secs(30)).await;
-        let probe = b.acquire().await.expect("the probe is allowed");
+        let (b, probe) = probing().await;
         let waiting = tokio::spawn({
             let b = b.clone();
             async move { b.acquire().await.map(|_| ()).map_err(|r| r.retry_at) }

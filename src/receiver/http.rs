@@ -11,6 +11,9 @@
 //! Every check before Redis is a pure step, `admit` (before the body is read)
 //! then `verify` (on the body), table-tested without Redis; `accept` is the
 //! I/O around them.
+//!
+//! Over 400 lines: the ordered checks of a delivery, their two pure steps and
+//! the I/O around them, then the steps' table tests.
 
 use std::{sync::Arc, time::Duration};
 

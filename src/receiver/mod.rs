@@ -2,8 +2,8 @@
 //! them durably, and dispatches them to agents.
 //!
 //! - [`http`]: the axum router (ingest, health, metrics).
-//! - [`queue`]: Redis Streams: enqueue with de-duplication, settle, retries,
-//!   dead letters.
+//! - [`crate::queue`] (shared with the operator): Redis Streams: enqueue with
+//!   de-duplication, settle, retries, dead letters.
 //! - [`registry`]: hooks, keys and policy settings, kept current by [`watch`].
 //! - [`dispatch`]: workers, with [`breaker`] and [`backoff`].
 
@@ -67,19 +67,6 @@ pub struct ReceiverConfig {
     pub pod: Option<crate::PodRef>,
 }
 
-/// Why the receiver could not start or stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error(transparent)]
-    Install(#[from] crate::api::InstallError),
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
 /// Runs the receiver until SIGTERM or Ctrl-C, then shuts down gracefully.
 /// First it drains for `shutdown_delay`: `/readyz` answers 503 and every
 /// answer says `Connection: close`, but deliveries are still accepted, because
@@ -89,7 +76,7 @@ pub enum Error {
 /// failure. Then it stops accepting, lets in-flight dispatches finish within
 /// the grace period (the rest stay pending in Redis for another replica), and
 /// returns.
-pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), Error> {
+pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), crate::RunError> {
     crate::api::check_installed(&client, config.namespace.as_deref()).await?;
     let queue = connect_redis(&config).await;
     let registry = Arc::new(Registry::new());
@@ -133,7 +120,7 @@ pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), Error> {
             });
             let listener = tokio::net::TcpListener::bind(config.admin_listen)
                 .await
-                .map_err(|source| Error::Listen { addr: config.admin_listen, source })?;
+                .map_err(|source| crate::RunError::Listen { addr: config.admin_listen, source })?;
             tracing::info!(listen = %config.admin_listen, "admin API listening");
             tokio::spawn(async move {
                 let _ = axum::serve(listener, admin).with_graceful_shutdown(crate::shutdown_signal()).await;
@@ -169,7 +156,7 @@ pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), Error> {
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| Error::Listen { addr: config.listen, source })?;
+        .map_err(|source| crate::RunError::Listen { addr: config.listen, source })?;
     tracing::info!(listen = %config.listen, consumer = %config.consumer, "receiver listening");
     let stop = shutdown.clone();
     serve::serve(listener, http::router(state), config.limits, metrics, async move {

@@ -1,5 +1,7 @@
 //! Shared helpers for the integration tests: they talk to the real local
 //! system that `e2e/up` starts, and only to it.
+//!
+//! Over 400 lines: every helper the suites share, so that none is written twice.
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::{

@@ -1,6 +1,6 @@
 //! WebhookConfig controller: the GitHub hook and its key Secret.
 //!
-//! Shaped around `kube::runtime::finalizer`: [`apply`] runs the flows in
+//! Shaped around `kube::runtime::finalizer`: `apply` runs the flows in
 //! order on the object as the API server has it now, each in its own file
 //! with its decisions as pure functions of the facts and `now`:
 //!
@@ -12,7 +12,7 @@
 //! | recovery of failed deliveries | [`recovery`] | [`recovery::to_recover`], [`recovery::due`], [`recovery::after_pass`], … |
 //! | status and failures | [`status`] | [`status::failure_reason`] |
 //!
-//! [`cleanup`] deletes the hook (already gone counts as done); while GitHub
+//! `cleanup` deletes the hook (already gone counts as done); while GitHub
 //! refuses, the WebhookConfig stays, `Ready=False DeletionBlocked` says why.
 //! The key Secret is owned by the WebhookConfig, so Kubernetes deletes it
 //! with it.

@@ -3,7 +3,7 @@
 //! the one it signed with left the Secret.
 //!
 //! The decisions ([`signing_key`], [`plan`], [`plan_new`]) are pure;
-//! [`register`] reads GitHub, acts on them and records the hook in status.
+//! `register` reads GitHub, acts on them and records the hook in status.
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{ResourceExt, runtime::events::EventType};

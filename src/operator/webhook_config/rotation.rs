@@ -10,7 +10,7 @@
 //!
 //! A failure anywhere leaves every key in place and the step is retried, so
 //! GitHub never signs with a key the receivers do not have. The decisions
-//! ([`step`], [`ping_outcome`]) are pure; [`rotate`] gathers the facts and acts.
+//! ([`step`], [`ping_outcome`]) are pure; `rotate` gathers the facts and acts.
 
 use std::time::Duration;
 
