@@ -314,7 +314,9 @@ async fn a_repository_hook_is_registered_updated_repaired_and_deleted() {
     // Deleting the resource deletes the hook, and the key Secret with it;
     // while GitHub refuses, the resource says so and stays.
     let hook_path = format!("hooks/{}", repaired["id"]);
-    w.fault(json!({ "status": 500, "count": 1, "method": "DELETE", "pathContains": hook_path })).await;
+    // NB: two refusals: the first one's status write wakes the controller
+    // at once; the next try comes after the 15 s GitHub-error backoff.
+    w.fault(json!({ "status": 500, "count": 2, "method": "DELETE", "pathContains": hook_path })).await;
     let api = Api::<WebhookConfig>::namespaced(w.env.client().await, &w.ns.name);
     api.delete("svc", &DeleteParams::default()).await.unwrap();
     let (status, reason) = eventually("the blocked deletion to show", WAIT, || async {

@@ -202,17 +202,15 @@ impl Queue {
         Ok(self.conn.get().xlen(self.key(policy, "dead")).await?)
     }
 
-    /// `(queued, dead letters)` of each of `policies`, in one round trip.
+    /// `(queued, dead letters)` of each of `policies`: one round trip per
+    /// policy (its keys share a slot), all at once.
     pub async fn lengths(&self, policies: &[ObjectRef]) -> Result<Vec<(u64, u64)>> {
-        if policies.is_empty() {
-            return Ok(vec![]);
-        }
-        let mut pipe = redis::pipe();
-        for policy in policies {
+        let asks = policies.iter().map(|policy| async move {
+            let mut pipe = redis::pipe();
             pipe.xlen(self.key(policy, "events")).xlen(self.key(policy, "dead"));
-        }
-        let flat: Vec<u64> = pipe.query_async(&mut self.conn.get()).await?;
-        Ok(flat.chunks(2).map(|c| (c[0], c[1])).collect())
+            pipe.query_async::<(u64, u64)>(&mut self.conn.get()).await
+        });
+        Ok(futures::future::try_join_all(asks).await?)
     }
 
     /// Creates the consumer group (and the stream) if missing.
