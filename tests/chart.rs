@@ -118,6 +118,22 @@ fn redis_sentinel_replaces_the_charts_redis_and_both_components_follow_it() {
 }
 
 #[test]
+fn a_redis_cluster_replaces_the_charts_redis() {
+    let env = TestEnv::load();
+    let (ok, yaml, stderr) = template(&env, &["--set", "redis.cluster.nodes={r1:6379,r2:6379,r3:6379}"]);
+    assert!(ok, "{stderr}");
+    let docs = documents(&yaml);
+    assert!(!docs.iter().any(|d| d["kind"] == "StatefulSet"), "no Redis of the chart's own");
+    for d in docs.iter().filter(|d| d["kind"] == "Deployment") {
+        let env = &d["spec"]["template"]["spec"]["containers"][0]["env"];
+        let url = env.as_array().unwrap().iter().find(|e| e["name"] == "REDIS_URL").unwrap();
+        assert_eq!(url["value"], "redis+cluster://r1:6379,r2:6379,r3:6379", "{}", d["metadata"]["name"]);
+    }
+    let (ok, _, stderr) = template(&env, &["--set", "redis.cluster.nodes={r1}"]);
+    assert!(!ok && stderr.contains("/redis/cluster/nodes"), "a node without a port is refused: {stderr}");
+}
+
+#[test]
 fn numbers_reach_the_programs_as_integers_whatever_their_size() {
     // Helm reads every YAML number as a float: `quote` alone renders the
     // default body limit 26214400 as "2.62144e+07", which the receiver

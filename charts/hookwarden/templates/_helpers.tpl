@@ -68,6 +68,8 @@ seccompProfile:
   value: {{ .Values.redis.url | quote }}
 {{- else if .Values.redis.sentinel.masterName }}
   value: {{ printf "redis+sentinel://%s/%s" (join "," .Values.redis.sentinel.addresses) .Values.redis.sentinel.masterName | quote }}
+{{- else if .Values.redis.cluster.nodes }}
+  value: {{ printf "redis+cluster://%s" (join "," .Values.redis.cluster.nodes) | quote }}
 {{- else }}
   value: {{ printf "redis://%s-redis:6379" (include "hookwarden.fullname" .) | quote }}
 {{- end }}
@@ -85,5 +87,5 @@ seccompProfile:
 
 {{/* Whether the chart runs Redis itself. */}}
 {{- define "hookwarden.ownRedis" -}}
-{{- if not (or .Values.redis.url .Values.redis.urlSecretRef.name .Values.redis.sentinel.masterName) }}true{{ end -}}
+{{- if not (or .Values.redis.url .Values.redis.urlSecretRef.name .Values.redis.sentinel.masterName .Values.redis.cluster.nodes) }}true{{ end -}}
 {{- end -}}
