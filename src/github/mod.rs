@@ -253,8 +253,10 @@ struct Account {
 pub struct Shared {
     http: reqwest::Client,
     accounts: Mutex<HashMap<String, Arc<Account>>>,
-    /// By URL: the `ETag` and body of the last 200 answer.
-    etags: Mutex<HashMap<String, (String, Value)>>,
+    /// By URL: the `ETag` and body of the last 200 answer. The body is kept
+    /// as the JSON text: a parsed `Value` takes several times its size, and
+    /// at 1,000 hooks these are most of the operator's memory.
+    etags: Mutex<HashMap<String, (String, bytes::Bytes)>>,
     mutation_interval: Duration,
     requests: IntCounterVec,
     remaining: IntGaugeVec,
@@ -439,11 +441,13 @@ impl Client {
         let cached = self.shared.etags.lock().unwrap().get(url).cloned();
         match self.call(endpoint, Method::GET, url, None, cached.as_ref().map(|(e, _)| e.as_str())).await {
             Ok((StatusCode::NOT_MODIFIED, headers, _)) if cached.is_some() => {
-                Ok(cached.map(|(_, body)| (body, headers)))
+                let body = cached.and_then(|(_, text)| serde_json::from_slice(&text).ok()).unwrap_or(Value::Null);
+                Ok(Some((body, headers)))
             }
             Ok((_, headers, body)) => {
                 if let Some(etag) = headers.get(header::ETAG).and_then(|v| v.to_str().ok()) {
-                    self.shared.etags.lock().unwrap().insert(url.to_owned(), (etag.to_owned(), body.clone()));
+                    let text = bytes::Bytes::from(serde_json::to_vec(&body).expect("JSON value serialises"));
+                    self.shared.etags.lock().unwrap().insert(url.to_owned(), (etag.to_owned(), text));
                 }
                 Ok(Some((body, headers)))
             }

@@ -16,8 +16,8 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
 use futures::StreamExt;
 use kube::{
-    Client,
-    runtime::{Controller, controller::Action, events::Recorder, watcher},
+    Client, ResourceExt,
+    runtime::{Controller, WatchStreamExt, controller::Action, events::Recorder, watcher},
 };
 use tokio::sync::OnceCell;
 
@@ -197,9 +197,27 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::Ru
         .run(instrumented_reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
     let hooks = crate::scoped_api::<WebhookConfig>(&client, config.namespace.as_deref());
-    let secrets = crate::scoped_api::<Secret>(&client, config.namespace.as_deref());
-    let hook_controller = Controller::new(hooks, watcher::Config::default())
-        .owns(secrets, watcher::Config::default().labels(&crate::keys::selector(MANAGED_BY)))
+    // NB: an Api of PartialObjectMeta makes metadata-only requests.
+    let secrets =
+        crate::scoped_api::<kube::core::PartialObjectMeta<Secret>>(&client, config.namespace.as_deref());
+    // NB: memory at scale. The cached WebhookConfigs drop their
+    // managedFields (reconciles read the object fresh from the API anyway),
+    // and the key Secrets are watched as metadata only: a change of one only
+    // needs its owner, never its keys in this process's memory.
+    let (reader, writer) = kube::runtime::reflector::store();
+    let hook_stream = watcher(hooks, watcher::Config::default())
+        .default_backoff()
+        .modify(|whc| whc.managed_fields_mut().clear())
+        .reflect(writer)
+        .applied_objects();
+    let owned_secrets = watcher(
+        secrets,
+        watcher::Config::default().labels(&crate::keys::selector(MANAGED_BY)),
+    )
+    .default_backoff()
+    .touched_objects();
+    let hook_controller = Controller::for_stream(hook_stream, reader)
+        .owns_stream(owned_secrets)
         .graceful_shutdown_on(crate::shutdown_signal())
         .run(reconcile_hook, hook_error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
