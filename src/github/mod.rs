@@ -1,8 +1,17 @@
 //! Everything that talks to GitHub's REST API: webhooks of a repository or
 //! an organization and their deliveries, as a personal access token or a
-//! GitHub App installation. A thin client over reqwest rather than octocrab's
-//! typed API: every call here needs the response headers (rate limit, `ETag`,
-//! `Link`, `retry-after`), and the bodies are a few small shapes.
+//! GitHub App installation. A thin client over reqwest rather than octocrab:
+//! every call here needs the response headers (rate limit, `ETag`, `Link`,
+//! `retry-after`), so octocrab could only serve through its raw-response API
+//! (`_get`, `_post`, ...) and lend its App token minting. Weighed on
+//! 2026-11-26: octocrab 0.54.9 with the fewest features that work here
+//! (`rustls`, `rustls-ring`, `default-client`, `jwt-rust-crypto`, `timeout`)
+//! adds 6 crates to this build (octocrab, chrono, http-serde, iana-time-zone,
+//! snafu, snafu-derive; `cargo tree`), and would replace only `bearer` (about
+//! 35 lines): pagination here is two `Link`/cursor lines, the GHES base URL a
+//! string. And its token minting would happen outside the account's pacing,
+//! its `Retry-After` handling and the per-endpoint request metrics, and a
+//! 401 could not drop a revoked installation token. So not octocrab.
 //!
 //! Good citizenship lives here, per account (API URL + credential), shared by
 //! every reconcile through [`Shared`]: GETs are conditional on the last `ETag`
