@@ -11,7 +11,7 @@ use hookwarden::{
     ObjectRef,
     operator::{self, OperatorConfig, webhook_config::RecoveryWay},
     queue::ActivityFilter,
-    receiver::{self, ReceiverConfig, admin, http::DEFAULT_BODY_LIMIT},
+    receiver::{self, ReceiverConfig, admin, admin_view, http::DEFAULT_BODY_LIMIT},
 };
 
 #[derive(Parser)]
@@ -43,6 +43,9 @@ enum Command {
         /// Bearer token (the receiver's HOOKWARDEN_ADMIN_TOKEN).
         #[arg(long, env = "HOOKWARDEN_ADMIN_TOKEN", hide_env_values = true)]
         token: String,
+        /// A table for people, or the API's JSON or YAML for machines.
+        #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table, global = true)]
+        output: OutputFormat,
         #[command(subcommand)]
         action: AdminAction,
     },
@@ -62,6 +65,13 @@ enum Command {
         )]
         signing_keys: Vec<String>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OutputFormat {
+    Table,
+    Json,
+    Yaml,
 }
 
 #[derive(Subcommand)]
@@ -320,18 +330,23 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Command::Admin { url, token, action } => {
+        Command::Admin { url, token, output, action } => {
             let call = match admin_call(action) {
                 Ok(call) => call,
                 Err(error) => return fail(error),
             };
+            let output = match output {
+                OutputFormat::Table => admin_view::Output::Table,
+                OutputFormat::Json => admin_view::Output::Json,
+                OutputFormat::Yaml => admin_view::Output::Yaml,
+            };
             runtime().block_on(async {
-                match admin::call(&url, &token, call).await {
+                match admin::call(&url, &token, call.clone()).await {
                     Ok(answer) => {
                         // NB: not println!, which panics when a pipe (`| head`) closes early.
                         use std::io::Write;
-                        let text = serde_json::to_string_pretty(&answer).unwrap_or_default();
-                        let _ = writeln!(std::io::stdout(), "{text}");
+                        let text = admin_view::render(&call, &answer, output, hookwarden::now_ms());
+                        let _ = write!(std::io::stdout(), "{text}");
                         ExitCode::SUCCESS
                     }
                     Err(error) => fail(error),

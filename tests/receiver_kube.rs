@@ -367,8 +367,13 @@ async fn sigterm_finishes_in_flight_work_and_exits_promptly() {
     assert!(receiver.log().contains("receiver stopped"), "{}", receiver.log());
 }
 
-/// `hookwarden admin ...` against a receiver; returns the parsed JSON output.
+/// `hookwarden admin -o json ...` against a receiver; returns the parsed JSON output.
 fn admin_cli(admin: &str, args: &[&str]) -> Result<serde_json::Value, String> {
+    admin_cli_text(admin, &[&["-o", "json"], args].concat()).map(|text| serde_json::from_str(&text).unwrap())
+}
+
+/// `hookwarden admin ...` against a receiver; returns what it prints.
+fn admin_cli_text(admin: &str, args: &[&str]) -> Result<String, String> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookwarden"))
         .arg("admin")
         .args(args)
@@ -377,7 +382,7 @@ fn admin_cli(admin: &str, args: &[&str]) -> Result<serde_json::Value, String> {
         .output()
         .unwrap();
     if out.status.success() {
-        Ok(serde_json::from_slice(&out.stdout).unwrap())
+        Ok(String::from_utf8(out.stdout).unwrap())
     } else {
         Err(String::from_utf8_lossy(&out.stderr).into_owned())
     }
@@ -403,6 +408,14 @@ async fn admin_api_and_cli_manage_policies_dead_letters_and_show_deliveries() {
     let listed = admin_cli(&admin, &["policies"]).unwrap();
     assert_eq!(listed[0]["policy"], policy.as_str());
     assert_eq!(listed[0]["agents"][0]["circuit"], "closed");
+    // For people: a table, like kubectl's; YAML on request.
+    let table = admin_cli_text(&admin, &["policies"]).unwrap();
+    let mut lines = table.lines();
+    assert!(lines.next().unwrap().starts_with("POLICY "), "{table}");
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!((row[0], row[1], row[6]), (policy.as_str(), "true", "flaky(closed)"), "{table}");
+    let yaml = admin_cli_text(&admin, &["policies", "-o", "yaml"]).unwrap();
+    assert!(yaml.starts_with("- ") && yaml.contains(&format!("policy: {policy}")), "{yaml}");
 
     // disable/enable patch the AgentPolicy spec, so kubectl agrees.
     admin_cli(&admin, &["disable", &policy]).unwrap();

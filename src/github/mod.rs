@@ -450,7 +450,8 @@ impl Client {
         let cached = self.shared.etags.lock().unwrap().get(url).cloned();
         match self.call(endpoint, Method::GET, url, None, cached.as_ref().map(|(e, _)| e.as_str())).await {
             Ok((StatusCode::NOT_MODIFIED, headers, _)) if cached.is_some() => {
-                let body = cached.and_then(|(_, text)| serde_json::from_slice(&text).ok()).unwrap_or(Value::Null);
+                let body =
+                    cached.and_then(|(_, text)| serde_json::from_slice(&text).ok()).unwrap_or(Value::Null);
                 Ok(Some((body, headers)))
             }
             Ok((_, headers, body)) => {

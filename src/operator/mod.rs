@@ -210,12 +210,10 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::Ru
         .modify(|whc| whc.managed_fields_mut().clear())
         .reflect(writer)
         .applied_objects();
-    let owned_secrets = watcher(
-        secrets,
-        watcher::Config::default().labels(&crate::keys::selector(MANAGED_BY)),
-    )
-    .default_backoff()
-    .touched_objects();
+    let owned_secrets =
+        watcher(secrets, watcher::Config::default().labels(&crate::keys::selector(MANAGED_BY)))
+            .default_backoff()
+            .touched_objects();
     let hook_controller = Controller::for_stream(hook_stream, reader)
         .owns_stream(owned_secrets)
         .graceful_shutdown_on(crate::shutdown_signal())

@@ -8,6 +8,7 @@
 //! - [`dispatch`]: workers, with [`breaker`] and [`backoff`].
 
 pub mod admin;
+pub mod admin_view;
 pub mod backoff;
 pub mod breaker;
 pub mod dispatch;

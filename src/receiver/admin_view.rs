@@ -1,0 +1,243 @@
+//! What `hookwarden admin` prints: a table for people by default, like
+//! kubectl (upper-case headers, aligned columns, times relative to now, a
+//! sentence for an action or an empty list), or the API's JSON or YAML for
+//! machines (`-o json|yaml`). Pure: the answer and `now` in, text out.
+
+use serde_json::Value;
+
+use super::admin::Call;
+
+/// The form of the output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+/// `answer` (what the admin API returned for `call`) as text ending in a newline.
+pub fn render(call: &Call, answer: &Value, output: Output, now_ms: u64) -> String {
+    match output {
+        Output::Json => format!("{}\n", serde_json::to_string_pretty(answer).unwrap_or_default()),
+        Output::Yaml => serde_yaml::to_string(answer).unwrap_or_default(),
+        Output::Table => table_of(call, answer, now_ms),
+    }
+}
+
+/// How long ago `then_ms` was, as kubectl shows ages: `42s`, `5m`, `3h`, `2d`.
+pub fn ago(then_ms: u64, now_ms: u64) -> String {
+    let s = now_ms.saturating_sub(then_ms) / 1000;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+fn table_of(call: &Call, answer: &Value, now_ms: u64) -> String {
+    let text = |v: &Value| match v {
+        Value::Null => "-".to_owned(),
+        Value::String(s) if s.is_empty() => "-".to_owned(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let when = |v: &Value| v.as_u64().map_or("-".to_owned(), |ms| ago(ms, now_ms));
+    let rows = |f: &dyn Fn(&Value) -> Vec<String>| answer.as_array().into_iter().flatten().map(f).collect();
+    match call {
+        Call::Policies => table(
+            "No policies found.",
+            &["POLICY", "ENABLED", "CONCURRENCY", "QUEUED", "RETRYING", "DEAD", "AGENTS", "REASON"],
+            rows(&|p| {
+                let agents = p["agents"].as_array().into_iter().flatten();
+                let agents: Vec<String> =
+                    agents.map(|a| format!("{}({})", text(&a["name"]), text(&a["circuit"]))).collect();
+                vec![
+                    text(&p["policy"]),
+                    text(&p["enabled"]),
+                    text(&p["concurrency"]),
+                    text(&p["queued"]),
+                    text(&p["retrying"]),
+                    text(&p["deadLetters"]),
+                    if agents.is_empty() { "-".into() } else { agents.join(",") },
+                    text(&p["reason"]),
+                ]
+            }),
+        ),
+        Call::SetEnabled { policy, enabled } => {
+            let effect =
+                if *enabled { "dispatch resumes" } else { "dispatch stops; deliveries wait in the queue" };
+            format!("{policy}: spec.enabled set to {enabled} ({effect})\n")
+        }
+        Call::DeadLetters { policy, .. } => table(
+            &format!("No dead letters in {policy}."),
+            &["ID", "FAILED", "AGENT", "EVENT", "REPOSITORY", "ATTEMPTS", "ERROR"],
+            rows(&|l| {
+                vec![
+                    text(&l["id"]),
+                    when(&l["failedMs"]),
+                    text(&l["agent"]),
+                    text(&l["event"]),
+                    text(&l["repository"]),
+                    text(&l["attempts"]),
+                    text(&l["error"]),
+                ]
+            }),
+        ),
+        Call::Replay { policy, id } => format!("dead letter {id} of {policy} is queued again\n"),
+        Call::Purge { policy } => format!("{} dead letters of {policy} deleted\n", text(&answer["purged"])),
+        Call::Deliveries { .. } => table(
+            "No deliveries found.",
+            &["AGE", "STATUS", "EVENT", "REPOSITORY", "HOOK", "AGENT", "GUID", "DETAIL"],
+            rows(&|a| {
+                vec![
+                    when(&a["atMs"]),
+                    text(&a["status"]),
+                    text(&a["event"]),
+                    text(&a["repository"]),
+                    text(&a["hook"]),
+                    text(&a["agent"]),
+                    text(&a["guid"]),
+                    text(&a["detail"]),
+                ]
+            }),
+        ),
+    }
+}
+
+/// Aligned columns three spaces apart, the last one unpadded; `empty` when
+/// there is no row.
+fn table(empty: &str, headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    if rows.is_empty() {
+        return format!("{empty}\n");
+    }
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len() - 1;
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| if i == last { (*c).to_owned() } else { format!("{c:<w$}", w = widths[i]) })
+            .collect();
+        format!("{}\n", padded.join("   "))
+    };
+    let mut out = line(headers.to_vec());
+    for row in &rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{ObjectRef, queue::ActivityFilter};
+    use serde_json::json;
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    #[test]
+    fn ages_read_like_kubectls() {
+        let cases = [
+            (0, "0s"),
+            (59_999, "59s"),
+            (60_000, "1m"),
+            (3_599_000, "59m"),
+            (7_200_000, "2h"),
+            (3 * 86_400_000, "3d"),
+        ];
+        for (before, want) in cases {
+            assert_eq!(ago(NOW - before, NOW), want, "{before} ms ago");
+        }
+        assert_eq!(ago(NOW + 5_000, NOW), "0s", "a clock a little ahead is now");
+    }
+
+    #[test]
+    fn policies_as_a_table() {
+        let answer = json!([
+            {"policy": "team/agents", "enabled": true, "concurrency": 4, "queued": 12, "retrying": 1,
+             "deadLetters": 0, "reason": "enabled",
+             "agents": [{"name": "reviewer", "circuit": "closed"}, {"name": "bot", "circuit": "open"}]},
+            {"policy": "team/quiet", "enabled": false, "concurrency": 1, "queued": 0, "retrying": 0,
+             "deadLetters": 250, "reason": "disabled by spec.enabled", "agents": []},
+        ]);
+        let got = render(&Call::Policies, &answer, Output::Table, NOW);
+        let lines: Vec<&str> = got.lines().collect();
+        assert_eq!(lines.len(), 3, "{got}");
+        // Every cell starts where its header does.
+        let starts: Vec<usize> = lines[0]
+            .match_indices(|c: char| c.is_ascii_uppercase())
+            .map(|(i, _)| i)
+            .filter(|&i| i == 0 || lines[0].as_bytes()[i - 1] == b' ')
+            .collect();
+        assert_eq!(starts.len(), 8, "{got}");
+        for line in &lines[1..] {
+            for &i in &starts[1..] {
+                assert!(
+                    line.as_bytes()[i - 1] == b' ' && line.as_bytes()[i] != b' ',
+                    "column at {i}:\n{got}"
+                );
+            }
+        }
+        assert_eq!(
+            lines[2].split_whitespace().take(7).collect::<Vec<_>>(),
+            ["team/quiet", "false", "1", "0", "0", "250", "-"]
+        );
+        assert!(lines[2].ends_with("disabled by spec.enabled"), "{got}");
+        assert!(got.contains("reviewer(closed),bot(open)"), "{got}");
+        assert_eq!(render(&Call::Policies, &json!([]), Output::Table, NOW), "No policies found.\n");
+    }
+
+    #[test]
+    fn deliveries_with_relative_times_and_dashes_for_what_is_not_there() {
+        let answer = json!([
+            {"atMs": NOW - 5_000, "status": "delivered", "event": "push", "repository": "octo/hello",
+             "hook": "team/repo", "agent": "reviewer", "guid": "g-2"},
+            {"atMs": NOW - 600_000, "status": "rejected", "event": "push", "hook": "team/repo",
+             "guid": "g-1", "detail": "bad_signature"},
+        ]);
+        let call = Call::Deliveries { filter: ActivityFilter::default(), limit: 50 };
+        let got = render(&call, &answer, Output::Table, NOW);
+        let lines: Vec<&str> = got.lines().collect();
+        assert_eq!(lines.len(), 3, "{got}");
+        let cells = |l: &str| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
+        assert_eq!(
+            cells(lines[0]),
+            ["AGE", "STATUS", "EVENT", "REPOSITORY", "HOOK", "AGENT", "GUID", "DETAIL"]
+        );
+        assert_eq!(
+            cells(lines[1]),
+            ["5s", "delivered", "push", "octo/hello", "team/repo", "reviewer", "g-2", "-"]
+        );
+        assert_eq!(
+            cells(lines[2]),
+            ["10m", "rejected", "push", "-", "team/repo", "-", "g-1", "bad_signature"]
+        );
+    }
+
+    #[test]
+    fn actions_answer_in_a_sentence_and_machines_get_the_api_s_own_form() {
+        let policy = ObjectRef::new("team", "agents");
+        let off = Call::SetEnabled { policy: policy.clone(), enabled: false };
+        let answer = json!({"policy": "team/agents", "specEnabled": false});
+        assert_eq!(
+            render(&off, &answer, Output::Table, NOW),
+            "team/agents: spec.enabled set to false (dispatch stops; deliveries wait in the queue)\n"
+        );
+        assert_eq!(
+            render(&Call::Purge { policy: policy.clone() }, &json!({"purged": 3}), Output::Table, NOW),
+            "3 dead letters of team/agents deleted\n"
+        );
+        let json_out = render(&off, &answer, Output::Json, NOW);
+        assert_eq!(serde_json::from_str::<Value>(&json_out).unwrap(), answer);
+        let yaml_out = render(&off, &answer, Output::Yaml, NOW);
+        assert_eq!(serde_yaml::from_str::<Value>(&yaml_out).unwrap(), answer);
+        let none = render(&Call::DeadLetters { policy, limit: 10 }, &json!([]), Output::Table, NOW);
+        assert_eq!(none, "No dead letters in team/agents.\n");
+    }
+}
