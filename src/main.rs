@@ -92,6 +92,16 @@ enum AdminAction {
     Replay { policy: String, id: String },
     /// Delete all of a policy's dead letters.
     Purge { policy: String },
+    /// Follow deliveries, policy switches and circuits live (until Ctrl-C);
+    /// reconnects without missing or repeating a delivery.
+    Tail {
+        /// Only this policy (NAMESPACE/NAME).
+        #[arg(long)]
+        policy: Option<String>,
+        /// Only this event (`push`, `pull_request`, ...).
+        #[arg(long)]
+        event: Option<String>,
+    },
     /// Recent deliveries and dispatches, newest first.
     Deliveries {
         /// queued, duplicate, rejected, delivered, retry or dead_letter.
@@ -330,6 +340,32 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Command::Admin { url, token, output, action: AdminAction::Tail { policy, event } } => {
+            let query: Vec<(&str, String)> = [("policy", policy), ("event", event)]
+                .into_iter()
+                .filter_map(|(k, v)| Some((k, v?)))
+                .collect();
+            runtime().block_on(async {
+                let print = |event: &hookwarden::receiver::stream::SseEvent| {
+                    use std::io::Write;
+                    let line = match output {
+                        OutputFormat::Table => {
+                            admin_view::tail_line(&event.event, &event.data, hookwarden::now_ms())
+                        }
+                        // NB: one JSON object per line, for `jq`.
+                        OutputFormat::Json | OutputFormat::Yaml => {
+                            format!("{{\"event\":{:?},\"data\":{}}}\n", event.event, event.data)
+                        }
+                    };
+                    write!(std::io::stdout(), "{line}").and_then(|()| std::io::stdout().flush()).is_ok()
+                };
+                let trouble = |text: &str| eprintln!("{text}");
+                match hookwarden::receiver::stream::tail(&url, &token, &query, print, trouble).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(error) => fail(error),
+                }
+            })
+        }
         Command::Admin { url, token, output, action } => {
             let call = match admin_call(action) {
                 Ok(call) => call,
@@ -420,6 +456,7 @@ fn admin_call(action: AdminAction) -> Result<admin::Call, String> {
     };
     Ok(match action {
         AdminAction::Policies => admin::Call::Policies,
+        AdminAction::Tail { .. } => unreachable!("tail follows the stream, it is no single call"),
         AdminAction::Enable { policy: p } => admin::Call::SetEnabled { policy: policy(&p)?, enabled: true },
         AdminAction::Disable { policy: p } => admin::Call::SetEnabled { policy: policy(&p)?, enabled: false },
         AdminAction::DeadLetters { policy: p, limit } => {

@@ -21,6 +21,7 @@ use common::{
 use hookwarden::{
     api::AgentPolicy,
     keys::{self, HmacKey},
+    receiver::stream::{SseEvent, SseParser},
     sample_agent::{self, Mode, Sink},
     signature,
     standard_webhooks::SigningKey,
@@ -704,4 +705,121 @@ async fn agents_get_calls_signed_as_standard_webhooks_and_keys_rotate_without_a_
     assert_eq!(received["refused"].as_u64().unwrap(), refused_before, "{received}");
     let verified = reference.verified(&s.http, "signed").await;
     assert_eq!(verified.len(), 10, "each call once: {verified:?}");
+}
+
+/// Follows `/admin/stream` in the background; what it received so far.
+fn follow(admin: &str, last_event_id: Option<String>) -> std::sync::Arc<std::sync::Mutex<Vec<SseEvent>>> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (admin, sink) = (admin.to_owned(), seen.clone());
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut request = http.get(format!("{admin}/admin/stream")).bearer_auth(ADMIN_TOKEN);
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        let mut response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut parser = SseParser::default();
+        while let Ok(Some(chunk)) = response.chunk().await {
+            sink.lock().unwrap().extend(parser.push(&String::from_utf8_lossy(&chunk)));
+        }
+    });
+    seen
+}
+
+fn deliveries(events: &[SseEvent]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter(|e| e.event == "delivery")
+        .map(|e| {
+            let v: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+            (v["guid"].as_str().unwrap().to_owned(), v["status"].as_str().unwrap().to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn the_live_stream_shows_deliveries_and_the_switch_and_resumes_without_gaps_or_repeats() {
+    let key = HmacKey::generate(1);
+    let s = System::new(&[("agent", 5)], &key).await;
+    let (_receiver, base, admin) = s.receiver_with_admin("r1").await;
+    let policy = format!("{}/default", s.ns.name);
+    let live = follow(&admin, None);
+    eventually("the snapshot", WAIT, || async {
+        let seen = live.lock().unwrap();
+        let first = seen.first()?;
+        let snapshot: serde_json::Value = serde_json::from_str(&first.data).ok()?;
+        (first.event == "snapshot" && snapshot[0]["policy"] == policy.as_str()).then_some(())
+    })
+    .await;
+
+    // Each delivery shows as queued, then delivered, within a second or so.
+    let guids = s.deliver_many(&base, &key, 6).await;
+    eventually("every delivery queued and delivered on the stream", WAIT, || async {
+        let seen = deliveries(&live.lock().unwrap());
+        guids
+            .iter()
+            .all(|g| ["queued", "delivered"].iter().all(|st| seen.contains(&(g.clone(), (*st).to_owned()))))
+            .then_some(())
+    })
+    .await;
+
+    // The kill switch shows as a policy change.
+    admin_cli(&admin, &["disable", &policy]).unwrap();
+    eventually("the switch on the stream", WAIT, || async {
+        live.lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.event == "policy" && e.data.contains("\"enabled\":false"))
+            .then_some(())
+    })
+    .await;
+    admin_cli(&admin, &["enable", &policy]).unwrap();
+
+    // A client that reconnects from the third delivery event gets exactly
+    // what came after it: no gap, no repeat.
+    let later = s.deliver_many(&base, &key, 3).await;
+    eventually("the later deliveries on the stream", WAIT, || async {
+        let seen = deliveries(&live.lock().unwrap());
+        later.iter().all(|g| seen.contains(&(g.clone(), "delivered".to_owned()))).then_some(())
+    })
+    .await;
+    let all: Vec<SseEvent> = live.lock().unwrap().iter().filter(|e| e.event == "delivery").cloned().collect();
+    let resumed = follow(&admin, all[2].id.clone());
+    let want = deliveries(&all[3..]);
+    eventually("the resumed stream to catch up", WAIT, || async {
+        (deliveries(&resumed.lock().unwrap()).len() >= want.len()).then_some(())
+    })
+    .await;
+    let got = deliveries(&resumed.lock().unwrap());
+    assert_eq!(got[..want.len()], want[..], "resumed after the third delivery event");
+
+    // `hookwarden admin tail` prints it for people.
+    let mut tail = std::process::Command::new(env!("CARGO_BIN_EXE_hookwarden"))
+        .args(["admin", "tail", "--policy", &policy])
+        .env("HOOKWARDEN_ADMIN_URL", &admin)
+        .env("HOOKWARDEN_ADMIN_TOKEN", ADMIN_TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let stdout = tail.stdout.take().unwrap();
+    let reader = lines.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            reader.lock().unwrap().push(line);
+        }
+    });
+    eventually("tail's snapshot", WAIT, || async {
+        lines.lock().unwrap().first().is_some_and(|l| l.starts_with("POLICY ")).then_some(())
+    })
+    .await;
+    let guid = s.deliver_many(&base, &key, 1).await.remove(0);
+    eventually("tail to show the delivery", WAIT, || async {
+        lines.lock().unwrap().iter().any(|l| l.starts_with("delivered ") && l.contains(&guid)).then_some(())
+    })
+    .await;
+    let _ = tail.kill();
+    let _ = tail.wait();
 }

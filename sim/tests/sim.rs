@@ -228,7 +228,8 @@ async fn bad_credentials_unknown_repos_and_the_secondary_limit() {
     assert_eq!(status, 404);
 
     // A fault the simulator does not know is refused, not ignored.
-    let r = w.http.post(format!("{}/_sim/faults", w.api)).json(&json!({ "latency_ms": 5 })).send().await.unwrap();
+    let r =
+        w.http.post(format!("{}/_sim/faults", w.api)).json(&json!({ "latency_ms": 5 })).send().await.unwrap();
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("unknown field `latency_ms`"));
     w.http

@@ -456,6 +456,29 @@ impl Queue {
         Ok(activity::newest(lists, limit))
     }
 
+    /// `policy`'s log entries after entry id `after` (exclusive), oldest
+    /// first, at most `count`, each with its id.
+    pub async fn activity_after(
+        &self,
+        policy: &ObjectRef,
+        after: &str,
+        count: usize,
+    ) -> Result<Vec<(String, Activity)>> {
+        let reply: redis::streams::StreamRangeReply = self
+            .conn
+            .get()
+            .xrange_count(self.key(policy, "activity"), format!("({after}"), "+", count)
+            .await?;
+        Ok(reply
+            .ids
+            .into_iter()
+            .filter_map(|sid| {
+                let a = Activity::from_entry(policy, &sid.id, bytes_map(sid.map))?;
+                Some((sid.id, a))
+            })
+            .collect())
+    }
+
     /// Reads `policy`'s log newest first, a page at a time, until `limit`
     /// entries match or the log ends.
     async fn policy_activity(

@@ -55,6 +55,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/policies/{ns}/{name}/dead-letters", delete(purge))
         .route("/admin/policies/{ns}/{name}/dead-letters/{id}/replay", post(replay))
         .route("/admin/deliveries", get(deliveries))
+        .route("/admin/stream", get(super::stream::stream))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
 }
@@ -118,6 +119,11 @@ impl IntoResponse for AdminError {
 type Answer = Result<Json<Value>, AdminError>;
 
 async fn policies(State(s): State<AdminState>) -> Answer {
+    Ok(Json(policies_view(&s).await?))
+}
+
+/// Every policy: effective settings, queue sizes, each agent's circuit.
+pub async fn policies_view(s: &AdminState) -> Result<Value, AdminError> {
     let breakers = s.dispatcher.breaker_states();
     let mut out = Vec::new();
     let mut refs = s.registry.policy_refs();
@@ -155,7 +161,7 @@ async fn policies(State(s): State<AdminState>) -> Answer {
             "agents": agents,
         }));
     }
-    Ok(Json(Value::Array(out)))
+    Ok(Value::Array(out))
 }
 
 async fn set_enabled(

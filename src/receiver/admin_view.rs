@@ -24,6 +24,37 @@ pub fn render(call: &Call, answer: &Value, output: Output, now_ms: u64) -> Strin
     }
 }
 
+/// One line of `hookwarden admin tail` for an event of the stream.
+pub fn tail_line(kind: &str, data: &str, now_ms: u64) -> String {
+    let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+    let text = |v: &Value| {
+        v.as_str().map_or_else(|| if v.is_null() { "-".to_owned() } else { v.to_string() }, str::to_owned)
+    };
+    match kind {
+        "snapshot" => table_of(&Call::Policies, &v, now_ms),
+        "delivery" => format!(
+            "{:<11} {:<14} {:<24} {:<20} {:<14} {} {}\n",
+            text(&v["status"]),
+            text(&v["event"]),
+            text(&v["repository"]),
+            text(&v["hook"]),
+            text(&v["agent"]),
+            text(&v["guid"]),
+            text(&v["detail"]),
+        ),
+        "policy" => format!(
+            "policy {}: enabled={} concurrency={}\n",
+            text(&v["policy"]),
+            v["enabled"],
+            v["concurrency"]
+        ),
+        "circuit" => {
+            format!("circuit {} {}: {}\n", text(&v["policy"]), text(&v["agent"]), text(&v["circuit"]))
+        }
+        other => format!("{other}: {data}\n"),
+    }
+}
+
 /// How long ago `then_ms` was, as kubectl shows ages: `42s`, `5m`, `3h`, `2d`.
 pub fn ago(then_ms: u64, now_ms: u64) -> String {
     let s = now_ms.saturating_sub(then_ms) / 1000;

@@ -18,6 +18,7 @@ pub mod rejections;
 pub mod report;
 pub mod serve;
 pub mod sources;
+pub mod stream;
 pub mod watch;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};

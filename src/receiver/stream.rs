@@ -1,0 +1,387 @@
+//! `GET /admin/stream`: the live view as Server-Sent Events.
+//!
+//! First a `snapshot` (what `GET /admin/policies` answers), then, as they
+//! happen: each `delivery` line of the activity log (queued, duplicate,
+//! delivered, retry, dead letter), each `policy` change (the kill switch,
+//! the concurrency) and each `circuit` change of an agent; a comment every
+//! 15 s keeps proxies from closing it. Filters: `?policy=NS/NAME`,
+//! `?event=E`.
+//!
+//! Every `delivery` carries an id: where the stream stands in each
+//! policy's log (`ns/a@1700000000000-0,ns/b@...`). A client that reconnects
+//! with it as `Last-Event-ID` gets what came after, no gap and no repeat, as
+//! long as the log still holds it (its last 10,000 lines per policy). The
+//! log is read every [`TICK`]; rejections (kept in each receiver's memory,
+//! not in Redis) are not streamed.
+
+use std::{collections::BTreeMap, convert::Infallible, time::Duration};
+
+use axum::{
+    extract::{Query, State},
+    http::HeaderMap,
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::admin::{AdminError, AdminState, policies_view};
+use crate::now_ms;
+
+/// How often the logs and the policies are looked at.
+pub const TICK: Duration = Duration::from_millis(300);
+
+/// Where a stream stands in each policy's activity log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Cursor(pub BTreeMap<String, String>);
+
+impl Cursor {
+    /// From `Last-Event-ID`; `None` when it is not one of ours.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut map = BTreeMap::new();
+        for part in text.split(',').filter(|p| !p.is_empty()) {
+            let (policy, id) = part.rsplit_once('@')?;
+            let (ms, seq) = id.split_once('-')?;
+            if !policy.contains('/') || ms.parse::<u64>().is_err() || seq.parse::<u64>().is_err() {
+                return None;
+            }
+            map.insert(policy.to_owned(), id.to_owned());
+        }
+        Some(Self(map))
+    }
+
+    pub fn encode(&self) -> String {
+        self.0.iter().map(|(p, id)| format!("{p}@{id}")).collect::<Vec<_>>().join(",")
+    }
+
+    /// Where to read `policy` from: its position, or — for a policy the
+    /// cursor has not seen — the newest time it knows (`since_ms` if none).
+    pub fn position(&self, policy: &str, since_ms: u64) -> String {
+        self.0.get(policy).cloned().unwrap_or_else(|| {
+            let newest = self.0.values().filter_map(|id| id.split_once('-')?.0.parse::<u64>().ok()).max();
+            // NB: exclusive reads: `{ms}-0` itself was never written by Redis for `ms - 1`.
+            format!("{}-0", newest.unwrap_or(since_ms).saturating_sub(1))
+        })
+    }
+}
+
+/// What the stream shows of a policy: its switch, concurrency and circuits.
+pub type PolicyState = (Value, Value, BTreeMap<String, String>);
+
+/// The events that tell a viewer how `now` differs from `before`.
+pub fn changes(
+    before: &BTreeMap<String, PolicyState>,
+    now: &BTreeMap<String, PolicyState>,
+) -> Vec<(&'static str, Value)> {
+    let mut out = Vec::new();
+    for (policy, (enabled, concurrency, circuits)) in now {
+        let old = before.get(policy);
+        if old.is_none_or(|(e, c, _)| e != enabled || c != concurrency) {
+            out.push(("policy", json!({ "policy": policy, "enabled": enabled, "concurrency": concurrency })));
+        }
+        for (agent, state) in circuits {
+            if old.and_then(|(_, _, c)| c.get(agent)).is_none_or(|s| s != state) {
+                out.push(("circuit", json!({ "policy": policy, "agent": agent, "circuit": state })));
+            }
+        }
+    }
+    out
+}
+
+#[derive(Deserialize)]
+pub struct Filter {
+    policy: Option<String>,
+    event: Option<String>,
+}
+
+pub async fn stream(
+    State(s): State<AdminState>,
+    Query(filter): Query<Filter>,
+    headers: HeaderMap,
+) -> Response {
+    let since_ms = now_ms();
+    let last = headers.get("last-event-id").and_then(|v| v.to_str().ok());
+    let mut cursor = match last.map(Cursor::parse) {
+        Some(Some(cursor)) => cursor,
+        Some(None) => {
+            return AdminError::BadRequest("Last-Event-ID is not one this stream sent".into())
+                .into_response();
+        }
+        None => Cursor::default(),
+    };
+    let snapshot = match policies_view(&s).await {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(256);
+    tokio::spawn(async move {
+        let wanted = |p: &str| filter.policy.as_deref().is_none_or(|f| f == p);
+        let snapshot: Vec<Value> = snapshot
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|p| wanted(p["policy"].as_str().unwrap_or("")))
+            .cloned()
+            .collect();
+        let mut known = states(&snapshot);
+        if tx.send(Event::default().event("snapshot").data(Value::from(snapshot).to_string())).await.is_err()
+        {
+            return;
+        }
+        loop {
+            tokio::time::sleep(TICK).await;
+            // Policies and circuits.
+            if let Ok(view) = policies_view(&s).await {
+                let view: Vec<Value> = view
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| wanted(p["policy"].as_str().unwrap_or("")))
+                    .cloned()
+                    .collect();
+                let now = states(&view);
+                for (kind, data) in changes(&known, &now) {
+                    if tx.send(Event::default().event(kind).data(data.to_string())).await.is_err() {
+                        return;
+                    }
+                }
+                known = now;
+            }
+            // Deliveries, oldest first across policies.
+            let mut fresh = Vec::new();
+            for policy in s.registry.queue_policies().into_iter().filter(|p| wanted(&p.to_string())) {
+                let key = policy.to_string();
+                let from = cursor.position(&key, since_ms);
+                match s.queue.activity_after(&policy, &from, 500).await {
+                    Ok(entries) => fresh.extend(entries.into_iter().map(|(id, a)| (key.clone(), id, a))),
+                    Err(error) => tracing::warn!(%policy, %error, "stream: cannot read the activity log"),
+                }
+            }
+            fresh.sort_by_key(|(_, _, a)| a.at_ms);
+            for (policy, id, activity) in fresh {
+                cursor.0.insert(policy, id);
+                if filter.event.as_deref().is_some_and(|e| e != activity.event) {
+                    continue;
+                }
+                let data = serde_json::to_string(&activity).expect("activity serialises");
+                let event = Event::default().event("delivery").id(cursor.encode()).data(data);
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let events =
+        futures::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) },
+        );
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("heartbeat"))
+        .into_response()
+}
+
+fn states(view: &[Value]) -> BTreeMap<String, PolicyState> {
+    view.iter()
+        .map(|p| {
+            let circuits = p["agents"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| {
+                    (
+                        a["name"].as_str().unwrap_or("").to_owned(),
+                        a["circuit"].as_str().unwrap_or("").to_owned(),
+                    )
+                })
+                .collect();
+            (
+                p["policy"].as_str().unwrap_or("").to_owned(),
+                (p["enabled"].clone(), p["concurrency"].clone(), circuits),
+            )
+        })
+        .collect()
+}
+
+/// One Server-Sent Event as a client reads it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SseEvent {
+    pub event: String,
+    pub data: String,
+    pub id: Option<String>,
+}
+
+/// Splits a Server-Sent Events byte stream into events, chunk by chunk
+/// (a chunk may end anywhere, even inside a line).
+#[derive(Default)]
+pub struct SseParser {
+    line: String,
+    current: SseEvent,
+    has_data: bool,
+}
+
+impl SseParser {
+    pub fn push(&mut self, chunk: &str) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        for c in chunk.chars() {
+            if c != '\n' {
+                self.line.push(c);
+                continue;
+            }
+            let line = std::mem::take(&mut self.line);
+            let line = line.strip_suffix('\r').unwrap_or(&line);
+            if line.is_empty() {
+                if self.has_data {
+                    out.push(std::mem::take(&mut self.current));
+                }
+                self.current = SseEvent::default();
+                self.has_data = false;
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "event" => self.current.event = value.to_owned(),
+                "id" => self.current.id = Some(value.to_owned()),
+                "data" => {
+                    if self.has_data {
+                        self.current.data.push('\n');
+                    }
+                    self.current.data.push_str(value);
+                    self.has_data = true;
+                }
+                _ => {} // a comment (heartbeat) or a field we do not use
+            }
+        }
+        out
+    }
+}
+
+/// Follows the stream at `base` until `on_event` says stop (returns false),
+/// reconnecting after a lost connection from the last event seen, so no
+/// delivery is missed or shown twice. `query` is the stream's filter
+/// (`policy=...&event=...`). Connection trouble is told to `on_trouble`.
+pub async fn tail(
+    base: &str,
+    token: &str,
+    query: &[(&str, String)],
+    mut on_event: impl FnMut(&SseEvent) -> bool,
+    mut on_trouble: impl FnMut(&str),
+) -> Result<(), super::admin::CallError> {
+    let url = format!("{}/admin/stream", base.trim_end_matches('/'));
+    let http = reqwest::Client::new();
+    let mut last_id: Option<String> = None;
+    loop {
+        let mut request = http.get(&url).query(query).bearer_auth(token);
+        if let Some(id) = &last_id {
+            request = request.header("last-event-id", id);
+        }
+        let trouble = match request.send().await {
+            Ok(mut response) if response.status().is_success() => {
+                let mut parser = SseParser::default();
+                loop {
+                    match response.chunk().await {
+                        Ok(Some(bytes)) => {
+                            for event in parser.push(&String::from_utf8_lossy(&bytes)) {
+                                if event.id.is_some() {
+                                    last_id.clone_from(&event.id);
+                                }
+                                if !on_event(&event) {
+                                    return Ok(());
+                                }
+                            }
+                        }
+                        Ok(None) => break "the receiver closed the stream".to_owned(),
+                        Err(e) => break format!("the stream broke: {e}"),
+                    }
+                }
+            }
+            Ok(response) => {
+                let status = response.status().as_u16();
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                let message = body["error"].as_str().unwrap_or("no message").to_owned();
+                return Err(super::admin::CallError::Api { status, message });
+            }
+            Err(e) if last_id.is_none() => {
+                return Err(super::admin::CallError::Unreachable {
+                    base: base.to_owned(),
+                    cause: e.to_string(),
+                });
+            }
+            Err(e) => format!("cannot reach {base}: {e}"),
+        };
+        on_trouble(&format!("{trouble}; reconnecting from the last event seen"));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cursor_reads_back_and_refuses_what_is_not_one() {
+        let c = Cursor::parse("team/a@1700000000000-0,team/b@1700000000500-3").unwrap();
+        assert_eq!(c.0["team/b"], "1700000000500-3");
+        assert_eq!(Cursor::parse(&c.encode()), Some(c.clone()));
+        for bad in ["team/a", "a@1-0", "team/a@x-0", "team/a@1"] {
+            assert_eq!(Cursor::parse(bad), None, "{bad}");
+        }
+        assert_eq!(Cursor::parse(""), Some(Cursor::default()));
+    }
+
+    #[test]
+    fn where_each_policy_is_read_from() {
+        let c = Cursor::parse("team/a@1700000000000-0,team/b@1700000000500-3").unwrap();
+        let cases = [
+            ("a known policy: its position", "team/a", "1700000000000-0"),
+            ("a policy it has not seen: from the newest time it knows", "team/new", "1700000000499-0"),
+        ];
+        for (what, policy, want) in cases {
+            assert_eq!(c.position(policy, 5), want, "{what}");
+        }
+        assert_eq!(Cursor::default().position("team/a", 2_000), "1999-0", "a new stream: from its start");
+    }
+
+    #[test]
+    fn what_changed_between_two_looks() {
+        let state = |enabled: bool, concurrency: i64, circuit: &str| -> PolicyState {
+            (json!(enabled), json!(concurrency), [("bot".to_owned(), circuit.to_owned())].into())
+        };
+        let before: BTreeMap<String, PolicyState> = [("team/a".to_owned(), state(true, 4, "closed"))].into();
+        let cases = [
+            ("nothing", state(true, 4, "closed"), vec![]),
+            ("the kill switch", state(false, 4, "closed"), vec!["policy"]),
+            ("the concurrency", state(true, 8, "closed"), vec!["policy"]),
+            ("a circuit", state(true, 4, "open"), vec!["circuit"]),
+        ];
+        for (what, now, want) in cases {
+            let now: BTreeMap<String, PolicyState> = [("team/a".to_owned(), now)].into();
+            let kinds: Vec<&str> = changes(&before, &now).into_iter().map(|(k, _)| k).collect();
+            assert_eq!(kinds, want, "{what}");
+        }
+        let appeared: BTreeMap<String, PolicyState> =
+            [("team/b".to_owned(), state(true, 1, "closed"))].into();
+        let kinds: Vec<&str> = changes(&before, &appeared).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(kinds, ["policy", "circuit"], "a new policy is shown whole");
+    }
+
+    #[test]
+    fn events_are_read_whatever_the_chunks() {
+        let text = ": heartbeat\n\nevent: snapshot\ndata: []\n\nevent: delivery\nid: team/a@1-0\ndata: {\"a\":1}\n\nevent: policy\r\ndata: x\r\ndata: y\r\n\r\n";
+        let want = vec![
+            SseEvent { event: "snapshot".into(), data: "[]".into(), id: None },
+            SseEvent { event: "delivery".into(), data: r#"{"a":1}"#.into(), id: Some("team/a@1-0".into()) },
+            SseEvent { event: "policy".into(), data: "x\ny".into(), id: None },
+        ];
+        for size in [1, 3, 7, text.len()] {
+            let mut parser = SseParser::default();
+            let chars: Vec<char> = text.chars().collect();
+            let got: Vec<SseEvent> =
+                chars.chunks(size).flat_map(|c| parser.push(&c.iter().collect::<String>())).collect();
+            assert_eq!(got, want, "chunks of {size}");
+        }
+    }
+}
