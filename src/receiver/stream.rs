@@ -118,13 +118,15 @@ pub async fn stream(
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(256);
     tokio::spawn(async move {
         let wanted = |p: &str| filter.policy.as_deref().is_none_or(|f| f == p);
-        let snapshot: Vec<Value> = snapshot
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|p| wanted(p["policy"].as_str().unwrap_or("")))
-            .cloned()
-            .collect();
+        // The policies of a view the filter wants.
+        let only_wanted = |view: Value| -> Vec<Value> {
+            let all = match view {
+                Value::Array(all) => all,
+                _ => vec![],
+            };
+            all.into_iter().filter(|p| wanted(p["policy"].as_str().unwrap_or(""))).collect()
+        };
+        let snapshot = only_wanted(snapshot);
         let mut known = states(&snapshot);
         if tx.send(Event::default().event("snapshot").data(Value::from(snapshot).to_string())).await.is_err()
         {
@@ -134,14 +136,7 @@ pub async fn stream(
             tokio::time::sleep(TICK).await;
             // Policies and circuits.
             if let Ok(view) = policies_view(&s).await {
-                let view: Vec<Value> = view
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter(|p| wanted(p["policy"].as_str().unwrap_or("")))
-                    .cloned()
-                    .collect();
-                let now = states(&view);
+                let now = states(&only_wanted(view));
                 for (kind, data) in changes(&known, &now) {
                     if tx.send(Event::default().event(kind).data(data.to_string())).await.is_err() {
                         return;

@@ -127,6 +127,11 @@ pub struct Memo {
     pub next_pass: Instant,
     /// Passes that failed in a row.
     pub failures: u32,
+    /// The last pass ran while GitHub said the latest delivery failed: that
+    /// evidence was acted on, and starts no early pass again until it went
+    /// away (a hook whose URL stays down is looked at every interval, not
+    /// every few seconds).
+    pub acted_on_evidence: bool,
 }
 
 /// How a pass ended.
@@ -143,19 +148,26 @@ pub enum Ended {
 }
 
 /// `None` when a pass is due now, else how long until it is. A pass is due
-/// at its time, or early on evidence that deliveries fail (not while
-/// backing off after failed passes).
+/// at its time, or early on new evidence that deliveries fail (not while
+/// backing off after failed passes, nor for evidence a pass acted on).
 pub fn due(now: Instant, memo: Option<&Memo>, evidence: bool) -> Option<Duration> {
     let memo = memo?;
     let mut at = memo.next_pass;
-    if evidence && memo.failures == 0 {
+    if evidence && memo.failures == 0 && !memo.acted_on_evidence {
         at = at.min(memo.last_pass + EVIDENCE_GAP);
     }
     (now < at).then(|| at - now)
 }
 
-/// When the next pass is due after one that ended so.
-pub fn after_pass(now: Instant, previous: Option<&Memo>, ended: Ended, interval: Duration) -> Memo {
+/// When the next pass is due after one that ended so (`evidence`: GitHub
+/// said the latest delivery failed when it ran).
+pub fn after_pass(
+    now: Instant,
+    previous: Option<&Memo>,
+    ended: Ended,
+    interval: Duration,
+    evidence: bool,
+) -> Memo {
     let failures = previous.map_or(0, |m| m.failures);
     let (wait, failures) = match ended {
         Ended::Done => (interval, 0),
@@ -163,7 +175,7 @@ pub fn after_pass(now: Instant, previous: Option<&Memo>, ended: Ended, interval:
         Ended::Throttled(until) => (until.max(MORE_WORK_GAP), failures),
         Ended::Failed => (BACKOFF_FIRST.saturating_mul(1 << failures.min(10)).min(BACKOFF_CAP), failures + 1),
     };
-    Memo { last_pass: now, next_pass: now + wait, failures }
+    Memo { last_pass: now, next_pass: now + wait, failures, acted_on_evidence: evidence }
 }
 
 /// No failed delivery still to recover is older than this (Unix seconds):
@@ -192,7 +204,14 @@ pub(super) async fn run(
     let Some(interval) = ctx.redelivery_interval else { return (None, None) };
     let key = (ObjectRef::new(whc.namespace().unwrap_or_default(), whc.name_any()), hook.id);
     let now = Instant::now();
-    let memo = ctx.recovery.lock().unwrap().get(&key).copied();
+    let memo = {
+        let mut memos = ctx.recovery.lock().unwrap();
+        // Evidence gone (a delivery succeeded since): the next one is new.
+        if let Some(m) = memos.get_mut(&key).filter(|_| !evidence) {
+            m.acted_on_evidence = false;
+        }
+        memos.get(&key).copied()
+    };
     if let Some(wait) = due(now, memo.as_ref(), evidence) {
         return (Some(wait), None);
     }
@@ -222,7 +241,7 @@ pub(super) async fn run(
     pass.announce().await;
     *recovery = Some(state);
     let now = Instant::now();
-    let next = after_pass(now, memo.as_ref(), ended, interval);
+    let next = after_pass(now, memo.as_ref(), ended, interval, evidence);
     ctx.recovery.lock().unwrap().insert(key, next);
     (Some(due(now, Some(&next), evidence).unwrap_or(MORE_WORK_GAP)), pass.newest)
 }
@@ -525,7 +544,13 @@ mod tests {
     fn when_passes_run() {
         let t0 = Instant::now();
         let s = Duration::from_secs;
-        let memo = |next: u64, failures| Memo { last_pass: t0, next_pass: t0 + s(next), failures };
+        let memo = |next: u64, failures| Memo {
+            last_pass: t0,
+            next_pass: t0 + s(next),
+            failures,
+            acted_on_evidence: false,
+        };
+        let acted = |next: u64| Memo { acted_on_evidence: true, ..memo(next, 0) };
         let cases = [
             ("never ran: now", None, t0, false, None),
             ("not yet", Some(memo(30, 0)), t0 + s(10), false, Some(s(20))),
@@ -533,6 +558,7 @@ mod tests {
             ("evidence of failure: early", Some(memo(30, 0)), t0 + s(6), true, None),
             ("evidence, but a pass just ran", Some(memo(30, 0)), t0 + s(2), true, Some(s(3))),
             ("evidence, but backing off", Some(memo(30, 2)), t0 + s(6), true, Some(s(24))),
+            ("evidence a pass already acted on: the interval", Some(acted(30)), t0 + s(6), true, Some(s(24))),
         ];
         for (what, memo, now, evidence, want) in cases {
             assert_eq!(due(now, memo.as_ref(), evidence), want, "{what}");
@@ -544,7 +570,7 @@ mod tests {
         let t0 = Instant::now();
         let s = Duration::from_secs;
         let i = s(30);
-        let failing = |failures| Memo { last_pass: t0, next_pass: t0, failures };
+        let failing = |failures| Memo { last_pass: t0, next_pass: t0, failures, acted_on_evidence: false };
         let cases = [
             ("done: the interval", None, Ended::Done, s(30), 0),
             ("done resets failures", Some(failing(3)), Ended::Done, s(30), 0),
@@ -555,9 +581,12 @@ mod tests {
             ("backoff is capped", Some(failing(30)), Ended::Failed, s(600), 31),
         ];
         for (what, previous, ended, wait, failures) in cases {
-            let m = after_pass(t0, previous.as_ref(), ended, i);
+            let m = after_pass(t0, previous.as_ref(), ended, i, false);
             assert_eq!((m.next_pass - t0, m.failures), (wait, failures), "{what}");
         }
+        let m = after_pass(t0, None, Ended::Done, i, true);
+        assert!(m.acted_on_evidence, "a pass run on evidence remembers it acted on it");
+        assert_eq!(due(t0 + s(6), Some(&m), true), Some(s(24)), "the same evidence starts no early pass");
     }
 
     #[test]
