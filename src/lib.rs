@@ -33,6 +33,7 @@
 //! | leader election | `operator::leader` | — |
 
 pub mod api;
+pub mod forward;
 pub mod github;
 pub mod keys;
 pub mod operator;

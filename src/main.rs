@@ -49,6 +49,32 @@ enum Command {
         #[command(subcommand)]
         action: AdminAction,
     },
+    /// Send a policy's deliveries from a cluster to an agent on this machine:
+    /// each is POSTed to --to with GitHub's headers, signed again with
+    /// --secret, in order; held while the local agent is down, resumed
+    /// without gaps or repeats after a lost connection.
+    Forward {
+        /// Base URL of a receiver's admin listener (e.g. after
+        /// `kubectl port-forward deploy/hookwarden-receiver 8082`).
+        #[arg(long, env = "HOOKWARDEN_ADMIN_URL", default_value = "http://127.0.0.1:8082")]
+        url: String,
+        /// Bearer token (the receiver's HOOKWARDEN_ADMIN_TOKEN).
+        #[arg(long, env = "HOOKWARDEN_ADMIN_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The AgentPolicy whose deliveries to forward (NAMESPACE/NAME).
+        #[arg(long)]
+        policy: String,
+        /// The local agent's URL, e.g. http://localhost:3000/webhook.
+        #[arg(long)]
+        to: String,
+        /// Only these events (comma-separated or repeated); all when absent.
+        #[arg(long, value_delimiter = ',')]
+        events: Vec<String>,
+        /// The local agent's webhook secret: each delivery is signed with it
+        /// (X-Hub-Signature-256), as GitHub would.
+        #[arg(long, env = "HOOKWARDEN_FORWARD_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+    },
     /// A recording HTTP sink that stands in for a downstream agent.
     SampleAgent {
         /// Address to listen on.
@@ -346,7 +372,7 @@ fn main() -> ExitCode {
                 .filter_map(|(k, v)| Some((k, v?)))
                 .collect();
             runtime().block_on(async {
-                let print = |event: &hookwarden::receiver::stream::SseEvent| {
+                let print = async |event: &hookwarden::receiver::stream::SseEvent| {
                     use std::io::Write;
                     let line = match output {
                         OutputFormat::Table => {
@@ -360,7 +386,26 @@ fn main() -> ExitCode {
                     write!(std::io::stdout(), "{line}").and_then(|()| std::io::stdout().flush()).is_ok()
                 };
                 let trouble = |text: &str| eprintln!("{text}");
-                match hookwarden::receiver::stream::tail(&url, &token, &query, print, trouble).await {
+                match hookwarden::receiver::stream::tail(
+                    &url,
+                    "/admin/stream",
+                    &token,
+                    &query,
+                    print,
+                    trouble,
+                )
+                .await
+                {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(error) => fail(error),
+                }
+            })
+        }
+        Command::Forward { url, token, policy, to, events, secret } => {
+            let forward = hookwarden::forward::Forward { admin: url, token, policy, to, events, secret };
+            runtime().block_on(async {
+                let say = |line: &str| println!("{line}");
+                match forward.run(say).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(error) => fail(error),
                 }

@@ -6,7 +6,12 @@
 //!   settled, so `XLEN` is the queue length.
 //! - `p:{ns/policy}:retry`: sorted set of scheduled retries (score: due time).
 //! - `p:{ns/policy}:dead`: the dead-letter stream.
-//! - `p:dedup:{ns/hook}:{guid}`: delivery GUIDs seen in the last 3 days.
+//! - `p:{ns/policy}:dedup:{ns/hook}:{guid}`: delivery GUIDs seen in the last
+//!   3 days; `p:{ns/policy}:body:{ns/hook}:{mac}`: signed bodies queued (replays).
+//! - `p:{ns/policy}:activity`: the activity log ([`activity`]).
+//! - `p:{ns/policy}:tap`: copies of the last [`TAP_LEN`] queued deliveries,
+//!   written only while `p:{ns/policy}:tap:on` exists (someone follows the
+//!   policy with `hookwarden forward`, see [`Queue::tap_after`]).
 //!
 //! Every multi-step change is one Lua script, so a crash never leaves a
 //! delivery half-queued or half-settled.
@@ -35,6 +40,9 @@ pub use model::{DeadLetter, Delivery, Enqueued, Entry, GiveUp, Retry, Settlement
 pub const GROUP: &str = "receivers";
 /// GitHub keeps deliveries, and redelivers them with the same GUID, for 3 days.
 pub const DEDUP_TTL_SECS: u64 = 3 * 24 * 3600;
+
+/// The deliveries a policy's tap keeps for a follower that reconnects.
+pub const TAP_LEN: u64 = 1_000;
 
 /// Errors from the queue.
 #[derive(Debug, thiserror::Error)]
@@ -153,8 +161,10 @@ impl Queue {
             .key(self.key(policy, "events"))
             .key(self.dedup_key(policy, &delivery.hook, &delivery.guid))
             .key(self.key(policy, "activity"))
-            .key(self.body_key(policy, &delivery.hook, signed_mac.unwrap_or(&[0; 32])));
-        script.arg(limit).arg(DEDUP_TTL_SECS).arg(ACTIVITY_LEN).arg(replay_ttl);
+            .key(self.body_key(policy, &delivery.hook, signed_mac.unwrap_or(&[0; 32])))
+            .key(self.key(policy, "tap"))
+            .key(self.key(policy, "tap:on"));
+        script.arg(limit).arg(DEDUP_TTL_SECS).arg(ACTIVITY_LEN).arg(replay_ttl).arg(TAP_LEN);
         for (k, v) in delivery.to_fields() {
             script.arg(k).arg(v);
         }
@@ -414,6 +424,15 @@ impl Queue {
     }
 }
 
+/// Is stream id `a` (`ms-seq`) later than `b`?
+fn stream_id_after(a: &str, b: &str) -> bool {
+    let parse = |id: &str| -> (u64, u64) {
+        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+        (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+    };
+    parse(a) > parse(b)
+}
+
 fn bytes_map(map: HashMap<String, redis::Value>) -> HashMap<String, Vec<u8>> {
     map.into_iter()
         .filter_map(|(k, v)| match v {
@@ -479,6 +498,42 @@ impl Queue {
             .collect())
     }
 
+    /// Keeps `policy`'s tap on for `ttl` more: queued deliveries are copied
+    /// to it. Followers renew it while they follow; it goes off by itself.
+    pub async fn tap_on(&self, policy: &ObjectRef, ttl: std::time::Duration) -> Result<()> {
+        Ok(self.conn.get().set_ex(self.key(policy, "tap:on"), 1, ttl.as_secs().max(1)).await?)
+    }
+
+    /// The tap's deliveries after entry `after` (at most `count`), and
+    /// whether some it held after `after` were trimmed since (a gap: the
+    /// follower was away for more than [`TAP_LEN`] deliveries).
+    pub async fn tap_after(
+        &self,
+        policy: &ObjectRef,
+        after: &str,
+        count: usize,
+    ) -> Result<(Vec<(String, Delivery)>, bool)> {
+        let key = self.key(policy, "tap");
+        let mut conn = self.conn.get();
+        let range: redis::streams::StreamRangeReply =
+            conn.xrange_count(&key, format!("({after}"), "+", count).await?;
+        // NB: XINFO fails on a stream that does not exist yet: nothing was trimmed.
+        let info: redis::RedisResult<HashMap<String, redis::Value>> =
+            redis::cmd("XINFO").arg("STREAM").arg(&key).query_async(&mut conn).await;
+        let trimmed = info
+            .ok()
+            .and_then(|i| {
+                i.get("max-deleted-entry-id").and_then(|v| redis::from_redis_value::<String>(v.clone()).ok())
+            })
+            .is_some_and(|deleted| stream_id_after(&deleted, after));
+        let deliveries = range
+            .ids
+            .into_iter()
+            .map(|sid| Ok((sid.id.clone(), Delivery::from_fields(&sid.id, bytes_map(sid.map))?)))
+            .collect::<Result<_>>()?;
+        Ok((deliveries, trimmed))
+    }
+
     /// Reads `policy`'s log newest first, a page at a time, until `limit`
     /// entries match or the log ends.
     async fn policy_activity(
@@ -508,6 +563,25 @@ impl Queue {
             if read < PAGE {
                 return Ok(found);
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stream_id_after;
+
+    #[test]
+    fn stream_ids_compare_by_time_then_sequence() {
+        let cases = [
+            ("later time", "1700000000001-0", "1700000000000-5", true),
+            ("same time, later sequence", "1700000000000-10", "1700000000000-9", true),
+            ("the same id", "1700000000000-1", "1700000000000-1", false),
+            ("earlier", "1699999999999-99", "1700000000000-0", false),
+            ("nothing trimmed yet", "0-0", "1700000000000-0", false),
+        ];
+        for (what, a, b, want) in cases {
+            assert_eq!(stream_id_after(a, b), want, "{what}");
         }
     }
 }

@@ -56,6 +56,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/policies/{ns}/{name}/dead-letters/{id}/replay", post(replay))
         .route("/admin/deliveries", get(deliveries))
         .route("/admin/stream", get(super::stream::stream))
+        .route("/admin/policies/{ns}/{name}/tap", get(super::stream::tap))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
 }

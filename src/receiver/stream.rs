@@ -17,7 +17,7 @@
 use std::{collections::BTreeMap, convert::Infallible, time::Duration};
 
 use axum::{
-    extract::{Query, State},
+    extract::{Path, Query, State},
     http::HeaderMap,
     response::{
         IntoResponse, Response,
@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::admin::{AdminError, AdminState, policies_view};
-use crate::now_ms;
+use crate::{ObjectRef, now_ms, queue::Delivery};
 
 /// How often the logs and the policies are looked at.
 pub const TICK: Duration = Duration::from_millis(300);
@@ -178,6 +178,115 @@ pub async fn stream(
         .into_response()
 }
 
+/// How long a follower keeps a policy's tap on without renewing it; renewed
+/// every third of that while it follows.
+const TAP_HOLD: Duration = Duration::from_secs(60);
+
+/// `GET /admin/policies/{ns}/{name}/tap`: the deliveries queued for a policy
+/// from now on, payload included, as Server-Sent Events (`delivery`, whose
+/// id is its place in the tap); what `hookwarden forward` follows.
+///
+/// The tap is written only while someone follows (the queue copies a queued
+/// delivery to it while the tap's switch, renewed here, exists) and keeps the
+/// last [`TAP_LEN`](crate::queue::TAP_LEN) deliveries: a client that reconnects
+/// with `Last-Event-ID` gets what came after, no gap and no repeat, or a
+/// `gap` event first when more than that arrived while it was away.
+pub async fn tap(
+    State(s): State<AdminState>,
+    Path((ns, name)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let policy = ObjectRef::new(ns, name);
+    if s.registry.policy(&policy).is_none() {
+        return AdminError::NotFound(format!("no AgentPolicy {policy} (or not loaded yet)")).into_response();
+    }
+    let mut after = match headers.get("last-event-id").map(|v| v.to_str().ok().filter(|id| is_stream_id(id)))
+    {
+        Some(Some(id)) => id.to_owned(),
+        Some(None) => {
+            return AdminError::BadRequest("Last-Event-ID is not one this tap sent".into()).into_response();
+        }
+        None => format!("{}-0", now_ms().saturating_sub(1)),
+    };
+    if let Err(e) = s.queue.tap_on(&policy, TAP_HOLD).await {
+        return AdminError::Unavailable(e.to_string()).into_response();
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
+    tokio::spawn(async move {
+        let mut renewed = tokio::time::Instant::now();
+        let mut told_gap = false;
+        loop {
+            if renewed.elapsed() >= TAP_HOLD / 3 {
+                match s.queue.tap_on(&policy, TAP_HOLD).await {
+                    Ok(()) => renewed = tokio::time::Instant::now(),
+                    Err(error) => tracing::warn!(%policy, %error, "tap: cannot renew"),
+                }
+            }
+            match s.queue.tap_after(&policy, &after, 100).await {
+                Ok((deliveries, trimmed)) => {
+                    if trimmed && !told_gap {
+                        let message = format!(
+                            "more than {} deliveries arrived while this follower was away; the oldest of them are gone from the tap",
+                            crate::queue::TAP_LEN
+                        );
+                        if tx
+                            .send(
+                                Event::default().event("gap").data(json!({ "message": message }).to_string()),
+                            )
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    told_gap = true;
+                    let full = deliveries.len() == 100;
+                    for (id, delivery) in deliveries {
+                        let event =
+                            Event::default().event("delivery").id(&id).data(tap_data(&delivery).to_string());
+                        if tx.send(event).await.is_err() {
+                            return;
+                        }
+                        after = id;
+                    }
+                    if full {
+                        continue;
+                    }
+                }
+                Err(error) => tracing::warn!(%policy, %error, "tap: cannot read"),
+            }
+            tokio::time::sleep(TICK).await;
+        }
+    });
+    let events =
+        futures::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) },
+        );
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("heartbeat"))
+        .into_response()
+}
+
+/// A Redis stream id, `ms-seq`.
+fn is_stream_id(id: &str) -> bool {
+    id.split_once('-').is_some_and(|(ms, seq)| ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok())
+}
+
+/// A tapped delivery as the tap sends it: its headers' values and its
+/// payload, byte for byte, as text.
+pub fn tap_data(d: &Delivery) -> Value {
+    json!({
+        "guid": d.guid,
+        "event": d.event,
+        "hook": d.hook.to_string(),
+        "repository": d.repository,
+        "action": d.action,
+        "receivedMs": d.received_ms,
+        "payload": String::from_utf8_lossy(&d.payload),
+    })
+}
+
 fn states(view: &[Value]) -> BTreeMap<String, PolicyState> {
     view.iter()
         .map(|p| {
@@ -254,18 +363,20 @@ impl SseParser {
     }
 }
 
-/// Follows the stream at `base` until `on_event` says stop (returns false),
-/// reconnecting after a lost connection from the last event seen, so no
-/// delivery is missed or shown twice. `query` is the stream's filter
+/// Follows the event stream at `base` + `path` (`/admin/stream`, or a
+/// policy's tap) until `on_event` says stop (returns false), reconnecting
+/// after a lost connection from the last event handled, so no delivery is
+/// missed or handled twice. `query` is the stream's filter
 /// (`policy=...&event=...`). Connection trouble is told to `on_trouble`.
 pub async fn tail(
     base: &str,
+    path: &str,
     token: &str,
     query: &[(&str, String)],
-    mut on_event: impl FnMut(&SseEvent) -> bool,
+    mut on_event: impl AsyncFnMut(&SseEvent) -> bool,
     mut on_trouble: impl FnMut(&str),
 ) -> Result<(), super::admin::CallError> {
-    let url = format!("{}/admin/stream", base.trim_end_matches('/'));
+    let url = format!("{}{path}", base.trim_end_matches('/'));
     let http = reqwest::Client::new();
     let mut last_id: Option<String> = None;
     loop {
@@ -280,11 +391,12 @@ pub async fn tail(
                     match response.chunk().await {
                         Ok(Some(bytes)) => {
                             for event in parser.push(&String::from_utf8_lossy(&bytes)) {
+                                if !on_event(&event).await {
+                                    return Ok(());
+                                }
+                                // NB: after the event is handled: a reconnect resumes after it.
                                 if event.id.is_some() {
                                     last_id.clone_from(&event.id);
-                                }
-                                if !on_event(&event) {
-                                    return Ok(());
                                 }
                             }
                         }

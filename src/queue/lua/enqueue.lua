@@ -2,14 +2,16 @@
 -- under another GUID (a replay), or the queue is full. Every key is in the
 -- policy's hash slot.
 -- KEYS[1] the policy's events stream, KEYS[2] the GUID's de-duplication key,
--- KEYS[3] the policy's activity log, KEYS[4] the body's key (its MAC).
+-- KEYS[3] the policy's activity log, KEYS[4] the body's key (its MAC),
+-- KEYS[5] the policy's tap, KEYS[6] its switch (a queued delivery is copied
+-- to the tap while the switch exists: someone follows it).
 -- ARGV[1] queue limit, ARGV[2] de-duplication TTL (s), ARGV[3] activity
 -- length, ARGV[4] how long a body is remembered (s; 0: not checked),
--- ARGV[5..] the entry's field/value pairs (guid, event, hook, and
--- repository when set, are copied into the activity log).
+-- ARGV[5] the tap's length, ARGV[6..] the entry's field/value pairs (guid,
+-- event, hook, and repository when set, are copied into the activity log).
 -- Returns the entry id, 'dup', 'replay' or 'full'. A replay is not logged
 -- here: the receiver keeps it with its other rejections.
-local FIELDS = 5
+local FIELDS = 6
 local function log(status, detail)
   local record = {'status', status}
   for i = FIELDS, #ARGV, 2 do
@@ -29,5 +31,8 @@ if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then log('rejected', 'queue_
 local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, FIELDS))
 redis.call('SET', KEYS[2], id, 'EX', ARGV[2])
 if replay_ttl > 0 then redis.call('SET', KEYS[4], id, 'EX', replay_ttl) end
+if redis.call('EXISTS', KEYS[6]) == 1 then
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, FIELDS))
+end
 log('queued')
 return id

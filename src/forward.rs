@@ -1,0 +1,204 @@
+//! `hookwarden forward`: a developer's agent on a laptop gets a cluster's real
+//! deliveries, with no public URL and no relay in between.
+//!
+//! It follows a policy's tap on a receiver's admin API (`GET
+//! /admin/policies/{ns}/{name}/tap`, reached through `kubectl port-forward`)
+//! and POSTs each delivery to a local URL with GitHub's headers, signed again
+//! with the local secret (GitHub's own key never leaves the cluster). One at a
+//! time, in order: while the local agent is down, the delivery in hand is
+//! held and retried, and the tap is not read further, so nothing is skipped;
+//! after a lost connection it resumes from the last delivery it handled, so
+//! nothing comes twice. An answer other than 2xx is reported and not sent
+//! again (what GitHub does).
+//!
+//! What to send is the pure [`outgoing`]; the loop around it is I/O.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::{
+    receiver::{admin::CallError, stream},
+    signature,
+};
+
+/// How long a delivery waits before it is offered again to a local agent that is down.
+pub const RETRY: Duration = Duration::from_secs(1);
+
+/// A delivery as the tap sends it.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Tapped {
+    pub guid: String,
+    pub event: String,
+    pub hook: String,
+    pub repository: Option<String>,
+    pub action: Option<String>,
+    pub payload: String,
+}
+
+/// What `forward` was asked to do.
+pub struct Forward {
+    /// The receiver's admin URL and token.
+    pub admin: String,
+    pub token: String,
+    /// `NAMESPACE/NAME` of the AgentPolicy.
+    pub policy: String,
+    /// The local agent's URL.
+    pub to: String,
+    /// Only these events (all when empty).
+    pub events: Vec<String>,
+    /// The local agent's secret: deliveries are signed with it when set.
+    pub secret: Option<String>,
+}
+
+/// The headers a local agent gets with `d`: GitHub's, signed with `secret`
+/// when there is one (SHA-256, and the legacy SHA-1 GitHub still sends).
+pub fn outgoing(d: &Tapped, secret: Option<&[u8]>) -> Vec<(&'static str, String)> {
+    let mut headers = vec![
+        ("content-type", "application/json".to_owned()),
+        ("user-agent", "GitHub-Hookshot/hookwarden-forward".to_owned()),
+        ("x-github-event", d.event.clone()),
+        ("x-github-delivery", d.guid.clone()),
+        ("x-hookwarden-hook", d.hook.clone()),
+    ];
+    if let Some(key) = secret {
+        headers.push((signature::HEADER, signature::sign(key, d.payload.as_bytes())));
+        headers.push(("x-hub-signature", signature::sign_sha1(key, d.payload.as_bytes())));
+    }
+    headers
+}
+
+/// What a delivery was, for one line of output: `push`, `pull_request.opened`.
+fn describe(d: &Tapped) -> String {
+    let what = match &d.action {
+        Some(action) => format!("{}.{action}", d.event),
+        None => d.event.clone(),
+    };
+    format!("{what} {} ({})", d.guid, d.repository.as_deref().unwrap_or("-"))
+}
+
+impl Forward {
+    /// Forwards until the process is stopped (or the API refuses the
+    /// request: wrong token, unknown policy). `say` gets a line per delivery
+    /// and per change of the local agent's health.
+    pub async fn run(&self, mut say: impl FnMut(&str)) -> Result<(), CallError> {
+        let Some((ns, name)) = self.policy.split_once('/') else {
+            return Err(CallError::Api {
+                status: 400,
+                message: format!("--policy {} is not NAMESPACE/NAME", self.policy),
+            });
+        };
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("a client");
+        let secret = self.secret.as_deref().map(str::as_bytes);
+        let path = format!("/admin/policies/{ns}/{name}/tap");
+        say(&format!("forwarding {}'s deliveries to {}", self.policy, self.to));
+        let mut say_trouble = |text: &str| eprintln!("{text}");
+        let mut down = false;
+        let on_event = async |event: &stream::SseEvent| {
+            match event.event.as_str() {
+                "gap" => {
+                    let message: serde_json::Value = serde_json::from_str(&event.data).unwrap_or_default();
+                    say(&format!("warning: {}", message["message"].as_str().unwrap_or(&event.data)));
+                }
+                "delivery" => {
+                    let d: Tapped = match serde_json::from_str(&event.data) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            say(&format!("warning: a delivery the tap sent is unreadable ({e}); skipped"));
+                            return true;
+                        }
+                    };
+                    if !self.events.is_empty() && !self.events.contains(&d.event) {
+                        return true;
+                    }
+                    loop {
+                        let mut request = http.post(&self.to).body(d.payload.clone());
+                        for (name, value) in outgoing(&d, secret) {
+                            request = request.header(name, value);
+                        }
+                        match request.send().await {
+                            Ok(answer) => {
+                                if down {
+                                    say(&format!("the local agent at {} is back", self.to));
+                                    down = false;
+                                }
+                                let status = answer.status();
+                                if status.is_success() {
+                                    say(&format!("{} {}", status.as_u16(), describe(&d)));
+                                } else {
+                                    say(&format!(
+                                        "{} {}: the local agent refused it; not sent again",
+                                        status.as_u16(),
+                                        describe(&d)
+                                    ));
+                                }
+                                break;
+                            }
+                            Err(e) => {
+                                if !down {
+                                    // NB: the innermost cause says it: "Connection refused (os error 111)".
+                                    let mut cause: &dyn std::error::Error = &e;
+                                    while let Some(inner) = cause.source() {
+                                        cause = inner;
+                                    }
+                                    say(&format!(
+                                        "the local agent at {} is down ({cause}); holding {} and trying again every {}s",
+                                        self.to,
+                                        d.guid,
+                                        RETRY.as_secs()
+                                    ));
+                                    down = true;
+                                }
+                                tokio::time::sleep(RETRY).await;
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+            true
+        };
+        stream::tail(&self.admin, &path, &self.token, &[], on_event, &mut say_trouble).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tapped() -> Tapped {
+        Tapped {
+            guid: "0f1e".into(),
+            event: "pull_request".into(),
+            hook: "team/hook".into(),
+            repository: Some("octo/app".into()),
+            action: Some("opened".into()),
+            payload: r#"{"action":"opened"}"#.into(),
+        }
+    }
+
+    #[test]
+    fn a_local_agent_gets_githubs_headers_signed_with_its_own_secret() {
+        let d = tapped();
+        let headers = outgoing(&d, Some(b"local-secret"));
+        let get = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str());
+        assert_eq!(get("x-github-event"), Some("pull_request"));
+        assert_eq!(get("x-github-delivery"), Some("0f1e"));
+        assert_eq!(get("content-type"), Some("application/json"));
+        let signed = get(signature::HEADER).map(str::as_bytes);
+        assert_eq!(signature::verify(signed, d.payload.as_bytes(), &[b"local-secret"]), Ok(0));
+        assert!(signature::verify(signed, d.payload.as_bytes(), &[b"githubs-secret"]).is_err());
+        assert!(get("x-hub-signature").is_some_and(|v| v.starts_with("sha1=")));
+
+        let unsigned = outgoing(&d, None);
+        assert!(unsigned.iter().all(|(n, _)| !n.starts_with("x-hub-signature")), "no secret, no signature");
+    }
+
+    #[test]
+    fn a_line_says_what_a_delivery_was() {
+        assert_eq!(describe(&tapped()), "pull_request.opened 0f1e (octo/app)");
+        let push = Tapped { event: "push".into(), action: None, repository: None, ..tapped() };
+        assert_eq!(describe(&push), "push 0f1e (-)");
+    }
+}
