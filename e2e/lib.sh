@@ -158,6 +158,12 @@ ensure_npm() {
   fi
 }
 
+# The status page is tested in a real headless Chromium (Debian's package).
+ensure_chromium() {
+  command -v chromium >/dev/null && return
+  apt_install chromium
+}
+
 ensure_tools() {
   ensure_etcd
   ensure_kube
@@ -166,6 +172,7 @@ ensure_tools() {
   ensure_node_tools
   ensure_redis
   ensure_npm
+  ensure_chromium
 }
 
 # free_port: ask the kernel for an unused loopback port.

@@ -65,7 +65,7 @@ async fn harness_limited(
     let policy = ObjectRef::new("team", "default");
     registry.set_hook(
         ObjectRef::new("team", "repo-hook"),
-        HookInfo { secret: secret.clone(), policy: policy.clone() },
+        HookInfo { secret: secret.clone(), policy: policy.clone(), ready: None, last_delivery: None },
     );
     registry.set_keys(secret, vec![HmacKey::new("000000000001", KEY)]);
     for watched in Watched::ALL {

@@ -55,9 +55,11 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/policies/{ns}/{name}/dead-letters", delete(purge))
         .route("/admin/policies/{ns}/{name}/dead-letters/{id}/replay", post(replay))
         .route("/admin/deliveries", get(deliveries))
+        .route("/admin/hooks", get(hooks))
         .route("/admin/stream", get(super::stream::stream))
         .route("/admin/policies/{ns}/{name}/tap", get(super::stream::tap))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .merge(super::ui::router())
         .with_state(state)
 }
 
@@ -163,6 +165,20 @@ pub async fn policies_view(s: &AdminState) -> Result<Value, AdminError> {
         }));
     }
     Ok(Value::Array(out))
+}
+
+/// Every WebhookConfig this receiver serves: its policy, its Ready
+/// condition and GitHub's latest delivery, as the operator last wrote them.
+async fn hooks(State(s): State<AdminState>) -> Answer {
+    let hooks = s.registry.hooks().into_iter().map(|(hook, info)| {
+        json!({
+            "hook": hook.to_string(),
+            "policy": info.policy.to_string(),
+            "ready": info.ready,
+            "lastDelivery": info.last_delivery,
+        })
+    });
+    Ok(Json(Value::Array(hooks.collect())))
 }
 
 async fn set_enabled(

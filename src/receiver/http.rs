@@ -496,7 +496,12 @@ mod tests {
         let secret = ObjectRef::new("team", "hook-hmac");
         registry.set_hook(
             ObjectRef::new("team", "hook"),
-            HookInfo { secret: secret.clone(), policy: ObjectRef::new("team", "default") },
+            HookInfo {
+                secret: secret.clone(),
+                policy: ObjectRef::new("team", "default"),
+                ready: None,
+                last_delivery: None,
+            },
         );
         registry.set_keys(secret, vec![HmacKey::new("000000000001", KEY)]);
         if synced {

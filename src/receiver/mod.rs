@@ -19,6 +19,7 @@ pub mod report;
 pub mod serve;
 pub mod sources;
 pub mod stream;
+pub mod ui;
 pub mod watch;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};

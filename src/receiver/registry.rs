@@ -24,6 +24,10 @@ pub struct HookInfo {
     pub secret: ObjectRef,
     /// The AgentPolicy whose queue and agents get its events.
     pub policy: ObjectRef,
+    /// What the operator last wrote about it, for the admin API: its Ready
+    /// condition (`True`, `False`, `Unknown`) and GitHub's latest delivery.
+    pub ready: Option<String>,
+    pub last_delivery: Option<crate::api::DeliverySummary>,
 }
 
 /// The effective settings of one AgentPolicy. The switch, the concurrency and
@@ -103,6 +107,14 @@ impl Registry {
 
     pub fn hook(&self, hook: &ObjectRef) -> Option<HookInfo> {
         self.hooks.read().unwrap().get(hook).cloned()
+    }
+
+    /// Every hook with what is known of it, sorted.
+    pub fn hooks(&self) -> Vec<(ObjectRef, HookInfo)> {
+        let mut all: Vec<_> =
+            self.hooks.read().unwrap().iter().map(|(r, i)| (r.clone(), i.clone())).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 
     pub fn set_hook(&self, hook: ObjectRef, info: HookInfo) {

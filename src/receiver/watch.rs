@@ -67,6 +67,13 @@ pub fn spawn(client: &Client, namespace: Option<&str>, registry: Arc<Registry>) 
             let info = HookInfo {
                 secret: ObjectRef::new(ns.clone(), whc.secret_name()),
                 policy: ObjectRef::new(ns, whc.spec.agent_policy.clone()),
+                ready: whc.status.as_ref().and_then(|st| {
+                    st.conditions
+                        .iter()
+                        .find(|c| c.type_ == crate::api::conditions::READY)
+                        .map(|c| c.status.clone())
+                }),
+                last_delivery: whc.status.as_ref().and_then(|st| st.last_delivery.clone()),
             };
             r.set_hook(object_ref(whc), info);
         },
