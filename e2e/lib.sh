@@ -164,6 +164,12 @@ ensure_chromium() {
   apt_install chromium
 }
 
+# Jaeger (its OTLP receiver and query API): the collector the tracing test sends to.
+ensure_jaeger() {
+  go_build jaeger "$(pinned jaeger github.com/jaegertracing/jaeger)" "$E2E_DIR/tools/jaeger" \
+    github.com/jaegertracing/jaeger/cmd/jaeger
+}
+
 ensure_tools() {
   ensure_etcd
   ensure_kube
@@ -173,6 +179,7 @@ ensure_tools() {
   ensure_redis
   ensure_npm
   ensure_chromium
+  ensure_jaeger
 }
 
 # free_port: ask the kernel for an unused loopback port.

@@ -43,6 +43,7 @@ pub mod sample_agent;
 pub mod signature;
 pub mod standard_webhooks;
 pub mod telemetry;
+pub mod trace;
 
 /// A namespaced name: `namespace/name`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

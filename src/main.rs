@@ -313,6 +313,11 @@ struct ReceiverArgs {
     /// replica's unacknowledged deliveries are taken over.
     #[arg(long, env = "HOOKWARDEN_RECLAIM_AFTER", default_value_t = 15)]
     reclaim_after_seconds: u64,
+    /// OTLP/HTTP endpoint for the traces of deliveries, e.g.
+    /// http://otel-collector:4318 (unset: trace ids are made for logs and
+    /// agents, nothing is exported).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -330,7 +335,12 @@ fn main() -> ExitCode {
             Err(error) => fail(error),
         },
         Command::Receiver(args) => {
-            hookwarden::telemetry::init_logging();
+            let traces =
+                match hookwarden::trace::Tracing::new("hookwarden-receiver", args.otlp_endpoint.as_deref()) {
+                    Ok(traces) => traces,
+                    Err(error) => return fail(error),
+                };
+            hookwarden::telemetry::init_logging(Some(&traces));
             let consumer = args.consumer.unwrap_or_else(default_consumer);
             let config = ReceiverConfig {
                 listen: args.listen,
@@ -359,12 +369,14 @@ fn main() -> ExitCode {
                 lease_namespace: args.lease_namespace,
                 pod: hookwarden::PodRef::from_env(),
             };
-            runtime().block_on(async {
+            let code = runtime().block_on(async {
                 match kube::Client::try_default().await {
                     Ok(client) => exit_code(receiver::run(config, client).await),
                     Err(error) => fail(error),
                 }
-            })
+            });
+            traces.shutdown();
+            code
         }
         Command::Admin { url, token, output, action: AdminAction::Tail { policy, event } } => {
             let query: Vec<(&str, String)> = [("policy", policy), ("event", event)]
@@ -435,7 +447,7 @@ fn main() -> ExitCode {
             })
         }
         Command::SampleAgent { listen, signing_keys } => {
-            hookwarden::telemetry::init_logging();
+            hookwarden::telemetry::init_logging(None);
             let keys: Result<Vec<_>, _> =
                 signing_keys.iter().map(|k| hookwarden::standard_webhooks::SigningKey::parse(k)).collect();
             let sink = match keys {
@@ -452,7 +464,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Operator(args) => {
-            hookwarden::telemetry::init_logging();
+            hookwarden::telemetry::init_logging(None);
             let recovery = match (args.recovery, &args.redis_url) {
                 (Recovery::Fetch, None) => {
                     return fail("--recovery fetch needs --redis-url: it queues in Redis");

@@ -51,6 +51,8 @@ pub struct Received {
     pub bytes: usize,
     /// When it was answered, Unix milliseconds.
     pub at_ms: u64,
+    /// The W3C trace context the call carried.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Default)]
@@ -169,6 +171,7 @@ async fn receive(
         subject: header("ce-subject"),
         bytes: body.len(),
         at_ms: crate::now_ms(),
+        traceparent: header("traceparent"),
     });
     tracing::info!(agent, id = ?header("ce-id"), kind = ?header("ce-type"), "event received");
     StatusCode::OK

@@ -11,11 +11,23 @@ use prometheus::{
 };
 
 /// Installs the global tracing subscriber: JSON lines, filtered by `RUST_LOG`
-/// (default `info`).
-pub fn init_logging() {
+/// (default `info`); a line written inside a delivery's span carries the span
+/// (`span.trace_id`, `span.delivery_id`). With `traces`, the delivery spans
+/// ([`crate::trace::TARGET`]) also become OpenTelemetry spans.
+pub fn init_logging(traces: Option<&crate::trace::Tracing>) {
+    use tracing_subscriber::{Layer, filter::filter_fn, layer::SubscriberExt, util::SubscriberInitExt};
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().json().with_env_filter(filter).with_current_span(false).try_init();
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+        // NB: the delivery spans exist whatever RUST_LOG says: traces and the
+        // trace id of a warning must not depend on the log level.
+        .add_directive(format!("{}=info", crate::trace::TARGET).parse().expect("a valid directive"));
+    let logs = tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(false);
+    let spans = traces.map(|t| {
+        tracing_opentelemetry::layer()
+            .with_tracer(t.tracer())
+            .with_filter(filter_fn(|m| m.target() == crate::trace::TARGET))
+    });
+    let _ = tracing_subscriber::registry().with(filter).with(logs).with(spans).try_init();
 }
 
 /// Registers `metric` in `registry` and hands it back.

@@ -121,6 +121,7 @@ impl World {
                 received_ms: 1,
                 agent: None,
                 attempt: 0,
+                trace: None,
             };
             self.queue.enqueue(&self.policy, &d, 10_000, None).await.unwrap();
             guids.push(guid);

@@ -119,6 +119,11 @@ impl System {
 
     /// A receiver replica with its admin API on; returns its base and admin URLs.
     async fn receiver_with_admin(&self, consumer: &str) -> (Process, String, String) {
+        self.receiver_with_env(consumer, &[]).await
+    }
+
+    /// The same, with more environment variables.
+    async fn receiver_with_env(&self, consumer: &str, env: &[(&str, &str)]) -> (Process, String, String) {
         let (port, admin_port) = (free_port(), free_port());
         let process = Process::start(
             &self.env,
@@ -135,12 +140,15 @@ impl System {
                 "1",
             ],
             &[
-                ("HOOKWARDEN_NAMESPACE", &self.ns.name),
+                ("HOOKWARDEN_NAMESPACE", self.ns.name.as_str()),
                 ("REDIS_URL", self.env.var("REDIS_URL")),
-                ("HOOKWARDEN_REDIS_PREFIX", &self.prefix),
+                ("HOOKWARDEN_REDIS_PREFIX", self.prefix.as_str()),
                 ("HOOKWARDEN_ADMIN_TOKEN", ADMIN_TOKEN),
-                ("POD_NAMESPACE", &self.ns.name),
-            ],
+                ("POD_NAMESPACE", self.ns.name.as_str()),
+            ]
+            .into_iter()
+            .chain(env.iter().copied())
+            .collect::<Vec<_>>(),
         );
         let base = format!("http://127.0.0.1:{port}");
         let ready = format!("{base}/readyz");
@@ -1168,4 +1176,175 @@ async fn the_status_page_signs_in_shows_deliveries_live_and_flips_the_switch_in_
     page.screenshot(&shot).await;
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "a screenshot of the page");
     eprintln!("screenshot: {}", shot.display());
+}
+
+/// Jaeger, built from the Go module proxy by `e2e/up`: its OTLP/HTTP
+/// receiver and its query API, in-memory storage, on free ports.
+struct Jaeger {
+    child: std::process::Child,
+    otlp: String,
+    query: String,
+    _dir: tempfile_dir::Dir,
+}
+
+impl Jaeger {
+    async fn start() -> Self {
+        let dir = tempfile_dir::Dir::new();
+        let (otlp, query, grpc) = (free_port(), free_port(), free_port());
+        let config = format!(
+            "service:
+  extensions: [jaeger_storage, jaeger_query]
+  pipelines:
+    traces: {{receivers: [otlp], processors: [batch], exporters: [jaeger_storage_exporter]}}
+  telemetry: {{metrics: {{level: none}}, logs: {{level: warn}}}}
+extensions:
+  jaeger_storage: {{backends: {{memory: {{memory: {{max_traces: 10000}}}}}}}}
+  jaeger_query:
+    storage: {{traces: memory}}
+    http: {{endpoint: 127.0.0.1:{query}}}
+    grpc: {{endpoint: 127.0.0.1:{grpc}}}
+receivers:
+  otlp: {{protocols: {{http: {{endpoint: 127.0.0.1:{otlp}}}}}}}
+processors:
+  batch: {{timeout: 100ms}}
+exporters:
+  jaeger_storage_exporter: {{trace_storage: memory}}
+"
+        );
+        let path = dir.0.join("jaeger.yaml");
+        std::fs::write(&path, config).unwrap();
+        let log = std::fs::File::create(dir.0.join("jaeger.log")).unwrap();
+        let child = std::process::Command::new("jaeger")
+            .arg("--config")
+            .arg(format!("file:{}", path.display()))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("jaeger (e2e/up builds it)");
+        let jaeger = Self {
+            child,
+            otlp: format!("http://127.0.0.1:{otlp}"),
+            query: format!("http://127.0.0.1:{query}"),
+            _dir: dir,
+        };
+        eventually("jaeger's query API", WAIT, || async {
+            reqwest::get(format!("{}/api/services", jaeger.query))
+                .await
+                .ok()?
+                .status()
+                .is_success()
+                .then_some(())
+        })
+        .await;
+        jaeger
+    }
+
+    /// The spans of trace `id`, oldest first.
+    async fn spans(&self, id: &str) -> Vec<TraceSpan> {
+        let trace: serde_json::Value = match reqwest::get(format!("{}/api/traces/{id}", self.query))
+            .await
+            .and_then(|r| r.error_for_status())
+        {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(_) => return vec![],
+        };
+        let mut spans: Vec<(u64, TraceSpan)> = trace["data"][0]["spans"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                let parent = s["references"]
+                    .as_array()
+                    .and_then(|r| r.iter().find(|r| r["refType"] == "CHILD_OF"))
+                    .map(|r| r["spanID"].as_str().unwrap().to_owned());
+                let error = s["tags"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|t| t["key"] == "error" && t["value"] == true);
+                let name = s["operationName"].as_str().unwrap().to_owned();
+                (
+                    s["startTime"].as_u64().unwrap(),
+                    (name, s["spanID"].as_str().unwrap().to_owned(), parent, error),
+                )
+            })
+            .collect();
+        spans.sort_by_key(|(start, _)| *start);
+        spans.into_iter().map(|(_, s)| s).collect()
+    }
+}
+
+/// A span as Jaeger shows it: name, span id, parent span id, failed.
+type TraceSpan = (String, String, Option<String>, bool);
+
+impl Drop for Jaeger {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_deliverys_trace_holds_ingest_enqueue_and_every_attempt_in_order_in_a_real_collector() {
+    let jaeger = Jaeger::start().await;
+    let key = HmacKey::generate(1);
+    let s = System::new(&[("agent", 5)], &key).await;
+    let (receiver, base, _) =
+        s.receiver_with_env("r1", &[("OTEL_EXPORTER_OTLP_ENDPOINT", &jaeger.otlp)]).await;
+
+    // The agent fails the first call: the retry is in the same trace.
+    s.sink.set_mode("agent", Mode::Fail);
+    let guid = guid();
+    assert_eq!(s.deliver(&base, &key, &guid).await, 202);
+    eventually("a failed call", WAIT, || async {
+        s.sink.calls("agent").iter().any(|(id, _)| id == &guid).then_some(())
+    })
+    .await;
+    s.sink.set_mode("agent", Mode::Ok);
+    let received = eventually("the retry accepted", WAIT, || async {
+        s.sink.received("agent").into_iter().find(|r| r.id == guid)
+    })
+    .await;
+
+    // The agent got the W3C trace context of the attempt that reached it.
+    let traceparent = received.traceparent.expect("a traceparent header");
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!((parts.len(), parts[0], parts[3]), (4, "00", "01"), "{traceparent}");
+    let (trace_id, agents_parent) = (parts[1].to_owned(), parts[2].to_owned());
+
+    let spans = eventually("the whole trace in jaeger", WAIT, || async {
+        let spans = jaeger.spans(&trace_id).await;
+        let attempts = spans.iter().filter(|s| s.0 == "attempt").count();
+        (attempts >= 2 && spans.last().is_some_and(|s| s.1 == agents_parent)).then_some(spans)
+    })
+    .await;
+    let names: Vec<&str> = spans.iter().map(|s| s.0.as_str()).collect();
+    let attempts = names.iter().filter(|n| **n == "attempt").count();
+    let mut want = vec!["ingest", "enqueue"];
+    for _ in 0..attempts {
+        want.extend(["dispatch", "attempt"]);
+    }
+    assert_eq!(names, want, "in the order they started");
+    let id = |name: &str| spans.iter().find(|s| s.0 == name).unwrap().1.clone();
+    let parent = |i: usize| spans[i].2.clone();
+    assert_eq!(parent(0), None, "ingest is the root");
+    assert_eq!(parent(1), Some(id("ingest")));
+    for i in (2..spans.len()).step_by(2) {
+        assert_eq!(
+            parent(i),
+            Some(id("enqueue")),
+            "each dispatch continues from the enqueue, across the queue"
+        );
+        assert_eq!(parent(i + 1), Some(spans[i].1.clone()), "each attempt is in its dispatch");
+    }
+    assert!(spans[3].3, "the first attempt failed");
+    assert!(!spans.last().unwrap().3, "the last one did not");
+
+    // Every log line about the delivery carries its trace id.
+    let log = receiver.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(&guid)).collect();
+    assert!(lines.len() >= 2, "queued, then retry scheduled: {lines:?}");
+    for line in lines {
+        assert!(line.contains(&trace_id), "a line without the trace id: {line}");
+    }
 }

@@ -192,6 +192,7 @@ fn delivery(guid: &str, n: usize) -> Delivery {
         received_ms: hookwarden::now_ms(),
         agent: None,
         attempt: 0,
+        trace: None,
     }
 }
 

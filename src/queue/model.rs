@@ -29,6 +29,9 @@ pub struct Delivery {
     pub agent: Option<String>,
     /// Attempts already made for `agent`.
     pub attempt: u32,
+    /// The W3C `traceparent` of the span that queued it: its dispatch
+    /// attempts continue that trace ([`crate::trace`]).
+    pub trace: Option<String>,
 }
 
 impl Delivery {
@@ -51,6 +54,7 @@ impl Delivery {
             received_ms: now_ms(),
             agent: None,
             attempt: 0,
+            trace: None,
         })
     }
 
@@ -69,9 +73,12 @@ impl Delivery {
             ("attempt", self.attempt.to_string().into_bytes()),
             payload,
         ];
-        for (name, value) in
-            [("repository", &self.repository), ("action", &self.action), ("agent", &self.agent)]
-        {
+        for (name, value) in [
+            ("repository", &self.repository),
+            ("action", &self.action),
+            ("agent", &self.agent),
+            ("traceparent", &self.trace),
+        ] {
             if let Some(v) = value {
                 f.push((name, v.clone().into_bytes()));
             }
@@ -95,6 +102,7 @@ impl Delivery {
             received_ms: text("received").and_then(|v| v.parse().ok()).ok_or_else(|| corrupt("received"))?,
             agent: text("agent"),
             attempt: text("attempt").and_then(|v| v.parse().ok()).unwrap_or(0),
+            trace: text("traceparent"),
             payload: match map.remove("payload_lz4") {
                 Some(packed) => {
                     Bytes::from(lz4_flex::decompress_size_prepended(&packed).map_err(|_| corrupt("payload"))?)

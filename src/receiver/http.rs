@@ -29,6 +29,7 @@ use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{
     registry::{HookInfo, Registry},
@@ -234,6 +235,30 @@ async fn ingest(
 ) -> Response {
     let hook = ObjectRef::new(namespace, name);
     let guid = headers.get("x-github-delivery").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    // The root of the delivery's trace ([`crate::trace`]).
+    let span = tracing::info_span!(
+        target: crate::trace::TARGET,
+        "ingest",
+        otel.kind = "server",
+        hook = %hook,
+        delivery_id = %guid,
+        trace_id = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    crate::trace::record_trace_id(&span);
+    let response = answer(state, hook, guid, extensions, headers, body).instrument(span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
+}
+
+async fn answer(
+    state: AppState,
+    hook: ObjectRef,
+    guid: String,
+    extensions: axum::http::Extensions,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     // NB: the connection's peer is known when served by `serve::serve`.
     let source = extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -372,7 +397,7 @@ async fn accept(
                 IngestError::BodyRead
             }
         })?;
-    let (delivery, mac) = match verify(&state.registry, hook_ref, &hook, headers, body)? {
+    let (mut delivery, mac) = match verify(&state.registry, hook_ref, &hook, headers, body)? {
         Verified::Ping { delivery, key_version } => {
             state.metrics.received.with_label_values(&["ping"]).inc();
             // Answered, not dispatched: the operator reads the ping's delivery
@@ -385,10 +410,13 @@ async fn accept(
         }
         Verified::Delivery { delivery, mac } => (delivery, mac),
     };
+    let span = tracing::info_span!(target: crate::trace::TARGET, "enqueue", policy = %hook.policy);
+    // Dispatch continues the trace from here, across the queue.
+    delivery.trace = crate::trace::traceparent(&span);
     let (guid, event) = (delivery.guid.as_str(), delivery.event.as_str());
     state.metrics.received.with_label_values(&[event]).inc();
     let limit = state.registry.policy(&hook.policy).map_or(DEFAULT_QUEUE_LIMIT, |p| p.queue_limit);
-    match state.queue.enqueue(&hook.policy, &delivery, limit, Some(&mac)).await {
+    match state.queue.enqueue(&hook.policy, &delivery, limit, Some(&mac)).instrument(span).await {
         Ok(Enqueued::Queued(id)) => {
             tracing::info!(hook = %hook_ref, delivery_id = %guid, event, entry = %id, "delivery queued");
             Ok((StatusCode::ACCEPTED, "queued"))

@@ -14,6 +14,7 @@ use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
+use tracing::Instrument;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::{task::JoinSet, time::Instant};
@@ -224,6 +225,19 @@ impl Dispatcher {
     /// Dispatches one entry and settles it; returns when the earliest retry
     /// it scheduled is due (Unix ms).
     async fn process(self: Arc<Self>, policy: ObjectRef, entry: Entry) -> Option<u64> {
+        // One round of calls for a delivery, in the trace that queued it.
+        let span = tracing::info_span!(
+            target: crate::trace::TARGET,
+            "dispatch",
+            policy = %policy,
+            delivery_id = %entry.delivery.guid,
+            trace_id = tracing::field::Empty,
+        );
+        crate::trace::continue_from(&span, entry.delivery.trace.as_deref());
+        self.dispatch(policy, entry).instrument(span).await
+    }
+
+    async fn dispatch(self: Arc<Self>, policy: ObjectRef, entry: Entry) -> Option<u64> {
         let settings = self.registry.policy(&policy)?;
         let d = &entry.delivery;
         let targets: Vec<Result<&Agent, String>> = match &d.agent {
@@ -301,6 +315,19 @@ impl Dispatcher {
         let breaker = self.breaker(policy, &agent.name, settings);
         let labels = [policy.to_string(), agent.name.clone()];
         let permit = breaker.acquire().await.map_err(|r| Failure::CircuitOpen { retry_at: r.retry_at })?;
+        // The agent gets this attempt's span as its parent (W3C traceparent).
+        let span = tracing::info_span!(
+            target: crate::trace::TARGET,
+            "attempt",
+            otel.kind = "client",
+            agent = %agent.name,
+            attempt = d.attempt + 1,
+            otel.status_code = tracing::field::Empty,
+            otel.status_message = tracing::field::Empty,
+        );
+        if let Some(value) = crate::trace::traceparent(&span).and_then(|v| HeaderValue::from_str(&v).ok()) {
+            headers.insert(HeaderName::from_static("traceparent"), value);
+        }
         let response = self
             .http
             .post(&agent.url)
@@ -308,12 +335,19 @@ impl Dispatcher {
             .headers(headers)
             .body(d.payload.clone())
             .send()
+            .instrument(span.clone())
             .await;
         let result = match response {
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) => Err(Failure::Status(r.status().as_u16())),
             Err(e) if e.is_timeout() => Err(Failure::Timeout),
             Err(e) => Err(Failure::Transport(e.without_url().to_string())),
+        };
+        match &result {
+            Ok(()) => span.record("otel.status_code", "ok"),
+            Err(failure) => {
+                span.record("otel.status_code", "error").record("otel.status_message", failure.metric_label())
+            }
         };
         breaker.record(permit, result.is_ok());
         let open = breaker.state() != State::Closed;
@@ -366,6 +400,7 @@ mod tests {
             received_ms: 1_700_000_000_123,
             agent: None,
             attempt: 0,
+            trace: None,
         };
         let h = cloudevent_headers(&d);
         let get = |n: &str| h.get(n).unwrap().to_str().unwrap().to_owned();
