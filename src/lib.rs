@@ -31,6 +31,9 @@
 //! | dispatch (breaker, retries, dead letters) | `receiver::dispatch::worker::run` → `Dispatcher::process` → `Queue::settle` | `dispatch::settle`, `backoff::jittered`, `Breaker::try_acquire` |
 //! | kill switch and concurrency | `operator::agent_policy::effective_status` → status → `receiver::registry` → the worker | `effective_status`, `worker::free_slots` |
 //! | leader election | `operator::leader` | — |
+//! | live view: stream, status page | `receiver::stream::stream` (SSE), `receiver::ui` (the page, `ui/`) | `stream::Cursor`, `stream::changes`, `SseParser` |
+//! | forward to a laptop | `forward::Forward::run` ← `receiver::stream::tap` ← the tap written by `enqueue.lua` | `forward::outgoing` |
+//! | traces of a delivery | spans in `http::ingest`, `accept` (enqueue), `Dispatcher::process` and `call`; `trace` carries the context | — |
 
 pub mod api;
 pub mod forward;

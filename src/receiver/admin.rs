@@ -144,13 +144,7 @@ pub async fn policies_view(s: &AdminState) -> Result<Value, AdminError> {
         let agents: Vec<Value> = settings
             .agents
             .iter()
-            .map(|a| {
-                let state = breakers
-                    .iter()
-                    .find(|(p, name, _)| p == &policy && name == &a.name)
-                    .map_or("closed", |(_, _, st)| st.as_str());
-                json!({ "name": a.name, "url": a.url, "circuit": state })
-            })
+            .map(|a| json!({ "name": a.name, "url": a.url, "circuit": circuit(&breakers, &policy, &a.name) }))
             .collect();
         out.push(json!({
             "policy": policy.to_string(),
@@ -179,6 +173,11 @@ async fn hooks(State(s): State<AdminState>) -> Answer {
         })
     });
     Ok(Json(Value::Array(hooks.collect())))
+}
+
+/// The circuit of `agent` of `policy` as `breakers` say (closed when it has none yet).
+pub fn circuit<'b>(breakers: &'b [(ObjectRef, String, super::breaker::State)], policy: &ObjectRef, agent: &str) -> &'b str {
+    breakers.iter().find(|(p, name, _)| p == policy && name == agent).map_or("closed", |(_, _, st)| st.as_str())
 }
 
 async fn set_enabled(

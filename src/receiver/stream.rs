@@ -127,23 +127,21 @@ pub async fn stream(
             all.into_iter().filter(|p| wanted(p["policy"].as_str().unwrap_or(""))).collect()
         };
         let snapshot = only_wanted(snapshot);
-        let mut known = states(&snapshot);
+        let mut known = states(&s, &wanted);
         if tx.send(Event::default().event("snapshot").data(Value::from(snapshot).to_string())).await.is_err()
         {
             return;
         }
         loop {
             tokio::time::sleep(TICK).await;
-            // Policies and circuits.
-            if let Ok(view) = policies_view(&s).await {
-                let now = states(&only_wanted(view));
-                for (kind, data) in changes(&known, &now) {
-                    if tx.send(Event::default().event(kind).data(data.to_string())).await.is_err() {
-                        return;
-                    }
+            // Policies and circuits (in memory: no Redis round trip).
+            let now = states(&s, &wanted);
+            for (kind, data) in changes(&known, &now) {
+                if tx.send(Event::default().event(kind).data(data.to_string())).await.is_err() {
+                    return;
                 }
-                known = now;
             }
+            known = now;
             // Deliveries, oldest first across policies.
             let mut fresh = Vec::new();
             for policy in s.registry.queue_policies().into_iter().filter(|p| wanted(&p.to_string())) {
@@ -287,24 +285,22 @@ pub fn tap_data(d: &Delivery) -> Value {
     })
 }
 
-fn states(view: &[Value]) -> BTreeMap<String, PolicyState> {
-    view.iter()
-        .map(|p| {
-            let circuits = p["agents"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|a| {
-                    (
-                        a["name"].as_str().unwrap_or("").to_owned(),
-                        a["circuit"].as_str().unwrap_or("").to_owned(),
-                    )
-                })
+/// The switch, concurrency and circuits of each policy `wanted` keeps, from
+/// the registry and the breakers.
+fn states(s: &AdminState, wanted: &impl Fn(&str) -> bool) -> BTreeMap<String, PolicyState> {
+    let breakers = s.dispatcher.breaker_states();
+    s.registry
+        .policy_refs()
+        .into_iter()
+        .filter(|p| wanted(&p.to_string()))
+        .filter_map(|policy| {
+            let settings = s.registry.policy(&policy)?;
+            let circuits = settings
+                .agents
+                .iter()
+                .map(|a| (a.name.clone(), super::admin::circuit(&breakers, &policy, &a.name).to_owned()))
                 .collect();
-            (
-                p["policy"].as_str().unwrap_or("").to_owned(),
-                (p["enabled"].clone(), p["concurrency"].clone(), circuits),
-            )
+            Some((policy.to_string(), (json!(settings.enabled), json!(settings.concurrency), circuits)))
         })
         .collect()
 }
