@@ -176,8 +176,15 @@ async fn hooks(State(s): State<AdminState>) -> Answer {
 }
 
 /// The circuit of `agent` of `policy` as `breakers` say (closed when it has none yet).
-pub fn circuit<'b>(breakers: &'b [(ObjectRef, String, super::breaker::State)], policy: &ObjectRef, agent: &str) -> &'b str {
-    breakers.iter().find(|(p, name, _)| p == policy && name == agent).map_or("closed", |(_, _, st)| st.as_str())
+pub fn circuit<'b>(
+    breakers: &'b [(ObjectRef, String, super::breaker::State)],
+    policy: &ObjectRef,
+    agent: &str,
+) -> &'b str {
+    breakers
+        .iter()
+        .find(|(p, name, _)| p == policy && name == agent)
+        .map_or("closed", |(_, _, st)| st.as_str())
 }
 
 async fn set_enabled(
