@@ -43,8 +43,7 @@ impl Cursor {
         let mut map = BTreeMap::new();
         for part in text.split(',').filter(|p| !p.is_empty()) {
             let (policy, id) = part.rsplit_once('@')?;
-            let (ms, seq) = id.split_once('-')?;
-            if !policy.contains('/') || ms.parse::<u64>().is_err() || seq.parse::<u64>().is_err() {
+            if !policy.contains('/') || !is_stream_id(id) {
                 return None;
             }
             map.insert(policy.to_owned(), id.to_owned());
@@ -212,7 +211,6 @@ pub async fn tap(
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
     tokio::spawn(async move {
         let mut renewed = tokio::time::Instant::now();
-        let mut told_gap = false;
         loop {
             if renewed.elapsed() >= TAP_HOLD / 3 {
                 match s.queue.tap_on(&policy, TAP_HOLD).await {
@@ -222,7 +220,9 @@ pub async fn tap(
             }
             match s.queue.tap_after(&policy, &after, 100).await {
                 Ok((deliveries, trimmed)) => {
-                    if trimmed && !told_gap {
+                    // NB: told once: the deliveries read with it are newer than
+                    // anything trimmed, and the next read starts after them.
+                    if trimmed {
                         let message = format!(
                             "more than {} deliveries arrived while this follower was away; the oldest of them are gone from the tap",
                             crate::queue::TAP_LEN
@@ -237,7 +237,6 @@ pub async fn tap(
                             return;
                         }
                     }
-                    told_gap = true;
                     let full = deliveries.len() == 100;
                     for (id, delivery) in deliveries {
                         let event =
