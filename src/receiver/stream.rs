@@ -165,14 +165,7 @@ pub async fn stream(
             }
         }
     });
-    let events =
-        futures::stream::unfold(
-            rx,
-            |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) },
-        );
-    Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("heartbeat"))
-        .into_response()
+    sse(rx)
 }
 
 /// How long a follower keeps a policy's tap on without renewing it; renewed
@@ -255,6 +248,12 @@ pub async fn tap(
             tokio::time::sleep(TICK).await;
         }
     });
+    sse(rx)
+}
+
+/// The events a task sends on `rx`, as a Server-Sent Events response with a
+/// heartbeat comment every 15 s (proxies close idle connections).
+fn sse(rx: tokio::sync::mpsc::Receiver<Event>) -> Response {
     let events =
         futures::stream::unfold(
             rx,
