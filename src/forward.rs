@@ -15,35 +15,25 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
-
 use crate::{
-    receiver::{admin::CallError, stream},
+    ObjectRef,
+    receiver::{
+        admin::CallError,
+        stream::{self, Tapped},
+    },
     signature,
 };
 
 /// How long a delivery waits before it is offered again to a local agent that is down.
 pub const RETRY: Duration = Duration::from_secs(1);
 
-/// A delivery as the tap sends it.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct Tapped {
-    pub guid: String,
-    pub event: String,
-    pub hook: String,
-    pub repository: Option<String>,
-    pub action: Option<String>,
-    pub payload: String,
-}
-
 /// What `forward` was asked to do.
 pub struct Forward {
     /// The receiver's admin URL and token.
     pub admin: String,
     pub token: String,
-    /// `NAMESPACE/NAME` of the AgentPolicy.
-    pub policy: String,
+    /// The AgentPolicy.
+    pub policy: ObjectRef,
     /// The local agent's URL.
     pub to: String,
     /// Only these events (all when empty).
@@ -83,15 +73,9 @@ impl Forward {
     /// request: wrong token, unknown policy). `say` gets a line per delivery
     /// and per change of the local agent's health.
     pub async fn run(&self, mut say: impl FnMut(&str)) -> Result<(), CallError> {
-        let Some((ns, name)) = self.policy.split_once('/') else {
-            return Err(CallError::Api {
-                status: 400,
-                message: format!("--policy {} is not NAMESPACE/NAME", self.policy),
-            });
-        };
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().expect("a client");
         let secret = self.secret.as_deref().map(str::as_bytes);
-        let path = format!("/admin/policies/{ns}/{name}/tap");
+        let path = format!("/admin/policies/{}/{}/tap", self.policy.namespace, self.policy.name);
         say(&format!("forwarding {}'s deliveries to {}", self.policy, self.to));
         let mut say_trouble = |text: &str| eprintln!("{text}");
         let mut down = false;
@@ -174,6 +158,7 @@ mod tests {
             hook: "team/hook".into(),
             repository: Some("octo/app".into()),
             action: Some("opened".into()),
+            received_ms: 1_700_000_000_000,
             payload: r#"{"action":"opened"}"#.into(),
         }
     }

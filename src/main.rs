@@ -414,6 +414,10 @@ fn main() -> ExitCode {
             })
         }
         Command::Forward { url, token, policy, to, events, secret } => {
+            let policy = match parse_policy(&policy) {
+                Ok(policy) => policy,
+                Err(error) => return fail(format!("--policy: {error}")),
+            };
             let forward = hookwarden::forward::Forward { admin: url, token, policy, to, events, secret };
             runtime().block_on(async {
                 let say = |line: &str| println!("{line}");
@@ -506,21 +510,29 @@ fn main() -> ExitCode {
     }
 }
 
-fn admin_call(action: AdminAction) -> Result<admin::Call, String> {
-    let policy = |p: &str| match p.split_once('/') {
+/// A policy named on the command line, `NAMESPACE/NAME`.
+fn parse_policy(p: &str) -> Result<ObjectRef, String> {
+    match p.split_once('/') {
         Some((ns, name)) if !ns.is_empty() && !name.is_empty() => Ok(ObjectRef::new(ns, name)),
         _ => Err(format!("expected NAMESPACE/NAME, got {p:?}")),
-    };
+    }
+}
+
+fn admin_call(action: AdminAction) -> Result<admin::Call, String> {
     Ok(match action {
         AdminAction::Policies => admin::Call::Policies,
         AdminAction::Tail { .. } => unreachable!("tail follows the stream, it is no single call"),
-        AdminAction::Enable { policy: p } => admin::Call::SetEnabled { policy: policy(&p)?, enabled: true },
-        AdminAction::Disable { policy: p } => admin::Call::SetEnabled { policy: policy(&p)?, enabled: false },
-        AdminAction::DeadLetters { policy: p, limit } => {
-            admin::Call::DeadLetters { policy: policy(&p)?, limit }
+        AdminAction::Enable { policy: p } => {
+            admin::Call::SetEnabled { policy: parse_policy(&p)?, enabled: true }
         }
-        AdminAction::Replay { policy: p, id } => admin::Call::Replay { policy: policy(&p)?, id },
-        AdminAction::Purge { policy: p } => admin::Call::Purge { policy: policy(&p)? },
+        AdminAction::Disable { policy: p } => {
+            admin::Call::SetEnabled { policy: parse_policy(&p)?, enabled: false }
+        }
+        AdminAction::DeadLetters { policy: p, limit } => {
+            admin::Call::DeadLetters { policy: parse_policy(&p)?, limit }
+        }
+        AdminAction::Replay { policy: p, id } => admin::Call::Replay { policy: parse_policy(&p)?, id },
+        AdminAction::Purge { policy: p } => admin::Call::Purge { policy: parse_policy(&p)? },
         AdminAction::Deliveries { status, event, repository, hook, limit } => {
             admin::Call::Deliveries { filter: ActivityFilter { status, event, repository, hook }, limit }
         }

@@ -424,13 +424,15 @@ impl Queue {
     }
 }
 
-/// Is stream id `a` (`ms-seq`) later than `b`?
+/// A Redis stream id, `ms-seq`, as its two numbers.
+pub fn stream_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// Is stream id `a` later than `b`?
 fn stream_id_after(a: &str, b: &str) -> bool {
-    let parse = |id: &str| -> (u64, u64) {
-        let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-        (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
-    };
-    parse(a) > parse(b)
+    stream_id(a).unwrap_or_default() > stream_id(b).unwrap_or_default()
 }
 
 fn bytes_map(map: HashMap<String, redis::Value>) -> HashMap<String, Vec<u8>> {

@@ -43,7 +43,7 @@ impl Cursor {
         let mut map = BTreeMap::new();
         for part in text.split(',').filter(|p| !p.is_empty()) {
             let (policy, id) = part.rsplit_once('@')?;
-            if !policy.contains('/') || !is_stream_id(id) {
+            if !policy.contains('/') || crate::queue::stream_id(id).is_none() {
                 return None;
             }
             map.insert(policy.to_owned(), id.to_owned());
@@ -190,7 +190,9 @@ pub async fn tap(
     if s.registry.policy(&policy).is_none() {
         return AdminError::NotFound(format!("no AgentPolicy {policy} (or not loaded yet)")).into_response();
     }
-    let mut after = match headers.get("last-event-id").map(|v| v.to_str().ok().filter(|id| is_stream_id(id)))
+    let mut after = match headers
+        .get("last-event-id")
+        .map(|v| v.to_str().ok().filter(|id| crate::queue::stream_id(id).is_some()))
     {
         Some(Some(id)) => id.to_owned(),
         Some(None) => {
@@ -232,8 +234,10 @@ pub async fn tap(
                     }
                     let full = deliveries.len() == 100;
                     for (id, delivery) in deliveries {
-                        let event =
-                            Event::default().event("delivery").id(&id).data(tap_data(&delivery).to_string());
+                        let event = Event::default()
+                            .event("delivery")
+                            .id(&id)
+                            .data(serde_json::to_string(&Tapped::from(&delivery)).expect("serialises"));
                         if tx.send(event).await.is_err() {
                             return;
                         }
@@ -264,23 +268,32 @@ fn sse(rx: tokio::sync::mpsc::Receiver<Event>) -> Response {
         .into_response()
 }
 
-/// A Redis stream id, `ms-seq`.
-fn is_stream_id(id: &str) -> bool {
-    id.split_once('-').is_some_and(|(ms, seq)| ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok())
+/// A delivery as the tap sends it (and `hookwarden forward` reads it): its
+/// headers' values and its payload, byte for byte, as text.
+#[derive(Clone, Debug, serde::Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Tapped {
+    pub guid: String,
+    pub event: String,
+    pub hook: String,
+    pub repository: Option<String>,
+    pub action: Option<String>,
+    pub received_ms: u64,
+    pub payload: String,
 }
 
-/// A tapped delivery as the tap sends it: its headers' values and its
-/// payload, byte for byte, as text.
-pub fn tap_data(d: &Delivery) -> Value {
-    json!({
-        "guid": d.guid,
-        "event": d.event,
-        "hook": d.hook.to_string(),
-        "repository": d.repository,
-        "action": d.action,
-        "receivedMs": d.received_ms,
-        "payload": String::from_utf8_lossy(&d.payload),
-    })
+impl From<&Delivery> for Tapped {
+    fn from(d: &Delivery) -> Self {
+        Self {
+            guid: d.guid.clone(),
+            event: d.event.clone(),
+            hook: d.hook.to_string(),
+            repository: d.repository.clone(),
+            action: d.action.clone(),
+            received_ms: d.received_ms,
+            payload: String::from_utf8_lossy(&d.payload).into_owned(),
+        }
+    }
 }
 
 /// The switch, concurrency and circuits of each policy `wanted` keeps, from
