@@ -27,7 +27,7 @@
 //! | secret rotation | `operator::webhook_config::rotation::rotate`; receivers report loaded keys in `receiver::report` | `rotation::step`, `ping_outcome`, `keys::replicas_missing` |
 //! | recovery of failed deliveries | `operator::webhook_config::recovery::run` | `recovery::to_recover`, `scan_done`, `due`, `after_pass`, `oldest_pending` |
 //! | status and failures of a WebhookConfig | `operator::webhook_config::status` | `status::failure_reason` |
-//! | ingest (verify, de-duplicate, queue) | `receiver::http::ingest` → `accept` → `queue::Queue::enqueue` (`queue/lua/enqueue.lua`) | `http::admit`, `http::verify` |
+//! | ingest (verify, de-duplicate, queue) | `receiver::http::ingest` → `authenticate_request`, `accept` → `queue::Queue::enqueue` (`queue/lua/enqueue.lua`) | `http::admit`, `http::authenticate`, `http::verify` |
 //! | dispatch (breaker, retries, dead letters) | `receiver::dispatch::worker::run` → `Dispatcher::process` → `Queue::settle` | `dispatch::settle`, `backoff::jittered`, `Breaker::try_acquire` |
 //! | kill switch and concurrency | `operator::agent_policy::effective_status` → status → `receiver::registry` → the worker | `effective_status`, `worker::free_slots` |
 //! | leader election | `operator::leader` | — |

@@ -27,7 +27,7 @@ use hookwarden::{
     receiver::{
         http::{AppState, DEFAULT_BODY_LIMIT, router},
         registry::{HookInfo, PolicySettings, Registry, Watched},
-        rejections::Rejections,
+        rejections::{LOGGED_PER_SECOND, Rejections},
         serve::{Limits, serve},
         sources::{Allowlist, FailureLimit},
     },
@@ -648,6 +648,31 @@ async fn redis_commands(url: &str) -> std::collections::BTreeMap<String, u64> {
         .collect()
 }
 
+/// What a test's log subscriber wrote.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    /// The JSON lines whose message is `message`.
+    fn lines(&self, message: &str) -> Vec<Value> {
+        let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|l| l["fields"]["message"] == message)
+            .collect()
+    }
+}
+
 #[tokio::test]
 async fn fifty_thousand_bad_signatures_cost_redis_nothing_and_are_still_seen() {
     // A Redis of its own: nothing else may touch its counters.
@@ -655,18 +680,38 @@ async fn fifty_thousand_bad_signatures_cost_redis_nothing_and_are_still_seen() {
     let h = harness_with(&redis.url, DEFAULT_BODY_LIMIT).await;
     let before = redis_commands(&redis.url).await;
     let body = br#"{"action":"opened"}"#;
-    for n in 0..50_000 {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let _logging = tracing::subscriber::set_default(
+        tracing_subscriber::fmt().json().with_writer(move || writer.clone()).finish(),
+    );
+    let forge = |n: u32| {
         let forged = signature::sign(b"not the key", format!("{n}").as_bytes());
-        let req = delivery("issues", &format!("forged-{n}"), "application/json", body.to_vec(), Some(forged));
-        let (status, ..) = send(&h.app, req).await;
+        delivery("issues", &format!("forged-{n}"), "application/json", body.to_vec(), Some(forged))
+    };
+    let started = Instant::now();
+    for n in 0..50_000 {
+        let (status, ..) = send(&h.app, forge(n)).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
+    let seconds = started.elapsed().as_secs_f64();
     assert_eq!(redis_commands(&redis.url).await, before, "Redis did no work for them");
+    // Not a log flood either: a burst, then LOGGED_PER_SECOND lines a second;
+    // once the limit allows one more, its line counts every one not logged.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, ..) = send(&h.app, forge(50_000)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let lines = logs.lines("delivery rejected");
+    let most = (LOGGED_PER_SECOND as f64 * (seconds + 1.0)) as usize + 1;
+    assert!(lines.len() <= most, "{} lines in {seconds:.1} s", lines.len());
+    let unlogged: u64 = lines.iter().map(|l| l["fields"]["unlogged"].as_u64().unwrap()).sum();
+    assert_eq!(lines.len() as u64 + unlogged, 50_001, "every rejection logged or counted in a line");
+    assert_eq!(lines.last().unwrap()["fields"]["reason"], "signature_mismatch");
     assert_eq!(h.queue.len(&h.policy).await.unwrap(), 0);
     // Seen all the same: the newest are in the replica's window.
     let newest = h.rejections.matching(&Default::default(), 3);
     let guids: Vec<&str> = newest.iter().map(|a| a.guid.as_str()).collect();
-    assert_eq!(guids, ["forged-49999", "forged-49998", "forged-49997"]);
+    assert_eq!(guids, ["forged-50000", "forged-49999", "forged-49998"]);
     assert!(newest.iter().all(|a| a.detail.as_deref() == Some("signature_mismatch")));
 }
 

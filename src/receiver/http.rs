@@ -8,14 +8,15 @@
 //! JSON or form (415) → the payload parses (400) → it is in
 //! Redis (202), or was already (200), or its signed body was, under another
 //! GUID (409, a replay). Only then does GitHub get a 2xx.
-//! Every check before Redis is a pure step, `admit` (before the body is read)
-//! then `verify` (on the body), table-tested without Redis; `accept` is the
-//! I/O around them.
+//! Every check before Redis is a pure step, `admit` (before the body is
+//! read), `authenticate` (the signature, on the raw body) then `verify` (the
+//! rest), table-tested without Redis; `authenticate_request` and `accept` are
+//! the I/O around them. A delivery's trace starts once it is authenticated.
 //!
-//! Over 400 lines: the ordered checks of a delivery, their two pure steps and
+//! Over 400 lines: the ordered checks of a delivery, their pure steps and
 //! the I/O around them, then the steps' table tests.
 
-use std::{sync::Arc, time::Duration};
+use std::{net::IpAddr, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -40,6 +41,7 @@ use super::{
 use crate::{
     ObjectRef,
     api::DEFAULT_QUEUE_LIMIT,
+    keys::HmacKey,
     now_ms,
     queue::{Activity, Delivery, Enqueued, Queue, QueueError},
     signature::{self, SignatureError},
@@ -234,8 +236,27 @@ async fn ingest(
     body: Body,
 ) -> Response {
     let hook = ObjectRef::new(namespace, name);
-    let guid = headers.get("x-github-delivery").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    // The root of the delivery's trace ([`crate::trace`]).
+    // NB: the connection's peer is known when served by `serve::serve`.
+    let source = extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|peer| state.failures.source(peer.0.ip(), &headers));
+    let refused = source.and_then(|s| state.failures.refuses(s));
+    // Both before the body is read or any HMAC computed.
+    let authenticated = match (refused, state.allowlist.check(source)) {
+        (Some(wait), _) => Err(IngestError::TooManyFailures(wait.as_secs().max(1))),
+        (None, Err(NotAllowed::Outside)) => Err(IngestError::SourceNotAllowed),
+        (None, Err(NotAllowed::NotLoaded)) => Err(IngestError::AllowlistNotLoaded),
+        (None, Ok(())) => authenticate_request(&state, &hook, &headers, body).await,
+    };
+    let (info, body, signed) = match authenticated {
+        Ok(authenticated) => authenticated,
+        // A request that proved nothing makes no trace: a flood of them must
+        // cost no more than the check, here and in the trace backend.
+        Err(error) => return reject(&state, &hook, &headers, source, error),
+    };
+    // The root of the delivery's trace ([`crate::trace`]), from the moment
+    // the request is known to come from GitHub.
+    let guid = headers.get("x-github-delivery").and_then(|v| v.to_str().ok()).unwrap_or("");
     let span = tracing::info_span!(
         target: crate::trace::TARGET,
         "ingest",
@@ -246,71 +267,62 @@ async fn ingest(
         http.response.status_code = tracing::field::Empty,
     );
     crate::trace::record_trace_id(&span);
-    let response = answer(state, hook, guid, extensions, headers, body).instrument(span.clone()).await;
+    let response = async {
+        match accept(&state, &hook, &info, &headers, body, signed).await {
+            Ok((status, message)) => (status, Json(json!({ "status": message }))).into_response(),
+            Err(error) => reject(&state, &hook, &headers, source, error),
+        }
+    }
+    .instrument(span.clone())
+    .await;
     span.record("http.response.status_code", response.status().as_u16());
     response
 }
 
-async fn answer(
-    state: AppState,
-    hook: ObjectRef,
-    guid: String,
-    extensions: axum::http::Extensions,
-    headers: HeaderMap,
-    body: Body,
+/// The answer to a request turned away: counted, remembered in memory, and
+/// logged (at most [`Rejections`]' rate: a flood becomes a count, not a log flood).
+fn reject(
+    state: &AppState,
+    hook: &ObjectRef,
+    headers: &HeaderMap,
+    source: Option<IpAddr>,
+    error: IngestError,
 ) -> Response {
-    // NB: the connection's peer is known when served by `serve::serve`.
-    let source = extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|peer| state.failures.source(peer.0.ip(), &headers));
-    let refused = source.and_then(|s| state.failures.refuses(s));
-    // Both before the body is read or any HMAC computed.
-    let result = match (refused, state.allowlist.check(source)) {
-        (Some(wait), _) => Err(IngestError::TooManyFailures(wait.as_secs().max(1))),
-        (None, Err(NotAllowed::Outside)) => Err(IngestError::SourceNotAllowed),
-        (None, Err(NotAllowed::NotLoaded)) => Err(IngestError::AllowlistNotLoaded),
-        (None, Ok(())) => accept(&state, &hook, &headers, body).await,
-    };
-    match result {
-        Ok((status, message)) => (status, Json(json!({ "status": message }))).into_response(),
-        Err(error) => {
-            state.metrics.rejected.with_label_values(&[error.metric_label()]).inc();
-            if matches!(error, IngestError::TooManyFailures(_)) {
-                // Counted only: a refused flood must not become a log or memory flood.
-                return error.into_response();
-            }
-            if let (
-                Some(source),
-                IngestError::UnknownHook(_)
-                | IngestError::Signature(_)
-                | IngestError::Replay
-                | IngestError::SourceNotAllowed,
-            ) = (source, &error)
-            {
-                state.failures.failed(source);
-            }
-            tracing::warn!(%hook, delivery_id = %guid, reason = error.metric_label(), %error, "delivery rejected");
-            // The queue logs its own refusals; Redis being down needs no record.
-            if !matches!(
-                error,
-                IngestError::QueueFull | IngestError::QueueUnavailable | IngestError::NotSynced
-            ) {
-                let event = headers.get("x-github-event").and_then(|v| v.to_str().ok()).unwrap_or("");
-                state.rejections.push(Activity {
-                    at_ms: now_ms(),
-                    guid: guid.chars().take(64).collect(),
-                    event: event.chars().take(64).collect(),
-                    hook: hook.to_string(),
-                    policy: None,
-                    repository: None,
-                    status: "rejected".into(),
-                    agent: None,
-                    detail: Some(error.metric_label().into()),
-                });
-            }
-            error.into_response()
-        }
+    state.metrics.rejected.with_label_values(&[error.metric_label()]).inc();
+    if matches!(error, IngestError::TooManyFailures(_)) {
+        // Counted only: a refused flood must not become a log or memory flood.
+        return error.into_response();
     }
+    if let (
+        Some(source),
+        IngestError::UnknownHook(_)
+        | IngestError::Signature(_)
+        | IngestError::Replay
+        | IngestError::SourceNotAllowed,
+    ) = (source, &error)
+    {
+        state.failures.failed(source);
+    }
+    let text = |name| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let guid = text("x-github-delivery");
+    if let Some(unlogged) = state.rejections.to_log() {
+        tracing::warn!(%hook, delivery_id = %guid, reason = error.metric_label(), %error, unlogged, "delivery rejected");
+    }
+    // The queue logs its own refusals; Redis being down needs no record.
+    if !matches!(error, IngestError::QueueFull | IngestError::QueueUnavailable | IngestError::NotSynced) {
+        state.rejections.push(Activity {
+            at_ms: now_ms(),
+            guid: guid.chars().take(64).collect(),
+            event: text("x-github-event").chars().take(64).collect(),
+            hook: hook.to_string(),
+            policy: None,
+            repository: None,
+            status: "rejected".into(),
+            agent: None,
+            detail: Some(error.metric_label().into()),
+        });
+    }
+    error.into_response()
 }
 
 /// The first pure step, before the body is read: the receiver knows the hook
@@ -332,34 +344,52 @@ pub fn admit(
     Ok(hook)
 }
 
+/// What a valid signature proved: which of the hook's current keys signed
+/// the body, and the MAC it carried (the identity of a signed body: what
+/// recognises a replay).
+#[derive(Debug)]
+pub struct Signed {
+    keys: Arc<[HmacKey]>,
+    key: usize,
+    mac: [u8; 32],
+}
+
 /// A request that passed every check: what to do with it.
 #[derive(Debug)]
 pub enum Verified {
     /// GitHub's ping: answered and recorded with the key that verified it, never queued.
     Ping { delivery: Delivery, key_version: String },
-    /// A delivery for the policy's queue, with the MAC that signed its body
-    /// (what identifies a replay).
+    /// A delivery for the policy's queue, with the MAC that signed its body.
     Delivery { delivery: Delivery, mac: [u8; 32] },
 }
 
 /// The second pure step, on the whole body: signed with one of the hook's
-/// current keys (on the raw bytes, before anything else is believed), then
-/// headers, media type and payload. The order of the answers is the order of
-/// these checks (see the module header).
-pub fn verify(
+/// current keys, on the raw bytes, before anything in it is believed.
+pub fn authenticate(
     registry: &Registry,
-    hook_ref: &ObjectRef,
     hook: &HookInfo,
     headers: &HeaderMap,
-    body: Bytes,
-) -> Result<Verified, IngestError> {
+    body: &[u8],
+) -> Result<Signed, IngestError> {
     let keys = registry.keys(&hook.secret);
     if keys.is_empty() {
         return Err(IngestError::NoKeys);
     }
     let signed = headers.get(signature::HEADER).map(HeaderValue::as_bytes);
-    let key = signature::verify(signed, &body, &keys)?;
+    let key = signature::verify(signed, body, &keys)?;
     let mac = signed.and_then(signature::digest).expect("a verified header has a digest");
+    Ok(Signed { keys, key, mac })
+}
+
+/// The third pure step, on an authenticated body: headers, media type and
+/// payload. The order of the answers is the order of these checks (see the
+/// module header).
+pub fn verify(
+    hook_ref: &ObjectRef,
+    headers: &HeaderMap,
+    body: Bytes,
+    signed: Signed,
+) -> Result<Verified, IngestError> {
     let event = header_token(headers, "x-github-event", |c| {
         c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'
     })?;
@@ -372,18 +402,19 @@ pub fn verify(
     let delivery = Delivery::parse(guid, event, hook_ref, payload)
         .map_err(|e| IngestError::BadPayload(e.to_string()))?;
     Ok(match event {
-        "ping" => Verified::Ping { delivery, key_version: keys[key].version().to_owned() },
-        _ => Verified::Delivery { delivery, mac },
+        "ping" => Verified::Ping { delivery, key_version: signed.keys[signed.key].version().to_owned() },
+        _ => Verified::Delivery { delivery, mac: signed.mac },
     })
 }
 
-/// The pure steps around the I/O: read the body, then queue what they let through.
-async fn accept(
+/// The I/O before the trace starts: the hook is known, the body is read
+/// within its size and deadline, and it is signed by one of the hook's keys.
+async fn authenticate_request(
     state: &AppState,
     hook_ref: &ObjectRef,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(StatusCode, &'static str), IngestError> {
+) -> Result<(HookInfo, Bytes, Signed), IngestError> {
     let hook = admit(&state.registry, hook_ref, headers, state.body_limit)?;
     let deadline = state.limits.body_timeout;
     let body = tokio::time::timeout(deadline, axum::body::to_bytes(body, state.body_limit))
@@ -397,7 +428,20 @@ async fn accept(
                 IngestError::BodyRead
             }
         })?;
-    let (mut delivery, mac) = match verify(&state.registry, hook_ref, &hook, headers, body)? {
+    let signed = authenticate(&state.registry, &hook, headers, &body)?;
+    Ok((hook, body, signed))
+}
+
+/// The rest of the checks on an authenticated request, then the queue.
+async fn accept(
+    state: &AppState,
+    hook_ref: &ObjectRef,
+    hook: &HookInfo,
+    headers: &HeaderMap,
+    body: Bytes,
+    signed: Signed,
+) -> Result<(StatusCode, &'static str), IngestError> {
+    let (mut delivery, mac) = match verify(hook_ref, headers, body, signed)? {
         Verified::Ping { delivery, key_version } => {
             state.metrics.received.with_label_values(&["ping"]).inc();
             // Answered, not dispatched: the operator reads the ping's delivery
@@ -572,7 +616,8 @@ mod tests {
         headers.insert(header::CONTENT_LENGTH, length.into());
         let hook_ref = ObjectRef::new("team", if r.unknown_hook { "other" } else { "hook" });
         let hook = admit(registry, &hook_ref, &headers, LIMIT)?;
-        verify(registry, &hook_ref, &hook, &headers, Bytes::from_static(body))
+        let signed = authenticate(registry, &hook, &headers, body)?;
+        verify(&hook_ref, &headers, Bytes::from_static(body), signed)
     }
 
     #[test]
