@@ -23,7 +23,7 @@ use hookwarden::{
     ObjectRef,
     api::{CircuitBreaker, RetryPolicy},
     keys::HmacKey,
-    queue::{ActivityFilter, Queue},
+    queue::{ActivityFilter, Delivery, Queue, TAP_LEN},
     receiver::{
         http::{AppState, DEFAULT_BODY_LIMIT, router},
         registry::{HookInfo, PolicySettings, Registry, Watched},
@@ -418,18 +418,24 @@ async fn a_full_queue_answers_503_with_retry_after() {
         circuit_breaker: CircuitBreaker::default(),
         retry: RetryPolicy::default(),
     };
-    h.registry.set_policy(h.policy.clone(), settings);
+    h.registry.set_policy(h.policy.clone(), settings.clone());
     let body = |n: u32| format!(r#"{{"action":"opened","number":{n}}}"#).into_bytes();
     let first = guid();
     for (n, id) in [first.clone(), guid()].into_iter().enumerate() {
         assert_eq!(send(&h.app, signed("issues", &id, &body(n as u32))).await.0, StatusCode::ACCEPTED);
     }
-    let (status, reply, retry_after) = send(&h.app, signed("issues", &guid(), &body(3))).await;
+    let refused = guid();
+    let (status, reply, retry_after) = send(&h.app, signed("issues", &refused, &body(3))).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{reply}");
     assert_eq!(retry_after.as_deref(), Some("30"));
     assert_eq!(h.queue.len(&h.policy).await.unwrap(), 2);
     // A redelivery of something already queued is still a success.
     assert_eq!(send(&h.app, signed("issues", &first, &body(0))).await.0, StatusCode::OK);
+    // The refused one left no mark: once there is room, GitHub's redelivery
+    // of it (same GUID, same signed body) is queued, neither a duplicate nor a replay.
+    h.registry.set_policy(h.policy.clone(), PolicySettings { queue_limit: 3, ..settings });
+    assert_eq!(send(&h.app, signed("issues", &refused, &body(3))).await.0, StatusCode::ACCEPTED);
+    assert_eq!(h.queue.len(&h.policy).await.unwrap(), 3);
 }
 
 #[tokio::test]
@@ -765,4 +771,49 @@ async fn every_reason_and_event_series_is_at_zero_right_after_start() {
             assert!(text.contains(&series), "{series} missing");
         }
     }
+}
+
+#[tokio::test]
+async fn a_tap_follower_away_for_more_than_the_tap_holds_is_told_of_the_gap() {
+    let h = harness().await;
+    let queue_one = |n: usize| {
+        let delivery = Delivery::parse(
+            &format!("tap-{n}"),
+            "push",
+            &ObjectRef::new("team", "repo-hook"),
+            format!(r#"{{"n":{n}}}"#).into(),
+        )
+        .unwrap();
+        let (queue, policy) = (h.queue.clone(), h.policy.clone());
+        async move { queue.enqueue(&policy, &delivery, u64::MAX, None).await.unwrap() }
+    };
+    // Nobody follows: nothing is copied to the tap.
+    queue_one(0).await;
+    assert_eq!(h.queue.tap_after(&h.policy, "0-0", 10).await.unwrap().0.len(), 0);
+
+    h.queue.tap_on(&h.policy, Duration::from_secs(60)).await.unwrap();
+    queue_one(1).await;
+    let (first, gap) = h.queue.tap_after(&h.policy, "0-0", 10).await.unwrap();
+    assert_eq!((first.len(), gap), (1, false));
+    let (seen, delivery) = &first[0];
+    assert_eq!(delivery.guid, "tap-1");
+    // A follower that keeps up: no gap.
+    queue_one(2).await;
+    let (next, gap) = h.queue.tap_after(&h.policy, seen, 10).await.unwrap();
+    assert_eq!((next.len(), gap), (1, false));
+    let caught_up = next[0].0.clone();
+
+    // Then it goes away while more than the tap holds arrive.
+    let away = TAP_LEN as usize + 500;
+    for n in 3..3 + away {
+        queue_one(n).await;
+    }
+    let (read, gap) = h.queue.tap_after(&h.policy, &caught_up, 100).await.unwrap();
+    assert!(gap, "the follower is told that deliveries are gone");
+    assert_eq!(read.len(), 100);
+    let oldest: usize = read[0].1.guid.strip_prefix("tap-").unwrap().parse().unwrap();
+    assert!(oldest > 3, "the oldest it missed ({oldest}) are gone from the tap");
+    // Once it has read from what the tap still holds, it is told no more.
+    let (_, gap) = h.queue.tap_after(&h.policy, &read[99].0, 100).await.unwrap();
+    assert!(!gap, "told once");
 }

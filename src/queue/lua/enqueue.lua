@@ -4,7 +4,8 @@
 -- KEYS[1] the policy's events stream, KEYS[2] the GUID's de-duplication key,
 -- KEYS[3] the policy's activity log, KEYS[4] the body's key (its MAC),
 -- KEYS[5] the policy's tap, KEYS[6] its switch (a queued delivery is copied
--- to the tap while the switch exists: someone follows it).
+-- to the tap while the switch exists: someone follows it; the tap keeps the
+-- last ARGV[5] to ARGV[5] + 99).
 -- ARGV[1] queue limit, ARGV[2] de-duplication TTL (s), ARGV[3] activity
 -- length, ARGV[4] how long a body is remembered (s; 0: not checked),
 -- ARGV[5] the tap's length, ARGV[6..] the entry's field/value pairs (guid,
@@ -32,7 +33,16 @@ local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, FIELDS))
 redis.call('SET', KEYS[2], id, 'EX', ARGV[2])
 if replay_ttl > 0 then redis.call('SET', KEYS[4], id, 'EX', replay_ttl) end
 if redis.call('EXISTS', KEYS[6]) == 1 then
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', unpack(ARGV, FIELDS))
+  redis.call('XADD', KEYS[5], '*', unpack(ARGV, FIELDS))
+  -- Trimmed with XDEL, a hundred or more at a time, not with MAXLEN: XDEL
+  -- records the newest entry it removed (XINFO's max-deleted-entry-id), what
+  -- tells a follower back too late that it missed some; trimming does not.
+  local excess = redis.call('XLEN', KEYS[5]) - tonumber(ARGV[5])
+  if excess >= 100 then
+    local ids = {}
+    for i, entry in ipairs(redis.call('XRANGE', KEYS[5], '-', '+', 'COUNT', excess)) do ids[i] = entry[1] end
+    redis.call('XDEL', KEYS[5], unpack(ids))
+  end
 end
 log('queued')
 return id
