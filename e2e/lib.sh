@@ -183,6 +183,24 @@ ensure_tools() {
 }
 
 # free_port: ask the kernel for an unused loopback port.
+# The cluster (control plane and node) with hookwarden's CRDs applied, and
+# Redis; exports KUBECONFIG, REDIS_URL and the node's details. What e2e/up
+# starts with, and all a benchmark that runs hookwarden from this tree needs.
+cluster_and_redis_up() {
+  ensure_tools
+  "$E2E_DIR/cluster" up
+  eval "$("$E2E_DIR/cluster" env)"
+  # Server-side apply: the CRDs are too large for the last-applied annotation.
+  kubectl apply --server-side --force-conflicts -f "$REPO_DIR/crds/" >/dev/null
+  kubectl wait --for condition=Established --timeout 60s \
+    crd/webhookconfigs.hookwarden.io crd/agentpolicies.hookwarden.io >/dev/null
+  # Established comes before discovery and OpenAPI publish the new types.
+  wait_for "CRD discovery" 60 kubectl explain whc.spec && wait_for "CRD discovery" 60 kubectl explain ap.spec ||
+    die "the CRDs are established but kubectl cannot see them yet"
+  "$E2E_DIR/redis" up
+  eval "$("$E2E_DIR/redis" env)"
+}
+
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
