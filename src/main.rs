@@ -258,7 +258,9 @@ struct ReceiverArgs {
     #[arg(long, env = "HOOKWARDEN_SHUTDOWN_GRACE", default_value_t = 25)]
     shutdown_grace_seconds: u64,
     /// Seconds between SIGTERM and closing the webhook listener: not ready,
-    /// still accepting, while Kubernetes takes the pod out of the Service.
+    /// still accepting, while Kubernetes takes the pod out of the Service;
+    /// longer while deliveries still arrive (until none for a second, at
+    /// most twice this).
     #[arg(long, env = "HOOKWARDEN_SHUTDOWN_DELAY", default_value_t = 5)]
     shutdown_delay_seconds: u64,
     /// Seconds a client has to send a request's headers, counted from when

@@ -38,6 +38,7 @@ const WAIT: Duration = Duration::from_secs(120);
 struct Simulator {
     child: Child,
     url: String,
+    log: std::path::PathBuf,
 }
 
 impl Simulator {
@@ -47,7 +48,8 @@ impl Simulator {
         std::fs::create_dir_all(&dir).unwrap();
         let resolv = dir.join("resolv.conf");
         std::fs::write(&resolv, format!("nameserver {node_ip}\n")).unwrap();
-        let log = std::fs::File::create(dir.join("sim.log")).unwrap();
+        let log_path = dir.join("sim.log");
+        let log = std::fs::File::create(&log_path).unwrap();
         let child = Command::new("unshare")
             .args(["--mount", "--propagation", "private", "sh", "-c"])
             .arg(r#"mount --bind "$0" /etc/resolv.conf && exec "$@""#)
@@ -58,7 +60,13 @@ impl Simulator {
             .stderr(log)
             .spawn()
             .expect("start github-sim in its own mount namespace");
-        Self { child, url: format!("http://{node_ip}:{port}") }
+        Self { child, url: format!("http://{node_ip}:{port}"), log: log_path }
+    }
+
+    /// What the simulator logged of the deliveries that got no HTTP answer.
+    fn failures(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        log.lines().filter(|line| line.starts_with("delivery ")).collect::<Vec<_>>().join("\n")
     }
 }
 
@@ -342,7 +350,7 @@ spec:
         sent.len(),
         rejected.len()
     );
-    assert!(rejected.is_empty(), "rejected during the rotation: {rejected:?}");
+    assert!(rejected.is_empty(), "rejected during the rotation: {rejected:?}\n{}", t.sim.failures());
     t.until_delivered(&sent.iter().map(|(g, _)| g.clone()).collect::<Vec<_>>(), WAIT).await;
 
     // 6. helm upgrade rolls every receiver and operator pod while 25 events/s
@@ -383,7 +391,7 @@ spec:
         rejected.len()
     );
     assert!(rate >= 20.0, "at least 20 events a second during the upgrade: {rate:.1}");
-    assert!(rejected.is_empty(), "rejected during the rolling upgrade: {rejected:?}");
+    assert!(rejected.is_empty(), "rejected during the rolling upgrade: {rejected:?}\n{}", t.sim.failures());
     let guids: Vec<String> = sent.iter().map(|(g, _)| g.clone()).collect();
     t.until_delivered(&guids, WAIT).await;
     println!("helm upgrade: 0 of {} lost", guids.len());

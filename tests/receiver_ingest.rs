@@ -25,6 +25,7 @@ use hookwarden::{
     keys::HmacKey,
     queue::{ActivityFilter, Delivery, Queue, TAP_LEN},
     receiver::{
+        drain::{Drain, QUIET},
         http::{AppState, DEFAULT_BODY_LIMIT, router},
         registry::{HookInfo, PolicySettings, Registry, Watched},
         rejections::{LOGGED_PER_SECOND, Rejections},
@@ -35,7 +36,6 @@ use hookwarden::{
     telemetry::ReceiverMetrics,
 };
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 const KEY: &str = "It's a Secret to Everybody";
@@ -45,7 +45,7 @@ struct Harness {
     registry: Arc<Registry>,
     queue: Queue,
     policy: ObjectRef,
-    draining: CancellationToken,
+    drain: Arc<Drain>,
     rejections: Arc<Rejections>,
 }
 
@@ -71,20 +71,20 @@ async fn harness_limited(
     for watched in Watched::ALL {
         registry.mark_synced(watched);
     }
-    let draining = CancellationToken::new();
+    let drain = Arc::new(Drain::default());
     let rejections = Arc::new(Rejections::default());
     let state = AppState {
         registry: registry.clone(),
         queue: queue.clone(),
         metrics: Arc::new(ReceiverMetrics::new()),
         body_limit,
-        draining: draining.clone(),
+        drain: drain.clone(),
         limits,
         rejections: rejections.clone(),
         failures: Arc::new(failures),
         allowlist: Arc::new(Allowlist::off()),
     };
-    Harness { app: router(state), registry, queue, policy, draining, rejections }
+    Harness { app: router(state), registry, queue, policy, drain, rejections }
 }
 
 impl Harness {
@@ -394,7 +394,7 @@ async fn a_draining_receiver_is_not_ready_but_still_accepts_and_closes_connectio
     let open = h.app.clone().oneshot(signed("issues", &guid(), br#"{"n":1}"#)).await.unwrap();
     assert!(open.headers().get("connection").is_none(), "no Connection: close before SIGTERM");
 
-    h.draining.cancel(); // what SIGTERM does first
+    h.drain.begin(); // what SIGTERM does first
     assert_eq!(ready(&h.app).await.status(), StatusCode::SERVICE_UNAVAILABLE);
     let late = h.app.clone().oneshot(signed("issues", &guid(), br#"{"n":2}"#)).await.unwrap();
     assert_eq!(
@@ -404,6 +404,54 @@ async fn a_draining_receiver_is_not_ready_but_still_accepts_and_closes_connectio
     );
     assert_eq!(late.headers()["connection"], "close");
     assert_eq!(h.queue.len(&h.policy).await.unwrap(), 2);
+}
+
+/// As `run` serves it: the listener closes once the drain has settled.
+#[tokio::test]
+async fn a_draining_receiver_keeps_accepting_until_deliveries_stop_arriving() {
+    let h = harness().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let delay = Duration::from_secs(2);
+    let drain = h.drain.clone();
+    let metrics = Arc::new(ReceiverMetrics::new());
+    let served = tokio::spawn(serve(listener, h.app.clone(), Limits::default(), metrics, async move {
+        drain.settled(delay).await
+    }));
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let url = format!("http://{addr}/hooks/team/repo-hook");
+
+    h.drain.begin();
+    let began = std::time::Instant::now();
+    // The Service's rules lag: deliveries still arrive past the delay, each
+    // on a new connection (every answer said `Connection: close`).
+    let mut sends = Vec::new();
+    while began.elapsed() < delay + Duration::from_millis(800) {
+        let body = format!(r#"{{"action":"opened","number":{}}}"#, sends.len()).into_bytes();
+        let request = http
+            .post(&url)
+            .header("x-github-event", "issues")
+            .header("x-github-delivery", guid())
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", signature::sign(KEY.as_bytes(), &body))
+            .body(body);
+        sends.push(tokio::spawn(request.send()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (n, send) in sends.iter_mut().enumerate() {
+        let answer = send.await.unwrap().unwrap_or_else(|e| panic!("delivery {n} got no answer: {e:?}"));
+        assert_eq!(answer.status(), StatusCode::ACCEPTED, "delivery {n}");
+        assert_eq!(answer.headers()["connection"], "close");
+    }
+    assert!(sends.len() >= 60, "{} deliveries", sends.len());
+    // None for QUIET: the listener closes; a late connection is refused, not
+    // left waiting for an answer that never comes.
+    eventually("the listener closed", QUIET + Duration::from_secs(1), || async {
+        tokio::net::TcpStream::connect(addr).await.err().map(|_| ())
+    })
+    .await;
+    tokio::time::timeout(Duration::from_secs(5), served).await.expect("serve returns").unwrap();
+    assert_eq!(h.queue.len(&h.policy).await.unwrap(), sends.len() as u64, "every accepted delivery queued");
 }
 
 #[tokio::test]
@@ -476,7 +524,7 @@ async fn before_its_watches_have_listed_everything_a_receiver_says_not_yet_never
         queue: queue.clone(),
         metrics: Arc::new(ReceiverMetrics::new()),
         body_limit: DEFAULT_BODY_LIMIT,
-        draining: CancellationToken::new(),
+        drain: Arc::default(),
         limits: Limits::default(),
         rejections: Default::default(),
         failures: Arc::new(FailureLimit::off()),

@@ -75,6 +75,10 @@ impl Sim {
             Some(Err(e)) if e.is_timeout() => (0, "timed out".to_owned()),
             Some(Err(_)) => (0, "failed to connect to host".to_owned()),
         };
+        if let Some(Err(error)) = &result {
+            // GitHub's record says little; the log says what the socket did.
+            eprintln!("delivery {guid} to {} failed after {duration:.3} s: {}", hook.url, chain(error));
+        }
         let mut s = self.inner.lock().unwrap();
         s.next_id += 1;
         let delivery = Delivery {
@@ -113,6 +117,18 @@ impl Sim {
             "sender": { "login": "octocat", "id": 1, "type": "User" },
         })
     }
+}
+
+/// An error and its causes, outermost first.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn url_form(payload: &str) -> String {

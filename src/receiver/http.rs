@@ -29,10 +29,10 @@ use axum::{
 use bytes::Bytes;
 use serde_json::json;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{
+    drain::Drain,
     registry::{HookInfo, Registry},
     rejections::Rejections,
     serve::Limits,
@@ -61,8 +61,8 @@ pub struct AppState {
     pub queue: Queue,
     pub metrics: Arc<ReceiverMetrics>,
     pub body_limit: usize,
-    /// Cancelled on SIGTERM: not ready, and every answer closes its connection.
-    pub draining: CancellationToken,
+    /// From SIGTERM: not ready, and every answer closes its connection.
+    pub drain: Arc<Drain>,
     /// What one client may hold (the body deadline and the in-flight cap apply here).
     pub limits: Limits,
     /// The most recent rejections, in memory: unauthenticated requests write nothing to Redis.
@@ -235,6 +235,7 @@ async fn ingest(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    state.drain.saw_delivery();
     let hook = ObjectRef::new(namespace, name);
     // NB: the connection's peer is known when served by `serve::serve`.
     let source = extensions
@@ -523,14 +524,14 @@ async fn limit_in_flight(
 /// While draining, a client's next request opens a new connection, which
 /// the Service sends to a replica that is staying.
 async fn close_when_draining(State(state): State<AppState>, mut response: Response) -> Response {
-    if state.draining.is_cancelled() {
+    if state.drain.is_draining() {
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
-    if state.draining.is_cancelled() {
+    if state.drain.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "draining": true }))).into_response();
     }
     let redis = tokio::time::timeout(Duration::from_secs(2), state.queue.ping()).await;

@@ -12,6 +12,7 @@ pub mod admin_view;
 pub mod backoff;
 pub mod breaker;
 pub mod dispatch;
+pub mod drain;
 pub mod http;
 pub mod registry;
 pub mod rejections;
@@ -71,14 +72,11 @@ pub struct ReceiverConfig {
 }
 
 /// Runs the receiver until SIGTERM or Ctrl-C, then shuts down gracefully.
-/// First it drains for `shutdown_delay`: `/readyz` answers 503 and every
-/// answer says `Connection: close`, but deliveries are still accepted, because
-/// Kubernetes sends SIGTERM and takes the pod out of the Service at the same
-/// time, and kube-proxy (and a client's kept-alive connection) may still send
-/// it traffic for a moment; a closed port then would make GitHub record a
-/// failure. Then it stops accepting, lets in-flight dispatches finish within
-/// the grace period (the rest stay pending in Redis for another replica), and
-/// returns.
+/// First it drains for `shutdown_delay` and until deliveries stop arriving
+/// (see [`drain`]): `/readyz` answers 503 and every answer says
+/// `Connection: close`, but deliveries are still accepted. Then it stops
+/// accepting, lets in-flight dispatches finish within the grace period (the
+/// rest stay pending in Redis for another replica), and returns.
 pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), crate::RunError> {
     crate::api::check_installed(&client, config.namespace.as_deref()).await?;
     let queue = connect_redis(&config).await;
@@ -141,13 +139,13 @@ pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), crate::Ru
         }
         None => Arc::new(sources::Allowlist::off()),
     };
-    let draining = CancellationToken::new();
+    let drain = Arc::new(drain::Drain::default());
     let state = http::AppState {
         registry,
         queue,
         metrics: metrics.clone(),
         body_limit: config.body_limit,
-        draining: draining.clone(),
+        drain: drain.clone(),
         limits: config.limits,
         rejections,
         failures: Arc::new(sources::FailureLimit::new(
@@ -166,9 +164,11 @@ pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), crate::Ru
         crate::shutdown_signal().await;
         let delay_seconds = config.shutdown_delay.as_secs_f64();
         tracing::info!(delay_seconds, "shutting down: not ready, still accepting during the delay");
-        draining.cancel();
-        tokio::time::sleep(config.shutdown_delay).await;
-        tracing::info!("shutting down: no new deliveries, finishing in-flight dispatches");
+        drain.begin();
+        let draining = std::time::Instant::now();
+        drain.settled(config.shutdown_delay).await;
+        let drained_seconds = draining.elapsed().as_secs_f64();
+        tracing::info!(drained_seconds, "shutting down: no new deliveries, finishing in-flight dispatches");
         stop.cancel();
     })
     .await;

@@ -13,8 +13,9 @@
 //!   answered 503 with `Retry-After`, before anything is read or verified
 //!   (in `http::router`; probes and metrics are not limited).
 //!
-//! On shutdown it stops accepting, and open connections finish the request
-//! they are in and close (hyper's graceful shutdown).
+//! On shutdown it closes the listener, so that a connection still routed
+//! here is refused at once rather than left unanswered, and open connections
+//! finish the request they are in and close (hyper's graceful shutdown).
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -97,5 +98,6 @@ pub async fn serve(
             drop(permit);
         });
     }
+    drop(listener);
     graceful.shutdown().await;
 }
