@@ -263,10 +263,15 @@ struct ReceiverArgs {
     /// most twice this).
     #[arg(long, env = "HOOKWARDEN_SHUTDOWN_DELAY", default_value_t = 5)]
     shutdown_delay_seconds: u64,
-    /// Seconds a client has to send a request's headers, counted from when
-    /// the receiver waits for them (so also the keep-alive idle limit).
+    /// Seconds a client has to send a request's headers, counted from the
+    /// request's first byte.
     #[arg(long, env = "HOOKWARDEN_HEADER_TIMEOUT", default_value_t = 5)]
     header_timeout_seconds: u64,
+    /// Seconds a kept-alive connection may stay idle between requests: longer
+    /// than a load balancer in front keeps its idle connections (60 s for AWS
+    /// ALB and ingress-nginx, 600 s for Google's), or its requests race the close.
+    #[arg(long, env = "HOOKWARDEN_IDLE_TIMEOUT", default_value_t = 620)]
+    idle_timeout_seconds: u64,
     /// Seconds a client has to send a delivery's body (then 408).
     #[arg(long, env = "HOOKWARDEN_BODY_TIMEOUT", default_value_t = 10)]
     body_timeout_seconds: u64,
@@ -356,6 +361,7 @@ fn main() -> ExitCode {
                 shutdown_delay: Duration::from_secs(args.shutdown_delay_seconds),
                 limits: receiver::serve::Limits {
                     header_timeout: Duration::from_secs(args.header_timeout_seconds.max(1)),
+                    idle_timeout: Duration::from_secs(args.idle_timeout_seconds.max(1)),
                     body_timeout: Duration::from_secs(args.body_timeout_seconds.max(1)),
                     max_connections: args.max_connections.max(1),
                     max_in_flight: args.max_in_flight.max(1),

@@ -574,26 +574,70 @@ async fn read_until_closed(stream: &mut tokio::net::TcpStream, within: Duration)
 
 const SMALL: Limits = Limits {
     header_timeout: Duration::from_secs(1),
+    idle_timeout: Duration::from_secs(3),
     body_timeout: Duration::from_secs(1),
     max_connections: 8,
     max_in_flight: 2,
 };
 
+/// Reads one answer to `GET /healthz` (its body is `ok`), within a second.
+async fn read_healthz(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !got.ends_with(b"\r\n\r\nok") {
+        let n = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut chunk))
+            .await
+            .expect("an answer within a second")
+            .unwrap();
+        assert!(n > 0, "closed instead of answering: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 #[tokio::test]
-async fn headers_that_never_finish_and_idle_keep_alive_lose_their_connection() {
+async fn headers_that_never_finish_lose_their_connection_and_idle_keep_alive_lasts() {
     use tokio::io::AsyncWriteExt;
+    const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n";
     let (addr, _h) = front_door(SMALL).await;
     let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
     slow.write_all(b"POST /hooks/team/repo-hook HTTP/1.1\r\nhost: x\r\nx-github-event: pu").await.unwrap();
     let started = Instant::now();
     assert!(read_until_closed(&mut slow, Duration::from_secs(5)).await.is_some(), "closed");
-    assert!(started.elapsed() < Duration::from_secs(3), "within the header timeout: {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(2), "within the header timeout: {:?}", started.elapsed());
 
-    // A finished request, then silence: the kept-alive connection goes too.
+    // Kept alive and idle past the header timeout (as a load balancer's pooled
+    // connection is): still open, and the next request on it is answered.
+    let mut pooled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    pooled.write_all(HEALTHZ).await.unwrap();
+    assert!(read_healthz(&mut pooled).await.starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(SMALL.header_timeout * 2).await;
+    pooled.write_all(HEALTHZ).await.unwrap();
+    assert!(read_healthz(&mut pooled).await.starts_with("HTTP/1.1 200"), "idle past the header timeout");
+
+    // A head begun after idle time gets the header timeout from its first byte.
+    tokio::time::sleep(SMALL.header_timeout / 2).await;
+    pooled.write_all(b"GET /healthz HTTP/1.1\r\nhost:").await.unwrap();
+    let began = Instant::now();
+    assert!(read_until_closed(&mut pooled, Duration::from_secs(5)).await.is_some(), "closed");
+    let cut = began.elapsed();
+    assert!(
+        cut >= SMALL.header_timeout - Duration::from_millis(100) && cut < SMALL.header_timeout * 2,
+        "cut {cut:?} after the head's first byte"
+    );
+
+    // Silence: the idle timeout closes a kept-alive connection.
     let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
-    let answer = read_until_closed(&mut idle, Duration::from_secs(5)).await.expect("closed when idle");
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    idle.write_all(HEALTHZ).await.unwrap();
+    assert!(read_healthz(&mut idle).await.starts_with("HTTP/1.1 200"));
+    let since = Instant::now();
+    assert!(read_until_closed(&mut idle, Duration::from_secs(6)).await.is_some(), "closed when idle");
+    let idled = since.elapsed();
+    assert!(
+        idled >= SMALL.idle_timeout - Duration::from_millis(100) && idled < SMALL.idle_timeout * 2,
+        "closed after {idled:?} idle"
+    );
 }
 
 #[tokio::test]

@@ -3,9 +3,16 @@
 //! so a few thousand slow clients could exhaust a receiver; this serves each
 //! connection with hyper itself (HTTP/1.1, which GitHub speaks):
 //!
-//! - the request's headers must arrive within `header_timeout`, counted from
-//!   when the receiver starts waiting for them, so the same limit closes a
-//!   kept-alive connection left idle that long (hyper's header read timeout);
+//! - a request's headers must arrive within `header_timeout`, counted from
+//!   its first byte (a slow client trickling headers is cut off);
+//! - a kept-alive connection may stay idle between requests for
+//!   `idle_timeout`, longer than a load balancer or proxy in front keeps its
+//!   own idle connections to the receiver (60 s for AWS ALB and ingress-nginx,
+//!   600 s for Google's): a server that closes an idle connection first races
+//!   the proxy's next request on it, and that request fails (a 502 GitHub
+//!   records as a failed delivery). hyper's own header timeout counts from
+//!   when it starts waiting for a request, idle time included, so it is set
+//!   to `idle_timeout` and the header deadline is kept here (`HeadClock`);
 //! - the body must arrive within `body_timeout` (408, in `http::accept`);
 //! - at most `max_connections` connections are open: one more is answered
 //!   503 and closed at once;
@@ -17,15 +24,29 @@
 //! here is refused at once rather than left unanswered, and open connections
 //! finish the request they are in and close (hyper's graceful shutdown).
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use axum::Router;
+use axum::{Router, extract::Request, middleware::Next, response::Response};
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
     service::TowerToHyperService,
 };
-use tokio::{io::AsyncWriteExt, net::TcpListener, sync::Semaphore};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::TcpListener,
+    sync::{Notify, Semaphore},
+    time::Instant,
+};
 
 use crate::telemetry::ReceiverMetrics;
 
@@ -33,6 +54,7 @@ use crate::telemetry::ReceiverMetrics;
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
     pub header_timeout: Duration,
+    pub idle_timeout: Duration,
     pub body_timeout: Duration,
     pub max_connections: usize,
     pub max_in_flight: usize,
@@ -42,6 +64,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             header_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(620),
             body_timeout: Duration::from_secs(10),
             max_connections: 4096,
             max_in_flight: 1024,
@@ -87,17 +110,145 @@ pub async fn serve(
             continue;
         };
         let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);
-        // The peer's address, for the per-source failure limit.
-        let app = app.clone().layer(axum::Extension(axum::extract::ConnectInfo(peer)));
-        let connection =
-            graceful.watch(http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app)));
+        http.timer(TokioTimer::new()).header_read_timeout(limits.idle_timeout);
+        let clock = Arc::new(HeadClock::default());
+        let app = app
+            .clone()
+            .layer(axum::middleware::from_fn_with_state(clock.clone(), head_read))
+            // The peer's address, for the per-source failure limit.
+            .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+        let io = TokioIo::new(Clocked { inner: stream, clock: clock.clone() });
+        let connection = graceful.watch(http.serve_connection(io, TowerToHyperService::new(app)));
         tokio::spawn(async move {
-            // A closed or timed-out connection is the client's business.
-            let _ = connection.await;
+            // A closed or timed-out connection is the client's business;
+            // one whose headers are late is dropped, which closes it.
+            tokio::select! {
+                _ = connection => {}
+                () = clock.expired(limits.header_timeout) => {}
+            }
             drop(permit);
         });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Where one connection is in its current request, for the header deadline:
+/// idle, reading a request's head since its first byte, or past the head
+/// (its body and answer are bounded elsewhere).
+#[derive(Debug)]
+struct HeadClock {
+    /// `IDLE`, `PAST_HEAD`, or when the head's first byte arrived (µs after `epoch`, + 1).
+    state: AtomicU64,
+    epoch: Instant,
+    changed: Notify,
+}
+
+const IDLE: u64 = 0;
+const PAST_HEAD: u64 = u64::MAX;
+
+impl Default for HeadClock {
+    fn default() -> Self {
+        Self { state: AtomicU64::new(IDLE), epoch: Instant::now(), changed: Notify::new() }
+    }
+}
+
+impl HeadClock {
+    /// Bytes arrived: if the connection was idle, a request's head begins.
+    fn bytes_arrived(&self) {
+        let now = self.epoch.elapsed().as_micros() as u64 + 1;
+        if self.state.compare_exchange(IDLE, now, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Past the head, or idle again: no deadline. Nothing is woken: a
+    /// deadline that passes finds the state changed.
+    fn set(&self, state: u64) {
+        self.state.store(state, Ordering::Release);
+    }
+
+    /// Completes when a request's head has been arriving for `limit`.
+    async fn expired(&self, limit: Duration) {
+        loop {
+            let changed = self.changed.notified();
+            match self.state.load(Ordering::Acquire) {
+                IDLE | PAST_HEAD => changed.await,
+                began => {
+                    let deadline = self.epoch + Duration::from_micros(began - 1) + limit;
+                    tokio::select! {
+                        () = tokio::time::sleep_until(deadline) => {
+                            if self.state.load(Ordering::Acquire) == began {
+                                return;
+                            }
+                        }
+                        () = changed => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The head is read once the router has the request; idle again once it answered.
+async fn head_read(
+    axum::extract::State(clock): axum::extract::State<Arc<HeadClock>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    clock.set(PAST_HEAD);
+    let response = next.run(request).await;
+    clock.set(IDLE);
+    response
+}
+
+/// A connection's socket that tells its [`HeadClock`] when bytes arrive.
+struct Clocked<S> {
+    inner: S,
+    clock: Arc<HeadClock>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Clocked<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.clock.bytes_arrived();
+        }
+        read
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Clocked<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
