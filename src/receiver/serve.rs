@@ -35,7 +35,7 @@ use std::{
     time::Duration,
 };
 
-use axum::{Router, extract::Request, middleware::Next, response::Response};
+use axum::Router;
 use hyper_util::{
     rt::{TokioIo, TokioTimer},
     server::graceful::GracefulShutdown,
@@ -44,7 +44,7 @@ use hyper_util::{
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::TcpListener,
-    sync::{Notify, Semaphore},
+    sync::Semaphore,
     time::Instant,
 };
 
@@ -112,13 +112,23 @@ pub async fn serve(
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new()).header_read_timeout(limits.idle_timeout);
         let clock = Arc::new(HeadClock::default());
-        let app = app
-            .clone()
-            .layer(axum::middleware::from_fn_with_state(clock.clone(), head_read))
-            // The peer's address, for the per-source failure limit.
-            .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+        // The peer's address, for the per-source failure limit.
+        let app = app.clone().layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+        let app = TowerToHyperService::new(app);
+        let marks = clock.clone();
+        // The head is read once the router has the request; idle again once it answered.
+        let service = hyper::service::service_fn(move |request| {
+            marks.set(PAST_HEAD);
+            let answer = hyper::service::Service::call(&app, request);
+            let marks = marks.clone();
+            async move {
+                let answer = answer.await;
+                marks.set(IDLE);
+                answer
+            }
+        });
         let io = TokioIo::new(Clocked { inner: stream, clock: clock.clone() });
-        let connection = graceful.watch(http.serve_connection(io, TowerToHyperService::new(app)));
+        let connection = graceful.watch(http.serve_connection(io, service));
         tokio::spawn(async move {
             // A closed or timed-out connection is the client's business;
             // one whose headers are late is dropped, which closes it.
@@ -135,13 +145,14 @@ pub async fn serve(
 
 /// Where one connection is in its current request, for the header deadline:
 /// idle, reading a request's head since its first byte, or past the head
-/// (its body and answer are bounded elsewhere).
+/// (its body and answer are bounded elsewhere). Marking costs an atomic
+/// store; nothing is woken per request: the watch ([`HeadClock::expired`])
+/// looks every `header_timeout`, which finds any head before its deadline.
 #[derive(Debug)]
 struct HeadClock {
     /// `IDLE`, `PAST_HEAD`, or when the head's first byte arrived (µs after `epoch`, + 1).
     state: AtomicU64,
     epoch: Instant,
-    changed: Notify,
 }
 
 const IDLE: u64 = 0;
@@ -149,57 +160,40 @@ const PAST_HEAD: u64 = u64::MAX;
 
 impl Default for HeadClock {
     fn default() -> Self {
-        Self { state: AtomicU64::new(IDLE), epoch: Instant::now(), changed: Notify::new() }
+        Self { state: AtomicU64::new(IDLE), epoch: Instant::now() }
     }
 }
 
 impl HeadClock {
     /// Bytes arrived: if the connection was idle, a request's head begins.
     fn bytes_arrived(&self) {
-        let now = self.epoch.elapsed().as_micros() as u64 + 1;
-        if self.state.compare_exchange(IDLE, now, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-            self.changed.notify_one();
+        if self.state.load(Ordering::Relaxed) == IDLE {
+            let now = self.epoch.elapsed().as_micros() as u64 + 1;
+            let _ = self.state.compare_exchange(IDLE, now, Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 
-    /// Past the head, or idle again: no deadline. Nothing is woken: a
-    /// deadline that passes finds the state changed.
     fn set(&self, state: u64) {
-        self.state.store(state, Ordering::Release);
+        self.state.store(state, Ordering::Relaxed);
     }
 
-    /// Completes when a request's head has been arriving for `limit`.
+    /// Completes when a request's head has been arriving for `limit`: a head
+    /// that began after one look is seen at the next, `limit` later, before
+    /// its deadline, which is then awaited exactly.
     async fn expired(&self, limit: Duration) {
         loop {
-            let changed = self.changed.notified();
-            match self.state.load(Ordering::Acquire) {
-                IDLE | PAST_HEAD => changed.await,
+            match self.state.load(Ordering::Relaxed) {
+                IDLE | PAST_HEAD => tokio::time::sleep(limit).await,
                 began => {
                     let deadline = self.epoch + Duration::from_micros(began - 1) + limit;
-                    tokio::select! {
-                        () = tokio::time::sleep_until(deadline) => {
-                            if self.state.load(Ordering::Acquire) == began {
-                                return;
-                            }
-                        }
-                        () = changed => {}
+                    tokio::time::sleep_until(deadline).await;
+                    if self.state.load(Ordering::Relaxed) == began {
+                        return;
                     }
                 }
             }
         }
     }
-}
-
-/// The head is read once the router has the request; idle again once it answered.
-async fn head_read(
-    axum::extract::State(clock): axum::extract::State<Arc<HeadClock>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    clock.set(PAST_HEAD);
-    let response = next.run(request).await;
-    clock.set(IDLE);
-    response
 }
 
 /// A connection's socket that tells its [`HeadClock`] when bytes arrive.
