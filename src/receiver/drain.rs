@@ -46,8 +46,9 @@ impl Drain {
         self.started.cancel();
     }
 
+    /// An atomic load: asked on every answer (a token's own check takes a lock).
     pub fn is_draining(&self) -> bool {
-        self.started.is_cancelled()
+        self.since.get().is_some()
     }
 
     /// A delivery arrived (counts only while draining).
