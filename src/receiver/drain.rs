@@ -58,15 +58,15 @@ impl Drain {
         }
     }
 
-    /// Completes when the listener may close (see the module header);
-    /// pending until the drain begins.
-    pub async fn settled(&self, delay: Duration) {
+    /// Completes when the listener may close (see the module header), with
+    /// how long the drain took; pending until the drain begins.
+    pub async fn settled(&self, delay: Duration) -> Duration {
         self.started.cancelled().await;
         let since = *self.since.get().expect("set before the token is cancelled");
         loop {
             let at = stop_accepting_at(since, delay, *self.last_delivery.lock().unwrap());
             if Instant::now() >= at {
-                return;
+                return since.elapsed();
             }
             tokio::time::sleep_until(at).await;
         }
@@ -110,11 +110,12 @@ mod tests {
         });
         tokio::time::sleep(Duration::from_millis(1_800)).await;
         drain.saw_delivery();
-        waiter.await.unwrap();
+        let drained = waiter.await.unwrap();
         let waited = start.elapsed();
         assert!(
             (Duration::from_millis(2_800)..Duration::from_millis(2_900)).contains(&waited),
             "settled after {waited:?}, expected QUIET after the last delivery at 1.8 s"
         );
+        assert_eq!(drained, waited, "it says how long it drained");
     }
 }

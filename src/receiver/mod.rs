@@ -165,9 +165,7 @@ pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), crate::Ru
         let delay_seconds = config.shutdown_delay.as_secs_f64();
         tracing::info!(delay_seconds, "shutting down: not ready, still accepting during the delay");
         drain.begin();
-        let draining = std::time::Instant::now();
-        drain.settled(config.shutdown_delay).await;
-        let drained_seconds = draining.elapsed().as_secs_f64();
+        let drained_seconds = drain.settled(config.shutdown_delay).await.as_secs_f64();
         tracing::info!(drained_seconds, "shutting down: no new deliveries, finishing in-flight dispatches");
         stop.cancel();
     })
