@@ -225,6 +225,20 @@ struct OperatorArgs {
     /// The ConfigMap (in the pod's namespace) with GitHub's hook ranges.
     #[arg(long, env = "HOOKWARDEN_GITHUB_META_CONFIGMAP", default_value = hookwarden::github::meta::DEFAULT_CONFIGMAP)]
     github_meta_configmap: String,
+    /// GitHub API base URLs WebhookConfigs may use (repeat, or comma-separated);
+    /// any other is refused before a request is sent. `:*` as the port
+    /// matches any port. Plain http only where an entry says http.
+    #[arg(long = "github-api-url", env = "HOOKWARDEN_GITHUB_API_URLS", value_delimiter = ',', default_value = hookwarden::github::endpoints::GITHUB_COM)]
+    github_api_urls: Vec<String>,
+    /// Largest GitHub API answer read, in bytes (deliveries carry payloads of up to 25 MB).
+    #[arg(long, env = "HOOKWARDEN_GITHUB_MAX_RESPONSE_BYTES", default_value_t = hookwarden::github::Limits::default().max_response_bytes)]
+    github_max_response_bytes: usize,
+    /// Pages of a GitHub list (100 entries each) followed before giving up.
+    #[arg(long, env = "HOOKWARDEN_GITHUB_MAX_PAGES", default_value_t = hookwarden::github::Limits::default().max_pages)]
+    github_max_pages: usize,
+    /// Bytes of GitHub answers kept for conditional requests (least recently used dropped).
+    #[arg(long, env = "HOOKWARDEN_GITHUB_ETAG_CACHE_BYTES", default_value_t = hookwarden::github::Limits::default().etag_cache_bytes)]
+    github_etag_cache_bytes: usize,
     /// This replica's name in the leader Lease and in Events (default: the
     /// pod name, else the host name and process id).
     #[arg(long, env = "POD_NAME")]
@@ -281,6 +295,18 @@ struct ReceiverArgs {
     /// Deliveries handled at a time; one more is answered 503 before it is read.
     #[arg(long, env = "HOOKWARDEN_MAX_IN_FLIGHT", default_value_t = 1024)]
     max_in_flight: usize,
+    /// Bytes of request bodies held before their signature is checked,
+    /// across all connections; a delivery that does not fit is answered 503
+    /// + Retry-After before it is read. Large bodies (over an eighth) share
+    /// three quarters of it.
+    #[arg(long, env = "HOOKWARDEN_UNAUTHENTICATED_BODY_BYTES", default_value_t = hookwarden::receiver::body_budget::DEFAULT_UNAUTHENTICATED_BYTES)]
+    unauthenticated_body_bytes: usize,
+    /// Comma-separated CIDRs agent calls may not go to, besides link-local
+    /// and cloud metadata (169.254.0.0/16, fd00:ec2::254/128, always denied)
+    /// and the receiver's own ports. Loopback and private ranges are allowed
+    /// unless listed here.
+    #[arg(long, env = "HOOKWARDEN_AGENT_DENY_CIDRS", value_delimiter = ',')]
+    agent_deny_cidrs: Vec<ipnet::IpNet>,
     /// Failed deliveries (unknown hook, bad signature) one source may send a
     /// minute before it gets 429 for a while, unverified; 0 turns it off.
     /// Behind an Ingress, set --trusted-proxies too.
@@ -365,12 +391,15 @@ fn main() -> ExitCode {
                     body_timeout: Duration::from_secs(args.body_timeout_seconds.max(1)),
                     max_connections: args.max_connections.max(1),
                     max_in_flight: args.max_in_flight.max(1),
+                    unauthenticated_bytes: args.unauthenticated_body_bytes,
                 },
                 failures_per_minute: args.failures_per_minute,
                 failure_burst: args.failure_burst,
                 replay_window: Duration::from_secs(args.replay_window_seconds),
                 trusted_proxies: args.trusted_proxies,
-                github_meta_allowlist: args.github_meta_allowlist.then_some(args.github_meta_configmap),
+                github_meta_configmap: args.github_meta_configmap,
+                github_meta_allowlist: args.github_meta_allowlist,
+                agent_deny: args.agent_deny_cidrs,
                 reclaim_after: Duration::from_secs(args.reclaim_after_seconds),
                 admin_listen: args.admin_listen,
                 admin_token: args.admin_token,
@@ -484,7 +513,17 @@ fn main() -> ExitCode {
                 (Recovery::Auto | Recovery::Fetch, Some(_)) => RecoveryWay::Fetch,
                 (Recovery::Auto | Recovery::Redeliver, _) => RecoveryWay::Redeliver,
             };
+            let allowed_apis = match hookwarden::github::endpoints::AllowedApis::new(&args.github_api_urls) {
+                Ok(list) => list,
+                Err(error) => return fail(format!("--github-api-url: {error}")),
+            };
             let config = OperatorConfig {
+                allowed_apis,
+                github_limits: hookwarden::github::Limits {
+                    max_response_bytes: args.github_max_response_bytes,
+                    max_pages: args.github_max_pages.max(1),
+                    etag_cache_bytes: args.github_etag_cache_bytes,
+                },
                 namespace: args.namespace,
                 redis_url: args.redis_url,
                 redis_prefix: args.redis_prefix,

@@ -254,7 +254,9 @@ async fn the_charts_own_pods_do_the_whole_job_through_upgrades_and_failures() {
     let sets = format!(
         "image.repository={repository},image.tag={tag},redis.image.repository={redis_repository},\
          redis.image.tag={redis_tag},watchNamespace={ns},operator.resyncSeconds=10,\
-         publicBaseUrl=http://{FULLNAME}-receiver.{ns}.svc.cluster.local"
+         publicBaseUrl=http://{FULLNAME}-receiver.{ns}.svc.cluster.local,\
+         operator.githubApiUrls={{{}}}",
+        t.sim.url
     );
     let agents =
         json!([{ "name": "reviewer", "url": format!("{}/{AGENT}", t.agent_url), "events": ["push"] }]);
@@ -275,6 +277,34 @@ async fn the_charts_own_pods_do_the_whole_job_through_upgrades_and_failures() {
     assert_eq!(t.pods("operator").len(), 2);
     assert_eq!(t.pods("receiver").len(), 2);
     t.until_led().await;
+
+    // 1b. Redis is the release's: a pod of another namespace, with redis-cli
+    // and the Service's name, is refused (no password).
+    let stranger = TestNamespace::create(&t.env).await;
+    let out = t.env.kubectl(&[
+        "run",
+        "stranger",
+        "-n",
+        &stranger.name,
+        "--rm",
+        "-i",
+        "--restart=Never",
+        "--quiet",
+        &format!("--image={}", t.env.var("HOOKWARDEN_REDIS_IMAGE")),
+        "--image-pull-policy=Never",
+        "--command",
+        "--",
+        "redis-cli",
+        "-h",
+        &format!("{FULLNAME}-redis.{ns}.svc.cluster.local"),
+        "XADD",
+        "hookwarden:p:{x}:events",
+        "*",
+        "guid",
+        "forged",
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("NOAUTH"), "another namespace's pod reached Redis: {said}");
 
     // 2. A WebhookConfig becomes a hook on the simulator, made by the operator's pod.
     t.env.tool_ok(

@@ -16,7 +16,7 @@ use hookwarden::{
     api::{Agent, CircuitBreaker, RetryPolicy, RetryStrategy},
     queue::{Delivery, Queue},
     receiver::{
-        dispatch::{DispatchConfig, Dispatcher, Failure},
+        dispatch::{DispatchConfig, Dispatcher, Failure, destinations::Destinations},
         registry::{PolicySettings, Registry},
     },
     sample_agent::{self, Mode, Sink},
@@ -89,6 +89,11 @@ impl World {
 
     /// Starts a receiver's workers under consumer name `consumer`.
     fn start(&self, consumer: &str) -> CancellationToken {
+        self.start_with(consumer, Destinations::default())
+    }
+
+    /// Starts workers that refuse `destinations`.
+    fn start_with(&self, consumer: &str, destinations: Destinations) -> CancellationToken {
         let dispatcher = Arc::new(Dispatcher::new(
             self.queue.clone(),
             self.registry.clone(),
@@ -100,6 +105,7 @@ impl World {
                 read_block: Duration::from_millis(100),
                 reclaim_after: Duration::from_secs(1),
                 shutdown_grace: Duration::from_secs(5),
+                destinations: Arc::new(destinations),
             },
         ));
         let stop = CancellationToken::new();
@@ -486,4 +492,56 @@ async fn every_series_of_a_policy_and_its_agents_exists_at_zero_before_anything_
         zero(&text, "github_webhook_errors_total", &[("agent", "audit"), ("reason", "timeout")]).then_some(())
     })
     .await;
+}
+
+/// Dead letters of the policy once there are `n`, by agent.
+async fn dead_by_agent(w: &World, n: usize) -> std::collections::HashMap<String, String> {
+    eventually(&format!("{n} dead letters"), WAIT, || async {
+        let dead = w.queue.dead_letters(&w.policy, 100).await.unwrap();
+        (dead.len() >= n)
+            .then(|| dead.into_iter().map(|d| (d.delivery.agent.unwrap_or_default(), d.error)).collect())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn agent_calls_never_follow_a_redirect_nor_reach_denied_or_own_addresses() {
+    use axum::{Router, http::StatusCode, response::IntoResponse, routing::post};
+    let mut w = world().await;
+    // An agent that sends every call on to the cloud metadata address, and
+    // counts what reaches "metadata" (here: the sink, standing in for it).
+    let metadata = format!("{}/metadata", w.sink_url);
+    let redirecting = Router::new().route(
+        "/{*path}",
+        post(move || {
+            let to = metadata.clone();
+            async move { (StatusCode::TEMPORARY_REDIRECT, [("location", to)]).into_response() }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redirector = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, redirecting).into_future());
+    // The receiver's "own" admin port: an agent URL naming it is refused.
+    let own = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let own_addr = own.local_addr().unwrap();
+    let agent = |name: &str, url: String| Agent { url, ..w.agent(name, &[]) };
+    w.settings.agents = vec![
+        agent("redirected", format!("http://{redirector}/events")),
+        agent("metadata", "http://169.254.169.254/latest/meta-data/".into()),
+        agent("mapped", "http://[::ffff:169.254.169.254]/".into()),
+        agent("admin", format!("http://127.0.0.1:{}/admin/policies", own_addr.port())),
+    ];
+    w.settings.retry.max_attempts = 1;
+    w.apply();
+    let destinations = Destinations::new(vec![], vec![own_addr]);
+    let _stop = w.start_with("a", destinations);
+    w.enqueue("push", 1).await;
+    let dead = dead_by_agent(&w, 4).await;
+    assert!(dead["redirected"].contains("HTTP 307, a redirect (redirects are not followed)"), "{dead:?}");
+    assert!(w.ids("metadata").is_empty(), "the redirect was followed");
+    for agent in ["metadata", "mapped"] {
+        assert_eq!(dead[agent], "destination denied: the address is in the receiver's deny list", "{agent}");
+    }
+    assert_eq!(dead["admin"], "destination denied: the receiver's own listener");
+    drop(own);
 }

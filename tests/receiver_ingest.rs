@@ -83,6 +83,7 @@ async fn harness_limited(
         rejections: rejections.clone(),
         failures: Arc::new(failures),
         allowlist: Arc::new(Allowlist::off()),
+        body_budget: Arc::new(hookwarden::receiver::body_budget::BodyBudget::new(64 << 20)),
     };
     Harness { app: router(state), registry, queue, policy, drain, rejections }
 }
@@ -529,6 +530,7 @@ async fn before_its_watches_have_listed_everything_a_receiver_says_not_yet_never
         rejections: Default::default(),
         failures: Arc::new(FailureLimit::off()),
         allowlist: Arc::new(Allowlist::off()),
+        body_budget: Arc::new(hookwarden::receiver::body_budget::BodyBudget::new(64 << 20)),
     };
     let app = router(state);
     // Nothing loaded yet: the hook may well exist.
@@ -578,6 +580,7 @@ const SMALL: Limits = Limits {
     body_timeout: Duration::from_secs(1),
     max_connections: 8,
     max_in_flight: 2,
+    unauthenticated_bytes: 64 << 20,
 };
 
 /// Reads one answer to `GET /healthz` (its body is `ok`), within a second.

@@ -242,6 +242,7 @@ async fn a_policys_slot_moves_to_another_master_while_deliveries_flow_and_nothin
             read_block: Duration::from_millis(100),
             reclaim_after: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(5),
+            destinations: Default::default(),
         },
     ));
     let stop = CancellationToken::new();

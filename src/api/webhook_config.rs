@@ -91,7 +91,8 @@ pub struct WebhookConfigSpec {
 
     /// Name of the Secret holding the hook's HMAC keys. Defaults to
     /// `{name}-hmac`. The operator creates and owns it; do not share it between
-    /// WebhookConfigs.
+    /// WebhookConfigs. A Secret of that name that the operator did not make
+    /// for this WebhookConfig is never changed (Ready=False SecretConflict).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("pattern" = DNS_SUBDOMAIN, "maxLength" = 253))]
     pub secret_name: Option<String>,

@@ -46,21 +46,27 @@ pub async fn fetch(
         StatusCode::NOT_MODIFIED => Ok(None),
         StatusCode::OK => {
             let etag = res.headers().get(header::ETAG).and_then(|v| v.to_str().ok()).map(str::to_owned);
-            let body: serde_json::Value =
-                res.json().await.map_err(|e| Error::Transport(e.without_url().to_string()))?;
-            let hooks = body["hooks"]
-                .as_array()
-                .ok_or(Error::Unexpected { status: 200 })?
-                .iter()
-                .filter_map(|h| h.as_str()?.parse().ok())
-                .collect();
-            Ok(Some(Fetched { hooks, etag }))
+            let body = super::read_capped(res, MAX_META_BYTES).await?;
+            Ok(Some(Fetched { hooks: parse_meta(&body)?, etag }))
         }
         other => Err(Error::Unexpected { status: other.as_u16() }),
     }
 }
 
 /// The GitHub API URLs the WebhookConfigs use.
+/// GitHub's `/meta` is about 20 KB; a thousand times that is not an answer.
+const MAX_META_BYTES: usize = 1 << 20;
+
+/// The `hooks` ranges of a `/meta` answer; entries that are not CIDRs are skipped.
+pub fn parse_meta(body: &[u8]) -> Result<Vec<IpNet>, Error> {
+    #[derive(serde::Deserialize)]
+    struct Meta {
+        hooks: Vec<serde_json::Value>,
+    }
+    let meta: Meta = serde_json::from_slice(body).map_err(|e| Error::BadAnswer(super::short(e)))?;
+    Ok(meta.hooks.iter().filter_map(|h| h.as_str()?.parse().ok()).collect())
+}
+
 pub fn api_urls<'a>(hooks: impl IntoIterator<Item = &'a WebhookConfig>) -> BTreeSet<String> {
     hooks.into_iter().map(|w| w.spec.github.api_url.trim_end_matches('/').to_owned()).collect()
 }

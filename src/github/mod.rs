@@ -23,6 +23,7 @@
 //! Over 400 lines: the transport every call shares (credentials, pacing,
 //! `ETag`s, rate limits, errors) and one short method per endpoint.
 
+pub mod endpoints;
 pub mod meta;
 
 use std::{
@@ -193,6 +194,11 @@ pub enum Error {
     Unexpected { status: u16 },
     #[error("cannot reach GitHub: {0}")]
     Transport(String),
+    /// An answer this client will not use: not the JSON GitHub documents,
+    /// larger than the limit, or more pages than the limit. Retrying at once
+    /// would get the same answer.
+    #[error("unusable answer from the GitHub API: {0}")]
+    BadAnswer(String),
     #[error("the GitHub App private key is not a PEM-encoded RSA key")]
     BadPrivateKey,
 }
@@ -207,6 +213,7 @@ impl Error {
             Self::RateLimited { .. } => "rate_limited",
             Self::Unexpected { .. } => "unexpected",
             Self::Transport(_) => "transport",
+            Self::BadAnswer(_) => "bad_answer",
             Self::BadPrivateKey => "bad_private_key",
         }
     }
@@ -233,14 +240,55 @@ pub enum Auth {
     /// A GitHub App installation: an RS256 JWT signed with the App's private
     /// key buys a one-hour installation token, cached until 5 minutes before
     /// it expires.
-    App { app_id: i64, installation_id: i64, private_key: jsonwebtoken::EncodingKey },
+    App {
+        app_id: i64,
+        installation_id: i64,
+        private_key: jsonwebtoken::EncodingKey,
+        /// SHA-256 of the PEM: which key this is, without keeping it twice.
+        fingerprint: [u8; 32],
+    },
 }
 
 impl Auth {
     /// App authentication from the App's PEM private key.
     pub fn app(app_id: i64, installation_id: i64, pem: &[u8]) -> Result<Self, Error> {
+        use sha2::Digest;
         let private_key = jsonwebtoken::EncodingKey::from_rsa_pem(pem).map_err(|_| Error::BadPrivateKey)?;
-        Ok(Self::App { app_id, installation_id, private_key })
+        let fingerprint = sha2::Sha256::digest(pem.trim_ascii()).into();
+        Ok(Self::App { app_id, installation_id, private_key, fingerprint })
+    }
+
+    /// What tells this credential from any other, for the account cache:
+    /// a hash of the token or of the App's private key. NB: an installation
+    /// token is cached per private key (and owner), so a WebhookConfig that
+    /// names another team's App and installation with a key of its own never
+    /// gets that team's token: its own JWT goes to GitHub, which refuses it.
+    fn fingerprint(&self) -> String {
+        use sha2::Digest;
+        match self {
+            Self::Token(token) => hex::encode(&sha2::Sha256::digest(token.as_bytes())[..16]),
+            Self::App { fingerprint, .. } => hex::encode(&fingerprint[..16]),
+        }
+    }
+}
+
+/// How much of GitHub's (or a fake GitHub's) answers one process keeps:
+/// an API URL is a tenant's to choose, so each bound holds against a
+/// hostile server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest answer body read; a larger one is an error (`BadAnswer`).
+    /// GitHub's own largest are deliveries with their payload (25 MB).
+    pub max_response_bytes: usize,
+    /// Pages of a list followed (`Link: rel="next"`) before giving up.
+    pub max_pages: usize,
+    /// Bytes of cached `ETag` answers, least recently used dropped first.
+    pub etag_cache_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_response_bytes: 32 << 20, max_pages: 10, etag_cache_bytes: 32 << 20 }
     }
 }
 
@@ -262,31 +310,125 @@ struct Account {
 pub struct Shared {
     http: reqwest::Client,
     accounts: Mutex<HashMap<String, Arc<Account>>>,
-    /// By URL: the `ETag` and body of the last 200 answer. The body is kept
-    /// as the JSON text: a parsed `Value` takes several times its size, and
-    /// at 1,000 hooks these are most of the operator's memory.
-    etags: Mutex<HashMap<String, (String, bytes::Bytes)>>,
+    /// By account and URL: the `ETag` and body of the last 200 answer. The
+    /// body is kept as the JSON text: a parsed `Value` takes several times
+    /// its size, and at 1,000 hooks these are most of the operator's memory.
+    etags: Mutex<EtagCache>,
     mutation_interval: Duration,
+    limits: Limits,
     requests: IntCounterVec,
     remaining: IntGaugeVec,
 }
 
 impl Shared {
     /// `requests` is labelled `endpoint`, `status`; `remaining` by `account`.
-    pub fn new(mutation_interval: Duration, requests: IntCounterVec, remaining: IntGaugeVec) -> Self {
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("hookwarden/", env!("CARGO_PKG_VERSION")))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("HTTP client");
+    pub fn new(
+        mutation_interval: Duration,
+        limits: Limits,
+        requests: IntCounterVec,
+        remaining: IntGaugeVec,
+    ) -> Self {
         Self {
-            http,
+            http: http_client(),
             accounts: Default::default(),
-            etags: Default::default(),
+            etags: Mutex::new(EtagCache::new(limits.etag_cache_bytes)),
             mutation_interval,
+            limits,
             requests,
             remaining,
         }
+    }
+}
+
+/// The HTTP client for GitHub's API: a total deadline per call (a slow
+/// drip ends with it), and no redirect followed (the credential would go
+/// along to wherever it pointed).
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .user_agent(concat!("hookwarden/", env!("CARGO_PKG_VERSION")))
+        .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("a TLS backend is available")
+}
+
+/// The body of `res`, at most `cap` bytes: a longer one is refused as soon
+/// as it is known (its `Content-Length`, or the first chunk past the cap).
+pub async fn read_capped(mut res: reqwest::Response, cap: usize) -> Result<bytes::Bytes, Error> {
+    let too_large = || Error::BadAnswer(format!("the answer is larger than {cap} bytes"));
+    if res.content_length().is_some_and(|n| n > cap as u64) {
+        return Err(too_large());
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = res.chunk().await.map_err(|e| Error::Transport(e.without_url().to_string()))? {
+        if body.len() + chunk.len() > cap {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Cached answers by key, bounded in bytes; the least recently used go first.
+pub struct EtagCache {
+    cap: usize,
+    bytes: usize,
+    tick: u64,
+    /// key → (last use, `ETag`, body)
+    entries: HashMap<String, (u64, String, bytes::Bytes)>,
+    /// last use → key: the eviction order.
+    order: std::collections::BTreeMap<u64, String>,
+}
+
+impl EtagCache {
+    pub fn new(cap: usize) -> Self {
+        Self { cap, bytes: 0, tick: 0, entries: HashMap::new(), order: Default::default() }
+    }
+
+    fn cost(key: &str, etag: &str, body: &[u8]) -> usize {
+        key.len() + etag.len() + body.len()
+    }
+
+    /// The entry of `key`, now the most recently used.
+    pub fn get(&mut self, key: &str) -> Option<(String, bytes::Bytes)> {
+        self.tick += 1;
+        let (used, etag, body) = self.entries.get_mut(key)?;
+        self.order.remove(used);
+        *used = self.tick;
+        self.order.insert(self.tick, key.to_owned());
+        Some((etag.clone(), body.clone()))
+    }
+
+    /// Keeps `body` under `key`, dropping the least recently used entries
+    /// until everything fits; an entry larger than the whole cache is not kept.
+    pub fn insert(&mut self, key: &str, etag: &str, body: bytes::Bytes) {
+        self.remove(key);
+        let cost = Self::cost(key, etag, &body);
+        if cost > self.cap {
+            return;
+        }
+        while self.bytes + cost > self.cap {
+            let Some((_, oldest)) = self.order.pop_first() else { break };
+            if let Some((_, e, b)) = self.entries.remove(&oldest) {
+                self.bytes -= Self::cost(&oldest, &e, &b);
+            }
+        }
+        self.tick += 1;
+        self.bytes += cost;
+        self.order.insert(self.tick, key.to_owned());
+        self.entries.insert(key.to_owned(), (self.tick, etag.to_owned(), body));
+    }
+
+    pub fn remove(&mut self, key: &str) {
+        if let Some((used, e, b)) = self.entries.remove(key) {
+            self.order.remove(&used);
+            self.bytes -= Self::cost(key, &e, &b);
+        }
+    }
+
+    /// Bytes held, and entries.
+    pub fn size(&self) -> (usize, usize) {
+        (self.bytes, self.entries.len())
     }
 }
 
@@ -296,6 +438,10 @@ pub struct Client {
     auth: Auth,
     /// Names the account in metrics, e.g. the token Secret `namespace/name`.
     account_name: String,
+    /// The account's key among all of the process's: API URL, owner, name
+    /// and credential fingerprint. What one owner's calls learn (a token,
+    /// an `ETag`ed answer) is only ever used for the same key.
+    account_key: String,
     account: Arc<Account>,
     shared: Arc<Shared>,
 }
@@ -304,11 +450,12 @@ pub struct Client {
 type Answer = (StatusCode, header::HeaderMap, Value);
 
 impl Client {
-    pub fn new(shared: Arc<Shared>, api_url: &str, auth: Auth, account_name: &str) -> Self {
+    /// A client for `owner` (the namespace whose credential this is).
+    pub fn new(shared: Arc<Shared>, api_url: &str, auth: Auth, owner: &str, account_name: &str) -> Self {
         let api_url = api_url.trim_end_matches('/').to_owned();
-        let account =
-            shared.accounts.lock().unwrap().entry(format!("{api_url} {account_name}")).or_default().clone();
-        Self { api_url, auth, account_name: account_name.to_owned(), account, shared }
+        let account_key = format!("{api_url} {owner} {account_name} {}", auth.fingerprint());
+        let account = shared.accounts.lock().unwrap().entry(account_key.clone()).or_default().clone();
+        Self { api_url, auth, account_name: account_name.to_owned(), account_key, account, shared }
     }
 
     /// The budget GitHub reported on the latest call of this account.
@@ -320,7 +467,7 @@ impl Client {
     async fn bearer(&self) -> Result<String, Error> {
         let (app_id, installation_id, private_key) = match &self.auth {
             Auth::Token(token) => return Ok(token.clone()),
-            Auth::App { app_id, installation_id, private_key } => (app_id, installation_id, private_key),
+            Auth::App { app_id, installation_id, private_key, .. } => (app_id, installation_id, private_key),
         };
         let mut cached = self.account.installation_token.lock().await;
         if let Some((token, expires)) = cached.as_ref()
@@ -339,7 +486,11 @@ impl Client {
         let url = format!("{}/app/installations/{installation_id}/access_tokens", self.api_url);
         let (_, _, body) =
             self.send("create_installation_token", Method::POST, &url, None, None, &jwt).await?;
-        let token = body["token"].as_str().ok_or(Error::Unexpected { status: 201 })?.to_owned();
+        let token = body["token"]
+            .as_str()
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| Error::BadAnswer("an installation token answer without a token".into()))?
+            .to_owned();
         let expires = body["expires_at"]
             .as_str()
             .and_then(|t| t.parse::<jiff::Timestamp>().ok())
@@ -413,9 +564,10 @@ impl Client {
             *self.account.rate_limit.lock().unwrap() = Some(RateLimit { limit, remaining, reset });
             self.shared.remaining.with_label_values(&[&self.account_name]).set(remaining);
         }
-        let bytes = res.bytes().await.map_err(|e| Error::Transport(e.without_url().to_string()))?;
+        let bytes = read_capped(res, self.shared.limits.max_response_bytes).await?;
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        let message = body["message"].as_str().unwrap_or("").to_owned();
+        // NB: a message shows in conditions and Events: kept short whoever wrote it.
+        let message = short(body["message"].as_str().unwrap_or(""));
         let limited = |until: i64| {
             *self.account.blocked_until.lock().unwrap() = until;
             Err(Error::RateLimited { until })
@@ -447,7 +599,8 @@ impl Client {
         endpoint: &'static str,
         url: &str,
     ) -> Result<Option<(Value, header::HeaderMap)>, Error> {
-        let cached = self.shared.etags.lock().unwrap().get(url).cloned();
+        let key = format!("{} {url}", self.account_key);
+        let cached = self.shared.etags.lock().unwrap().get(&key);
         match self.call(endpoint, Method::GET, url, None, cached.as_ref().map(|(e, _)| e.as_str())).await {
             Ok((StatusCode::NOT_MODIFIED, headers, _)) if cached.is_some() => {
                 let body =
@@ -455,14 +608,15 @@ impl Client {
                 Ok(Some((body, headers)))
             }
             Ok((_, headers, body)) => {
-                if let Some(etag) = headers.get(header::ETAG).and_then(|v| v.to_str().ok()) {
-                    let text = bytes::Bytes::from(serde_json::to_vec(&body).expect("JSON value serialises"));
-                    self.shared.etags.lock().unwrap().insert(url.to_owned(), (etag.to_owned(), text));
+                if let (Some(etag), Ok(text)) =
+                    (headers.get(header::ETAG).and_then(|v| v.to_str().ok()), serde_json::to_vec(&body))
+                {
+                    self.shared.etags.lock().unwrap().insert(&key, etag, text.into());
                 }
                 Ok(Some((body, headers)))
             }
             Err(Error::NotFound(_)) => {
-                self.shared.etags.lock().unwrap().remove(url);
+                self.shared.etags.lock().unwrap().remove(&key);
                 Ok(None)
             }
             Err(e) => Err(e),
@@ -477,14 +631,18 @@ impl Client {
     pub async fn list_hooks(&self, target: &Target) -> Result<Vec<Hook>, Error> {
         let mut url = format!("{}?per_page=100", self.hooks_url(target));
         let mut hooks = Vec::new();
-        loop {
+        for _ in 0..self.shared.limits.max_pages {
             let (_, headers, body) = self.call("list_hooks", Method::GET, &url, None, None).await?;
             hooks.extend(parse::<Vec<Hook>>(body)?);
+            // NB: only a next page on the same API is followed: the token
+            // goes with the request.
             match next_link(&headers) {
-                Some(n) => url = n,
+                Some(n) if n.starts_with(&format!("{}/", self.api_url)) => url = n,
+                Some(_) => return Err(Error::BadAnswer("a next page on another host".into())),
                 None => return Ok(hooks),
             }
         }
+        Err(Error::BadAnswer(format!("more than {} pages of hooks", self.shared.limits.max_pages)))
     }
 
     /// One hook; `None` when it no longer exists. Conditional on the last
@@ -606,7 +764,17 @@ impl Client {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, Error> {
-    serde_json::from_value(body).map_err(|e| Error::Transport(format!("unexpected answer: {e}")))
+    serde_json::from_value(body).map_err(|e| Error::BadAnswer(short(e)))
+}
+
+/// At most 200 characters of `text`: what an answer may put into a
+/// condition, an Event or a log line.
+pub fn short(text: impl std::fmt::Display) -> String {
+    let text = text.to_string();
+    match text.char_indices().nth(200) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text,
+    }
 }
 
 /// The `rel="next"` URL of a `Link` header.

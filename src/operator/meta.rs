@@ -18,7 +18,10 @@ use kube::{
 };
 
 use super::FIELD_MANAGER;
-use crate::{api::WebhookConfig, github::meta};
+use crate::{
+    api::WebhookConfig,
+    github::{endpoints::AllowedApis, meta},
+};
 
 /// Where and how often.
 #[derive(Clone, Debug)]
@@ -30,21 +33,20 @@ pub struct MetaConfig {
 }
 
 /// Runs until dropped (the operator aborts it when it stops leading).
-pub async fn run(client: Client, watch_namespace: Option<String>, config: MetaConfig) {
+pub async fn run(client: Client, watch_namespace: Option<String>, allowed: AllowedApis, config: MetaConfig) {
     let hooks = crate::scoped_api::<WebhookConfig>(&client, watch_namespace.as_deref());
     let configmaps: Api<ConfigMap> = Api::namespaced(client, &config.namespace);
-    let http = reqwest::Client::builder()
-        .user_agent(concat!("hookwarden/", env!("CARGO_PKG_VERSION")))
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("HTTP client");
+    let http = crate::github::http_client();
     let mut etags: HashMap<String, String> = HashMap::new();
     let mut known: BTreeMap<String, Vec<IpNet>> = BTreeMap::new();
     let mut published = None;
     loop {
         match hooks.list(&ListParams::default()).await {
             Ok(list) => {
-                let urls = meta::api_urls(&list.items);
+                // NB: only allowed URLs: a tenant's own server must not
+                // widen every team's allowlist.
+                let mut urls = meta::api_urls(&list.items);
+                urls.retain(|url| allowed.allows(url));
                 known.retain(|url, _| urls.contains(url));
                 etags.retain(|url, _| urls.contains(url));
                 for url in urls {

@@ -68,6 +68,10 @@ pub struct OperatorConfig {
     pub mutation_interval: Duration,
     /// Publishing GitHub's hook source ranges (`None`: not done).
     pub meta: Option<meta::MetaConfig>,
+    /// The GitHub API URLs WebhookConfigs may use; no other is ever called.
+    pub allowed_apis: crate::github::endpoints::AllowedApis,
+    /// How much of GitHub's answers is read and kept.
+    pub github_limits: crate::github::Limits,
 }
 
 /// Errors of a reconcile.
@@ -82,6 +86,10 @@ pub enum Error {
     Config(#[from] webhook_config::ConfigError),
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// A bug met by this object's data: its reconcile stopped, the process
+    /// and every other object's reconciles did not.
+    #[error("reconcile panicked (a bug; please report it): {0}")]
+    Panicked(String),
 }
 
 impl Error {
@@ -90,6 +98,7 @@ impl Error {
             Self::Kube(_) => "kube",
             Self::GitHub(e) => e.metric_label(),
             Self::Config(_) => "config",
+            Self::Panicked(_) => "panic",
             Self::Finalizer(f) => match f.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),
@@ -118,6 +127,8 @@ pub struct Context {
     /// When each hook's next recovery pass is due, by WebhookConfig and hook id.
     pub recovery:
         std::sync::Mutex<std::collections::HashMap<(crate::ObjectRef, i64), webhook_config::recovery::Memo>>,
+    /// The GitHub API URLs WebhookConfigs may use.
+    pub allowed_apis: crate::github::endpoints::AllowedApis,
 }
 
 /// Runs the controllers until SIGTERM or Ctrl-C.
@@ -154,6 +165,7 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::Ru
         resync: config.resync,
         github: Arc::new(crate::github::Shared::new(
             config.mutation_interval,
+            config.github_limits,
             metrics.github_requests.clone(),
             metrics.github_rate_limit_remaining.clone(),
         )),
@@ -161,6 +173,7 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::Ru
         redelivery_interval: config.redelivery_interval,
         recovery_way: config.recovery,
         recovery: Default::default(),
+        allowed_apis: config.allowed_apis.clone(),
     });
 
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -219,8 +232,9 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::Ru
         .graceful_shutdown_on(crate::shutdown_signal())
         .run(reconcile_hook, hook_error_policy, ctx)
         .for_each(|_| futures::future::ready(()));
-    let publisher =
-        config.meta.clone().map(|m| tokio::spawn(meta::run(client.clone(), config.namespace.clone(), m)));
+    let publisher = config.meta.clone().map(|m| {
+        tokio::spawn(meta::run(client.clone(), config.namespace.clone(), config.allowed_apis.clone(), m))
+    });
     let lost = tokio::select! {
         _ = futures::future::join(policy_controller, hook_controller) => false,
         () = election.keep() => true,
@@ -261,14 +275,24 @@ where
     Ok(())
 }
 
-/// Times and counts a reconcile of `controller`.
+/// Times and counts a reconcile of `controller`. A panic in it ends this
+/// reconcile only, as [`Error::Panicked`]: kube-runtime would re-raise it
+/// and end the process, and with it every team's reconciles.
 async fn measured(
     ctx: &Context,
     controller: &str,
     reconcile: impl std::future::Future<Output = Result<Action, Error>>,
 ) -> Result<Action, Error> {
+    use futures::FutureExt;
     let timer = ctx.metrics.reconcile_duration.with_label_values(&[controller]).start_timer();
-    let result = reconcile.await;
+    let result = std::panic::AssertUnwindSafe(reconcile).catch_unwind().await.unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(Error::Panicked(crate::github::short(message)))
+    });
     timer.observe_duration();
     let outcome = if result.is_ok() { "ok" } else { "error" };
     ctx.metrics.reconciles.with_label_values(&[controller, outcome]).inc();
@@ -287,7 +311,11 @@ async fn instrumented_reconcile(policy: Arc<AgentPolicy>, ctx: Arc<Context>) -> 
 }
 
 async fn reconcile_hook(whc: Arc<WebhookConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
-    measured(&ctx, "webhookconfig", webhook_config::reconcile(whc, ctx.clone())).await
+    let result = measured(&ctx, "webhookconfig", webhook_config::reconcile(whc.clone(), ctx.clone())).await;
+    if let Err(error @ Error::Panicked(_)) = &result {
+        webhook_config::report(&whc, &ctx, error).await;
+    }
+    result
 }
 
 fn hook_error_policy(whc: Arc<WebhookConfig>, error: &Error, ctx: Arc<Context>) -> Action {

@@ -32,6 +32,7 @@ use tokio::sync::Semaphore;
 use tracing::Instrument;
 
 use super::{
+    body_budget::BodyBudget,
     drain::Drain,
     registry::{HookInfo, Registry},
     rejections::Rejections,
@@ -69,8 +70,11 @@ pub struct AppState {
     pub rejections: Arc<Rejections>,
     /// Sources that fail too often are refused for a while.
     pub failures: Arc<FailureLimit>,
-    /// Only GitHub's hook ranges, when enforced.
+    /// Only GitHub's hook ranges, when enforced; known to the failure limit
+    /// whenever read.
     pub allowlist: Arc<Allowlist>,
+    /// Bytes of bodies read before their signature is checked.
+    pub body_budget: Arc<BodyBudget>,
 }
 
 /// The receiver's router.
@@ -98,6 +102,7 @@ pub const REJECTION_REASONS: &[&str] = &[
     "queue_unavailable",
     "overloaded",
     "too_many_connections",
+    "body_budget",
 ];
 
 pub fn router(state: AppState) -> Router {
@@ -160,6 +165,9 @@ pub enum IngestError {
     AllowlistNotLoaded,
     #[error("overloaded; retry later")]
     Overloaded,
+    /// Too many bytes of unauthenticated bodies are being read right now.
+    #[error("too many large deliveries being read; retry later")]
+    BodyBudget,
     /// The same signed body was accepted before under another GUID.
     #[error("replay: this body was already accepted under another delivery id")]
     Replay,
@@ -186,6 +194,7 @@ impl IngestError {
             Self::SourceNotAllowed => "source_not_allowed",
             Self::AllowlistNotLoaded => "allowlist_not_loaded",
             Self::Overloaded => "overloaded",
+            Self::BodyBudget => "body_budget",
             Self::Replay => "replay",
             Self::QueueFull => "queue_full",
             Self::QueueUnavailable => "queue_unavailable",
@@ -207,6 +216,7 @@ impl IngestError {
             | Self::NoKeys
             | Self::AllowlistNotLoaded
             | Self::Overloaded
+            | Self::BodyBudget
             | Self::QueueFull
             | Self::QueueUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -241,7 +251,10 @@ async fn ingest(
     let source = extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|peer| state.failures.source(peer.0.ip(), &headers));
-    let refused = source.and_then(|s| state.failures.refuses(s));
+    // NB: GitHub's own addresses are shared by every team's hooks: one team's
+    // misconfigured hook must not get GitHub refused for all of them.
+    let limited = source.filter(|s| !state.allowlist.publishes(*s));
+    let refused = limited.and_then(|s| state.failures.refuses(s));
     // Both before the body is read or any HMAC computed.
     let authenticated = match (refused, state.allowlist.check(source)) {
         (Some(wait), _) => Err(IngestError::TooManyFailures(wait.as_secs().max(1))),
@@ -253,7 +266,7 @@ async fn ingest(
         Ok(authenticated) => authenticated,
         // A request that proved nothing makes no trace: a flood of them must
         // cost no more than the check, here and in the trace backend.
-        Err(error) => return reject(&state, &hook, &headers, source, error),
+        Err(error) => return reject(&state, &hook, &headers, limited, error),
     };
     // The root of the delivery's trace ([`crate::trace`]), from the moment
     // the request is known to come from GitHub.
@@ -271,7 +284,7 @@ async fn ingest(
     let response = async {
         match accept(&state, &hook, &info, &headers, body, signed).await {
             Ok((status, message)) => (status, Json(json!({ "status": message }))).into_response(),
-            Err(error) => reject(&state, &hook, &headers, source, error),
+            Err(error) => reject(&state, &hook, &headers, limited, error),
         }
     }
     .instrument(span.clone())
@@ -282,11 +295,12 @@ async fn ingest(
 
 /// The answer to a request turned away: counted, remembered in memory, and
 /// logged (at most [`Rejections`]' rate: a flood becomes a count, not a log flood).
+/// A failure of `limited` (the source, unless it is GitHub) counts against it.
 fn reject(
     state: &AppState,
     hook: &ObjectRef,
     headers: &HeaderMap,
-    source: Option<IpAddr>,
+    limited: Option<IpAddr>,
     error: IngestError,
 ) -> Response {
     state.metrics.rejected.with_label_values(&[error.metric_label()]).inc();
@@ -300,7 +314,7 @@ fn reject(
         | IngestError::Signature(_)
         | IngestError::Replay
         | IngestError::SourceNotAllowed,
-    ) = (source, &error)
+    ) = (limited, &error)
     {
         state.failures.failed(source);
     }
@@ -417,6 +431,11 @@ async fn authenticate_request(
     body: Body,
 ) -> Result<(HookInfo, Bytes, Signed), IngestError> {
     let hook = admit(&state.registry, hook_ref, headers, state.body_limit)?;
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    // NB: held until the body is authenticated (or refused), then the bytes
+    // are the delivery's, bounded by the in-flight cap.
+    let _reserved =
+        state.body_budget.reserve(declared.unwrap_or(state.body_limit)).ok_or(IngestError::BodyBudget)?;
     let deadline = state.limits.body_timeout;
     let body = tokio::time::timeout(deadline, axum::body::to_bytes(body, state.body_limit))
         .await

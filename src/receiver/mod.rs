@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod admin_view;
 pub mod backoff;
+pub mod body_budget;
 pub mod breaker;
 pub mod dispatch;
 pub mod drain;
@@ -58,9 +59,14 @@ pub struct ReceiverConfig {
     pub replay_window: Duration,
     /// Proxies (an Ingress) whose `X-Forwarded-For` names the real source.
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// Accept only GitHub's hook source ranges, read from this ConfigMap
-    /// (in `lease_namespace`), as the operator publishes them.
-    pub github_meta_allowlist: Option<String>,
+    /// GitHub's hook source ranges, as the operator publishes them in this
+    /// ConfigMap (in `lease_namespace`); read when the allowlist or the
+    /// failure limit is on (GitHub's own addresses are never limited).
+    pub github_meta_configmap: String,
+    /// Accept only GitHub's hook source ranges.
+    pub github_meta_allowlist: bool,
+    /// Destinations agent calls may not go to, besides the defaults.
+    pub agent_deny: Vec<ipnet::IpNet>,
     pub reclaim_after: Duration,
     /// Address of the admin API; served only when `admin_token` is set.
     pub admin_listen: SocketAddr,
@@ -96,6 +102,10 @@ pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), crate::Ru
             read_block: Duration::from_millis(250),
             reclaim_after: config.reclaim_after,
             shutdown_grace: config.shutdown_grace,
+            destinations: Arc::new(dispatch::destinations::Destinations::new(
+                config.agent_deny.clone(),
+                vec![config.listen, config.admin_listen],
+            )),
         },
     ));
     let workers = tokio::spawn(dispatcher.clone().run(shutdown.clone()));
@@ -130,15 +140,15 @@ pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), crate::Ru
         None => tracing::info!("no admin token configured; admin API off"),
     }
 
-    let allowlist = match &config.github_meta_allowlist {
-        Some(configmap) => {
-            let allowlist = Arc::new(sources::Allowlist::enforced());
-            watch::spawn_allowlist(&client, &config.lease_namespace, configmap, allowlist.clone());
-            tracing::info!(configmap, "deliveries accepted only from GitHub's hook ranges");
-            allowlist
-        }
-        None => Arc::new(sources::Allowlist::off()),
-    };
+    let allowlist = Arc::new(match config.github_meta_allowlist {
+        true => sources::Allowlist::enforced(),
+        false => sources::Allowlist::off(),
+    });
+    if config.github_meta_allowlist || config.failures_per_minute > 0 {
+        let configmap = &config.github_meta_configmap;
+        watch::spawn_allowlist(&client, &config.lease_namespace, configmap, allowlist.clone());
+        tracing::info!(configmap, enforced = config.github_meta_allowlist, "reading GitHub's hook ranges");
+    }
     let drain = Arc::new(drain::Drain::default());
     let state = http::AppState {
         registry,
@@ -154,6 +164,7 @@ pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), crate::Ru
             config.trusted_proxies.clone(),
         )),
         allowlist,
+        body_budget: Arc::new(body_budget::BodyBudget::new(config.limits.unauthenticated_bytes)),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

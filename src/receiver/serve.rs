@@ -58,6 +58,9 @@ pub struct Limits {
     pub body_timeout: Duration,
     pub max_connections: usize,
     pub max_in_flight: usize,
+    /// Bytes of bodies held before their signature is checked, across
+    /// every connection (see [`super::body_budget`]).
+    pub unauthenticated_bytes: usize,
 }
 
 impl Default for Limits {
@@ -68,6 +71,7 @@ impl Default for Limits {
             body_timeout: Duration::from_secs(10),
             max_connections: 4096,
             max_in_flight: 1024,
+            unauthenticated_bytes: super::body_budget::DEFAULT_UNAUTHENTICATED_BYTES,
         }
     }
 }

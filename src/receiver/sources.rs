@@ -73,6 +73,13 @@ impl Allowlist {
         *self.ranges.write().unwrap() = Some(ranges);
     }
 
+    /// Is `source` in GitHub's published ranges (read, enforced or not)?
+    /// Such a source is GitHub, shared by every team: never limited.
+    pub fn publishes(&self, source: IpAddr) -> bool {
+        let ranges = self.ranges.read().unwrap();
+        ranges.as_ref().is_some_and(|r| r.iter().any(|net| net.contains(&source)))
+    }
+
     /// May `source` (`None`: not known, as in-process tests) deliver?
     pub fn check(&self, source: Option<IpAddr>) -> Result<(), NotAllowed> {
         if !self.enforced {

@@ -376,6 +376,8 @@ impl Process {
             .env("RUST_LOG", "info")
             // Not behind a Service: nothing to drain before closing the listener.
             .env("HOOKWARDEN_SHUTDOWN_DELAY", "0")
+            // The simulator is the GitHub API an operator may call.
+            .env("HOOKWARDEN_GITHUB_API_URLS", env.var("GITHUB_API_URL"))
             .envs(vars.iter().copied())
             .stdout(out.try_clone().unwrap())
             .stderr(out)

@@ -61,6 +61,10 @@ seccompProfile:
 - name: HOOKWARDEN_NAMESPACE
   value: {{ . | quote }}
 {{- end }}
+{{- if include "hookwarden.ownRedis" . }}
+- name: REDIS_PASSWORD
+  valueFrom: {secretKeyRef: {name: {{ include "hookwarden.redisSecret" . }}, key: password}}
+{{- end }}
 - name: REDIS_URL
 {{- if .Values.redis.urlSecretRef.name }}
   valueFrom: {secretKeyRef: {name: {{ .Values.redis.urlSecretRef.name }}, key: {{ .Values.redis.urlSecretRef.key | default "url" }}}}
@@ -71,7 +75,7 @@ seccompProfile:
 {{- else if .Values.redis.cluster.nodes }}
   value: {{ printf "redis+cluster://%s" (join "," .Values.redis.cluster.nodes) | quote }}
 {{- else }}
-  value: {{ printf "redis://%s-redis:6379" (include "hookwarden.fullname" .) | quote }}
+  value: {{ printf "redis://:$(REDIS_PASSWORD)@%s-redis:6379" (include "hookwarden.fullname" .) | quote }}
 {{- end }}
 - name: HOOKWARDEN_REDIS_PREFIX
   value: {{ .Values.redis.prefix | quote }}
@@ -83,6 +87,11 @@ seccompProfile:
   value: {{ .Values.redis.ackTimeoutMs | int64 | quote }}
 - name: RUST_LOG
   value: {{ .Values.logLevel | quote }}
+{{- end -}}
+
+{{/* The Secret with the password of the chart's Redis (key "password"). */}}
+{{- define "hookwarden.redisSecret" -}}
+{{- .Values.redis.auth.existingSecret | default (printf "%s-redis" (include "hookwarden.fullname" .)) -}}
 {{- end -}}
 
 {{/* Whether the chart runs Redis itself. */}}

@@ -59,6 +59,25 @@ pub enum ConfigError {
     NoUrl,
     #[error("set github.tokenSecretRef or github.app")]
     NoCredentials,
+    #[error(
+        "GitHub API URL {0} is not one the platform allows (operator flag --github-api-url); nothing was sent to it"
+    )]
+    ApiUrlNotAllowed(String),
+    #[error(
+        "Secret {0} exists and is not this WebhookConfig's; it is left untouched: delete or rename it, or set spec.secretName to another name"
+    )]
+    SecretConflict(String),
+}
+
+impl ConfigError {
+    /// The Ready condition's reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::ApiUrlNotAllowed(_) => "ApiUrlNotAllowed",
+            Self::SecretConflict(_) => "SecretConflict",
+            _ => "InvalidConfig",
+        }
+    }
 }
 
 pub async fn reconcile(whc: Arc<WebhookConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -90,14 +109,18 @@ async fn apply(whc: Arc<WebhookConfig>, ctx: &Context) -> Result<Action, Error> 
     let Some(whc) = api.get_opt(&whc.name_any()).await.map_err(Error::Kube)? else {
         return Ok(Action::await_change());
     };
-    let now = Timestamp::now();
-    match run_flows(&whc, ctx, now).await {
+    match run_flows(&whc, ctx, Timestamp::now()).await {
         Ok(action) => Ok(action),
         Err(error) => {
-            status::write_failure(&whc, ctx, status::failure_reason(&error), error.to_string(), now).await;
+            report(&whc, ctx, &error).await;
             Err(error)
         }
     }
+}
+
+/// Puts `error` on the WebhookConfig: its Ready condition and an Event.
+pub async fn report(whc: &WebhookConfig, ctx: &Context, error: &Error) {
+    status::write_failure(whc, ctx, status::failure_reason(error), error.to_string(), Timestamp::now()).await;
 }
 
 /// Registration, rotation and recovery, then one status write.
@@ -167,9 +190,11 @@ pub fn retry_delay(error: &Error) -> Duration {
     match error {
         // A dropped connection or a timeout is usually over soon.
         Error::GitHub(github::Error::Transport(_)) => Duration::from_secs(5),
+        // The same server would give the same answer at once.
+        Error::GitHub(github::Error::BadAnswer(_)) => Duration::from_secs(60),
         Error::GitHub(e) => e.retry_after().unwrap_or(Duration::from_secs(15)),
         // Waits for an edit; the periodic retry is only a safety net.
-        Error::Config(_) => Duration::from_secs(60),
+        Error::Config(_) | Error::Panicked(_) => Duration::from_secs(60),
         Error::Finalizer(f) => match f.as_ref() {
             F::ApplyFailed(e) | F::CleanupFailed(e) => retry_delay(e),
             _ => Duration::from_secs(5),

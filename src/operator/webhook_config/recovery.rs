@@ -321,14 +321,16 @@ impl Pass<'_> {
                 // the newest page next time; a later page is read again.
                 return self.failed(state, &error, left);
             }
-            if scan_done(&page.deliveries, state.settled_through, page.next_cursor.as_deref()) {
-                state.settled_through = scan.from;
-                state.settled_through_time = Some(scan.from_time);
-                state.scan = None;
-                state.last_error = None;
-                return (Ended::Done, vec![]);
-            }
-            let next = page.next_cursor.expect("scan_done: there is a next page");
+            let next = match page.next_cursor {
+                Some(next) if !scan_done(&page.deliveries, state.settled_through, Some(&next)) => next,
+                _ => {
+                    state.settled_through = scan.from;
+                    state.settled_through_time = Some(scan.from_time);
+                    state.scan = None;
+                    state.last_error = None;
+                    return (Ended::Done, vec![]);
+                }
+            };
             state.scan = Some(RecoveryScan { cursor: next.clone(), ..scan });
             cursor = Some(next);
         }
@@ -424,9 +426,16 @@ impl Pass<'_> {
             return self.redeliver(d).await.map(|()| Way::Redeliver);
         };
         let hook = ObjectRef::new(self.whc.namespace().unwrap_or_default(), self.whc.name_any());
-        let bytes = Bytes::from(serde_json::to_vec(&payload).expect("JSON value serialises"));
-        let delivery = queue::Delivery::parse(&request.guid, &request.event, &hook, bytes)
-            .expect("a JSON value parses back");
+        // NB: the payload is whatever the API answered. One that is not an
+        // event (not an object: `"x"`, `[]`) is not queued as GitHub's word;
+        // GitHub is asked to send it again, through the receiver's checks.
+        let parsed = serde_json::to_vec(&payload)
+            .ok()
+            .and_then(|b| queue::Delivery::parse(&request.guid, &request.event, &hook, Bytes::from(b)).ok());
+        let Some(delivery) = parsed else {
+            tracing::warn!(whc = %self.whc.name_any(), guid = %request.guid, "GitHub showed a payload that is not an event; asking for a redelivery");
+            return self.redeliver(d).await.map(|()| Way::Redeliver);
+        };
         // NB: fetched from GitHub's API, not signed: no replay check (None).
         match queue.enqueue(policy, &delivery, limit, None).await? {
             Enqueued::Queued(_) | Enqueued::Duplicate | Enqueued::Replay => Ok(Way::Fetch),

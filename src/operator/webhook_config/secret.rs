@@ -11,7 +11,7 @@ use super::ConfigError;
 use crate::{
     api::WebhookConfig,
     github::{self, Auth},
-    keys::{HmacKey, key_secret, keys_from_secret},
+    keys::{HmacKey, MANAGED_BY, WEBHOOK_CONFIG_LABEL, key_secret, keys_from_secret},
     operator::{Context, Error},
 };
 
@@ -33,10 +33,14 @@ async fn secret_value(whc: &WebhookConfig, ctx: &Context, name: &str, key: &str)
     Ok(value)
 }
 
-/// A GitHub client with the WebhookConfig's credentials.
+/// A GitHub client with the WebhookConfig's credentials, for an API URL
+/// the platform allows (else no Secret is read and no request sent).
 pub(super) async fn github_client(whc: &WebhookConfig, ctx: &Context) -> Result<github::Client, Error> {
     let ns = whc.namespace().unwrap_or_default();
     let spec = &whc.spec.github;
+    if !ctx.allowed_apis.allows(&spec.api_url) {
+        return Err(ConfigError::ApiUrlNotAllowed(github::short(&spec.api_url)).into());
+    }
     let (auth, account) = match (&spec.token_secret_ref, &spec.app) {
         (Some(r), _) => {
             let token = secret_value(whc, ctx, &r.name, &r.key).await?;
@@ -55,11 +59,25 @@ pub(super) async fn github_client(whc: &WebhookConfig, ctx: &Context) -> Result<
         // NB: the schema's CEL rule makes this unreachable for stored objects.
         (None, None) => return Err(ConfigError::NoCredentials.into()),
     };
-    Ok(github::Client::new(ctx.github.clone(), &spec.api_url, auth, &account))
+    Ok(github::Client::new(ctx.github.clone(), &spec.api_url, auth, &ns, &account))
+}
+
+/// Is `secret` the key Secret of `whc`: labelled as hookwarden's, for this
+/// WebhookConfig, and controlled by it (or by nothing yet, as a Secret
+/// the chart or an earlier version made)? Only such a Secret is ever
+/// changed: a Secret of the same name made by someone else is theirs.
+pub fn owned_by(secret: &Secret, whc: &WebhookConfig) -> bool {
+    let labels = secret.metadata.labels.as_ref();
+    let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+    let controller = secret.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true));
+    label(MANAGED_BY.0) == Some(MANAGED_BY.1)
+        && label(WEBHOOK_CONFIG_LABEL) == Some(whc.name_any().as_str())
+        && controller.is_none_or(|o| whc.metadata.uid.as_deref() == Some(o.uid.as_str()))
 }
 
 /// The keys of the key Secret, oldest first; the Secret is created (with a
-/// first key, versioned `now`) when missing or keyless.
+/// first key, versioned `now`) when missing. One of that name that is not
+/// the WebhookConfig's ([`owned_by`]) is left untouched: `SecretConflict`.
 pub(super) async fn ensure_keys(
     whc: &WebhookConfig,
     ctx: &Context,
@@ -68,16 +86,26 @@ pub(super) async fn ensure_keys(
     let name = whc.secret_name();
     let secrets = secrets_api(whc, ctx);
     let existing = secrets.get_opt(&name).await.map_err(Error::Kube)?;
-    let keys = existing.as_ref().map(keys_from_secret).unwrap_or_default();
-    if !keys.is_empty() {
-        return Ok(keys);
+    if let Some(existing) = &existing {
+        if !owned_by(existing, whc) {
+            return Err(ConfigError::SecretConflict(name).into());
+        }
+        let keys = keys_from_secret(existing);
+        if !keys.is_empty() {
+            return Ok(keys);
+        }
     }
     let key = HmacKey::generate(now.as_second() as u64);
     let mut secret = key_secret(&name, &whc.name_any(), &[&key]);
     secret.metadata.owner_references = whc.controller_owner_ref(&()).map(|o| vec![o]);
     match existing {
         None => secrets.create(&PostParams::default(), &secret).await.map_err(Error::Kube)?,
-        Some(_) => secrets.replace(&name, &PostParams::default(), &secret).await.map_err(Error::Kube)?,
+        // Ours and keyless (every key removed by hand): a first key again,
+        // under the version it was read at.
+        Some(s) => {
+            secret.metadata.resource_version = s.metadata.resource_version;
+            secrets.replace(&name, &PostParams::default(), &secret).await.map_err(Error::Kube)?
+        }
     };
     Ok(vec![key])
 }

@@ -17,8 +17,10 @@ pub fn failure_reason(error: &Error) -> &'static str {
         Error::GitHub(github::Error::NotFound(_)) => "NotFound",
         Error::GitHub(github::Error::Invalid(_)) => "Rejected",
         Error::GitHub(github::Error::RateLimited { .. }) => "RateLimited",
+        Error::GitHub(github::Error::BadAnswer(_)) => "BadAnswer",
         Error::GitHub(_) => "GitHubError",
-        Error::Config(_) => "InvalidConfig",
+        Error::Config(e) => e.reason(),
+        Error::Panicked(_) => "Panicked",
         Error::Kube(_) | Error::Finalizer(_) => "Error",
     }
 }

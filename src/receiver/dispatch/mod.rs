@@ -20,6 +20,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::{task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 
+pub mod destinations;
 mod settle;
 mod worker;
 
@@ -54,6 +55,8 @@ pub struct DispatchConfig {
     pub reclaim_after: Duration,
     /// On shutdown, how long in-flight dispatches may take to finish.
     pub shutdown_grace: Duration,
+    /// Where agent calls may not go.
+    pub destinations: Arc<destinations::Destinations>,
 }
 
 /// Housekeeping (reclaim, prune) and the slowest promotion of retries run this often.
@@ -130,8 +133,10 @@ impl Dispatcher {
     ) -> Self {
         let http = reqwest::Client::builder()
             .user_agent(concat!("hookwarden/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(destinations::Resolver(config.destinations.clone())))
             .build()
-            .expect("HTTP client");
+            .expect("a TLS backend is available");
         Self { queue, registry, metrics, http, config, breakers: Mutex::new(HashMap::new()) }
     }
 
@@ -299,6 +304,7 @@ impl Dispatcher {
         settings: &PolicySettings,
         d: &Delivery,
     ) -> Result<(), Failure> {
+        self.config.destinations.check_url(&agent.url)?;
         let mut headers = cloudevent_headers(d);
         if let Some(secret) = &agent.signing_secret_ref {
             let secret = ObjectRef::new(policy.namespace.clone(), secret.name.clone());
@@ -339,9 +345,14 @@ impl Dispatcher {
             .await;
         let result = match response {
             Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) if r.status().is_redirection() => Err(Failure::Redirect(r.status().as_u16())),
             Ok(r) => Err(Failure::Status(r.status().as_u16())),
             Err(e) if e.is_timeout() => Err(Failure::Timeout),
-            Err(e) => Err(Failure::Transport(e.without_url().to_string())),
+            Err(e) => Err(match destinations::denied_in(&e) {
+                Some(denied) => Failure::Denied(denied),
+                None if e.is_connect() => Failure::Transport("could not connect"),
+                None => Failure::Transport("the connection failed during the call"),
+            }),
         };
         match &result {
             Ok(()) => span.record("otel.status_code", "ok"),

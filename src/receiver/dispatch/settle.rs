@@ -19,8 +19,17 @@ pub enum Failure {
     Timeout,
     #[error("agent answered HTTP {0}")]
     Status(u16),
+    /// Never followed: the body and its signatures would go to whatever
+    /// host the agent named.
+    #[error("agent answered HTTP {0}, a redirect (redirects are not followed)")]
+    Redirect(u16),
+    /// Kept coarse ("could not connect"): a dead letter's text must not
+    /// tell a tenant which ports of which hosts are open.
     #[error("request failed: {0}")]
-    Transport(String),
+    Transport(&'static str),
+    /// Not retried: the receiver refuses this destination.
+    #[error(transparent)]
+    Denied(#[from] super::destinations::Denied),
     #[error("agent no longer in the policy")]
     AgentGone,
     /// The agent asks for signed calls and its signing Secret has no key
@@ -54,7 +63,9 @@ pub fn settle(
             continue;
         };
         let error = failure.to_string();
-        if matches!(failure, Failure::AgentGone) || attempts >= retry.max_attempts.max(1) as u32 {
+        if matches!(failure, Failure::AgentGone | Failure::Denied(_))
+            || attempts >= retry.max_attempts.max(1) as u32
+        {
             settlement.dead.push(GiveUp { agent, attempts, error });
             continue;
         }
@@ -72,17 +83,27 @@ pub const RESULTS: &[&str] = &["success", "retry", "dead_letter"];
 
 impl Failure {
     /// Every `reason` of `github_webhook_errors_total`.
-    pub const REASONS: &[&str] =
-        &["circuit_open", "timeout", "http_status", "transport", "agent_gone", "unsigned"];
+    pub const REASONS: &[&str] = &[
+        "circuit_open",
+        "timeout",
+        "http_status",
+        "redirect",
+        "transport",
+        "agent_gone",
+        "unsigned",
+        "denied",
+    ];
 
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::CircuitOpen { .. } => "circuit_open",
             Self::Timeout => "timeout",
             Self::Status(_) => "http_status",
+            Self::Redirect(_) => "redirect",
             Self::Transport(_) => "transport",
             Self::AgentGone => "agent_gone",
             Self::Unsigned(_) => "unsigned",
+            Self::Denied(_) => "denied",
         }
     }
 }
@@ -123,6 +144,18 @@ mod tests {
             (one(Err(Failure::Status(503)), 1, 0.0), retry_at(t + 2_000, 2, "agent answered HTTP 503")),
             (one(Err(Failure::Status(503)), 2, 0.0), dead(3, "agent answered HTTP 503")),
             (one(Err(Failure::AgentGone), 0, 0.0), dead(1, "agent no longer in the policy")),
+            (
+                one(
+                    Err(Failure::Denied(super::super::destinations::Denied("the receiver's own listener"))),
+                    0,
+                    0.0,
+                ),
+                dead(1, "destination denied: the receiver's own listener"),
+            ),
+            (
+                one(Err(Failure::Redirect(307)), 0, 0.0),
+                retry_at(t + 1_000, 1, "agent answered HTTP 307, a redirect (redirects are not followed)"),
+            ),
             // An open circuit waits for the circuit when that is later...
             (one(Err(open_for(30)), 0, 0.0), retry_at(t + 30_000, 1, "circuit open")),
             // ...and for the backoff when that is later.
@@ -149,13 +182,15 @@ mod tests {
             Failure::CircuitOpen { retry_at: Instant::now() },
             Failure::Timeout,
             Failure::Status(500),
-            Failure::Transport(String::new()),
+            Failure::Redirect(302),
+            Failure::Transport("could not connect"),
             Failure::AgentGone,
             Failure::Unsigned(ObjectRef::new("ns", "s")),
+            Failure::Denied(super::super::destinations::Denied("x")),
         ];
         for failure in failures {
             assert!(Failure::REASONS.contains(&failure.metric_label()), "{failure}");
         }
-        assert_eq!(Failure::REASONS.len(), 6);
+        assert_eq!(Failure::REASONS.len(), 8);
     }
 }

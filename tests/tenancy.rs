@@ -1,0 +1,221 @@
+//! One installation, many teams: what a team with rights only in its own
+//! namespace can write (WebhookConfigs, Secrets) must never reach another
+//! team's credentials or objects. Each test is an attack, tried against the
+//! real operator, apiserver and GitHub simulator, and shown refused.
+//! (Redis' password is shown by `tests/pods.rs`, from another namespace's pod.)
+
+mod common;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use common::{Process, TestEnv, TestNamespace, WAIT, eventually, free_port};
+use hookwarden::api::WebhookConfig;
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api,
+    api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams},
+};
+use serde_json::{Value, json};
+
+struct World {
+    env: TestEnv,
+    ns: TestNamespace,
+    github: String,
+    http: reqwest::Client,
+    _operator: Process,
+}
+
+impl World {
+    /// A namespace and an operator for it, allowed to call the simulator
+    /// only (unless `extra` says otherwise).
+    async fn new(extra: &[&str]) -> Self {
+        let env = TestEnv::load();
+        let ns = TestNamespace::create(&env).await;
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut args = vec!["operator", "--listen", &listen, "--public-base-url", "http://127.0.0.1:9/r"];
+        args.extend_from_slice(&["--resync-seconds", "2", "--github-mutation-interval-ms", "100"]);
+        args.extend_from_slice(extra);
+        let vars = [("HOOKWARDEN_NAMESPACE", ns.name.as_str()), ("POD_NAMESPACE", ns.name.as_str())];
+        let operator = Process::start(&env, "tenancy-operator", &args, &vars);
+        let github = env.var("GITHUB_API_URL").to_owned();
+        Self { env, ns, github, http: reqwest::Client::new(), _operator: operator }
+    }
+
+    async fn sim_post(&self, path: &str, body: Value) -> Value {
+        let r = self.http.post(format!("{}/_sim/{path}", self.github)).json(&body).send().await.unwrap();
+        assert!(r.status().is_success(), "{path}: {}", r.status());
+        r.json().await.unwrap_or(Value::Null)
+    }
+
+    async fn secret(&self, name: &str, data: &[(&str, &str)]) {
+        let secrets: Api<Secret> = Api::namespaced(self.env.client().await, &self.ns.name);
+        let mut s = Secret::default();
+        s.metadata.name = Some(name.into());
+        s.string_data = Some(data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        secrets.create(&PostParams::default(), &s).await.unwrap();
+    }
+
+    async fn apply(&self, name: &str, spec: Value) {
+        let obj: DynamicObject = serde_json::from_value(json!({
+            "apiVersion": "hookwarden.io/v1alpha1", "kind": "WebhookConfig", "metadata": { "name": name }, "spec": spec
+        }))
+        .unwrap();
+        let ar = kube::api::ApiResource::erase::<WebhookConfig>(&());
+        let api = Api::<DynamicObject>::namespaced_with(self.env.client().await, &self.ns.name, &ar);
+        api.patch(name, &PatchParams::apply("test").force(), &Patch::Apply(&obj)).await.unwrap();
+    }
+
+    async fn whcs(&self) -> Api<WebhookConfig> {
+        Api::namespaced(self.env.client().await, &self.ns.name)
+    }
+
+    /// The Ready condition once it has one with `status`: (reason, message).
+    async fn ready_is(&self, name: &str, status: &str) -> (String, String) {
+        eventually(&format!("{name} Ready={status}"), WAIT, || async {
+            let whc = self.whcs().await.get(name).await.ok()?;
+            let c = whc.status?.conditions.into_iter().find(|c| c.type_ == "Ready" && c.status == status)?;
+            Some((c.reason, c.message))
+        })
+        .await
+    }
+
+    /// The simulator's hooks on `owner` (`orgs/x` or `repos/x/y`).
+    async fn hooks(&self, owner: &str) -> Vec<Value> {
+        let all: Vec<Value> =
+            self.http.get(format!("{}/_sim/hooks", self.github)).send().await.unwrap().json().await.unwrap();
+        all.into_iter().filter(|h| h["url"].as_str().unwrap().contains(&format!("/{owner}/hooks/"))).collect()
+    }
+}
+
+#[tokio::test]
+async fn a_forged_key_never_gets_another_teams_cached_installation_token() {
+    let w = World::new(&[]).await;
+    let id = format!("{:08x}", rand::random::<u32>());
+    let org = format!("org-{id}");
+    w.sim_post("orgs", json!({ "login": org })).await;
+    let (app_id, installation) = (rand::random::<u32>() as u64 + 1, rand::random::<u32>() as u64 + 1);
+    let real =
+        w.sim_post("apps", json!({ "id": app_id, "installations": { installation.to_string(): org } })).await;
+    // Any RSA key will do for the forger: another App's, freshly made.
+    let forged = w.sim_post("apps", json!({ "id": app_id + 1, "installations": {} })).await;
+    w.secret("team-a-app", &[("pem", real["private_key"].as_str().unwrap())]).await;
+    w.secret("forged-app", &[("pem", forged["private_key"].as_str().unwrap())]).await;
+    let github = |secret: &str| {
+        json!({ "apiUrl": w.github, "app": { "appId": app_id, "installationId": installation,
+            "privateKeySecretRef": { "name": secret, "key": "pem" } } })
+    };
+    w.apply("team-a", json!({ "organization": org, "events": ["push"], "github": github("team-a-app") }))
+        .await;
+    w.ready_is("team-a", "True").await;
+    // The installation token is cached now; the forger names the same App
+    // and installation with its own key, and a URL of its own.
+    w.apply(
+        "forger",
+        json!({ "organization": org, "events": ["issues"], "url": "https://attacker.example/steal",
+            "github": github("forged-app") }),
+    )
+    .await;
+    let (reason, message) = w.ready_is("forger", "False").await;
+    assert_eq!(reason, "BadCredentials", "{message}");
+    let hooks = w.hooks(&format!("orgs/{org}")).await;
+    assert_eq!(hooks.len(), 1, "only team A's hook: {hooks:?}");
+    assert!(hooks.iter().all(|h| h["config"]["url"] != "https://attacker.example/steal"));
+    // Team A is unaffected.
+    w.ready_is("team-a", "True").await;
+}
+
+/// A TCP listener that counts the connections made to it.
+async fn counting_listener() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            drop(conn);
+        }
+    });
+    (url, count)
+}
+
+#[tokio::test]
+async fn an_api_url_the_platform_did_not_list_gets_no_request_at_all() {
+    // /meta is read every second: an unlisted URL must not be read either.
+    let w = World::new(&["--github-meta-refresh-seconds", "1"]).await;
+    let (unlisted, connections) = counting_listener().await;
+    w.secret("github-token", &[("token", "ghp_whatever")]).await;
+    for (name, api) in [("elsewhere", unlisted.as_str()), ("metadata", "http://169.254.169.254")] {
+        let spec = json!({ "repository": "team/repo", "events": ["push"],
+            "github": { "apiUrl": api, "tokenSecretRef": { "name": "github-token", "key": "token" } } });
+        w.apply(name, spec).await;
+        let (reason, message) = w.ready_is(name, "False").await;
+        assert_eq!(reason, "ApiUrlNotAllowed", "{message}");
+        assert!(message.contains("nothing was sent"), "{message}");
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(connections.load(Ordering::SeqCst), 0, "the unlisted API was called");
+    let configmaps: Api<k8s_openapi::api::core::v1::ConfigMap> =
+        Api::namespaced(w.env.client().await, &w.ns.name);
+    let published = configmaps.get_opt(hookwarden::github::meta::DEFAULT_CONFIGMAP).await.unwrap();
+    let urls = published.and_then(|c| c.data).map(|d| d[hookwarden::github::meta::API_URLS_KEY].clone());
+    assert!(
+        urls.as_ref().is_none_or(|u| !u.contains(&unlisted)),
+        "the unlisted API's ranges were published: {urls:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_secret_the_operator_did_not_make_is_never_changed_nor_deleted() {
+    let w = World::new(&[]).await;
+    let id = format!("{:08x}", rand::random::<u32>());
+    let (repo, token) = (format!("team-{id}/service"), format!("ghp_{id}"));
+    w.sim_post("tokens", json!({ "token": token })).await;
+    w.sim_post("repos", json!({ "full_name": repo })).await;
+    w.secret("github-token", &[("token", &token)]).await;
+    // A user's Secret that happens to have the key Secret's name, and one
+    // named by spec.secretName.
+    w.secret("service-hmac", &[("database-password", "hunter2")]).await;
+    w.secret("shared-keys", &[("api-key", "k")]).await;
+    let github = json!({ "apiUrl": w.github, "tokenSecretRef": { "name": "github-token", "key": "token" } });
+    w.apply("service", json!({ "repository": repo, "events": ["push"], "github": github })).await;
+    w.apply(
+        "named",
+        json!({ "repository": repo, "events": ["issues"], "secretName": "shared-keys",
+        "github": github }),
+    )
+    .await;
+    for name in ["service", "named"] {
+        let (reason, message) = w.ready_is(name, "False").await;
+        assert_eq!(reason, "SecretConflict", "{message}");
+    }
+    let secrets: Api<Secret> = Api::namespaced(w.env.client().await, &w.ns.name);
+    for (name, key, value) in
+        [("service-hmac", "database-password", "hunter2"), ("shared-keys", "api-key", "k")]
+    {
+        let s = secrets.get(name).await.unwrap();
+        let data = s.data.unwrap();
+        assert_eq!(data.len(), 1, "{name} was written to: {:?}", data.keys());
+        assert_eq!(data[key].0, value.as_bytes());
+        assert!(s.metadata.owner_references.is_none(), "{name} was made owned by the WebhookConfig");
+    }
+    assert!(w.hooks(&format!("repos/{repo}")).await.is_empty(), "no hook without keys of its own");
+    // Deleting the WebhookConfigs leaves the user's Secrets where they were.
+    for name in ["service", "named"] {
+        w.whcs().await.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    eventually("the WebhookConfigs gone", WAIT, || async {
+        w.whcs().await.list(&Default::default()).await.ok()?.items.is_empty().then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for name in ["service-hmac", "shared-keys"] {
+        assert!(secrets.get_opt(name).await.unwrap().is_some(), "{name} was deleted with the WebhookConfig");
+    }
+}
