@@ -34,6 +34,18 @@
 //! | live view: stream, status page | `receiver::stream::stream` (SSE), `receiver::ui` (the page, `ui/`) | `stream::Cursor`, `stream::changes`, `SseParser` |
 //! | forward to a laptop | `forward::Forward::run` ← `receiver::stream::tap` ← the tap written by `enqueue.lua` | `forward::outgoing` |
 //! | traces of a delivery | spans in `http::ingest`, `accept` (enqueue), `Dispatcher::process` and `call`; `trace` carries the context | — |
+//!
+//! # Where each team's boundary is kept (tenancy)
+//!
+//! | Boundary | Where | Decisions (pure, table-tested) |
+//! | --- | --- | --- |
+//! | only platform-listed GitHub APIs are called | `operator::webhook_config::secret::github_client`, `operator::meta::run` | `github::endpoints::AllowedApis::allows` |
+//! | a cached installation token serves only the key that minted it | `github::Client::new` (account key: URL, namespace, credential fingerprint) | — |
+//! | only the operator's own key Secrets are changed | `operator::webhook_config::secret::ensure_keys` | `secret::owned_by` |
+//! | an entry is delivered only from its hook's policy | `receiver::dispatch::Dispatcher::dispatch` | `dispatch::routes` |
+//! | agent calls go nowhere else | `receiver::dispatch::Dispatcher::call`, its resolver | `dispatch::destinations::Destinations::check_url` |
+//! | bounded memory against strangers | `receiver::http::authenticate_request`, `github::read_capped`, `github::EtagCache` | `receiver::body_budget::BodyBudget::reserve` |
+//! | one object's panic ends only its reconcile | `operator::measured` | — |
 
 pub mod api;
 pub mod forward;

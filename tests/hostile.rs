@@ -19,7 +19,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use common::{Process, TestEnv, TestNamespace, WAIT, eventually, free_port};
-use hookwarden::api::WebhookConfig;
+use hookwarden::{api::WebhookConfig, keys, signature};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api,
@@ -252,11 +252,11 @@ async fn a_hostile_github_api_costs_only_its_own_webhookconfigs() {
     drop(operator);
 }
 
-#[tokio::test]
-async fn a_flood_of_unsigned_25_mb_bodies_leaves_memory_bounded_and_github_served() {
-    use hookwarden::{keys, signature};
-    let env = TestEnv::load();
-    let ns = TestNamespace::create(&env).await;
+/// A WebhookConfig `repo-hook` with a key, in a namespace of its own, and
+/// a receiver for it on `redis_url`, ready: the receiver process, the
+/// hook's URL and its key.
+async fn receiver_for_a_hook(env: &TestEnv, redis_url: &str) -> (Process, String, keys::HmacKey, TestNamespace) {
+    let ns = TestNamespace::create(env).await;
     let client = env.client().await;
     let key = keys::HmacKey::generate(1);
     let hook: DynamicObject = serde_json::from_value(json!({
@@ -276,20 +276,48 @@ async fn a_flood_of_unsigned_25_mb_bodies_leaves_memory_bounded_and_github_serve
         .unwrap();
     let (port, admin) = (free_port(), free_port());
     let (listen, admin_listen) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{admin}"));
-    let args = ["receiver", "--listen", &listen, "--admin-listen", &admin_listen, "--consumer", "flooded"];
+    let args = ["receiver", "--listen", &listen, "--admin-listen", &admin_listen, "--consumer", "hostile"];
     let vars = [
         ("HOOKWARDEN_NAMESPACE", ns.name.as_str()),
         ("POD_NAMESPACE", ns.name.as_str()),
-        ("REDIS_URL", env.var("REDIS_URL")),
+        ("REDIS_URL", redis_url),
         ("HOOKWARDEN_REDIS_PREFIX", &common::redis_prefix()),
     ];
-    let receiver = Process::start(&env, "flooded-receiver", &args, &vars);
+    let receiver = Process::start(env, "hostile-receiver", &args, &vars);
     let http = reqwest::Client::new();
-    let url = format!("http://{listen}/hooks/{}/repo-hook", ns.name);
     eventually("the receiver ready", WAIT, || async {
         http.get(format!("http://{listen}/readyz")).send().await.ok()?.status().is_success().then_some(())
     })
     .await;
+    let url = format!("http://{listen}/hooks/{}/repo-hook", ns.name);
+    (receiver, url, key, ns)
+}
+
+/// A signed push as GitHub sends it (distinct each time); its HTTP status
+/// and `Retry-After`.
+async fn signed_push(http: &reqwest::Client, url: &str, key: &keys::HmacKey) -> (u16, Option<String>) {
+    let body = json!({ "ref": "refs/heads/main", "after": common::commit_sha(),
+        "repository": { "full_name": "octo-org/hello-world" } })
+    .to_string();
+    let r = http
+        .post(url)
+        .header("x-github-event", "push")
+        .header("x-github-delivery", common::guid())
+        .header("x-hub-signature-256", signature::sign(key.secret(), body.as_bytes()))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let retry_after = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    (r.status().as_u16(), retry_after)
+}
+
+#[tokio::test]
+async fn a_flood_of_unsigned_25_mb_bodies_leaves_memory_bounded_and_github_served() {
+    let env = TestEnv::load();
+    let (receiver, url, key, _ns) = receiver_for_a_hook(&env, env.var("REDIS_URL")).await;
+    let http = reqwest::Client::new();
 
     // 64 strangers, each sending three unsigned 25 MB bodies as fast as the
     // receiver takes them...
@@ -318,20 +346,7 @@ async fn a_flood_of_unsigned_25_mb_bodies_leaves_memory_bounded_and_github_serve
     // ...while GitHub delivers, signed, 20 a second.
     let mut github = Vec::new();
     for _ in 0..60 {
-        let body = json!({ "ref": "refs/heads/main", "after": common::commit_sha(),
-            "repository": { "full_name": "octo-org/hello-world" } })
-        .to_string();
-        let r = http
-            .post(&url)
-            .header("x-github-event", "push")
-            .header("x-github-delivery", common::guid())
-            .header("x-hub-signature-256", signature::sign(key.secret(), body.as_bytes()))
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        github.push(r.status().as_u16());
+        github.push(signed_push(&http, &url, &key).await.0);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut stranger_statuses = Vec::new();
@@ -350,4 +365,44 @@ async fn a_flood_of_unsigned_25_mb_bodies_leaves_memory_bounded_and_github_serve
     let peak = peak_rss_mib(pid);
     println!("receiver peak RSS under the flood: {peak} MiB");
     assert!(peak < 256, "the receiver's peak RSS was {peak} MiB (its pod's limit is 256 MiB)");
+}
+
+#[tokio::test]
+async fn redis_at_maxmemory_gets_503s_then_recovers_with_nothing_accepted_lost() {
+    let env = TestEnv::load();
+    let redis = common::PrivateRedis::start();
+    let (_receiver, url, key, ns) = receiver_for_a_hook(&env, &redis.url).await;
+    let http = reqwest::Client::new();
+    let mut conn = redis::Client::open(redis.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let info: String = redis::cmd("INFO").arg("memory").query_async(&mut conn).await.unwrap();
+    let used: u64 = info.lines().find_map(|l| l.strip_prefix("used_memory:")?.trim().parse().ok()).unwrap();
+    // Room for a few hundred deliveries, then full, as the chart's Redis is
+    // configured: refused, never evicted.
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(used + 400_000).query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("noeviction").query_async(&mut conn).await.unwrap();
+    let mut accepted = 0u64;
+    let refused = loop {
+        match signed_push(&http, &url, &key).await {
+            (202, _) => accepted += 1,
+            other => break other,
+        }
+        assert!(accepted < 20_000, "Redis never filled up");
+    };
+    assert_eq!(refused, (503, Some("30".to_owned())), "after {accepted} accepted");
+    assert!(accepted > 0);
+    // Still full: still 503, not 500, and the process is up.
+    assert_eq!(signed_push(&http, &url, &key).await.0, 503);
+    // Room again: it recovers by itself.
+    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(0).query_async(&mut conn).await.unwrap();
+    eventually("deliveries accepted again", WAIT, || async {
+        (signed_push(&http, &url, &key).await.0 == 202).then_some(())
+    })
+    .await;
+    accepted += 1;
+    // Every delivery that got a 202 is in the policy's stream.
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*:events").query_async(&mut conn).await.unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(keys[0].contains(&ns.name));
+    let queued: u64 = redis::cmd("XLEN").arg(&keys[0]).query_async(&mut conn).await.unwrap();
+    assert_eq!(queued, accepted, "every accepted delivery is queued");
 }

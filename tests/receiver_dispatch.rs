@@ -545,3 +545,31 @@ async fn agent_calls_never_follow_a_redirect_nor_reach_denied_or_own_addresses()
     assert_eq!(dead["admin"], "destination denied: the receiver's own listener");
     drop(own);
 }
+
+#[tokio::test]
+async fn an_entry_naming_another_teams_hook_is_dead_lettered_not_delivered() {
+    let mut w = world().await;
+    w.settings.agents = vec![w.agent("a", &[])];
+    w.apply();
+    let _stop = w.start("a");
+    // As a forged XADD into this policy's stream would be: an entry naming a
+    // hook of another namespace.
+    let forged = Delivery {
+        guid: guid(),
+        event: "push".into(),
+        hook: ObjectRef::new("team-b", "their-hook"),
+        repository: Some("octo-org/hello-world".into()),
+        action: None,
+        payload: Bytes::from_static(b"{}"),
+        received_ms: 1,
+        agent: None,
+        attempt: 0,
+        trace: None,
+    };
+    w.queue.enqueue(&w.policy, &forged, 10_000, None).await.unwrap();
+    let ours = w.enqueue("push", 1).await;
+    w.until_received("a", &ours).await;
+    let dead = dead_by_agent(&w, 1).await;
+    assert_eq!(dead["a"], "entry names hook team-b/their-hook, which does not deliver to this policy: not delivered");
+    assert!(!w.ids("a").contains(&forged.guid), "the forged entry was delivered");
+}

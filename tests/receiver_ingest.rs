@@ -47,6 +47,8 @@ struct Harness {
     policy: ObjectRef,
     drain: Arc<Drain>,
     rejections: Arc<Rejections>,
+    /// Not enforced; GitHub's ranges can be set on it.
+    allowlist: Arc<Allowlist>,
 }
 
 async fn harness_with(redis_url: &str, body_limit: usize) -> Harness {
@@ -73,6 +75,7 @@ async fn harness_limited(
     }
     let drain = Arc::new(Drain::default());
     let rejections = Arc::new(Rejections::default());
+    let allowlist = Arc::new(Allowlist::off());
     let state = AppState {
         registry: registry.clone(),
         queue: queue.clone(),
@@ -82,10 +85,10 @@ async fn harness_limited(
         limits,
         rejections: rejections.clone(),
         failures: Arc::new(failures),
-        allowlist: Arc::new(Allowlist::off()),
-        body_budget: Arc::new(hookwarden::receiver::body_budget::BodyBudget::new(64 << 20)),
+        allowlist: allowlist.clone(),
+        body_budget: Arc::new(hookwarden::receiver::body_budget::BodyBudget::new(limits.unauthenticated_bytes)),
     };
-    Harness { app: router(state), registry, queue, policy, drain, rejections }
+    Harness { app: router(state), registry, queue, policy, drain, rejections, allowlist }
 }
 
 impl Harness {
@@ -850,6 +853,39 @@ async fn a_source_sending_bad_signatures_is_refused_with_429_and_github_behind_t
     // Counted once each as rejected signatures; the refusals as too_many_failures.
     let window = h.rejections.matching(&Default::default(), 100);
     assert_eq!(window.len(), 6, "refusals are not remembered one by one: {window:?}");
+}
+
+#[tokio::test]
+async fn the_failure_limit_never_refuses_githubs_own_addresses() {
+    let failures = FailureLimit::new(60, 5, vec!["127.0.0.0/8".parse().unwrap()]);
+    let (addr, h) = front_door_with(CAPPED, failures).await;
+    // GitHub's published ranges, as the operator's ConfigMap gives them (not enforced).
+    h.allowlist.set(vec!["140.82.112.0/20".parse().unwrap()]);
+    let http = reqwest::Client::new();
+    let body = br#"{"action":"opened"}"#.to_vec();
+    let send = |from: &'static str, hook: &'static str| {
+        http.post(format!("http://{addr}/hooks/team/{hook}"))
+            .header("x-forwarded-for", from)
+            .header("x-github-event", "issues")
+            .header("x-github-delivery", guid())
+            .header("content-type", "application/json")
+            .header("x-hub-signature-256", signature::sign(KEY.as_bytes(), &body))
+            .body(body.clone())
+            .send()
+    };
+    // One team's hook points GitHub at a path that does not exist: GitHub
+    // fails, again and again, from its shared addresses...
+    for _ in 0..20 {
+        assert_eq!(send("140.82.115.1", "no-such-hook").await.unwrap().status(), StatusCode::NOT_FOUND);
+    }
+    // ...and every other team's deliveries from the same addresses are still taken.
+    assert_eq!(send("140.82.115.1", "repo-hook").await.unwrap().status(), StatusCode::ACCEPTED);
+    // A stranger doing the same is refused past its burst.
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        codes.push(send("198.51.100.66", "no-such-hook").await.unwrap().status().as_u16());
+    }
+    assert_eq!(codes[6..], [429, 429], "{codes:?}");
 }
 
 #[tokio::test]

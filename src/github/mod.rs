@@ -514,15 +514,22 @@ impl Client {
             return Err(Error::RateLimited { until: blocked_until });
         }
         let bearer = self.bearer().await?;
-        if method == Method::GET {
-            return self.send(endpoint, method, url, body, etag, &bearer).await;
+        let result = if method == Method::GET {
+            self.send(endpoint, method, url, body, etag, &bearer).await
+        } else {
+            let mut last = self.account.last_mutation.lock().await;
+            if let Some(at) = *last {
+                tokio::time::sleep_until(at + self.shared.mutation_interval).await;
+            }
+            let result = self.send(endpoint, method, url, body, etag, &bearer).await;
+            *last = Some(tokio::time::Instant::now());
+            result
+        };
+        // A revoked installation token: the next call mints a new one.
+        // NB: not in `send`, which `bearer` calls holding this lock.
+        if matches!(result, Err(Error::BadCredentials)) {
+            *self.account.installation_token.lock().await = None;
         }
-        let mut last = self.account.last_mutation.lock().await;
-        if let Some(at) = *last {
-            tokio::time::sleep_until(at + self.shared.mutation_interval).await;
-        }
-        let result = self.send(endpoint, method, url, body, etag, &bearer).await;
-        *last = Some(tokio::time::Instant::now());
         result
     }
 
@@ -574,10 +581,7 @@ impl Client {
         };
         match status.as_u16() {
             200..=299 | 304 => Ok((status, headers, body)),
-            401 => {
-                *self.account.installation_token.lock().await = None;
-                Err(Error::BadCredentials)
-            }
+            401 => Err(Error::BadCredentials),
             403 | 429 if num("retry-after").is_some() => {
                 limited(now_secs() + num("retry-after").unwrap_or(60))
             }

@@ -1,6 +1,8 @@
 //! Publishes GitHub's hook source ranges (`GET /meta`, see
 //! [`crate::github::meta`]) for the receivers' optional allowlist: every
-//! `refresh`, for each GitHub API URL the WebhookConfigs use, a conditional
+//! `refresh`, for each GitHub API URL the WebhookConfigs use that the
+//! platform allows (`--github-api-url`: a team's own server must not widen
+//! every team's allowlist), a conditional
 //! GET (an unchanged answer is a free 304), then the union into the
 //! ConfigMap when it changed. A failed read keeps the last known ranges of
 //! that URL; a URL no longer used is dropped.

@@ -114,6 +114,18 @@ fn rfc3339_ms(ms: u64) -> String {
     ts.to_string()
 }
 
+/// May an entry naming `hook` be delivered from `policy`'s queue? Only the
+/// receivers (and the operator's recovery) write entries, each for its
+/// hook's policy; one that names another namespace's hook, or a hook that
+/// delivers to another policy, was not written that way (a forged `XADD`,
+/// or a hook moved to another policy since): it is dead-lettered, never sent
+/// with this policy's signing keys. A hook no longer known (its
+/// WebhookConfig deleted after the delivery was queued) in the policy's own
+/// namespace is delivered.
+pub fn routes(hook: &ObjectRef, policy: &ObjectRef, hook_policy: Option<&ObjectRef>) -> bool {
+    hook.namespace == policy.namespace && hook_policy.is_none_or(|p| p == policy)
+}
+
 /// The workers of one receiver replica.
 pub struct Dispatcher {
     queue: Queue,
@@ -255,8 +267,10 @@ impl Dispatcher {
                 .map(Ok)
                 .collect(),
         };
+        let routed = routes(&d.hook, &policy, self.registry.hook(&d.hook).map(|h| h.policy).as_ref());
         let calls = targets.iter().map(|target| async {
             match target {
+                Ok(agent) if !routed => (agent.name.clone(), Err(Failure::Misrouted(d.hook.clone()))),
                 Ok(agent) => (agent.name.clone(), self.call(&policy, agent, &settings, d).await),
                 Err(name) => (name.clone(), Err(Failure::AgentGone)),
             }
@@ -397,6 +411,22 @@ mod tests {
         assert!(!wants(&agent(&[], &["other/*"]), "push", repo));
         assert!(!wants(&agent(&[], &["octo-org/*"]), "push", None), "no repository, no match");
         assert!(!wants(&agent(&["push"], &["octo-org/*"]), "issues", repo), "both filters must match");
+    }
+
+    #[test]
+    fn only_entries_of_the_policys_own_hooks_are_delivered() {
+        let (policy, other) = (ObjectRef::new("team-a", "default"), ObjectRef::new("team-a", "other"));
+        let rows = [
+            // (hook named by the entry, the policy that hook delivers to now) -> delivered
+            (ObjectRef::new("team-a", "repo"), Some(&policy), true),
+            (ObjectRef::new("team-a", "gone"), None, true), // deleted since it was queued
+            (ObjectRef::new("team-a", "repo"), Some(&other), false),
+            (ObjectRef::new("team-b", "repo"), None, false), // another team's hook
+            (ObjectRef::new("team-b", "repo"), Some(&policy), false),
+        ];
+        for (hook, hook_policy, want) in rows {
+            assert_eq!(routes(&hook, &policy, hook_policy), want, "{hook} → {hook_policy:?}");
+        }
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub enum Failure {
     /// tell a tenant which ports of which hosts are open.
     #[error("request failed: {0}")]
     Transport(&'static str),
+    /// Not retried: see [`super::routes`].
+    #[error("entry names hook {0}, which does not deliver to this policy: not delivered")]
+    Misrouted(ObjectRef),
     /// Not retried: the receiver refuses this destination.
     #[error(transparent)]
     Denied(#[from] super::destinations::Denied),
@@ -63,7 +66,7 @@ pub fn settle(
             continue;
         };
         let error = failure.to_string();
-        if matches!(failure, Failure::AgentGone | Failure::Denied(_))
+        if matches!(failure, Failure::AgentGone | Failure::Denied(_) | Failure::Misrouted(_))
             || attempts >= retry.max_attempts.max(1) as u32
         {
             settlement.dead.push(GiveUp { agent, attempts, error });
@@ -92,6 +95,7 @@ impl Failure {
         "agent_gone",
         "unsigned",
         "denied",
+        "misrouted",
     ];
 
     pub fn metric_label(&self) -> &'static str {
@@ -104,6 +108,7 @@ impl Failure {
             Self::AgentGone => "agent_gone",
             Self::Unsigned(_) => "unsigned",
             Self::Denied(_) => "denied",
+            Self::Misrouted(_) => "misrouted",
         }
     }
 }
@@ -187,10 +192,11 @@ mod tests {
             Failure::AgentGone,
             Failure::Unsigned(ObjectRef::new("ns", "s")),
             Failure::Denied(super::super::destinations::Denied("x")),
+            Failure::Misrouted(ObjectRef::new("a", "hook")),
         ];
         for failure in failures {
             assert!(Failure::REASONS.contains(&failure.metric_label()), "{failure}");
         }
-        assert_eq!(Failure::REASONS.len(), 8);
+        assert_eq!(Failure::REASONS.len(), 9);
     }
 }
