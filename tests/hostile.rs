@@ -255,7 +255,10 @@ async fn a_hostile_github_api_costs_only_its_own_webhookconfigs() {
 /// A WebhookConfig `repo-hook` with a key, in a namespace of its own, and
 /// a receiver for it on `redis_url`, ready: the receiver process, the
 /// hook's URL and its key.
-async fn receiver_for_a_hook(env: &TestEnv, redis_url: &str) -> (Process, String, keys::HmacKey, TestNamespace) {
+async fn receiver_for_a_hook(
+    env: &TestEnv,
+    redis_url: &str,
+) -> (Process, String, keys::HmacKey, TestNamespace) {
     let ns = TestNamespace::create(env).await;
     let client = env.client().await;
     let key = keys::HmacKey::generate(1);
@@ -353,9 +356,6 @@ async fn a_flood_of_unsigned_25_mb_bodies_leaves_memory_bounded_and_github_serve
     for s in strangers {
         stranger_statuses.extend(s.await.unwrap());
     }
-    assert!(github.iter().all(|s| *s == 202), "GitHub's deliveries: {github:?}");
-    assert!(stranger_statuses.iter().all(|s| [0, 401, 503].contains(s)), "{stranger_statuses:?}");
-    assert!(stranger_statuses.contains(&503), "the budget refused some: {stranger_statuses:?}");
     let pid = receiver.pid();
     assert!(
         std::path::Path::new(&format!("/proc/{pid}")).exists(),
@@ -365,6 +365,10 @@ async fn a_flood_of_unsigned_25_mb_bodies_leaves_memory_bounded_and_github_serve
     let peak = peak_rss_mib(pid);
     println!("receiver peak RSS under the flood: {peak} MiB");
     assert!(peak < 256, "the receiver's peak RSS was {peak} MiB (its pod's limit is 256 MiB)");
+    assert!(github.iter().all(|s| *s == 202), "GitHub's deliveries: {github:?}");
+    // 0: the connection closed while the body was still being sent.
+    assert!(stranger_statuses.iter().all(|s| [0, 401, 408, 503].contains(s)), "{stranger_statuses:?}");
+    assert!(stranger_statuses.contains(&503), "the budget refused some: {stranger_statuses:?}");
 }
 
 #[tokio::test]
@@ -373,13 +377,26 @@ async fn redis_at_maxmemory_gets_503s_then_recovers_with_nothing_accepted_lost()
     let redis = common::PrivateRedis::start();
     let (_receiver, url, key, ns) = receiver_for_a_hook(&env, &redis.url).await;
     let http = reqwest::Client::new();
-    let mut conn = redis::Client::open(redis.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let mut conn =
+        redis::Client::open(redis.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
     let info: String = redis::cmd("INFO").arg("memory").query_async(&mut conn).await.unwrap();
     let used: u64 = info.lines().find_map(|l| l.strip_prefix("used_memory:")?.trim().parse().ok()).unwrap();
     // Room for a few hundred deliveries, then full, as the chart's Redis is
     // configured: refused, never evicted.
-    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg(used + 400_000).query_async(&mut conn).await.unwrap();
-    let _: () = redis::cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("noeviction").query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(used + 400_000)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory-policy")
+        .arg("noeviction")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let mut accepted = 0u64;
     let refused = loop {
         match signed_push(&http, &url, &key).await {

@@ -570,6 +570,9 @@ async fn an_entry_naming_another_teams_hook_is_dead_lettered_not_delivered() {
     let ours = w.enqueue("push", 1).await;
     w.until_received("a", &ours).await;
     let dead = dead_by_agent(&w, 1).await;
-    assert_eq!(dead["a"], "entry names hook team-b/their-hook, which does not deliver to this policy: not delivered");
+    assert_eq!(
+        dead["a"],
+        "entry names hook team-b/their-hook, which does not deliver to this policy: not delivered"
+    );
     assert!(!w.ids("a").contains(&forged.guid), "the forged entry was delivered");
 }

@@ -86,7 +86,9 @@ async fn harness_limited(
         rejections: rejections.clone(),
         failures: Arc::new(failures),
         allowlist: allowlist.clone(),
-        body_budget: Arc::new(hookwarden::receiver::body_budget::BodyBudget::new(limits.unauthenticated_bytes)),
+        body_budget: Arc::new(hookwarden::receiver::body_budget::BodyBudget::new(
+            limits.unauthenticated_bytes,
+        )),
     };
     Harness { app: router(state), registry, queue, policy, drain, rejections, allowlist }
 }
