@@ -297,8 +297,8 @@ struct ReceiverArgs {
     max_in_flight: usize,
     /// Bytes of request bodies held before their signature is checked,
     /// across all connections; a delivery that does not fit is answered 503
-    /// + Retry-After before it is read. Large bodies (over an eighth) share
-    /// three quarters of it.
+    /// with Retry-After before it is read. Large bodies (over an eighth)
+    /// share three quarters of it.
     #[arg(long, env = "HOOKWARDEN_UNAUTHENTICATED_BODY_BYTES", default_value_t = hookwarden::receiver::body_budget::DEFAULT_UNAUTHENTICATED_BYTES)]
     unauthenticated_body_bytes: usize,
     /// Comma-separated CIDRs agent calls may not go to, besides link-local

@@ -1,7 +1,7 @@
 //! A short property-based run over what the receiver parses from untrusted
 //! input (the same functions `fuzz/run` fuzzes for minutes): signatures,
-//! GitHub's form encoding, the payload envelope, durations and the admin
-//! query. No services needed.
+//! GitHub's form encoding, the payload envelope, durations, the admin
+//! query, and the GitHub API's answers. No services needed.
 
 use bytes::Bytes;
 use hookwarden::{
@@ -13,8 +13,58 @@ use hookwarden::{
 };
 use proptest::prelude::*;
 
+/// Any JSON value, biased towards the keys GitHub's answers have, so the
+/// parsers see near misses: the right key with the wrong type.
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::Value;
+    let key = prop_oneof![
+        Just("id".to_owned()),
+        Just("guid".to_owned()),
+        Just("event".to_owned()),
+        Just("token".to_owned()),
+        Just("expires_at".to_owned()),
+        Just("request".to_owned()),
+        Just("payload".to_owned()),
+        Just("config".to_owned()),
+        Just("url".to_owned()),
+        Just("events".to_owned()),
+        Just("active".to_owned()),
+        Just("hooks".to_owned()),
+        Just("status_code".to_owned()),
+        Just("delivered_at".to_owned()),
+        "[a-z_]{1,8}",
+    ];
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        ".{0,24}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 48, 6, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::vec((key.clone(), inner), 0..6)
+                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+        ]
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn githubs_answers_of_any_shape_are_an_error_or_a_value_never_a_panic(body in json_value()) {
+        use hookwarden::github::{self, Delivery, Hook};
+        let _ = github::parse::<Hook>(body.clone());
+        let _ = github::parse::<Vec<Hook>>(body.clone());
+        let _ = github::parse::<Vec<Delivery>>(body.clone()).map(|p| p.iter().map(Delivery::delivered_unix).sum::<i64>());
+        let _ = github::parse_installation_token(&body, 0);
+        let _ = github::meta::parse_meta(body.to_string().as_bytes());
+        if let Ok(d) = github::parse_delivery(body) {
+            prop_assert!(d.payload.as_ref().is_none_or(|p| !p.is_null()));
+        }
+    }
 
     #[test]
     fn a_signature_verifies_only_its_own_body_and_key(

@@ -486,15 +486,7 @@ impl Client {
         let url = format!("{}/app/installations/{installation_id}/access_tokens", self.api_url);
         let (_, _, body) =
             self.send("create_installation_token", Method::POST, &url, None, None, &jwt).await?;
-        let token = body["token"]
-            .as_str()
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| Error::BadAnswer("an installation token answer without a token".into()))?
-            .to_owned();
-        let expires = body["expires_at"]
-            .as_str()
-            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-            .map_or(now_secs() + 3600, |t| t.as_second());
+        let (token, expires) = parse_installation_token(&body, now_secs())?;
         *cached = Some((token.clone(), expires));
         Ok(token)
     }
@@ -723,10 +715,7 @@ impl Client {
             }
         };
         let Some((body, headers)) = answer else { return Ok(DeliveryPage::default()) };
-        let next_cursor = next_link(&headers).and_then(|link| {
-            let (_, query) = link.split_once('?')?;
-            form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "cursor").map(|(_, v)| v.into_owned())
-        });
+        let next_cursor = next_link(&headers).as_deref().and_then(cursor_of);
         Ok(DeliveryPage { deliveries: parse(body)?, next_cursor })
     }
 
@@ -743,21 +732,7 @@ impl Client {
             Err(Error::NotFound(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        #[derive(Deserialize)]
-        struct Full {
-            guid: String,
-            event: String,
-            #[serde(default)]
-            request: Option<Request>,
-        }
-        #[derive(Deserialize)]
-        struct Request {
-            #[serde(default)]
-            payload: Option<Value>,
-        }
-        let full: Full = parse(body)?;
-        let payload = full.request.and_then(|r| r.payload).filter(|p| !p.is_null());
-        Ok(Some(DeliveryRequest { guid: full.guid, event: full.event, payload }))
+        parse_delivery(body).map(Some)
     }
 
     /// Asks GitHub to deliver delivery `delivery_id` again (same GUID).
@@ -767,8 +742,52 @@ impl Client {
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, Error> {
+// The parsers of GitHub's answers, public for the fuzz target
+// (`fuzz/fuzz_targets/github_answers.rs`): whatever a server answers, an
+// error, never a panic.
+
+/// An answer's JSON body as `T` (a hook, a list of hooks, a deliveries page).
+pub fn parse<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, Error> {
     serde_json::from_value(body).map_err(|e| Error::BadAnswer(short(e)))
+}
+
+/// `GET .../deliveries/{id}`: the delivery with its original payload, if shown.
+pub fn parse_delivery(body: Value) -> Result<DeliveryRequest, Error> {
+    #[derive(Deserialize)]
+    struct Full {
+        guid: String,
+        event: String,
+        #[serde(default)]
+        request: Option<Request>,
+    }
+    #[derive(Deserialize)]
+    struct Request {
+        #[serde(default)]
+        payload: Option<Value>,
+    }
+    let full: Full = parse(body)?;
+    let payload = full.request.and_then(|r| r.payload).filter(|p| !p.is_null());
+    Ok(DeliveryRequest { guid: full.guid, event: full.event, payload })
+}
+
+/// `POST /app/installations/{id}/access_tokens`: the token and when it
+/// expires (Unix seconds; an hour from `now` when unreadable).
+pub fn parse_installation_token(body: &Value, now: i64) -> Result<(String, i64), Error> {
+    let token = body["token"]
+        .as_str()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Error::BadAnswer("an installation token answer without a token".into()))?;
+    let expires = body["expires_at"]
+        .as_str()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map_or(now + 3600, |t| t.as_second());
+    Ok((token.to_owned(), expires))
+}
+
+/// The `cursor` parameter of a deliveries page's next link.
+pub fn cursor_of(link: &str) -> Option<String> {
+    let (_, query) = link.split_once('?')?;
+    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == "cursor").map(|(_, v)| v.into_owned())
 }
 
 /// At most 200 characters of `text`: what an answer may put into a
@@ -783,10 +802,13 @@ pub fn short(text: impl std::fmt::Display) -> String {
 
 /// The `rel="next"` URL of a `Link` header.
 fn next_link(headers: &header::HeaderMap) -> Option<String> {
-    headers
-        .get(header::LINK)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|l| l.split(',').find(|p| p.contains("rel=\"next\"")))
+    headers.get(header::LINK).and_then(|v| v.to_str().ok()).and_then(next_of)
+}
+
+/// The `rel="next"` URL of a `Link` header's value.
+pub fn next_of(link: &str) -> Option<String> {
+    link.split(',')
+        .find(|p| p.contains("rel=\"next\""))
         .and_then(|p| p.trim().strip_prefix('<')?.split('>').next())
         .map(str::to_owned)
 }
