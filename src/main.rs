@@ -342,6 +342,12 @@ struct ReceiverArgs {
     /// Secret (env valueFrom.secretKeyRef), not on the command line.
     #[arg(long = "admin-token", env = "HOOKWARDEN_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Also accept Kubernetes identities on the admin API (a ServiceAccount
+    /// or user bearer token, checked with TokenReview), each allowed what
+    /// RBAC gives it on AgentPolicies (SubjectAccessReview): a team sees and
+    /// acts on its own namespaces only.
+    #[arg(long, env = "HOOKWARDEN_ADMIN_KUBERNETES_AUTH")]
+    admin_kubernetes_auth: bool,
     /// Seconds beyond the slowest agent's timeout after which a crashed
     /// replica's unacknowledged deliveries are taken over.
     #[arg(long, env = "HOOKWARDEN_RECLAIM_AFTER", default_value_t = 15)]
@@ -403,6 +409,7 @@ fn main() -> ExitCode {
                 reclaim_after: Duration::from_secs(args.reclaim_after_seconds),
                 admin_listen: args.admin_listen,
                 admin_token: args.admin_token,
+                admin_kubernetes_auth: args.admin_kubernetes_auth,
                 lease_namespace: args.lease_namespace,
                 pod: hookwarden::PodRef::from_env(),
             };

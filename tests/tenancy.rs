@@ -219,3 +219,120 @@ async fn a_secret_the_operator_did_not_make_is_never_changed_nor_deleted() {
         assert!(secrets.get_opt(name).await.unwrap().is_some(), "{name} was deleted with the WebhookConfig");
     }
 }
+
+/// A ServiceAccount `name` in `ns` bound to `rules` there, and a token of it.
+fn team_identity(env: &TestEnv, ns: &str, name: &str, rules: &str) -> String {
+    let yaml = format!(
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: {name}, namespace: {ns}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {{name: {name}, namespace: {ns}}}
+rules: {rules}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {{name: {name}, namespace: {ns}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {name}}}
+subjects: [{{kind: ServiceAccount, name: {name}, namespace: {ns}}}]
+"#
+    );
+    env.tool_ok("kubectl", &["apply", "-f", "-"], Some(&yaml));
+    env.kubectl_ok(&["create", "token", name, "-n", ns, "--duration", "10m"]).trim().to_owned()
+}
+
+/// What a team's developers are given on their own AgentPolicies: every
+/// capability of the admin API.
+const TEAM_RULES: &str = r#"[{apiGroups: [hookwarden.io], resources: [agentpolicies], verbs: [get, list, watch, patch]},
+  {apiGroups: [hookwarden.io], resources: [agentpolicies/payloads], verbs: [get]},
+  {apiGroups: [hookwarden.io], resources: [agentpolicies/deadletters], verbs: [update]}]"#;
+
+#[tokio::test]
+async fn each_team_reads_and_acts_on_its_own_policies_only_through_the_admin_api() {
+    let env = TestEnv::load();
+    let (a, b) = (TestNamespace::create(&env).await, TestNamespace::create(&env).await);
+    for ns in [&a, &b] {
+        let policy =
+            "apiVersion: hookwarden.io/v1alpha1\nkind: AgentPolicy\nmetadata: {name: default}\nspec: {}\n";
+        env.tool_ok("kubectl", &["apply", "-n", &ns.name, "-f", "-"], Some(policy));
+    }
+    let token_a = team_identity(&env, &a.name, "dev", TEAM_RULES);
+    let token_b = team_identity(&env, &b.name, "dev", TEAM_RULES);
+    let nobody = team_identity(&env, &a.name, "nobody", "[]");
+    // One receiver for every namespace, as the chart runs it.
+    let (port, admin) = (free_port(), free_port());
+    let (listen, admin_listen) = (format!("127.0.0.1:{port}"), format!("127.0.0.1:{admin}"));
+    let args = ["receiver", "--listen", &listen, "--admin-listen", &admin_listen, "--consumer", "shared"];
+    let vars = [
+        ("POD_NAMESPACE", a.name.as_str()),
+        ("REDIS_URL", env.var("REDIS_URL")),
+        ("HOOKWARDEN_REDIS_PREFIX", &common::redis_prefix()),
+        ("HOOKWARDEN_ADMIN_TOKEN", "the-platform-token"),
+        ("HOOKWARDEN_ADMIN_KUBERNETES_AUTH", "true"),
+    ];
+    let _receiver = Process::start(&env, "shared-receiver", &args, &vars);
+    let http = reqwest::Client::new();
+    let base = format!("http://{admin_listen}/admin");
+    let policies = |token: &str| {
+        let (http, url, token) = (http.clone(), format!("{base}/policies"), token.to_owned());
+        async move {
+            let r = http.get(url).bearer_auth(token).send().await.ok()?;
+            let list: Vec<Value> = r.json().await.ok()?;
+            Some(list.iter().filter_map(|p| p["policy"].as_str().map(str::to_owned)).collect::<Vec<_>>())
+        }
+    };
+    let (mine_a, mine_b) = (format!("{}/default", a.name), format!("{}/default", b.name));
+    eventually("the platform's token sees both teams", WAIT, || async {
+        let all = policies("the-platform-token").await?;
+        (all.contains(&mine_a) && all.contains(&mine_b)).then_some(())
+    })
+    .await;
+    let status = |method: reqwest::Method, path: String, token: String| {
+        let http = http.clone();
+        let url = format!("{base}/policies/{path}");
+        async move { http.request(method, url).bearer_auth(token).send().await.unwrap().status().as_u16() }
+    };
+    use reqwest::Method;
+    for (token, mine, theirs) in [(&token_a, &mine_a, &mine_b), (&token_b, &mine_b, &mine_a)] {
+        let seen = policies(token).await.unwrap();
+        assert_eq!(seen, vec![mine.clone()], "a team lists its own policies only");
+        for (method, rest) in [
+            (Method::GET, "/dead-letters"),
+            (Method::GET, "/tap"),
+            (Method::POST, "/disable"),
+            (Method::POST, "/dead-letters/1-0/replay"),
+            (Method::DELETE, "/dead-letters"),
+        ] {
+            let theirs_status = status(method.clone(), format!("{theirs}{rest}"), token.clone()).await;
+            assert_eq!(theirs_status, 403, "{method} another team's {rest}");
+        }
+        assert_eq!(status(Method::GET, format!("{mine}/dead-letters"), token.clone()).await, 200);
+        assert_eq!(status(Method::POST, format!("{mine}/disable"), token.clone()).await, 200);
+        assert_eq!(status(Method::POST, format!("{mine}/dead-letters/1-0/replay"), token.clone()).await, 404);
+        // The tap answers (a stream): its head is enough.
+        let tap = http.get(format!("{base}/policies/{mine}/tap")).bearer_auth(token).send().await.unwrap();
+        assert_eq!(tap.status(), 200);
+        drop(tap);
+        // The live stream's snapshot holds its own policies only.
+        let mut stream = http.get(format!("{base}/stream")).bearer_auth(token).send().await.unwrap();
+        let mut text = String::new();
+        while !text.contains("\n\n") {
+            let chunk = tokio::time::timeout(WAIT, stream.chunk()).await.unwrap().unwrap().unwrap();
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        assert!(text.contains("event: snapshot") && text.contains(mine.as_str()), "{text}");
+        assert!(!text.contains(theirs.as_str()), "another team's policy in the stream: {text}");
+    }
+    // The switch went where it was allowed to: each team's own policy only.
+    let spec_enabled =
+        |ns: &str| env.kubectl_ok(&["get", "ap", "default", "-n", ns, "-o", "jsonpath={.spec.enabled}"]);
+    assert_eq!((spec_enabled(&a.name), spec_enabled(&b.name)), ("false".into(), "false".into()));
+    // An identity with no rights sees nothing and may do nothing; a token
+    // Kubernetes does not know is not let in at all.
+    assert_eq!(policies(&nobody).await.unwrap(), Vec::<String>::new());
+    assert_eq!(status(Method::POST, format!("{mine_a}/enable"), nobody.clone()).await, 403);
+    assert_eq!(status(Method::GET, format!("{mine_a}/dead-letters"), "not-a-token".into()).await, 401);
+}

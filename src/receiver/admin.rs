@@ -1,5 +1,8 @@
-//! The admin API, on its own listener (never behind the public Ingress) and
-//! behind a bearer token compared in constant time.
+//! The admin API, on its own listener (never behind the public Ingress),
+//! for the platform's bearer token (compared in constant time) and, when on,
+//! Kubernetes identities with the rights RBAC gives them ([`super::access`]):
+//! every route checks its capability on the policy it names, and lists show
+//! only what the caller may view.
 //!
 //! - `GET  /admin/policies`: every policy's effective settings, queue,
 //!   retry and dead-letter counts, and each agent's circuit state.
@@ -12,10 +15,10 @@
 //!   recent activity, newest first: the log in Redis, and the requests this
 //!   replica rejected (kept in its memory only).
 
-use std::sync::Arc;
+use std::{collections::BTreeSet, sync::Arc};
 
 use axum::{
-    Json, Router,
+    Extension, Json, Router,
     extract::{Path, Query, RawQuery, Request, State},
     http::{StatusCode, header},
     middleware::{self, Next},
@@ -25,9 +28,13 @@ use axum::{
 use kube::api::{Patch, PatchParams};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use subtle::ConstantTimeEq;
 
-use super::{dispatch::Dispatcher, registry::Registry, rejections::Rejections};
+use super::{
+    access::{Access, Caller, Capability, Refused},
+    dispatch::Dispatcher,
+    registry::Registry,
+    rejections::Rejections,
+};
 use crate::{
     ObjectRef,
     api::AgentPolicy,
@@ -37,7 +44,8 @@ use crate::{
 /// What the admin handlers share.
 #[derive(Clone)]
 pub struct AdminState {
-    pub token: Arc<str>,
+    /// Who may call, and what each caller may do.
+    pub access: Arc<Access>,
     pub client: kube::Client,
     pub registry: Arc<Registry>,
     pub queue: Queue,
@@ -49,8 +57,8 @@ pub struct AdminState {
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/admin/policies", get(policies))
-        .route("/admin/policies/{ns}/{name}/enable", post(|s, p| set_enabled(s, p, true)))
-        .route("/admin/policies/{ns}/{name}/disable", post(|s, p| set_enabled(s, p, false)))
+        .route("/admin/policies/{ns}/{name}/enable", post(|s, c, p| set_enabled(s, c, p, true)))
+        .route("/admin/policies/{ns}/{name}/disable", post(|s, c, p| set_enabled(s, c, p, false)))
         .route("/admin/policies/{ns}/{name}/dead-letters", get(dead_letters))
         .route("/admin/policies/{ns}/{name}/dead-letters", delete(purge))
         .route("/admin/policies/{ns}/{name}/dead-letters/{id}/replay", post(replay))
@@ -63,17 +71,49 @@ pub fn router(state: AdminState) -> Router {
         .with_state(state)
 }
 
-async fn authorize(State(state): State<AdminState>, request: Request, next: Next) -> Response {
+/// Puts the [`Caller`] on the request; the handlers check what it may do.
+async fn authorize(State(state): State<AdminState>, mut request: Request, next: Next) -> Response {
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
-    if bool::from(presented.as_bytes().ct_eq(state.token.as_bytes())) && !state.token.is_empty() {
-        next.run(request).await
-    } else {
-        AdminError::Unauthorized.into_response()
+    match state.access.caller(presented).await {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(refused) => AdminError::from(refused).into_response(),
+    }
+}
+
+impl AdminState {
+    /// May `caller` do `what` to `policy`? (403 otherwise.)
+    pub async fn may(&self, caller: &Caller, what: Capability, policy: &ObjectRef) -> Result<(), AdminError> {
+        self.access.check(caller, what, policy).await.map_err(AdminError::from)
+    }
+
+    /// The namespaces, of those this receiver serves, in which `caller` may view.
+    pub async fn viewable(&self, caller: &Caller) -> Result<BTreeSet<String>, AdminError> {
+        let served: BTreeSet<String> = self
+            .registry
+            .policy_refs()
+            .into_iter()
+            .chain(self.registry.hooks().into_iter().map(|(h, _)| h))
+            .map(|r| r.namespace)
+            .collect();
+        self.access.namespaces(caller, Capability::View, served).await.map_err(AdminError::from)
+    }
+}
+
+impl From<Refused> for AdminError {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::Unauthenticated => Self::Unauthorized,
+            Refused::Forbidden(..) => Self::Denied(refused.to_string()),
+            Refused::Unavailable(cause) => Self::Unavailable(cause),
+        }
     }
 }
 
@@ -89,6 +129,9 @@ pub enum AdminError {
     NotFound(String),
     #[error("the receiver may not patch AgentPolicies (check its RBAC)")]
     Forbidden,
+    /// The caller's RBAC does not allow it.
+    #[error("{0}")]
+    Denied(String),
     #[error("backend unavailable; retry later")]
     Unavailable(String),
 }
@@ -105,7 +148,7 @@ impl IntoResponse for AdminError {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::Forbidden | Self::Denied(_) => StatusCode::FORBIDDEN,
             Self::Unavailable(cause) => {
                 tracing::warn!(error = %cause, "admin request failed");
                 StatusCode::SERVICE_UNAVAILABLE
@@ -121,15 +164,16 @@ impl IntoResponse for AdminError {
 
 type Answer = Result<Json<Value>, AdminError>;
 
-async fn policies(State(s): State<AdminState>) -> Answer {
-    Ok(Json(policies_view(&s).await?))
+async fn policies(State(s): State<AdminState>, Extension(caller): Extension<Caller>) -> Answer {
+    Ok(Json(policies_view(&s, &s.viewable(&caller).await?).await?))
 }
 
-/// Every policy: effective settings, queue sizes, each agent's circuit.
-pub async fn policies_view(s: &AdminState) -> Result<Value, AdminError> {
+/// Every policy in `namespaces`: effective settings, queue sizes, each agent's circuit.
+pub async fn policies_view(s: &AdminState, namespaces: &BTreeSet<String>) -> Result<Value, AdminError> {
     let breakers = s.dispatcher.breaker_states();
     let mut out = Vec::new();
     let mut refs = s.registry.policy_refs();
+    refs.retain(|p| namespaces.contains(&p.namespace));
     refs.sort();
     for policy in refs {
         let Some(settings) = s.registry.policy(&policy) else { continue };
@@ -163,8 +207,10 @@ pub async fn policies_view(s: &AdminState) -> Result<Value, AdminError> {
 
 /// Every WebhookConfig this receiver serves: its policy, its Ready
 /// condition and GitHub's latest delivery, as the operator last wrote them.
-async fn hooks(State(s): State<AdminState>) -> Answer {
-    let hooks = s.registry.hooks().into_iter().map(|(hook, info)| {
+async fn hooks(State(s): State<AdminState>, Extension(caller): Extension<Caller>) -> Answer {
+    let viewable = s.viewable(&caller).await?;
+    let hooks = s.registry.hooks().into_iter().filter(|(h, _)| viewable.contains(&h.namespace));
+    let hooks = hooks.map(|(hook, info)| {
         json!({
             "hook": hook.to_string(),
             "policy": info.policy.to_string(),
@@ -189,9 +235,11 @@ pub fn circuit<'b>(
 
 async fn set_enabled(
     State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
     Path((ns, name)): Path<(String, String)>,
     enabled: bool,
 ) -> Answer {
+    s.may(&caller, Capability::KillSwitch, &ObjectRef::new(&ns, &name)).await?;
     let api: kube::Api<AgentPolicy> = kube::Api::namespaced(s.client.clone(), &ns);
     let patch = json!({ "spec": { "enabled": enabled } });
     match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
@@ -214,12 +262,15 @@ struct Limit {
 
 async fn dead_letters(
     State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
     Path((ns, name)): Path<(String, String)>,
     Query(q): Query<Limit>,
 ) -> Answer {
+    let policy = ObjectRef::new(ns, name);
+    s.may(&caller, Capability::View, &policy).await?;
     let letters = s
         .queue
-        .dead_letters(&ObjectRef::new(ns, name), q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT))
+        .dead_letters(&policy, q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT))
         .await
         .map_err(AdminError::unavailable)?;
     Ok(Json(
@@ -238,15 +289,27 @@ async fn dead_letters(
     ))
 }
 
-async fn replay(State(s): State<AdminState>, Path((ns, name, id)): Path<(String, String, String)>) -> Answer {
-    match s.queue.replay(&ObjectRef::new(ns, name), &id).await.map_err(AdminError::unavailable)? {
+async fn replay(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Path((ns, name, id)): Path<(String, String, String)>,
+) -> Answer {
+    let policy = ObjectRef::new(ns, name);
+    s.may(&caller, Capability::DeadLetters, &policy).await?;
+    match s.queue.replay(&policy, &id).await.map_err(AdminError::unavailable)? {
         true => Ok(Json(json!({ "replayed": id }))),
         false => Err(AdminError::NotFound(format!("no dead letter {id}"))),
     }
 }
 
-async fn purge(State(s): State<AdminState>, Path((ns, name)): Path<(String, String)>) -> Answer {
-    let n = s.queue.purge_dead(&ObjectRef::new(ns, name)).await.map_err(AdminError::unavailable)?;
+async fn purge(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Answer {
+    let policy = ObjectRef::new(ns, name);
+    s.may(&caller, Capability::DeadLetters, &policy).await?;
+    let n = s.queue.purge_dead(&policy).await.map_err(AdminError::unavailable)?;
     Ok(Json(json!({ "purged": n })))
 }
 
@@ -279,13 +342,21 @@ pub fn deliveries_query(raw: &str) -> Result<(ActivityFilter, usize), String> {
 
 async fn deliveries(
     State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
     RawQuery(raw): RawQuery,
 ) -> Result<Json<Vec<crate::queue::Activity>>, AdminError> {
     let (filter, limit) = deliveries_query(raw.as_deref().unwrap_or("")).map_err(AdminError::BadRequest)?;
-    let policies = s.registry.queue_policies();
+    let viewable = s.viewable(&caller).await?;
+    let mut policies = s.registry.queue_policies();
+    policies.retain(|p| viewable.contains(&p.namespace));
     let mut list = s.queue.activity(&policies, &filter, limit).await.map_err(AdminError::unavailable)?;
-    // The log in Redis and this replica's rejections, newest first.
-    list.extend(s.rejections.matching(&filter, limit));
+    // The log in Redis and this replica's rejections, newest first. A
+    // rejection names the hook path it was sent to: shown to whoever may
+    // view that namespace (the platform's token sees them all).
+    let in_view = |a: &crate::queue::Activity| {
+        a.hook.split_once('/').is_some_and(|(ns, _)| viewable.contains(ns)) || caller == Caller::Platform
+    };
+    list.extend(s.rejections.matching(&filter, limit).into_iter().filter(in_view));
     list.sort_by_key(|a| std::cmp::Reverse(a.at_ms));
     list.truncate(limit);
     Ok(Json(list))

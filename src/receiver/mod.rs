@@ -7,6 +7,7 @@
 //! - [`registry`]: hooks, keys and policy settings, kept current by [`watch`].
 //! - [`dispatch`]: workers, with [`breaker`] and [`backoff`].
 
+pub mod access;
 pub mod admin;
 pub mod admin_view;
 pub mod backoff;
@@ -68,9 +69,13 @@ pub struct ReceiverConfig {
     /// Destinations agent calls may not go to, besides the defaults.
     pub agent_deny: Vec<ipnet::IpNet>,
     pub reclaim_after: Duration,
-    /// Address of the admin API; served only when `admin_token` is set.
+    /// Address of the admin API; served when `admin_token` is set or
+    /// Kubernetes identities are accepted.
     pub admin_listen: SocketAddr,
     pub admin_token: Option<String>,
+    /// Accept Kubernetes identities on the admin API, with the rights RBAC
+    /// gives them on AgentPolicies (see [`access`]).
+    pub admin_kubernetes_auth: bool,
     /// Namespace of this replica's Lease reporting its loaded keys.
     pub lease_namespace: String,
     /// This replica's pod, the owner of its Lease.
@@ -119,10 +124,12 @@ pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), crate::Ru
     ));
 
     let rejections = Arc::new(rejections::Rejections::default());
-    match config.admin_token.as_deref().filter(|t| !t.is_empty()) {
-        Some(token) => {
+    let access =
+        access::Access::new(config.admin_token.clone(), config.admin_kubernetes_auth.then(|| client.clone()));
+    match access.is_on() {
+        true => {
             let admin = admin::router(admin::AdminState {
-                token: token.into(),
+                access: Arc::new(access),
                 client: client.clone(),
                 registry: registry.clone(),
                 queue: queue.clone(),
@@ -132,12 +139,13 @@ pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), crate::Ru
             let listener = tokio::net::TcpListener::bind(config.admin_listen)
                 .await
                 .map_err(|source| crate::RunError::Listen { addr: config.admin_listen, source })?;
-            tracing::info!(listen = %config.admin_listen, "admin API listening");
+            let kubernetes_auth = config.admin_kubernetes_auth;
+            tracing::info!(listen = %config.admin_listen, kubernetes_auth, "admin API listening");
             tokio::spawn(async move {
                 let _ = axum::serve(listener, admin).with_graceful_shutdown(crate::shutdown_signal()).await;
             });
         }
-        None => tracing::info!("no admin token configured; admin API off"),
+        false => tracing::info!("no admin token and no Kubernetes identities; admin API off"),
     }
 
     let allowlist = Arc::new(match config.github_meta_allowlist {

@@ -17,6 +17,7 @@
 use std::{collections::BTreeMap, convert::Infallible, time::Duration};
 
 use axum::{
+    Extension,
     extract::{Path, Query, State},
     http::HeaderMap,
     response::{
@@ -27,7 +28,10 @@ use axum::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::admin::{AdminError, AdminState, policies_view};
+use super::{
+    access::{Caller, Capability},
+    admin::{AdminError, AdminState, policies_view},
+};
 use crate::{ObjectRef, now_ms, queue::Delivery};
 
 /// How often the logs and the policies are looked at.
@@ -95,8 +99,11 @@ pub struct Filter {
     event: Option<String>,
 }
 
+/// NB: what a caller may view is decided when it connects; a right taken
+/// away shows on its next connection.
 pub async fn stream(
     State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
     Query(filter): Query<Filter>,
     headers: HeaderMap,
 ) -> Response {
@@ -110,13 +117,20 @@ pub async fn stream(
         }
         None => Cursor::default(),
     };
-    let snapshot = match policies_view(&s).await {
+    let viewable = match s.viewable(&caller).await {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
+    let snapshot = match policies_view(&s, &viewable).await {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(256);
     tokio::spawn(async move {
-        let wanted = |p: &str| filter.policy.as_deref().is_none_or(|f| f == p);
+        let wanted = |p: &str| {
+            filter.policy.as_deref().is_none_or(|f| f == p)
+                && p.split_once('/').is_some_and(|(ns, _)| viewable.contains(ns))
+        };
         // The policies of a view the filter wants.
         let only_wanted = |view: Value| -> Vec<Value> {
             let all = match view {
@@ -183,10 +197,14 @@ const TAP_HOLD: Duration = Duration::from_secs(60);
 /// `gap` event first when more than that arrived while it was away.
 pub async fn tap(
     State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
     Path((ns, name)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Response {
     let policy = ObjectRef::new(ns, name);
+    if let Err(refused) = s.may(&caller, Capability::Payloads, &policy).await {
+        return refused.into_response();
+    }
     if s.registry.policy(&policy).is_none() {
         return AdminError::NotFound(format!("no AgentPolicy {policy} (or not loaded yet)")).into_response();
     }
