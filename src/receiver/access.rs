@@ -96,12 +96,14 @@ const DECISION_TTL: Duration = Duration::from_secs(10);
 const CACHE_MAX: usize = 10_000;
 
 type DecisionKey = (User, Capability, String, String);
+/// Who a token (by its SHA-256) was, and when that was asked.
+type TokenCache = HashMap<[u8; 32], (Instant, Option<User>)>;
 
 /// The admin token, and the reviews when Kubernetes identities are on.
 pub struct Access {
     token: Option<String>,
     client: Option<kube::Client>,
-    tokens: Mutex<HashMap<[u8; 32], (Instant, Option<User>)>>,
+    tokens: Mutex<TokenCache>,
     decisions: Mutex<HashMap<DecisionKey, (Instant, bool)>>,
 }
 
