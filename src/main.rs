@@ -11,7 +11,7 @@ use hookwarden::{
     ObjectRef,
     operator::{self, OperatorConfig, webhook_config::RecoveryWay},
     queue::ActivityFilter,
-    receiver::{self, ReceiverConfig, admin, admin_view, http::DEFAULT_BODY_LIMIT},
+    receiver::{self, ReceiverConfig, access::kubeconfig_token, admin, admin_view, http::DEFAULT_BODY_LIMIT},
 };
 
 #[derive(Parser)]
@@ -40,9 +40,10 @@ enum Command {
         /// Base URL of the receiver's admin listener.
         #[arg(long, env = "HOOKWARDEN_ADMIN_URL", default_value = "http://127.0.0.1:8082")]
         url: String,
-        /// Bearer token (the receiver's HOOKWARDEN_ADMIN_TOKEN).
+        /// Bearer token: the platform's admin token, or a Kubernetes identity's
+        /// (default: the kubeconfig's current user's token).
         #[arg(long, env = "HOOKWARDEN_ADMIN_TOKEN", hide_env_values = true)]
-        token: String,
+        token: Option<String>,
         /// A table for people, or the API's JSON or YAML for machines.
         #[arg(short = 'o', long, value_enum, default_value_t = OutputFormat::Table, global = true)]
         output: OutputFormat,
@@ -58,9 +59,10 @@ enum Command {
         /// `kubectl port-forward deploy/hookwarden-receiver 8082`).
         #[arg(long, env = "HOOKWARDEN_ADMIN_URL", default_value = "http://127.0.0.1:8082")]
         url: String,
-        /// Bearer token (the receiver's HOOKWARDEN_ADMIN_TOKEN).
+        /// Bearer token: the platform's admin token, or a Kubernetes identity's
+        /// (default: the kubeconfig's current user's token).
         #[arg(long, env = "HOOKWARDEN_ADMIN_TOKEN", hide_env_values = true)]
-        token: String,
+        token: Option<String>,
         /// The AgentPolicy whose deliveries to forward (NAMESPACE/NAME).
         #[arg(long)]
         policy: String,
@@ -423,6 +425,10 @@ fn main() -> ExitCode {
             code
         }
         Command::Admin { url, token, output, action: AdminAction::Tail { policy, event } } => {
+            let token = match token.map_or_else(kubeconfig_token, Ok) {
+                Ok(token) => token,
+                Err(error) => return fail(error),
+            };
             let query: Vec<(&str, String)> = [("policy", policy), ("event", event)]
                 .into_iter()
                 .filter_map(|(k, v)| Some((k, v?)))
@@ -458,6 +464,10 @@ fn main() -> ExitCode {
             })
         }
         Command::Forward { url, token, policy, to, events, secret } => {
+            let token = match token.map_or_else(kubeconfig_token, Ok) {
+                Ok(token) => token,
+                Err(error) => return fail(error),
+            };
             let policy = match parse_policy(&policy) {
                 Ok(policy) => policy,
                 Err(error) => return fail(format!("--policy: {error}")),
@@ -472,6 +482,10 @@ fn main() -> ExitCode {
             })
         }
         Command::Admin { url, token, output, action } => {
+            let token = match token.map_or_else(kubeconfig_token, Ok) {
+                Ok(token) => token,
+                Err(error) => return fail(error),
+            };
             let call = match admin_call(action) {
                 Ok(call) => call,
                 Err(error) => return fail(error),

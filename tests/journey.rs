@@ -321,6 +321,9 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
         "configmaps [get list watch]",
         "leases.coordination.k8s.io [get create patch delete]",
         "secrets [get list watch]",
+        // Who calls the admin API, and what RBAC lets them do there.
+        "subjectaccessreviews.authorization.k8s.io [create]",
+        "tokenreviews.authentication.k8s.io [create]",
         "webhookconfigs.hookwarden.io [get list watch]",
     ];
     for (sa, exact, allowed, denied) in [

@@ -330,6 +330,29 @@ async fn each_team_reads_and_acts_on_its_own_policies_only_through_the_admin_api
     let spec_enabled =
         |ns: &str| env.kubectl_ok(&["get", "ap", "default", "-n", ns, "-o", "jsonpath={.spec.enabled}"]);
     assert_eq!((spec_enabled(&a.name), spec_enabled(&b.name)), ("false".into(), "false".into()));
+    // `hookwarden admin` with no token given uses the kubeconfig's user, as
+    // kubectl does: team A's developer sees team A's policy only.
+    let kubeconfig = std::env::temp_dir().join(format!("dev-{}.kubeconfig", a.name));
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: dev\n\
+             clusters: [{{name: c, cluster: {{server: 'https://127.0.0.1:1'}}}}]\n\
+             users: [{{name: dev, user: {{token: {token_a}}}}}]\n\
+             contexts: [{{name: dev, context: {{cluster: c, user: dev}}}}]\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookwarden"))
+        .args(["admin", "-o", "json", "policies"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("HOOKWARDEN_ADMIN_URL", format!("http://{admin_listen}"))
+        .env_remove("HOOKWARDEN_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains(&mine_a) && !said.contains(&mine_b), "{said}");
     // An identity with no rights sees nothing and may do nothing; a token
     // Kubernetes does not know is not let in at all.
     assert_eq!(policies(&nobody).await.unwrap(), Vec::<String>::new());

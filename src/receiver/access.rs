@@ -217,6 +217,41 @@ impl Access {
     }
 }
 
+/// The bearer token of the kubeconfig's current user (`$KUBECONFIG`, else
+/// `~/.kube/config`), for `hookwarden admin`, `admin tail` and `forward`
+/// when no token is given: the same identity `kubectl` uses, with the same
+/// rights. Only a token (or token file) can be passed on; a user that signs
+/// in with a client certificate or an exec plugin gets a clear error.
+pub fn kubeconfig_token() -> Result<String, String> {
+    use secrecy::ExposeSecret;
+    let config =
+        kube::config::Kubeconfig::read().map_err(|e| format!("no kubeconfig to take a token from: {e}"))?;
+    let context = config.current_context.as_deref().ok_or("the kubeconfig has no current context")?;
+    let user = config
+        .contexts
+        .iter()
+        .find(|c| c.name == context)
+        .and_then(|c| c.context.as_ref()?.user.clone())
+        .ok_or_else(|| format!("the kubeconfig's context {context} names no user"))?;
+    let auth = config.auth_infos.iter().find(|a| a.name == user).and_then(|a| a.auth_info.as_ref());
+    let token = match auth {
+        Some(a) if a.token.is_some() => a.token.as_ref().map(|t| t.expose_secret().to_owned()),
+        Some(a) => match &a.token_file {
+            Some(file) => {
+                Some(std::fs::read_to_string(file).map_err(|e| format!("cannot read {file}: {e}"))?)
+            }
+            None => None,
+        },
+        None => None,
+    };
+    token.map(|t| t.trim().to_owned()).filter(|t| !t.is_empty()).ok_or_else(|| {
+        format!(
+            "the kubeconfig's user {user} has no bearer token (a client certificate or an exec plugin cannot be passed on): \
+             set HOOKWARDEN_ADMIN_TOKEN, e.g. to $(kubectl create token <service-account>)"
+        )
+    })
+}
+
 fn remember<K: std::hash::Hash + Eq, V>(cache: &Mutex<HashMap<K, V>>, key: K, value: V) {
     let mut cache = cache.lock().unwrap();
     if cache.len() >= CACHE_MAX {
