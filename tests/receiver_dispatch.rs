@@ -576,3 +576,64 @@ async fn an_entry_naming_another_teams_hook_is_dead_lettered_not_delivered() {
     );
     assert!(!w.ids("a").contains(&forged.guid), "the forged entry was delivered");
 }
+
+/// Queues one push for the policy with queue limit `limit`; the queue's answer.
+async fn enqueue_one(w: &World, limit: u64) -> Result<(), hookwarden::queue::QueueError> {
+    let d = Delivery {
+        guid: guid(),
+        event: "push".into(),
+        hook: ObjectRef::new("team", "repo-hook"),
+        repository: None,
+        action: None,
+        payload: Bytes::from_static(b"{}"),
+        received_ms: 1,
+        agent: None,
+        attempt: 0,
+        trace: None,
+    };
+    w.queue.enqueue(&w.policy, &d, limit, None).await.map(|_| ())
+}
+
+#[tokio::test]
+async fn retries_and_dead_letters_are_bounded_by_the_queue_limit_and_refusals_say_which() {
+    use hookwarden::queue::QueueError;
+    let mut w = world().await;
+    w.settings.agents = vec![w.agent("down", &[])];
+    w.sink.set_mode("down", Mode::Fail);
+    // A retry an hour away: every delivery waits in the retry set.
+    w.settings.retry.initial_delay = "1h".parse().unwrap();
+    w.settings.retry.max_delay = "1h".parse().unwrap();
+    w.apply();
+    let _stop = w.start("a");
+    for _ in 0..5 {
+        enqueue_one(&w, 5).await.unwrap();
+    }
+    eventually("five retries scheduled", WAIT, || async {
+        (w.queue.len(&w.policy).await.unwrap() == 0 && w.queue.retry_len(&w.policy).await.unwrap() == 5)
+            .then_some(())
+    })
+    .await;
+    // The stream is empty, but five deliveries are still to be made.
+    assert!(matches!(enqueue_one(&w, 5).await, Err(QueueError::Full { limit: 5 })));
+    assert!(enqueue_one(&w, 6).await.is_ok(), "a larger limit admits more");
+
+    // Dead letters: one attempt each, five of them fill a limit of five.
+    let mut d = world().await;
+    d.settings.agents = vec![d.agent("down", &[])];
+    d.sink.set_mode("down", Mode::Fail);
+    d.settings.retry.max_attempts = 1;
+    d.apply();
+    let _stop = d.start("a");
+    for _ in 0..5 {
+        enqueue_one(&d, 5).await.unwrap();
+    }
+    eventually("five dead letters", WAIT, || async {
+        (d.queue.dead_len(&d.policy).await.unwrap() == 5).then_some(())
+    })
+    .await;
+    let refused = enqueue_one(&d, 5).await.unwrap_err();
+    assert!(matches!(refused, QueueError::DeadLettersFull { limit: 5 }), "{refused}");
+    assert_eq!(refused.to_string(), "the policy holds 5 dead letters, its queue limit: replay or purge them");
+    d.queue.purge_dead(&d.policy).await.unwrap();
+    assert!(enqueue_one(&d, 5).await.is_ok(), "purged: accepted again");
+}

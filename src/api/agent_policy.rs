@@ -41,8 +41,11 @@ pub struct AgentPolicySpec {
     #[schemars(range(min = 1, max = 256))]
     pub concurrency: i32,
 
-    /// Queued deliveries allowed before receivers answer GitHub with 503 and
-    /// `Retry-After` instead of accepting more.
+    /// Deliveries allowed to wait, queued or for a retry, before receivers
+    /// answer GitHub with 503 and `Retry-After` instead of accepting more;
+    /// the same bound holds for dead letters (replay or purge them to accept
+    /// again). Nothing is dropped: the operator's recovery brings refused
+    /// deliveries back once there is room.
     #[serde(default = "default_queue_limit")]
     #[schemars(range(min = 1, max = 10_000_000))]
     pub queue_limit: i64,
@@ -220,7 +223,8 @@ pub struct AgentPolicyStatus {
     /// Dispatches in flight per receiver replica.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<i32>,
-    /// Queued deliveries allowed before receivers answer 503.
+    /// Deliveries allowed to wait (queued or for a retry), and dead letters
+    /// kept, before receivers answer 503.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_limit: Option<i64>,
     /// Why the effective values are what they are, in words.

@@ -47,8 +47,11 @@ pub const TAP_LEN: u64 = 1_000;
 /// Errors from the queue.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
-    #[error("queue is full ({limit} deliveries)")]
+    #[error("queue is full ({limit} deliveries queued or waiting for a retry)")]
     Full { limit: u64 },
+    /// Dead letters are bounded by the queue limit too: replay or purge them.
+    #[error("the policy holds {limit} dead letters, its queue limit: replay or purge them")]
+    DeadLettersFull { limit: u64 },
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("only {acked} of {wanted} Redis replicas have the delivery")]
@@ -61,6 +64,7 @@ impl QueueError {
     pub fn metric_label(&self) -> &'static str {
         match self {
             Self::Full { .. } => "queue_full",
+            Self::DeadLettersFull { .. } => "dead_letters_full",
             Self::Redis(_) => "redis_unavailable",
             Self::NotReplicated { .. } => "not_replicated",
             Self::Corrupt { .. } => "corrupt_entry",
@@ -141,7 +145,8 @@ impl Queue {
     }
 
     /// Queues `delivery` for `policy` unless its GUID was seen, or the queue
-    /// holds `limit` deliveries already.
+    /// holds `limit` deliveries already (queued and waiting for a retry), or
+    /// `limit` dead letters.
     ///
     /// `signed_mac` is the MAC GitHub signed the body with, when it came
     /// through the webhook (not from GitHub's API): a body already queued
@@ -163,7 +168,9 @@ impl Queue {
             .key(self.key(policy, "activity"))
             .key(self.body_key(policy, &delivery.hook, signed_mac.unwrap_or(&[0; 32])))
             .key(self.key(policy, "tap"))
-            .key(self.key(policy, "tap:on"));
+            .key(self.key(policy, "tap:on"))
+            .key(self.key(policy, "retry"))
+            .key(self.key(policy, "dead"));
         script.arg(limit).arg(DEDUP_TTL_SECS).arg(ACTIVITY_LEN).arg(replay_ttl).arg(TAP_LEN);
         for (k, v) in delivery.to_fields() {
             script.arg(k).arg(v);
@@ -183,7 +190,7 @@ impl Queue {
                     }
                     other => other?,
                 };
-                if acked < wanted && reply != "full" {
+                if acked < wanted && reply != "full" && reply != "dead_full" {
                     return Err(QueueError::NotReplicated { acked, wanted });
                 }
                 reply
@@ -193,6 +200,7 @@ impl Queue {
             "dup" => Ok(Enqueued::Duplicate),
             "replay" => Ok(Enqueued::Replay),
             "full" => Err(QueueError::Full { limit }),
+            "dead_full" => Err(QueueError::DeadLettersFull { limit }),
             _ => Ok(Enqueued::Queued(reply)),
         }
     }

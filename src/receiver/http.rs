@@ -99,6 +99,7 @@ pub const REJECTION_REASONS: &[&str] = &[
     "allowlist_not_loaded",
     "replay",
     "queue_full",
+    "dead_letters_full",
     "queue_unavailable",
     "overloaded",
     "too_many_connections",
@@ -173,6 +174,8 @@ pub enum IngestError {
     Replay,
     #[error("queue is full; retry later")]
     QueueFull,
+    #[error("the policy's dead letters are at its queue limit; retry later")]
+    DeadLettersFull,
     #[error("queue unavailable; retry later")]
     QueueUnavailable,
 }
@@ -197,6 +200,7 @@ impl IngestError {
             Self::BodyBudget => "body_budget",
             Self::Replay => "replay",
             Self::QueueFull => "queue_full",
+            Self::DeadLettersFull => "dead_letters_full",
             Self::QueueUnavailable => "queue_unavailable",
         }
     }
@@ -218,6 +222,7 @@ impl IngestError {
             | Self::Overloaded
             | Self::BodyBudget
             | Self::QueueFull
+            | Self::DeadLettersFull
             | Self::QueueUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -324,7 +329,13 @@ fn reject(
         tracing::warn!(%hook, delivery_id = %guid, reason = error.metric_label(), %error, unlogged, "delivery rejected");
     }
     // The queue logs its own refusals; Redis being down needs no record.
-    if !matches!(error, IngestError::QueueFull | IngestError::QueueUnavailable | IngestError::NotSynced) {
+    if !matches!(
+        error,
+        IngestError::QueueFull
+            | IngestError::DeadLettersFull
+            | IngestError::QueueUnavailable
+            | IngestError::NotSynced
+    ) {
         state.rejections.push(Activity {
             at_ms: now_ms(),
             guid: guid.chars().take(64).collect(),
@@ -492,6 +503,7 @@ async fn accept(
         }
         Ok(Enqueued::Replay) => Err(IngestError::Replay),
         Err(QueueError::Full { .. }) => Err(IngestError::QueueFull),
+        Err(QueueError::DeadLettersFull { .. }) => Err(IngestError::DeadLettersFull),
         Err(error) => {
             tracing::error!(hook = %hook_ref, delivery_id = %guid, %error, "could not queue delivery");
             Err(IngestError::QueueUnavailable)

@@ -1,16 +1,20 @@
 -- Queues one delivery unless its GUID was seen, its body was already queued
--- under another GUID (a replay), or the queue is full. Every key is in the
--- policy's hash slot.
+-- under another GUID (a replay), or the queue is full: the deliveries queued
+-- and those waiting for a retry together, or the dead letters alone, reach
+-- the queue limit (each stays bounded by it; nothing is dropped: GitHub is
+-- told 503, and the operator's recovery brings the delivery back later).
+-- Every key is in the policy's hash slot.
 -- KEYS[1] the policy's events stream, KEYS[2] the GUID's de-duplication key,
 -- KEYS[3] the policy's activity log, KEYS[4] the body's key (its MAC),
 -- KEYS[5] the policy's tap, KEYS[6] its switch (a queued delivery is copied
 -- to the tap while the switch exists: someone follows it; the tap keeps the
--- last ARGV[5] to ARGV[5] + 99).
+-- last ARGV[5] to ARGV[5] + 99), KEYS[7] its retry set, KEYS[8] its
+-- dead-letter stream.
 -- ARGV[1] queue limit, ARGV[2] de-duplication TTL (s), ARGV[3] activity
 -- length, ARGV[4] how long a body is remembered (s; 0: not checked),
 -- ARGV[5] the tap's length, ARGV[6..] the entry's field/value pairs (guid,
 -- event, hook, and repository when set, are copied into the activity log).
--- Returns the entry id, 'dup', 'replay' or 'full'. A replay is not logged
+-- Returns the entry id, 'dup', 'replay', 'full' or 'dead_full'. A replay is not logged
 -- here: the receiver keeps it with its other rejections.
 local FIELDS = 6
 local function log(status, detail)
@@ -28,7 +32,11 @@ end
 if redis.call('EXISTS', KEYS[2]) == 1 then log('duplicate'); return 'dup' end
 local replay_ttl = tonumber(ARGV[4])
 if replay_ttl > 0 and redis.call('EXISTS', KEYS[4]) == 1 then return 'replay' end
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then log('rejected', 'queue_full'); return 'full' end
+local limit = tonumber(ARGV[1])
+if redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[7]) >= limit then
+  log('rejected', 'queue_full'); return 'full'
+end
+if redis.call('XLEN', KEYS[8]) >= limit then log('rejected', 'dead_letters_full'); return 'dead_full' end
 local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, FIELDS))
 redis.call('SET', KEYS[2], id, 'EX', ARGV[2])
 if replay_ttl > 0 then redis.call('SET', KEYS[4], id, 'EX', replay_ttl) end
