@@ -169,25 +169,15 @@ async fn a_hostile_github_api_costs_only_its_own_webhookconfigs() {
     ];
     let operator = Process::start(&env, "hostile-operator", &args, &vars);
 
-    let ar = kube::api::ApiResource::erase::<WebhookConfig>(&());
-    let dynamic = Api::<DynamicObject>::namespaced_with(client.clone(), &ns.name, &ar);
-    let apply = |name: &str, repository: &str, api: &str| {
-        let obj: DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "hookwarden.io/v1alpha1", "kind": "WebhookConfig", "metadata": { "name": name },
-            "spec": { "repository": repository, "events": ["push"],
-                "github": { "apiUrl": api, "tokenSecretRef": { "name": "github-token", "key": "token" } } }
-        }))
-        .unwrap();
-        let dynamic = dynamic.clone();
-        let name = name.to_owned();
-        async move {
-            dynamic.patch(&name, &PatchParams::apply("test").force(), &Patch::Apply(&obj)).await.unwrap()
-        }
+    let spec = |repository: &str, api: &str| {
+        json!({ "repository": repository, "events": ["push"],
+            "github": { "apiUrl": api, "tokenSecretRef": { "name": "github-token", "key": "token" } } })
     };
     for name in ["pages", "huge", "drip", "payload"] {
-        apply(name, &format!("evil/{name}"), &api).await;
+        common::apply_webhook_config(client.clone(), &ns.name, name, spec(&format!("evil/{name}"), &api))
+            .await;
     }
-    apply("neighbour", &repo, &sim).await;
+    common::apply_webhook_config(client.clone(), &ns.name, "neighbour", spec(&repo, &sim)).await;
 
     let whcs: Api<WebhookConfig> = Api::namespaced(client.clone(), &ns.name);
     let ready = |name: &'static str| {

@@ -100,13 +100,7 @@ impl World {
     async fn apply_spec(&self, name: &str, fields: Value) {
         let mut spec = json!({ "github": { "apiUrl": self.github, "tokenSecretRef": { "name": "github-token", "key": "token" } } });
         spec.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
-        let obj: DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "hookwarden.io/v1alpha1", "kind": "WebhookConfig", "metadata": { "name": name }, "spec": spec
-        }))
-        .unwrap();
-        let ar = kube::api::ApiResource::erase::<WebhookConfig>(&());
-        let api = Api::<DynamicObject>::namespaced_with(self.env.client().await, &self.ns.name, &ar);
-        api.patch(name, &PatchParams::apply("test").force(), &Patch::Apply(&obj)).await.unwrap();
+        common::apply_webhook_config(self.env.client().await, &self.ns.name, name, spec).await;
     }
 
     async fn whc(&self, name: &str) -> WebhookConfig {

@@ -554,18 +554,7 @@ async fn an_entry_naming_another_teams_hook_is_dead_lettered_not_delivered() {
     let _stop = w.start("a");
     // As a forged XADD into this policy's stream would be: an entry naming a
     // hook of another namespace.
-    let forged = Delivery {
-        guid: guid(),
-        event: "push".into(),
-        hook: ObjectRef::new("team-b", "their-hook"),
-        repository: Some("octo-org/hello-world".into()),
-        action: None,
-        payload: Bytes::from_static(b"{}"),
-        received_ms: 1,
-        agent: None,
-        attempt: 0,
-        trace: None,
-    };
+    let forged = push(ObjectRef::new("team-b", "their-hook"));
     w.queue.enqueue(&w.policy, &forged, 10_000, None).await.unwrap();
     let ours = w.enqueue("push", 1).await;
     w.until_received("a", &ours).await;
@@ -577,20 +566,25 @@ async fn an_entry_naming_another_teams_hook_is_dead_lettered_not_delivered() {
     assert!(!w.ids("a").contains(&forged.guid), "the forged entry was delivered");
 }
 
-/// Queues one push for the policy with queue limit `limit`; the queue's answer.
-async fn enqueue_one(w: &World, limit: u64) -> Result<(), hookwarden::queue::QueueError> {
-    let d = Delivery {
+/// A push of `hook`, with a new GUID.
+fn push(hook: ObjectRef) -> Delivery {
+    Delivery {
         guid: guid(),
         event: "push".into(),
-        hook: ObjectRef::new("team", "repo-hook"),
-        repository: None,
+        hook,
+        repository: Some("octo-org/hello-world".into()),
         action: None,
         payload: Bytes::from_static(b"{}"),
         received_ms: 1,
         agent: None,
         attempt: 0,
         trace: None,
-    };
+    }
+}
+
+/// Queues one push for the policy with queue limit `limit`; the queue's answer.
+async fn enqueue_one(w: &World, limit: u64) -> Result<(), hookwarden::queue::QueueError> {
+    let d = push(ObjectRef::new("team", "repo-hook"));
     w.queue.enqueue(&w.policy, &d, limit, None).await.map(|_| ())
 }
 

@@ -19,7 +19,7 @@ use hookwarden::api::WebhookConfig;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api,
-    api::{DeleteParams, DynamicObject, Patch, PatchParams, PostParams},
+    api::{DeleteParams, PostParams},
 };
 use serde_json::{Value, json};
 
@@ -62,13 +62,7 @@ impl World {
     }
 
     async fn apply(&self, name: &str, spec: Value) {
-        let obj: DynamicObject = serde_json::from_value(json!({
-            "apiVersion": "hookwarden.io/v1alpha1", "kind": "WebhookConfig", "metadata": { "name": name }, "spec": spec
-        }))
-        .unwrap();
-        let ar = kube::api::ApiResource::erase::<WebhookConfig>(&());
-        let api = Api::<DynamicObject>::namespaced_with(self.env.client().await, &self.ns.name, &ar);
-        api.patch(name, &PatchParams::apply("test").force(), &Patch::Apply(&obj)).await.unwrap();
+        common::apply_webhook_config(self.env.client().await, &self.ns.name, name, spec).await;
     }
 
     async fn whcs(&self) -> Api<WebhookConfig> {

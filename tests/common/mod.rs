@@ -109,6 +109,19 @@ pub fn repo_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Server-side applies WebhookConfig `name` with `spec` in `namespace`, as
+/// `kubectl apply --server-side` would (field manager `test`).
+pub async fn apply_webhook_config(client: Client, namespace: &str, name: &str, spec: serde_json::Value) {
+    use kube::api::{DynamicObject, Patch, PatchParams};
+    let obj: DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "hookwarden.io/v1alpha1", "kind": "WebhookConfig", "metadata": { "name": name }, "spec": spec
+    }))
+    .unwrap();
+    let ar = kube::api::ApiResource::erase::<hookwarden::api::WebhookConfig>(&());
+    let api = Api::<DynamicObject>::namespaced_with(client, namespace, &ar);
+    api.patch(name, &PatchParams::apply("test").force(), &Patch::Apply(&obj)).await.unwrap();
+}
+
 /// A namespace of its own for one test, deleted when dropped.
 pub struct TestNamespace {
     pub name: String,
