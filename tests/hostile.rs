@@ -7,6 +7,7 @@
 mod common;
 
 use std::{
+    collections::HashMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -412,4 +413,71 @@ async fn redis_at_maxmemory_gets_503s_then_recovers_with_nothing_accepted_lost()
     assert!(keys[0].contains(&ns.name));
     let queued: u64 = redis::cmd("XLEN").arg(&keys[0]).query_async(&mut conn).await.unwrap();
     assert_eq!(queued, accepted, "every accepted delivery is queued");
+}
+
+#[tokio::test]
+async fn a_4_mb_delivery_failing_for_64_agents_is_held_once_not_64_times() {
+    let env = TestEnv::load();
+    let redis_url = env.var("REDIS_URL").to_owned();
+    let (receiver, url, key, ns) = receiver_for_a_hook(&env, &redis_url).await;
+    // 64 agents, all down; one attempt each: 64 dead letters of one delivery.
+    let agents: Vec<Value> =
+        (0..64).map(|i| json!({ "name": format!("a{i}"), "url": "http://127.0.0.1:9/down" })).collect();
+    let policy = json!({ "apiVersion": "hookwarden.io/v1alpha1", "kind": "AgentPolicy",
+        "metadata": { "name": "default" },
+        "spec": { "agents": agents, "retry": { "maxAttempts": 1 } } });
+    env.tool_ok("kubectl", &["apply", "-n", &ns.name, "-f", "-"], Some(&policy.to_string()));
+    // As the operator would: enabled.
+    env.kubectl_ok(&[
+        "patch",
+        "ap",
+        "default",
+        "-n",
+        &ns.name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"enabled":true,"concurrency":1}}"#,
+    ]);
+    let http = reqwest::Client::new();
+    let blob = "x".repeat(4 << 20);
+    let body = json!({ "repository": { "full_name": "octo-org/hello-world" }, "blob": blob }).to_string();
+    let sent = body.clone();
+    let r = http
+        .post(&url)
+        .header("x-github-event", "push")
+        .header("x-github-delivery", common::guid())
+        .header("x-hub-signature-256", signature::sign(key.secret(), body.as_bytes()))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let mut conn =
+        redis::Client::open(redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let dead_key = format!("*{}/default}}:dead", ns.name);
+    eventually("64 dead letters", WAIT, || async {
+        let keys: Vec<String> = redis::cmd("KEYS").arg(&dead_key).query_async(&mut conn.clone()).await.ok()?;
+        let n: u64 = redis::cmd("XLEN").arg(keys.first()?).query_async(&mut conn.clone()).await.ok()?;
+        (n == 64).then_some(())
+    })
+    .await;
+    // Each dead letter has the payload, whole.
+    let keys: Vec<String> = redis::cmd("KEYS").arg(&dead_key).query_async(&mut conn).await.unwrap();
+    let first: Vec<(String, HashMap<String, Vec<u8>>)> = redis::cmd("XRANGE")
+        .arg(&keys[0])
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let packed = &first[0].1["payload_lz4"];
+    let payload = lz4_flex::decompress_size_prepended(packed).unwrap();
+    assert!(payload == sent.as_bytes(), "the payload, whole, in the dead letter");
+    let peak = peak_rss_mib(receiver.pid());
+    println!("receiver peak RSS with a 4 MB delivery failing for 64 agents: {peak} MiB");
+    assert!(peak < 160, "the receiver's peak RSS was {peak} MiB");
 }

@@ -353,6 +353,15 @@ impl Queue {
         let d = &entry.delivery;
         script.arg(GROUP).arg(&entry.id).arg(ACTIVITY_LEN);
         script.arg(&d.guid).arg(&d.event).arg(d.hook.to_string()).arg(d.repository.as_deref().unwrap_or(""));
+        // The payload once, whatever the number of retries and dead letters:
+        // as text for the retries (their members are JSON), compressed for
+        // the dead letters (stream fields, as the queue's own entries).
+        script.arg(if outcome.retries.is_empty() { &[][..] } else { &d.payload[..] });
+        let packed = match outcome.dead.is_empty() {
+            true => Vec::new(),
+            false => lz4_flex::compress_prepend_size(&d.payload),
+        };
+        script.arg(packed);
         script.arg(outcome.retries.len());
         for r in &outcome.retries {
             let retry =

@@ -5,17 +5,25 @@
 -- KEYS[4] activity log.
 -- ARGV[1] consumer group, ARGV[2] entry id, ARGV[3] activity length,
 -- ARGV[4..7] the delivery's guid, event, hook, repository ('' when none),
--- ARGV[8] n_retries, then (due, member) pairs, then n_dead, member*, then
+-- ARGV[8] its payload as text (once, for every retry; '' when none),
+-- ARGV[9] LZ4-compressed (once, for every dead letter; '' when none),
+-- ARGV[10] n_retries, then (due, member) pairs, then n_dead, member*, then
 -- n_log, (status, agent, detail ('' when none))*. Members are flat JSON
--- field lists.
-local i = 9
-for _ = 1, tonumber(ARGV[8]) do
-  redis.call('ZADD', KEYS[2], ARGV[i], ARGV[i + 1])
+-- field lists without the payload, which is added here.
+local function with_payload(member, name, payload)
+  local fields = cjson.decode(member)
+  fields[#fields + 1] = name
+  fields[#fields + 1] = payload
+  return fields
+end
+local i = 11
+for _ = 1, tonumber(ARGV[10]) do
+  redis.call('ZADD', KEYS[2], ARGV[i], cjson.encode(with_payload(ARGV[i + 1], 'payload', ARGV[8])))
   i = i + 2
 end
 local n_dead = tonumber(ARGV[i]); i = i + 1
 for _ = 1, n_dead do
-  redis.call('XADD', KEYS[3], '*', unpack(cjson.decode(ARGV[i])))
+  redis.call('XADD', KEYS[3], '*', unpack(with_payload(ARGV[i], 'payload_lz4', ARGV[9])))
   i = i + 1
 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
