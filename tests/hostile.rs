@@ -458,7 +458,8 @@ async fn a_4_mb_delivery_failing_for_64_agents_is_held_once_not_64_times() {
         redis::Client::open(redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
     let dead_key = format!("*{}/default}}:dead", ns.name);
     eventually("64 dead letters", WAIT, || async {
-        let keys: Vec<String> = redis::cmd("KEYS").arg(&dead_key).query_async(&mut conn.clone()).await.ok()?;
+        let keys: Vec<String> =
+            redis::cmd("KEYS").arg(&dead_key).query_async(&mut conn.clone()).await.ok()?;
         let n: u64 = redis::cmd("XLEN").arg(keys.first()?).query_async(&mut conn.clone()).await.ok()?;
         (n == 64).then_some(())
     })

@@ -3,6 +3,7 @@
 //!
 //! Order of checks on a delivery: the receiver has loaded what it watches
 //! (503 + `Retry-After` until then, never a misleading 404) → the hook exists (404) → the body fits (413)
+//! → its bytes fit in the budget of unauthenticated bodies (503, before it is read; [`super::body_budget`])
 //! → the signature matches a current key, on the raw bytes (401) → the
 //! event and delivery headers are well-formed (400) → the content type is
 //! JSON or form (415) → the payload parses (400) → it is in
