@@ -293,6 +293,16 @@ async fn signed_push(http: &reqwest::Client, url: &str, key: &keys::HmacKey) -> 
     let body = json!({ "ref": "refs/heads/main", "after": common::commit_sha(),
         "repository": { "full_name": "octo-org/hello-world" } })
     .to_string();
+    signed_post(http, url, key, body).await
+}
+
+/// `body` as a push signed with `key`; the HTTP status and `Retry-After`.
+async fn signed_post(
+    http: &reqwest::Client,
+    url: &str,
+    key: &keys::HmacKey,
+    body: String,
+) -> (u16, Option<String>) {
     let r = http
         .post(url)
         .header("x-github-event", "push")
@@ -443,17 +453,7 @@ async fn a_4_mb_delivery_failing_for_64_agents_is_held_once_not_64_times() {
     let blob = "x".repeat(4 << 20);
     let body = json!({ "repository": { "full_name": "octo-org/hello-world" }, "blob": blob }).to_string();
     let sent = body.clone();
-    let r = http
-        .post(&url)
-        .header("x-github-event", "push")
-        .header("x-github-delivery", common::guid())
-        .header("x-hub-signature-256", signature::sign(key.secret(), body.as_bytes()))
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 202);
+    assert_eq!(signed_post(&http, &url, &key, body).await.0, 202);
     let mut conn =
         redis::Client::open(redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
     let dead_key = format!("*{}/default}}:dead", ns.name);

@@ -812,3 +812,41 @@ pub fn next_of(link: &str) -> Option<String> {
         .and_then(|p| p.trim().strip_prefix('<')?.split('>').next())
         .map(str::to_owned)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_etag_cache_stays_within_its_bytes_and_drops_the_least_recently_used() {
+        let body = |n: usize| bytes::Bytes::from(vec![b'x'; n]);
+        // Each entry costs key (1) + ETag (2) + body.
+        let mut cache = EtagCache::new(100);
+        cache.insert("a", "e1", body(27)); // 30
+        cache.insert("b", "e2", body(27)); // 60
+        cache.insert("c", "e3", body(27)); // 90
+        assert_eq!(cache.size(), (90, 3));
+        assert_eq!(cache.get("a").map(|(e, _)| e), Some("e1".into()), "a is now the most recent");
+        cache.insert("d", "e4", body(27)); // 120 > 100: b, the least recently used, goes
+        assert_eq!(cache.size(), (90, 3));
+        assert!(cache.get("b").is_none());
+        assert!(cache.get("a").is_some() && cache.get("c").is_some() && cache.get("d").is_some());
+        cache.insert("c", "e5", body(7)); // replaced: its old cost is given back
+        assert_eq!(cache.size(), (70, 3));
+        assert_eq!(cache.get("c").map(|(e, b)| (e, b.len())), Some(("e5".into(), 7)));
+        cache.insert("huge", "e6", body(200)); // larger than the cache: not kept, nothing dropped
+        assert_eq!(cache.size(), (70, 3));
+        cache.remove("a");
+        assert_eq!(cache.size(), (40, 2));
+        assert!(cache.get("a").is_none());
+    }
+
+    #[test]
+    fn answers_and_texts_from_a_server_are_kept_short() {
+        assert_eq!(short("fine"), "fine");
+        let long = "é".repeat(500);
+        let cut = short(&long);
+        assert_eq!(cut.chars().count(), 201, "200 characters and an ellipsis");
+        assert!(cut.ends_with('…'));
+    }
+}

@@ -69,17 +69,6 @@ pub enum ConfigError {
     SecretConflict(String),
 }
 
-impl ConfigError {
-    /// The Ready condition's reason.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::ApiUrlNotAllowed(_) => "ApiUrlNotAllowed",
-            Self::SecretConflict(_) => "SecretConflict",
-            _ => "InvalidConfig",
-        }
-    }
-}
-
 pub async fn reconcile(whc: Arc<WebhookConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api: Api<WebhookConfig> = Api::namespaced(ctx.client.clone(), &whc.namespace().unwrap_or_default());
     finalizer(&api, FINALIZER, whc, |event| async {

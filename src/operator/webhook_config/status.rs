@@ -3,7 +3,7 @@
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::runtime::events::EventType;
 
-use super::publish;
+use super::{ConfigError, publish};
 use crate::{
     api::{DeliverySummary, RateLimitStatus, WebhookConfig, WebhookConfigStatus, conditions},
     github::{self, Delivery, RateLimit},
@@ -19,7 +19,9 @@ pub fn failure_reason(error: &Error) -> &'static str {
         Error::GitHub(github::Error::RateLimited { .. }) => "RateLimited",
         Error::GitHub(github::Error::BadAnswer(_)) => "BadAnswer",
         Error::GitHub(_) => "GitHubError",
-        Error::Config(e) => e.reason(),
+        Error::Config(ConfigError::ApiUrlNotAllowed(_)) => "ApiUrlNotAllowed",
+        Error::Config(ConfigError::SecretConflict(_)) => "SecretConflict",
+        Error::Config(_) => "InvalidConfig",
         Error::Panicked(_) => "Panicked",
         Error::Kube(_) | Error::Finalizer(_) => "Error",
     }
@@ -85,7 +87,6 @@ pub(super) async fn write_failure(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::webhook_config::ConfigError;
 
     #[test]
     fn reasons_a_person_can_act_on() {
@@ -97,6 +98,11 @@ mod tests {
             (Error::GitHub(github::Error::Invalid("events".into())), "Rejected"),
             (Error::Config(ConfigError::NoUrl), "InvalidConfig"),
             (Error::Config(secret), "InvalidConfig"),
+            (Error::Config(ConfigError::ApiUrlNotAllowed("http://x".into())), "ApiUrlNotAllowed"),
+            (Error::Config(ConfigError::SecretConflict("x-hmac".into())), "SecretConflict"),
+            (Error::GitHub(github::Error::BadAnswer("more than 10 pages".into())), "BadAnswer"),
+            (Error::GitHub(github::Error::Transport("reset".into())), "GitHubError"),
+            (Error::Panicked("index out of bounds".into()), "Panicked"),
         ];
         for (error, want) in cases {
             assert_eq!(failure_reason(&error), want, "{error}");
