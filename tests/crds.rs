@@ -228,7 +228,7 @@ async fn invalid_resources_are_rejected_with_the_schemas_message() {
             &whc,
             json!({"spec": {"github": {"app": {"appId": 1, "installationId": 2,
                 "privateKeySecretRef": {"name": "k", "key": "pem"}}}}}),
-            &["exactly one of tokenSecretRef or app must be set"],
+            &["exactly one of tokenSecretRef, app or connection must be set"],
         ),
         (
             "app id zero",

@@ -15,7 +15,7 @@ use std::{
 };
 
 use common::{Process, TestEnv, TestNamespace, WAIT, eventually, free_port};
-use hookwarden::api::WebhookConfig;
+use hookwarden::api::{GitHubConnection, WebhookConfig};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api,
@@ -26,6 +26,9 @@ use serde_json::{Value, json};
 struct World {
     env: TestEnv,
     ns: TestNamespace,
+    /// The operator's own namespace (the platform's), where a
+    /// GitHubConnection's credentials live.
+    platform: TestNamespace,
     github: String,
     http: reqwest::Client,
     _operator: Process,
@@ -41,10 +44,11 @@ impl World {
         let mut args = vec!["operator", "--listen", &listen, "--public-base-url", "http://127.0.0.1:9/r"];
         args.extend_from_slice(&["--resync-seconds", "2", "--github-mutation-interval-ms", "100"]);
         args.extend_from_slice(extra);
-        let vars = [("HOOKWARDEN_NAMESPACE", ns.name.as_str()), ("POD_NAMESPACE", ns.name.as_str())];
+        let platform = TestNamespace::create(&env).await;
+        let vars = [("HOOKWARDEN_NAMESPACE", ns.name.as_str()), ("POD_NAMESPACE", platform.name.as_str())];
         let operator = Process::start(&env, "tenancy-operator", &args, &vars);
         let github = env.var("GITHUB_API_URL").to_owned();
-        Self { env, ns, github, http: reqwest::Client::new(), _operator: operator }
+        Self { env, ns, platform, github, http: reqwest::Client::new(), _operator: operator }
     }
 
     async fn sim_post(&self, path: &str, body: Value) -> Value {
@@ -54,7 +58,11 @@ impl World {
     }
 
     async fn secret(&self, name: &str, data: &[(&str, &str)]) {
-        let secrets: Api<Secret> = Api::namespaced(self.env.client().await, &self.ns.name);
+        self.secret_in(&self.ns.name, name, data).await
+    }
+
+    async fn secret_in(&self, ns: &str, name: &str, data: &[(&str, &str)]) {
+        let secrets: Api<Secret> = Api::namespaced(self.env.client().await, ns);
         let mut s = Secret::default();
         s.metadata.name = Some(name.into());
         s.string_data = Some(data.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
@@ -122,6 +130,92 @@ async fn a_forged_key_never_gets_another_teams_cached_installation_token() {
     assert!(hooks.iter().all(|h| h["config"]["url"] != "https://attacker.example/steal"));
     // Team A is unaffected.
     w.ready_is("team-a", "True").await;
+}
+
+/// Deletes the (cluster-scoped) GitHubConnection when the test ends.
+struct Connection(Api<GitHubConnection>, String);
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        let (api, name) = (self.0.clone(), self.1.clone());
+        // NB: Drop cannot await; a thread with its own runtime can.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let _ = rt.block_on(api.delete(&name, &DeleteParams::default()));
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_platform_connection_serves_only_the_namespaces_and_targets_it_grants() {
+    let w = World::new(&[]).await;
+    let id = format!("{:08x}", rand::random::<u32>());
+    let (org, other_org) = (format!("org-{id}"), format!("other-{id}"));
+    for login in [&org, &other_org] {
+        w.sim_post("orgs", json!({ "login": login })).await;
+    }
+    let (app_id, installation) = (rand::random::<u32>() as u64 + 1, rand::random::<u32>() as u64 + 1);
+    let app =
+        w.sim_post("apps", json!({ "id": app_id, "installations": { installation.to_string(): org } })).await;
+    // The App's key is the platform's, in the operator's namespace.
+    w.secret_in(&w.platform.name, "platform-app", &[("pem", app["private_key"].as_str().unwrap())]).await;
+    let name = format!("conn-{id}");
+    let connections: Api<GitHubConnection> = Api::all(w.env.client().await);
+    let spec = |namespace: &str| {
+        json!({ "apiUrl": w.github, "app": { "appId": app_id, "installationId": installation,
+            "privateKeySecretRef": { "name": "platform-app", "key": "pem" } },
+            "grants": [{ "namespaces": [namespace], "organizations": [org] }] })
+    };
+    let connection: GitHubConnection =
+        serde_json::from_value(json!({ "metadata": { "name": name }, "spec": spec("another-team") }))
+            .unwrap();
+    connections.create(&PostParams::default(), &connection).await.unwrap();
+    let _cleanup = Connection(connections.clone(), name.clone());
+
+    // Granted to another namespace only: refused, and nothing reaches GitHub.
+    let github = json!({ "connection": name });
+    w.apply("wanted", json!({ "organization": org, "events": ["push"], "github": github })).await;
+    let (reason, message) = w.ready_is("wanted", "False").await;
+    assert_eq!(reason, "ConnectionNotGranted", "{message}");
+    assert!(message.contains(&w.ns.name) && message.contains(&org), "{message}");
+    assert!(w.hooks(&format!("orgs/{org}")).await.is_empty());
+
+    // The platform grants this namespace: the hook registers, without an
+    // edit of the WebhookConfig (the grant's change wakes it).
+    let patch = json!({ "spec": spec(&format!("hw-test-*{}", &w.ns.name[8..])) });
+    connections
+        .patch(&name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+        .await
+        .unwrap();
+    w.ready_is("wanted", "True").await;
+    assert_eq!(w.hooks(&format!("orgs/{org}")).await.len(), 1);
+
+    // Another organization than the grant's: refused.
+    w.apply("outside", json!({ "organization": other_org, "events": ["push"], "github": github })).await;
+    let (reason, message) = w.ready_is("outside", "False").await;
+    assert_eq!(reason, "ConnectionNotGranted", "{message}");
+    assert!(w.hooks(&format!("orgs/{other_org}")).await.is_empty());
+
+    // A team's own reference to the platform's key Secret resolves in the
+    // team's namespace, never the operator's.
+    w.apply(
+        "borrower",
+        json!({ "organization": org, "events": ["issues"], "github": { "apiUrl": w.github,
+            "app": { "appId": app_id, "installationId": installation,
+                "privateKeySecretRef": { "name": "platform-app", "key": "pem" } } } }),
+    )
+    .await;
+    let (reason, message) = w.ready_is("borrower", "False").await;
+    assert_eq!(reason, "InvalidConfig", "{message}");
+    assert!(message.contains("not found"), "{message}");
+    assert_eq!(w.hooks(&format!("orgs/{org}")).await.len(), 1, "only the granted hook");
+
+    // A missing connection says so.
+    w.apply("nameless", json!({ "organization": org, "github": { "connection": format!("none-{id}") } }))
+        .await;
+    assert_eq!(w.ready_is("nameless", "False").await.0, "ConnectionMissing");
 }
 
 /// A TCP listener that counts the connections made to it.

@@ -10,11 +10,13 @@ mod agent_policy;
 pub mod conditions;
 mod duration;
 mod events;
+mod github_connection;
 mod webhook_config;
 
 pub use agent_policy::*;
 pub use duration::{Duration, DurationError};
 pub use events::GITHUB_EVENTS;
+pub use github_connection::*;
 pub use webhook_config::*;
 
 use kube::CustomResourceExt;
@@ -91,10 +93,24 @@ pub async fn check_installed(client: &kube::Client, namespace: Option<&str>) -> 
     Ok(())
 }
 
+/// The operator also reads GitHubConnections (cluster-scoped): fails fast
+/// when their CRD is missing, e.g. after a `helm upgrade`, which leaves
+/// CRDs as they were.
+pub async fn check_connections_installed(client: &kube::Client) -> Result<(), InstallError> {
+    let probe = kube::api::ListParams::default().limit(1);
+    match kube::Api::<GitHubConnection>::all(client.clone()).list_metadata(&probe).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            Err(InstallError::CrdMissing("githubconnections.hookwarden.io".to_owned()))
+        }
+        Err(e) => Err(InstallError::Kube(e)),
+    }
+}
+
 /// Every CustomResourceDefinition of the API, in a stable order.
 pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
-    vec![WebhookConfig::crd(), AgentPolicy::crd()]
+    vec![WebhookConfig::crd(), AgentPolicy::crd(), GitHubConnection::crd()]
 }
 
 /// All CRDs as one multi-document YAML stream, as committed in `crds/`.

@@ -125,8 +125,9 @@ impl ContentType {
 
 /// Credentials and endpoint for the GitHub REST API.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
-#[x_kube(validation = kube::core::Rule::new("has(self.tokenSecretRef) != has(self.app)")
-    .message("exactly one of tokenSecretRef or app must be set"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "[has(self.tokenSecretRef), has(self.app), has(self.connection)].filter(x, x).size() == 1"
+).message("exactly one of tokenSecretRef, app or connection must be set"))]
 #[serde(rename_all = "camelCase")]
 pub struct GitHubSpec {
     /// Secret key holding a personal access token: classic with the
@@ -139,8 +140,17 @@ pub struct GitHubSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app: Option<GitHubApp>,
 
+    /// Name of a GitHubConnection (cluster-scoped, the platform team's)
+    /// whose endpoint and credential to use, where one of its grants names
+    /// this namespace and the hook's repository or organization; `apiUrl`
+    /// is then the connection's, and this one is not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("pattern" = DNS_SUBDOMAIN, "maxLength" = 253))]
+    pub connection: Option<String>,
+
     /// Base URL of the GitHub REST API. Set it for GitHub Enterprise Server
-    /// (`https://HOST/api/v3`).
+    /// (`https://HOST/api/v3`). Only URLs the platform allows (the
+    /// operator's `--github-api-url`) are called.
     #[serde(default = "default_api_url")]
     #[schemars(extend("pattern" = r"^https?://[^\s]+$", "maxLength" = 2048))]
     pub api_url: String,

@@ -68,7 +68,12 @@ pub fn parse_meta(body: &[u8]) -> Result<Vec<IpNet>, Error> {
 }
 
 pub fn api_urls<'a>(hooks: impl IntoIterator<Item = &'a WebhookConfig>) -> BTreeSet<String> {
-    hooks.into_iter().map(|w| w.spec.github.api_url.trim_end_matches('/').to_owned()).collect()
+    // NB: a hook through a GitHubConnection uses the connection's URL.
+    hooks
+        .into_iter()
+        .filter(|w| w.spec.github.connection.is_none())
+        .map(|w| w.spec.github.api_url.trim_end_matches('/').to_owned())
+        .collect()
 }
 
 /// The ConfigMap's data for the ranges known per API URL: their union,

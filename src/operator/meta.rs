@@ -2,7 +2,7 @@
 //! [`crate::github::meta`]) for the receivers' optional allowlist: every
 //! `refresh`, for each GitHub API URL the WebhookConfigs use that the
 //! platform allows (`--github-api-url`: a team's own server must not widen
-//! every team's allowlist), a conditional
+//! every team's allowlist) and each GitHubConnection's, a conditional
 //! GET (an unchanged answer is a free 304), then the union into the
 //! ConfigMap when it changed. A failed read keeps the last known ranges of
 //! that URL; a URL no longer used is dropped.
@@ -21,7 +21,7 @@ use kube::{
 
 use super::FIELD_MANAGER;
 use crate::{
-    api::WebhookConfig,
+    api::{GitHubConnection, WebhookConfig},
     github::{endpoints::AllowedApis, meta},
 };
 
@@ -37,6 +37,7 @@ pub struct MetaConfig {
 /// Runs until dropped (the operator aborts it when it stops leading).
 pub async fn run(client: Client, watch_namespace: Option<String>, allowed: AllowedApis, config: MetaConfig) {
     let hooks = crate::scoped_api::<WebhookConfig>(&client, watch_namespace.as_deref());
+    let connections: Api<GitHubConnection> = Api::all(client.clone());
     let configmaps: Api<ConfigMap> = Api::namespaced(client, &config.namespace);
     let http = crate::github::http_client();
     let mut etags: HashMap<String, String> = HashMap::new();
@@ -49,6 +50,14 @@ pub async fn run(client: Client, watch_namespace: Option<String>, allowed: Allow
                 // widen every team's allowlist.
                 let mut urls = meta::api_urls(&list.items);
                 urls.retain(|url| allowed.allows(url));
+                // The platform's own connections count as allowed.
+                match connections.list(&ListParams::default()).await {
+                    Ok(list) => urls
+                        .extend(list.items.iter().map(|c| c.spec.api_url.trim_end_matches('/').to_owned())),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot list GitHubConnections for GitHub's hook ranges")
+                    }
+                }
                 known.retain(|url, _| urls.contains(url));
                 etags.retain(|url, _| urls.contains(url));
                 for url in urls {

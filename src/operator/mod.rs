@@ -134,6 +134,7 @@ pub struct Context {
 /// Runs the controllers until SIGTERM or Ctrl-C.
 pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::RunError> {
     crate::api::check_installed(&client, config.namespace.as_deref()).await?;
+    crate::api::check_connections_installed(&client).await?;
     let queue = Arc::new(OnceCell::new());
     if let Some(url) = config.redis_url.clone() {
         let (cell, prefix, (replicas, timeout)) =
@@ -227,8 +228,21 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::Ru
         watcher(secrets, watcher::Config::default().labels(&crate::keys::selector(MANAGED_BY)))
             .default_backoff()
             .touched_objects();
+    // A connection's grants or credentials changed: every WebhookConfig
+    // that names it is reconciled again (a revoked grant stops it at once).
+    let naming = reader.clone();
+    let connections = kube::Api::<crate::api::GitHubConnection>::all(client.clone());
     let hook_controller = Controller::for_stream(hook_stream, reader)
         .owns_stream(owned_secrets)
+        .watches(connections, watcher::Config::default(), move |connection| {
+            let name = connection.name_any();
+            naming
+                .state()
+                .into_iter()
+                .filter(|whc| whc.spec.github.connection.as_ref() == Some(&name))
+                .map(|whc| kube::runtime::reflector::ObjectRef::from_obj(whc.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(crate::shutdown_signal())
         .run(reconcile_hook, hook_error_policy, ctx)
         .for_each(|_| futures::future::ready(()));

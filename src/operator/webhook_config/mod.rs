@@ -57,8 +57,14 @@ pub enum ConfigError {
     NotText { name: String, key: String },
     #[error("no URL for the hook: set spec.url, or the operator's --public-base-url")]
     NoUrl,
-    #[error("set github.tokenSecretRef or github.app")]
+    #[error("set github.tokenSecretRef, github.app or github.connection")]
     NoCredentials,
+    #[error("GitHubConnection {0} not found")]
+    ConnectionMissing(String),
+    #[error(
+        "GitHubConnection {connection} does not grant namespace {namespace} the use of {target}; nothing was sent to GitHub (ask the platform team for a grant)"
+    )]
+    ConnectionNotGranted { connection: String, namespace: String, target: String },
     #[error(
         "GitHub API URL {0} is not one the platform allows (operator flag --github-api-url); nothing was sent to it"
     )]

@@ -7,10 +7,10 @@ use kube::{
     api::{Patch, PatchParams, PostParams},
 };
 
-use super::ConfigError;
+use super::{ConfigError, register};
 use crate::{
-    api::WebhookConfig,
-    github::{self, Auth},
+    api::{GitHubApp, GitHubConnection, SecretKeyRef, Use, WebhookConfig},
+    github::{self, Auth, Target},
     keys::{HmacKey, MANAGED_BY, WEBHOOK_CONFIG_LABEL, key_secret, keys_from_secret},
     operator::{Context, Error},
 };
@@ -19,47 +19,95 @@ fn secrets_api(whc: &WebhookConfig, ctx: &Context) -> Api<Secret> {
     Api::namespaced(ctx.client.clone(), &whc.namespace().unwrap_or_default())
 }
 
-/// A data entry of a Secret in the WebhookConfig's namespace, trimmed.
-async fn secret_value(whc: &WebhookConfig, ctx: &Context, name: &str, key: &str) -> Result<Vec<u8>, Error> {
-    let secret = secrets_api(whc, ctx).get_opt(name).await.map_err(Error::Kube)?.ok_or_else(|| {
-        ConfigError::SecretMissing { namespace: whc.namespace().unwrap_or_default(), name: name.into() }
-    })?;
+/// A data entry of a Secret in `namespace`, trimmed.
+async fn secret_value(ctx: &Context, namespace: &str, r: &SecretKeyRef) -> Result<Vec<u8>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+    let secret = secrets
+        .get_opt(&r.name)
+        .await
+        .map_err(Error::Kube)?
+        .ok_or_else(|| ConfigError::SecretMissing { namespace: namespace.into(), name: r.name.clone() })?;
     let value = secret
         .data
-        .and_then(|mut d| d.remove(key))
+        .and_then(|mut d| d.remove(&r.key))
         .map(|v| v.0.trim_ascii().to_vec())
         .filter(|v| !v.is_empty())
-        .ok_or_else(|| ConfigError::SecretKeyMissing { name: name.into(), key: key.into() })?;
+        .ok_or_else(|| ConfigError::SecretKeyMissing { name: r.name.clone(), key: r.key.clone() })?;
     Ok(value)
 }
 
-/// A GitHub client with the WebhookConfig's credentials, for an API URL
-/// the platform allows (else no Secret is read and no request sent).
+/// A GitHub client with the WebhookConfig's credentials: its own (from its
+/// namespace, for an API URL the platform allows), or a GitHubConnection's
+/// (from the operator's namespace, where a grant allows it). Otherwise no
+/// Secret is read and no request sent.
 pub(super) async fn github_client(whc: &WebhookConfig, ctx: &Context) -> Result<github::Client, Error> {
     let ns = whc.namespace().unwrap_or_default();
     let spec = &whc.spec.github;
+    if let Some(name) = &spec.connection {
+        let connections: Api<GitHubConnection> = Api::all(ctx.client.clone());
+        let connection = connections
+            .get_opt(name)
+            .await
+            .map_err(Error::Kube)?
+            .ok_or(ConfigError::ConnectionMissing(name.clone()))?;
+        let target = register::target(whc);
+        let use_ = match &target {
+            Target::Repository(r) => Use::Repository(r),
+            Target::Organization(o) => Use::Organization(o),
+        };
+        if !connection.spec.grants(&ns, use_) {
+            return Err(ConfigError::ConnectionNotGranted {
+                connection: name.clone(),
+                namespace: ns,
+                target: target.to_string(),
+            }
+            .into());
+        }
+        let c = &connection.spec;
+        // NB: one account for every namespace the connection serves: its
+        // token, budget and pacing are the platform's, shared by design.
+        let auth =
+            credentials(ctx, &ctx.lease_namespace, c.token_secret_ref.as_ref(), c.app.as_ref()).await?;
+        return Ok(github::Client::new(
+            ctx.github.clone(),
+            &c.api_url,
+            auth,
+            "",
+            &format!("connection/{name}"),
+        ));
+    }
     if !ctx.allowed_apis.allows(&spec.api_url) {
         return Err(ConfigError::ApiUrlNotAllowed(github::short(&spec.api_url)).into());
     }
-    let (auth, account) = match (&spec.token_secret_ref, &spec.app) {
-        (Some(r), _) => {
-            let token = secret_value(whc, ctx, &r.name, &r.key).await?;
-            let token = String::from_utf8(token)
-                .map_err(|_| ConfigError::NotText { name: r.name.clone(), key: r.key.clone() })?;
-            (Auth::Token(token), format!("{ns}/{}", r.name))
-        }
-        (None, Some(app)) => {
-            let r = &app.private_key_secret_ref;
-            let pem = secret_value(whc, ctx, &r.name, &r.key).await?;
-            (
-                Auth::app(app.app_id, app.installation_id, &pem)?,
-                format!("app/{}/installation/{}", app.app_id, app.installation_id),
-            )
-        }
-        // NB: the schema's CEL rule makes this unreachable for stored objects.
-        (None, None) => return Err(ConfigError::NoCredentials.into()),
+    let auth = credentials(ctx, &ns, spec.token_secret_ref.as_ref(), spec.app.as_ref()).await?;
+    let account = match (&spec.token_secret_ref, &spec.app) {
+        (Some(r), _) => format!("{ns}/{}", r.name),
+        (None, Some(app)) => format!("app/{}/installation/{}", app.app_id, app.installation_id),
+        (None, None) => String::new(),
     };
     Ok(github::Client::new(ctx.github.clone(), &spec.api_url, auth, &ns, &account))
+}
+
+/// A token, or an App installation's key, read from `namespace`.
+async fn credentials(
+    ctx: &Context,
+    namespace: &str,
+    token: Option<&SecretKeyRef>,
+    app: Option<&GitHubApp>,
+) -> Result<Auth, Error> {
+    match (token, app) {
+        (Some(r), _) => {
+            let token = String::from_utf8(secret_value(ctx, namespace, r).await?)
+                .map_err(|_| ConfigError::NotText { name: r.name.clone(), key: r.key.clone() })?;
+            Ok(Auth::Token(token))
+        }
+        (None, Some(app)) => {
+            let pem = secret_value(ctx, namespace, &app.private_key_secret_ref).await?;
+            Ok(Auth::app(app.app_id, app.installation_id, &pem)?)
+        }
+        // NB: the schemas' CEL rules make this unreachable for stored objects.
+        (None, None) => Err(ConfigError::NoCredentials.into()),
+    }
 }
 
 /// Is `secret` the key Secret of `whc`: labelled as hookwarden's, for this
