@@ -109,7 +109,7 @@ impl GitHubConnectionSpec {
 /// `owner/name` against `owner-glob/name-glob`: `*` never crosses the `/`.
 fn repository_glob(pattern: &str, repository: &str) -> bool {
     match (pattern.split_once('/'), repository.split_once('/')) {
-        (Some((po, pn)), Some((o, n))) => glob(po, o, true) && glob(pn, n, true),
+        (Some((po, pn)), Some((o, n))) => !n.contains('/') && glob(po, o, true) && glob(pn, n, true),
         _ => false,
     }
 }
