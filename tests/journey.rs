@@ -311,6 +311,7 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
         "agentpolicies.hookwarden.io/status [get patch update]",
         "configmaps [get create patch]",
         "events.events.k8s.io [create patch]",
+        "githubconnections.hookwarden.io [get list watch]",
         "leases.coordination.k8s.io [get list create update delete]",
         "secrets [get list watch create update patch]",
         "webhookconfigs.hookwarden.io [get list watch patch update]",
