@@ -119,7 +119,8 @@ pub struct Context {
     pub resync: Duration,
     /// Budget, pacing, tokens and `ETag`s of every GitHub account.
     pub github: Arc<crate::github::Shared>,
-    /// Where the receivers report the keys they loaded.
+    /// The operator's own namespace: where the receivers report the keys
+    /// they loaded, and where GitHubConnections keep their Secrets.
     pub lease_namespace: String,
     pub redelivery_interval: Option<Duration>,
     /// How failed deliveries are recovered.
