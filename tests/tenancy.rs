@@ -133,18 +133,12 @@ async fn a_forged_key_never_gets_another_teams_cached_installation_token() {
 }
 
 /// Deletes the (cluster-scoped) GitHubConnection when the test ends.
-struct Connection(Api<GitHubConnection>, String);
+struct Connection<'a>(&'a TestEnv, String);
 
-impl Drop for Connection {
+impl Drop for Connection<'_> {
     fn drop(&mut self) {
-        let (api, name) = (self.0.clone(), self.1.clone());
-        // NB: Drop cannot await; a thread with its own runtime can.
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            let _ = rt.block_on(api.delete(&name, &DeleteParams::default()));
-        })
-        .join()
-        .unwrap();
+        // NB: Drop cannot await; kubectl is synchronous (as TestNamespace's).
+        self.0.kubectl(&["delete", "githubconnection", &self.1, "--wait=false"]);
     }
 }
 
@@ -172,7 +166,7 @@ async fn a_platform_connection_serves_only_the_namespaces_and_targets_it_grants(
         serde_json::from_value(json!({ "metadata": { "name": name }, "spec": spec("another-team") }))
             .unwrap();
     connections.create(&PostParams::default(), &connection).await.unwrap();
-    let _cleanup = Connection(connections.clone(), name.clone());
+    let _cleanup = Connection(&w.env, name.clone());
 
     // Granted to another namespace only: refused, and nothing reaches GitHub.
     let github = json!({ "connection": name });
