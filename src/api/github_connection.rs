@@ -13,7 +13,7 @@
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use super::{GitHubApp, SecretKeyRef, webhook_config::DEFAULT_API_URL};
+use super::{GitHubApp, SecretKeyRef, webhook_config::default_api_url};
 
 /// A glob: letters, digits and `-._/`, with `*` for any run of characters
 /// (within one path segment for repositories).
@@ -140,10 +140,6 @@ fn glob(pattern: &str, text: &str, ignore_case: bool) -> bool {
         }
     }
     p[i..].iter().all(|&c| c == '*')
-}
-
-fn default_api_url() -> String {
-    DEFAULT_API_URL.to_owned()
 }
 
 #[cfg(test)]

@@ -72,25 +72,14 @@ pub enum InstallError {
 /// installation needs no cluster-wide permission for the check.
 pub async fn check_installed(client: &kube::Client, namespace: Option<&str>) -> Result<(), InstallError> {
     let probe = kube::api::ListParams::default().limit(1);
-    for (crd, result) in [
-        (
-            "webhookconfigs.hookwarden.io",
-            crate::scoped_api::<WebhookConfig>(client, namespace).list_metadata(&probe).await.map(drop),
-        ),
-        (
-            "agentpolicies.hookwarden.io",
-            crate::scoped_api::<AgentPolicy>(client, namespace).list_metadata(&probe).await.map(drop),
-        ),
-    ] {
-        match result {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {
-                return Err(InstallError::CrdMissing(crd.to_owned()));
-            }
-            Err(e) => return Err(InstallError::Kube(e)),
-        }
-    }
-    Ok(())
+    present(
+        "webhookconfigs.hookwarden.io",
+        crate::scoped_api::<WebhookConfig>(client, namespace).list_metadata(&probe).await,
+    )?;
+    present(
+        "agentpolicies.hookwarden.io",
+        crate::scoped_api::<AgentPolicy>(client, namespace).list_metadata(&probe).await,
+    )
 }
 
 /// The operator also reads GitHubConnections (cluster-scoped): fails fast
@@ -98,11 +87,17 @@ pub async fn check_installed(client: &kube::Client, namespace: Option<&str>) -> 
 /// CRDs as they were.
 pub async fn check_connections_installed(client: &kube::Client) -> Result<(), InstallError> {
     let probe = kube::api::ListParams::default().limit(1);
-    match kube::Api::<GitHubConnection>::all(client.clone()).list_metadata(&probe).await {
+    present(
+        "githubconnections.hookwarden.io",
+        kube::Api::<GitHubConnection>::all(client.clone()).list_metadata(&probe).await,
+    )
+}
+
+/// A probe's answer: a 404 means `crd` is not installed.
+fn present<T>(crd: &str, probe: Result<T, kube::Error>) -> Result<(), InstallError> {
+    match probe {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => {
-            Err(InstallError::CrdMissing("githubconnections.hookwarden.io".to_owned()))
-        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(InstallError::CrdMissing(crd.to_owned())),
         Err(e) => Err(InstallError::Kube(e)),
     }
 }

@@ -328,7 +328,7 @@ fn default_events() -> Vec<String> {
 fn default_true() -> bool {
     true
 }
-fn default_api_url() -> String {
+pub(super) fn default_api_url() -> String {
     DEFAULT_API_URL.to_owned()
 }
 fn default_agent_policy() -> String {
