@@ -48,6 +48,7 @@
 //! | one object's panic ends only its reconcile | `operator::measured` | — |
 
 pub mod api;
+pub mod copies;
 pub mod forward;
 pub mod github;
 pub mod keys;

@@ -167,6 +167,21 @@ impl ReplicaArgs {
     }
 }
 
+/// What the operator and the receivers serve, and where the receivers'
+/// Secrets are: the two must agree.
+#[derive(clap::Args)]
+struct ScopeArgs {
+    /// Watch only this namespace (default: every namespace).
+    #[arg(long, env = "HOOKWARDEN_NAMESPACE")]
+    namespace: Option<String>,
+    /// Where the operator keeps copies of the Secrets receivers read (key
+    /// and agent signing Secrets), and where receivers read them: receivers
+    /// then need Secret read in this namespace only. Default: none; the
+    /// receivers read them where they are.
+    #[arg(long, env = "HOOKWARDEN_KEYS_NAMESPACE")]
+    keys_namespace: Option<String>,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Recovery {
     Auto,
@@ -187,9 +202,8 @@ struct OperatorArgs {
     redis_prefix: String,
     #[command(flatten)]
     replicas: ReplicaArgs,
-    /// Watch only this namespace (default: every namespace).
-    #[arg(long, env = "HOOKWARDEN_NAMESPACE")]
-    namespace: Option<String>,
+    #[command(flatten)]
+    scope: ScopeArgs,
     /// Public base URL of the receivers (what GitHub calls); a WebhookConfig
     /// without spec.url delivers to {base}/hooks/{namespace}/{name}.
     #[arg(long, env = "HOOKWARDEN_PUBLIC_BASE_URL")]
@@ -260,9 +274,8 @@ struct ReceiverArgs {
     redis_prefix: String,
     #[command(flatten)]
     replicas: ReplicaArgs,
-    /// Watch only this namespace (default: every namespace).
-    #[arg(long, env = "HOOKWARDEN_NAMESPACE")]
-    namespace: Option<String>,
+    #[command(flatten)]
+    scope: ScopeArgs,
     /// Largest delivery accepted, in bytes (GitHub sends at most 25 MiB).
     #[arg(long, env = "HOOKWARDEN_BODY_LIMIT", default_value_t = DEFAULT_BODY_LIMIT)]
     body_limit: usize,
@@ -388,7 +401,8 @@ fn main() -> ExitCode {
                 redis_url: args.redis_url,
                 redis_prefix: args.redis_prefix,
                 redis_replicas: args.replicas.get(),
-                namespace: args.namespace,
+                namespace: args.scope.namespace,
+                keys_namespace: args.scope.keys_namespace,
                 body_limit: args.body_limit,
                 consumer,
                 shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
@@ -545,7 +559,8 @@ fn main() -> ExitCode {
                     max_pages: args.github_max_pages.max(1),
                     etag_cache_bytes: args.github_etag_cache_bytes,
                 },
-                namespace: args.namespace,
+                namespace: args.scope.namespace,
+                keys_namespace: args.scope.keys_namespace,
                 redis_url: args.redis_url,
                 redis_prefix: args.redis_prefix,
                 redis_replicas: args.replicas.get(),

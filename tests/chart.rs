@@ -236,6 +236,8 @@ fn every_pod_runs_restricted_with_resources_and_probes() {
 fn the_plain_manifests_are_accepted_by_a_real_apiserver() {
     let env = TestEnv::load();
     let _ = env.kubectl(&["create", "namespace", "hookwarden"]);
+    // NB: the file creates its keys namespace first, but a dry run creates nothing.
+    let _ = env.kubectl(&["create", "namespace", "hookwarden-keys"]);
     env.kubectl_ok(&[
         "apply",
         "--server-side",
@@ -285,4 +287,160 @@ fn the_readme_documents_every_value() {
         })
         .collect();
     assert!(missing.is_empty(), "values missing from the README's Helm values table: {missing:?}");
+}
+
+/// One end of a connection, as a NetworkPolicy sees it.
+struct Peer<'a> {
+    namespace: &'a str,
+    /// Labels when it is a pod (a podSelector can match it), else none.
+    labels: &'a [(&'a str, &'a str)],
+    ip: std::net::IpAddr,
+    /// Its named ports, for rules that name them.
+    ports: &'a [(&'a str, u16)],
+}
+
+fn selects(selector: &serde_json::Value, labels: &[(&str, &str)]) -> bool {
+    selector["matchLabels"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .all(|(k, v)| labels.iter().any(|(lk, lv)| lk == k && v == lv))
+}
+
+/// Whether `policies` (of `namespace`) let `from` open `port`/`protocol` on
+/// `to`: the NetworkPolicy rules of both ends, as a plugin that enforces
+/// them applies them (ipBlock with except, podSelector within the policy's
+/// namespace, numeric and named ports; no namespaceSelector is rendered).
+fn allowed(policies: &[serde_json::Value], from: &Peer, to: &Peer, port: u16, protocol: &str) -> bool {
+    let direction = |pod: &Peer, other: &Peer, types: &str, rules: &str, peers: &str, named: &Peer| {
+        let applying: Vec<_> = policies
+            .iter()
+            .filter(|p| {
+                p["metadata"]["namespace"] == pod.namespace
+                    && !pod.labels.is_empty()
+                    && selects(&p["spec"]["podSelector"], pod.labels)
+                    && p["spec"]["policyTypes"].as_array().unwrap().iter().any(|t| t == types)
+            })
+            .collect();
+        applying.is_empty()
+            || applying.iter().any(|p| {
+                p["spec"][rules].as_array().into_iter().flatten().any(|rule| {
+                    let peer_ok = match rule[peers].as_array() {
+                        None => true,
+                        Some(list) => list.iter().any(|peer| {
+                            if let Some(block) = peer.get("ipBlock") {
+                                let cidr = |v: &serde_json::Value| {
+                                    v.as_str().unwrap().parse::<ipnet::IpNet>().unwrap()
+                                };
+                                cidr(&block["cidr"]).contains(&other.ip)
+                                    && !block["except"]
+                                        .as_array()
+                                        .into_iter()
+                                        .flatten()
+                                        .any(|e| cidr(e).contains(&other.ip))
+                            } else {
+                                other.namespace == pod.namespace
+                                    && !other.labels.is_empty()
+                                    && selects(&peer["podSelector"], other.labels)
+                            }
+                        }),
+                    };
+                    let port_ok = match rule["ports"].as_array() {
+                        None => true,
+                        Some(list) => list.iter().any(|p| {
+                            let proto = p["protocol"].as_str().unwrap_or("TCP");
+                            let number = match &p["port"] {
+                                serde_json::Value::String(name) => {
+                                    named.ports.iter().find(|(n, _)| n == name).map(|(_, n)| *n)
+                                }
+                                n => n.as_u64().map(|n| n as u16),
+                            };
+                            proto == protocol && number == Some(port)
+                        }),
+                    };
+                    peer_ok && port_ok
+                })
+            })
+    };
+    direction(from, to, "Egress", "egress", "to", to) && direction(to, from, "Ingress", "ingress", "from", to)
+}
+
+#[test]
+fn network_policies_let_each_component_reach_only_what_it_needs() {
+    let env = TestEnv::load();
+    let policies = |extra: &[&str]| {
+        let mut args = vec!["-n", "hw"];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = template(&env, &args);
+        assert!(ok, "{err}");
+        documents(&out).into_iter().filter(|d| d["kind"] == "NetworkPolicy").collect::<Vec<_>>()
+    };
+    let ip = |s: &str| s.parse().unwrap();
+    let pod = |labels, ip_: &str, ports| Peer { namespace: "hw", labels, ip: ip(ip_), ports };
+    let component = |c| {
+        [
+            ("app.kubernetes.io/name", "hookwarden"),
+            ("app.kubernetes.io/instance", "hw"),
+            ("app.kubernetes.io/component", c),
+        ]
+    };
+    let (receiver, operator, redis_labels) =
+        (component("receiver"), component("operator"), component("redis"));
+    let receiver = pod(&receiver, "10.0.1.1", &[("http", 8080), ("admin", 8082)]);
+    let operator = pod(&operator, "10.0.1.2", &[("metrics", 8081)]);
+    let redis = pod(&redis_labels, "10.0.1.3", &[("redis", 6379)]);
+    let outside = |ip_: &str| Peer { namespace: "", labels: &[], ip: ip(ip_), ports: &[] };
+    let (dns, apiserver, agent, github, metadata) = (
+        outside("10.96.0.10"),
+        outside("10.0.0.5"),
+        outside("10.20.30.40"),
+        outside("140.82.112.3"),
+        outside("169.254.169.254"),
+    );
+    let stranger_labels = [("app", "curious")];
+    let stranger = Peer { namespace: "team-b", labels: &stranger_labels, ip: ip("10.0.2.9"), ports: &[] };
+    let neighbour = pod(&stranger_labels, "10.0.1.9", &[]);
+
+    let p = policies(&[]);
+    for (what, from, to, port, proto, expected) in [
+        ("receiver → DNS", &receiver, &dns, 53, "UDP", true),
+        ("receiver → apiserver", &receiver, &apiserver, 6443, "TCP", true),
+        ("receiver → Redis", &receiver, &redis, 6379, "TCP", true),
+        ("receiver → an agent", &receiver, &agent, 8080, "TCP", true),
+        ("receiver → cloud metadata", &receiver, &metadata, 80, "TCP", false),
+        ("operator → GitHub", &operator, &github, 443, "TCP", true),
+        ("operator → apiserver", &operator, &apiserver, 443, "TCP", true),
+        ("operator → Redis", &operator, &redis, 6379, "TCP", true),
+        ("operator → GitHub on another port", &operator, &github, 80, "TCP", false),
+        ("operator → an agent", &operator, &agent, 8080, "TCP", false),
+        ("operator → cloud metadata", &operator, &metadata, 443, "TCP", false),
+        ("Redis → anywhere", &redis, &github, 443, "TCP", false),
+        ("another namespace's pod → Redis", &stranger, &redis, 6379, "TCP", false),
+        ("a pod of the namespace → Redis", &neighbour, &redis, 6379, "TCP", false),
+        ("the internet → the receiver's webhook port", &github, &receiver, 8080, "TCP", true),
+        ("another namespace's pod → the receiver's admin port", &stranger, &receiver, 8082, "TCP", false),
+        ("a pod of the namespace → the receiver's admin port", &neighbour, &receiver, 8082, "TCP", true),
+    ] {
+        assert_eq!(allowed(&p, from, to, port, proto), expected, "{what}");
+    }
+
+    // Agents narrowed to a range: nothing else is reachable from receivers.
+    let p = policies(&["--set-json", r#"networkPolicy.egress.agents=[{"ipBlock":{"cidr":"10.20.0.0/16"}}]"#]);
+    assert!(allowed(&p, &receiver, &agent, 8080, "TCP"));
+    assert!(!allowed(&p, &receiver, &outside("10.99.0.1"), 8080, "TCP"));
+    assert!(!allowed(&p, &receiver, &github, 8443, "TCP"));
+    // NB: 443 and 6443 stay open anywhere for the API server, unless its
+    // addresses are given: then they are the only ones on those ports., when given, are the only ones on its ports.
+    let p = policies(&["--set-json", r#"networkPolicy.egress.apiServer.cidrs=["10.0.0.5/32"]"#]);
+    assert!(allowed(&p, &operator, &apiserver, 6443, "TCP"));
+    assert!(!allowed(&p, &operator, &outside("10.0.0.6"), 6443, "TCP"));
+    assert!(allowed(&p, &operator, &github, 443, "TCP"), "GitHub's port stays open");
+    // External Redis: its ports, anywhere but link-local.
+    let p = policies(&["--set", "redis.url=redis://redis.example:6379"]);
+    assert!(allowed(&p, &operator, &outside("10.5.5.5"), 6379, "TCP"));
+    assert!(!allowed(&p, &operator, &outside("169.254.1.1"), 6379, "TCP"));
+    // Egress off: ingress rules only.
+    let p = policies(&["--set", "networkPolicy.egress.enabled=false"]);
+    assert!(allowed(&p, &operator, &metadata, 80, "TCP"));
+    assert!(!allowed(&p, &stranger, &redis, 6379, "TCP"));
 }

@@ -172,6 +172,7 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
     assert!(admin_token.len() >= 48, "a generated admin token");
 
     // The operator and a receiver, as the chart's ServiceAccounts, configured as its Deployments are.
+    let keys_ns = format!("{}-keys", j.ns.name);
     let operator_kubeconfig = j.service_account_kubeconfig(&format!("{FULLNAME}-operator"));
     let receiver_kubeconfig = j.service_account_kubeconfig(&format!("{FULLNAME}-receiver"));
     let shared = |kubeconfig: &std::path::Path| {
@@ -179,6 +180,7 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
             ("KUBECONFIG", kubeconfig.to_str().unwrap().to_owned()),
             ("POD_NAMESPACE", j.ns.name.clone()),
             ("HOOKWARDEN_NAMESPACE", j.ns.name.clone()),
+            ("HOOKWARDEN_KEYS_NAMESPACE", keys_ns.clone()),
             ("REDIS_URL", j.env.var("REDIS_URL").to_owned()),
             ("HOOKWARDEN_REDIS_PREFIX", prefix.clone()),
             ("HOOKWARDEN_GITHUB_META_CONFIGMAP", format!("{FULLNAME}-github-meta")),
@@ -222,6 +224,29 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
     })
     .await;
     j.kubectl_in(&["get", "secret", "service-hmac"]);
+    // ...copied into the keys namespace, the only place the receiver reads
+    // Secrets (it verifies the deliveries below with the copy), and so are
+    // agents' signing Secrets; a team's other Secrets are not.
+    j.kubectl_in(&[
+        "create",
+        "secret",
+        "generic",
+        "signing",
+        "--from-literal=k=whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    ]);
+    j.kubectl_in(&["label", "secret", "signing", "hookwarden.io/agent-signing=true"]);
+    let copy_data = |name: &str| {
+        let out = j.env.kubectl(&["get", "secret", name, "-n", &keys_ns, "-o", "jsonpath={.data}"]);
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let copy_of = |name: &str| format!("{}.{name}", j.ns.name);
+    for source in ["service-hmac", "signing"] {
+        let copied =
+            eventually(&format!("{source}'s copy"), WAIT, || async { copy_data(&copy_of(source)) }).await;
+        assert_eq!(copied, j.kubectl_in(&["get", "secret", source, "-o", "jsonpath={.data}"]), "{source}");
+    }
+    let copies = j.env.kubectl_ok(&["get", "secrets", "-n", &keys_ns, "-o", "name"]);
+    assert_eq!(copies.lines().count(), 2, "only the receivers' Secrets are copied: {copies}");
     let described = j.kubectl_in(&["describe", "whc", "service"]);
     assert!(described.contains("Created") && described.contains(&format!("hook {hook_id}")), "{described}");
 
@@ -321,7 +346,6 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
         "agentpolicies.hookwarden.io [get list watch patch]",
         "configmaps [get list watch]",
         "leases.coordination.k8s.io [get create patch delete]",
-        "secrets [get list watch]",
         // Who calls the admin API, and what RBAC lets them do there.
         "subjectaccessreviews.authorization.k8s.io [create]",
         "tokenreviews.authentication.k8s.io [create]",
@@ -350,12 +374,13 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
             "receiver",
             &receiver_exactly[..],
             vec![
-                "watch secrets",
                 "watch webhookconfigs.hookwarden.io",
                 "patch agentpolicies.hookwarden.io",
                 "patch leases.coordination.k8s.io",
             ],
             vec![
+                "get secrets",
+                "watch secrets",
                 "create secrets",
                 "update secrets",
                 "patch webhookconfigs.hookwarden.io",
@@ -378,6 +403,11 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
             assert!(!can(d, &j.ns.name), "{sa} may {d}");
         }
         assert!(!can("get secrets", "default"), "{sa} reads Secrets outside its namespace");
+        // The copies of the Secrets receivers read: the receiver reads them
+        // there and nowhere else, the operator keeps them.
+        assert!(can("watch secrets", &keys_ns), "{sa} cannot watch the copies");
+        assert_eq!(can("delete secrets", &keys_ns), sa == "operator", "{sa} and deleting copies");
+        assert_eq!(can("get secrets", &j.ns.name), sa == "operator", "{sa} and the team's Secrets");
         // Beyond what every authenticated user gets (self-reviews, discovery URLs).
         let list = j.kubectl_in(&["auth", "can-i", "--list", "--as", &user]);
         let mut held: Vec<String> = list
@@ -399,6 +429,10 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
     eventually("the key Secret to go", Duration::from_secs(60), || async {
         let out = j.env.kubectl(&["get", "secret", "service-hmac", "-n", &j.ns.name]);
         (!out.status.success()).then_some(())
+    })
+    .await;
+    eventually("its copy to go", Duration::from_secs(60), || async {
+        copy_data(&copy_of("service-hmac")).is_none().then_some(())
     })
     .await;
 
@@ -423,6 +457,7 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
             !l.contains("kube-root-ca.crt")
                 && !l.ends_with("serviceaccount/default")
                 && !l.ends_with("secret/github-token")
+                && !l.ends_with("secret/signing")
         })
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
@@ -435,5 +470,8 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
         "name",
     ]);
     assert!(cluster.trim().is_empty(), "cluster objects left: {cluster}");
+    // The keys namespace goes with the release, copies and all.
+    let keys = j.env.kubectl(&["get", "namespace", &keys_ns, "-o", "jsonpath={.status.phase}"]);
+    assert!(!keys.status.success() || keys.stdout == b"Terminating", "{keys_ns} stays");
     j.kubectl(&["get", "crd", "webhookconfigs.hookwarden.io", "agentpolicies.hookwarden.io"]);
 }

@@ -9,6 +9,7 @@
 pub mod agent_policy;
 pub mod leader;
 pub mod meta;
+pub mod mirror;
 pub mod webhook_config;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -40,6 +41,8 @@ pub const LEADER_LEASE: &str = "hookwarden-operator";
 pub struct OperatorConfig {
     /// Watch only this namespace (default: all).
     pub namespace: Option<String>,
+    /// Keep copies of the Secrets receivers read here (see [`crate::copies`]).
+    pub keys_namespace: Option<String>,
     /// Redis of the receivers, for the dead-letter safety rule.
     pub redis_url: Option<String>,
     pub redis_prefix: String,
@@ -250,11 +253,20 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::Ru
     let publisher = config.meta.clone().map(|m| {
         tokio::spawn(meta::run(client.clone(), config.namespace.clone(), config.allowed_apis.clone(), m))
     });
+    let mirrors: Vec<_> = config
+        .keys_namespace
+        .iter()
+        .flat_map(|keys| {
+            crate::copies::Kind::ALL.map(|kind| {
+                tokio::spawn(mirror::run(client.clone(), config.namespace.clone(), keys.clone(), kind))
+            })
+        })
+        .collect();
     let lost = tokio::select! {
         _ = futures::future::join(policy_controller, hook_controller) => false,
         () = election.keep() => true,
     };
-    if let Some(task) = publisher {
+    for task in publisher.into_iter().chain(mirrors) {
         task.abort();
     }
     metrics.leader.set(0);

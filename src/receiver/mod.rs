@@ -45,6 +45,8 @@ pub struct ReceiverConfig {
     pub redis_replicas: (u32, Duration),
     /// Watch only this namespace (default: all).
     pub namespace: Option<String>,
+    /// Read Secrets only here, as the operator's copies (see [`crate::copies`]).
+    pub keys_namespace: Option<String>,
     pub body_limit: usize,
     pub consumer: String,
     pub shutdown_grace: Duration,
@@ -93,7 +95,7 @@ pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), crate::Ru
     let queue = connect_redis(&config).await;
     let registry = Arc::new(Registry::new());
     let metrics = Arc::new(ReceiverMetrics::new());
-    watch::spawn(&client, config.namespace.as_deref(), registry.clone());
+    watch::spawn(&client, config.namespace.as_deref(), config.keys_namespace.as_deref(), registry.clone());
 
     let shutdown = CancellationToken::new();
     let dispatcher = Arc::new(Dispatcher::new(

@@ -1,7 +1,9 @@
 //! Keeps the [`Registry`] current from the Kubernetes API: WebhookConfigs
 //! (which hook uses which Secret and policy), hookwarden's Secrets (the keys,
 //! reloaded the moment the operator writes one), AgentPolicies (the
-//! effective settings from their status) and agents' signing Secrets.
+//! effective settings from their status) and agents' signing Secrets —
+//! where they are, or, with a keys namespace, the operator's copies of them
+//! there (see [`crate::copies`]).
 
 use std::{collections::HashSet, sync::Arc};
 
@@ -19,14 +21,11 @@ use super::{
 use crate::{
     ObjectRef,
     api::{AgentPolicy, WebhookConfig},
+    copies::{self, Kind},
     github::meta,
-    keys::{MANAGED_BY, keys_from_secret},
+    keys::keys_from_secret,
     standard_webhooks::{self, SigningKey},
 };
-
-/// The label that makes a Secret an agent's signing Secret, the only kind of
-/// user Secret receivers watch.
-pub const AGENT_SIGNING_LABEL: (&str, &str) = ("hookwarden.io/agent-signing", "true");
 
 /// The `whsec_` keys of an agent's signing Secret, by entry name; other
 /// values are skipped (named in a warning, never shown).
@@ -52,17 +51,65 @@ fn object_ref<K: Resource>(obj: &K) -> ObjectRef {
     ObjectRef::new(obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
+/// Where the Secrets of one kind are read, and under which reference each
+/// is filed: in place, or as copies in the keys namespace, filed under their
+/// source (and only those of the namespace served).
+struct SecretSource {
+    api: Api<Secret>,
+    config: watcher::Config,
+    filing: Filing,
+}
+
+enum Filing {
+    InPlace,
+    Copies { served: Option<String> },
+}
+
+impl Filing {
+    fn refer(&self, secret: &Secret) -> Option<ObjectRef> {
+        match self {
+            Filing::InPlace => Some(object_ref(secret)),
+            Filing::Copies { served } => copies::source_of(secret)
+                .filter(|source| served.as_ref().is_none_or(|ns| *ns == source.namespace)),
+        }
+    }
+}
+
+impl SecretSource {
+    fn new(client: &Client, namespace: Option<&str>, keys_namespace: Option<&str>, kind: Kind) -> Self {
+        match keys_namespace {
+            None => Self {
+                api: crate::scoped_api(client, namespace),
+                config: watcher::Config::default().labels(&kind.source_selector()),
+                filing: Filing::InPlace,
+            },
+            Some(keys) => Self {
+                api: Api::namespaced(client.clone(), keys),
+                config: watcher::Config::default().labels(&kind.copy_selector()),
+                filing: Filing::Copies { served: namespace.map(str::to_owned) },
+            },
+        }
+    }
+}
+
 /// Starts the four watches; they run until the process ends, riding out
-/// API errors with backoff.
-pub fn spawn(client: &Client, namespace: Option<&str>, registry: Arc<Registry>) {
+/// API errors with backoff. With `keys_namespace`, Secrets are read only
+/// there (the operator's copies).
+pub fn spawn(
+    client: &Client,
+    namespace: Option<&str>,
+    keys_namespace: Option<&str>,
+    registry: Arc<Registry>,
+) {
     let hooks = crate::scoped_api::<WebhookConfig>(client, namespace);
     tokio::spawn(follow(
         hooks,
         watcher::Config::default(),
+        |whc| Some(object_ref(whc)),
         registry.clone(),
         Watched::Hooks,
         Registry::hook_refs,
-        |r, whc| {
+        |r, at, whc| {
             let ns = whc.namespace().unwrap_or_default();
             let info = HookInfo {
                 secret: ObjectRef::new(ns.clone(), whc.secret_name()),
@@ -75,38 +122,39 @@ pub fn spawn(client: &Client, namespace: Option<&str>, registry: Arc<Registry>) 
                 }),
                 last_delivery: whc.status.as_ref().and_then(|st| st.last_delivery.clone()),
             };
-            r.set_hook(object_ref(whc), info);
+            r.set_hook(at, info);
         },
         Registry::remove_hook,
     ));
 
-    let selector = crate::keys::selector(MANAGED_BY);
-    let secrets = crate::scoped_api::<Secret>(client, namespace);
+    let keys = SecretSource::new(client, namespace, keys_namespace, Kind::Keys);
     tokio::spawn(follow(
-        secrets,
-        watcher::Config::default().labels(&selector),
+        keys.api,
+        keys.config,
+        move |s| keys.filing.refer(s),
         registry.clone(),
         Watched::Keys,
         Registry::key_refs,
-        |r, secret| {
+        |r, at, secret| {
             let keys = keys_from_secret(secret);
-            tracing::info!(secret = %object_ref(secret), versions = ?keys.iter().map(|k| k.version()).collect::<Vec<_>>(), "keys loaded");
-            r.set_keys(object_ref(secret), keys);
+            tracing::info!(secret = %at, versions = ?keys.iter().map(|k| k.version()).collect::<Vec<_>>(), "keys loaded");
+            r.set_keys(at, keys);
         },
         Registry::remove_keys,
     ));
 
-    let signing = crate::scoped_api::<Secret>(client, namespace);
+    let signing = SecretSource::new(client, namespace, keys_namespace, Kind::Signing);
     tokio::spawn(follow(
-        signing,
-        watcher::Config::default().labels(&crate::keys::selector(AGENT_SIGNING_LABEL)),
+        signing.api,
+        signing.config,
+        move |s| signing.filing.refer(s),
         registry.clone(),
         Watched::SigningKeys,
         Registry::signing_key_refs,
-        |r, secret| {
+        |r, at, secret| {
             let keys = signing_keys_from_secret(secret);
-            tracing::info!(secret = %object_ref(secret), keys = keys.len(), "agent signing keys loaded");
-            r.set_signing_keys(object_ref(secret), keys);
+            tracing::info!(secret = %at, keys = keys.len(), "agent signing keys loaded");
+            r.set_signing_keys(at, keys);
         },
         Registry::remove_signing_keys,
     ));
@@ -115,11 +163,12 @@ pub fn spawn(client: &Client, namespace: Option<&str>, registry: Arc<Registry>) 
     tokio::spawn(follow(
         policies,
         watcher::Config::default(),
+        |policy| Some(object_ref(policy)),
         registry,
         Watched::Policies,
         Registry::policy_refs,
-        |r, policy| {
-            r.set_policy(object_ref(policy), PolicySettings::from_policy(policy));
+        |r, at, policy| {
+            r.set_policy(at, PolicySettings::from_policy(policy));
         },
         Registry::remove_policy,
     ));
@@ -148,15 +197,18 @@ pub fn spawn_allowlist(client: &Client, namespace: &str, name: &str, allowlist: 
     });
 }
 
-/// Applies a watch to the registry. A re-list (after a disconnect) also
-/// removes what disappeared meanwhile.
+/// Applies a watch to the registry, each object filed under `refer`'s
+/// reference (`None`: ignored). A re-list (after a disconnect) also removes
+/// what disappeared meanwhile.
+#[allow(clippy::too_many_arguments)]
 async fn follow<K>(
     api: Api<K>,
     config: watcher::Config,
+    refer: impl Fn(&K) -> Option<ObjectRef>,
     registry: Arc<Registry>,
     what: Watched,
     known: fn(&Registry) -> Vec<ObjectRef>,
-    apply: impl Fn(&Registry, &K),
+    apply: impl Fn(&Registry, ObjectRef, &K),
     delete: fn(&Registry, &ObjectRef),
 ) where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
@@ -167,8 +219,10 @@ async fn follow<K>(
         match event {
             Ok(watcher::Event::Init) => seen.clear(),
             Ok(watcher::Event::InitApply(obj)) => {
-                seen.insert(object_ref(&obj));
-                apply(&registry, &obj);
+                if let Some(at) = refer(&obj) {
+                    seen.insert(at.clone());
+                    apply(&registry, at, &obj);
+                }
             }
             Ok(watcher::Event::InitDone) => {
                 for gone in known(&registry).into_iter().filter(|r| !seen.contains(r)) {
@@ -176,8 +230,16 @@ async fn follow<K>(
                 }
                 registry.mark_synced(what);
             }
-            Ok(watcher::Event::Apply(obj)) => apply(&registry, &obj),
-            Ok(watcher::Event::Delete(obj)) => delete(&registry, &object_ref(&obj)),
+            Ok(watcher::Event::Apply(obj)) => {
+                if let Some(at) = refer(&obj) {
+                    apply(&registry, at, &obj);
+                }
+            }
+            Ok(watcher::Event::Delete(obj)) => {
+                if let Some(at) = refer(&obj) {
+                    delete(&registry, &at);
+                }
+            }
             Err(error) => tracing::warn!(?what, %error, "watch error; retrying"),
         }
     }

@@ -30,6 +30,11 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{ .Values.admin.existingSecret | default (printf "%s-admin" (include "hookwarden.fullname" .)) }}
 {{- end -}}
 
+{{/* Where the receivers' Secrets are copied (see values.yaml). */}}
+{{- define "hookwarden.keysNamespace" -}}
+{{ .Values.keysNamespace | default (printf "%s-keys" .Release.Namespace | trunc 63 | trimSuffix "-") }}
+{{- end -}}
+
 {{- define "hookwarden.publicBaseUrl" -}}
 {{- if .Values.publicBaseUrl -}}
 {{ .Values.publicBaseUrl | trimSuffix "/" }}
@@ -61,6 +66,8 @@ seccompProfile:
 - name: HOOKWARDEN_NAMESPACE
   value: {{ . | quote }}
 {{- end }}
+- name: HOOKWARDEN_KEYS_NAMESPACE
+  value: {{ include "hookwarden.keysNamespace" . | quote }}
 {{- if include "hookwarden.ownRedis" . }}
 - name: REDIS_PASSWORD
   valueFrom: {secretKeyRef: {name: {{ include "hookwarden.redisSecret" . }}, key: password}}
