@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Process, TestEnv, TestNamespace, WAIT, eventually, free_port};
+use common::{Process, TestEnv, TestNamespace, WAIT, browser::Browser, eventually, free_port};
 use hookwarden::api::{GitHubConnection, WebhookConfig};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
@@ -440,4 +440,29 @@ async fn each_team_reads_and_acts_on_its_own_policies_only_through_the_admin_api
     assert_eq!(policies(&nobody).await.unwrap(), Vec::<String>::new());
     assert_eq!(status(Method::POST, format!("{mine_a}/enable"), nobody.clone()).await, 403);
     assert_eq!(status(Method::GET, format!("{mine_a}/dead-letters"), "not-a-token".into()).await, 401);
+
+    // The status page, in a real browser, signs in with team A's token: it
+    // shows A's policy and not B's, and A's switch flips from it.
+    let mut page = Browser::phone().await;
+    page.open(&base).await;
+    page.until("the sign-in form", "!document.querySelector('#sign-in').hidden").await;
+    page.eval(&format!(
+        "document.querySelector('#token').value = '{token_a}'; document.querySelector('#sign-in').requestSubmit()"
+    ))
+    .await;
+    let row = |policy: &str| format!("#policies tr[data-policy='{policy}']");
+    page.until("team A's policy", &format!("!!document.querySelector(\"{}\")", row(&mine_a))).await;
+    page.until("the live badge", "document.querySelector('#live').textContent === 'live'").await;
+    let shown = page
+        .eval("[...document.querySelectorAll('#policies tr[data-policy]')].map(r => r.dataset.policy)")
+        .await;
+    assert_eq!(shown, json!([mine_a]), "the page shows team A's policies only");
+    page.eval(&format!("document.querySelector(\"{} .flip\").click()", row(&mine_a))).await;
+    page.until("the confirmation", "document.querySelector('#confirm').open").await;
+    page.eval("document.querySelector('#confirm-yes').click()").await;
+    eventually("A's policy enabled from the page", WAIT, || async {
+        (spec_enabled(&a.name) == "true").then_some(())
+    })
+    .await;
+    assert_eq!(spec_enabled(&b.name), "false", "B's switch stays");
 }

@@ -4,6 +4,8 @@
 //! Over 400 lines: every helper the suites share, so that none is written twice.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod browser;
+
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
@@ -553,5 +555,22 @@ pub async fn rotate_now(env: &TestEnv, ns: &str, name: &str, timeout: Duration) 
         }
         assert!(started.elapsed() < timeout, "the rotation did not complete: {status}");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+pub mod tempfile_dir {
+    /// A directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Dir {
+        pub fn new() -> Self {
+            let path = std::env::temp_dir().join(format!("hw-chromium-{}", super::guid()));
+            std::fs::create_dir_all(&path).unwrap();
+            Self(path)
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
