@@ -161,6 +161,18 @@ struct ReplicaArgs {
     redis_replica_timeout_ms: u64,
 }
 
+/// How long delivery GUIDs are remembered; the operator (which queues what
+/// recovery fetches) and the receivers must agree on it.
+#[derive(clap::Args)]
+struct DedupArgs {
+    /// How long a delivery GUID is remembered: GitHub's redelivery of it (or
+    /// a client's retry) within it is answered 200 and queued once. GitHub
+    /// redelivers for 3 days.
+    #[arg(long, env = "HOOKWARDEN_DEDUP_WINDOW", default_value_t = 3 * 24 * 3600,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    dedup_window_seconds: u64,
+}
+
 impl ReplicaArgs {
     fn get(&self) -> (u32, Duration) {
         (self.redis_replicas, Duration::from_millis(self.redis_replica_timeout_ms))
@@ -202,6 +214,8 @@ struct OperatorArgs {
     redis_prefix: String,
     #[command(flatten)]
     replicas: ReplicaArgs,
+    #[command(flatten)]
+    dedup: DedupArgs,
     #[command(flatten)]
     scope: ScopeArgs,
     /// Public base URL of the receivers (what GitHub calls); a WebhookConfig
@@ -274,6 +288,8 @@ struct ReceiverArgs {
     redis_prefix: String,
     #[command(flatten)]
     replicas: ReplicaArgs,
+    #[command(flatten)]
+    dedup: DedupArgs,
     #[command(flatten)]
     scope: ScopeArgs,
     /// Largest delivery accepted, in bytes (GitHub sends at most 25 MiB).
@@ -418,6 +434,7 @@ fn main() -> ExitCode {
                 failures_per_minute: args.failures_per_minute,
                 failure_burst: args.failure_burst,
                 replay_window: Duration::from_secs(args.replay_window_seconds),
+                dedup_window: Duration::from_secs(args.dedup.dedup_window_seconds),
                 trusted_proxies: args.trusted_proxies,
                 github_meta_configmap: args.github_meta_configmap,
                 github_meta_allowlist: args.github_meta_allowlist,
@@ -564,6 +581,7 @@ fn main() -> ExitCode {
                 redis_url: args.redis_url,
                 redis_prefix: args.redis_prefix,
                 redis_replicas: args.replicas.get(),
+                dedup_window: Duration::from_secs(args.dedup.dedup_window_seconds),
                 listen: args.listen,
                 instance: args
                     .instance

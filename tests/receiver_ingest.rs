@@ -950,3 +950,88 @@ async fn a_tap_follower_away_for_more_than_the_tap_holds_is_told_of_the_gap() {
     let (_, gap) = h.queue.tap_after(&h.policy, &read[99].0, 100).await.unwrap();
     assert!(!gap, "told once");
 }
+
+/// De-duplication at scale, against the real Redis: 20,000 distinct
+/// deliveries are queued once each; every one sent again (GitHub's
+/// redelivery) is a duplicate and every body under a new GUID a replay, none
+/// of them queued; once the window has passed both are forgotten.
+#[tokio::test]
+async fn de_duplication_holds_for_thousands_of_deliveries_and_forgets_after_its_window() {
+    use futures::StreamExt;
+    use hookwarden::queue::Enqueued;
+    const N: usize = 20_000;
+    let queue = Queue::connect(TestEnv::load().var("REDIS_URL"), &redis_prefix()).await.unwrap();
+    let policy = ObjectRef::new("team", "default");
+    let deliveries: Vec<(Delivery, [u8; 32])> = (0..N)
+        .map(|i| {
+            let body = format!(r#"{{"n":{i}}}"#);
+            let mac = signature::digest(signature::sign(KEY.as_bytes(), body.as_bytes()).as_bytes()).unwrap();
+            let d = Delivery {
+                guid: guid(),
+                event: "push".into(),
+                hook: ObjectRef::new("team", "repo-hook"),
+                repository: None,
+                action: None,
+                payload: bytes::Bytes::from(body),
+                received_ms: 1,
+                agent: None,
+                attempt: 0,
+                trace: None,
+            };
+            (d, mac)
+        })
+        .collect();
+    let outcomes = |batch: Vec<(Delivery, [u8; 32])>| {
+        let (queue, policy) = (queue.clone(), policy.clone());
+        async move {
+            futures::stream::iter(batch)
+                .map(|(d, mac)| {
+                    let (queue, policy) = (queue.clone(), policy.clone());
+                    async move { queue.enqueue(&policy, &d, 1_000_000, Some(&mac)).await.unwrap() }
+                })
+                .buffer_unordered(64)
+                .collect::<Vec<_>>()
+                .await
+        }
+    };
+    let count = |all: &[Enqueued], what: fn(&Enqueued) -> bool| all.iter().filter(|e| what(e)).count();
+    let first = outcomes(deliveries.clone()).await;
+    assert_eq!(count(&first, |e| matches!(e, Enqueued::Queued(_))), N, "each distinct delivery queued");
+    let again = outcomes(deliveries.clone()).await;
+    assert_eq!(count(&again, |e| matches!(e, Enqueued::Duplicate)), N, "each redelivery a duplicate");
+    let replays: Vec<_> =
+        deliveries.iter().map(|(d, mac)| (Delivery { guid: guid(), ..d.clone() }, *mac)).collect();
+    let replayed = outcomes(replays).await;
+    assert_eq!(count(&replayed, |e| matches!(e, Enqueued::Replay)), N, "each body under a new GUID a replay");
+    assert_eq!(queue.len(&policy).await.unwrap(), N as u64, "nothing queued twice");
+
+    // Past the window (and the bucket it ends in), a GUID and a body are new
+    // again: a queue remembering them for 2 s.
+    let window = Duration::from_secs(2);
+    let short = Queue::connect(TestEnv::load().var("REDIS_URL"), &redis_prefix())
+        .await
+        .unwrap()
+        .dedup_window(window)
+        .replay_window(window);
+    let sample = &deliveries[..100];
+    let sent = Instant::now();
+    for (d, mac) in sample {
+        assert!(matches!(
+            short.enqueue(&policy, d, 1_000_000, Some(mac)).await.unwrap(),
+            Enqueued::Queued(_)
+        ));
+    }
+    // NB: the last one sent is the last forgotten.
+    let (d, mac) = &sample[99];
+    assert_eq!(short.enqueue(&policy, d, 1_000_000, Some(mac)).await.unwrap(), Enqueued::Duplicate);
+    eventually("the window to pass", Duration::from_secs(15), || async {
+        matches!(short.enqueue(&policy, d, 1_000_000, Some(mac)).await.unwrap(), Enqueued::Queued(_))
+            .then_some(())
+    })
+    .await;
+    assert!(sent.elapsed() >= window, "forgotten within the window: {:?}", sent.elapsed());
+    for (d, mac) in &sample[..99] {
+        let again = short.enqueue(&policy, d, 1_000_000, Some(mac)).await.unwrap();
+        assert!(matches!(again, Enqueued::Queued(_)), "{again:?}");
+    }
+}

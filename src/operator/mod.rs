@@ -48,6 +48,8 @@ pub struct OperatorConfig {
     pub redis_prefix: String,
     /// Replicas that must have a queued delivery, and how long to wait for them.
     pub redis_replicas: (u32, Duration),
+    /// How long delivery GUIDs are remembered (the receivers' setting).
+    pub dedup_window: Duration,
     /// Address of /healthz, /readyz and /metrics.
     pub listen: SocketAddr,
     /// This replica's name, shown in Events.
@@ -141,13 +143,13 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::Ru
     crate::api::check_connections_installed(&client).await?;
     let queue = Arc::new(OnceCell::new());
     if let Some(url) = config.redis_url.clone() {
-        let (cell, prefix, (replicas, timeout)) =
-            (queue.clone(), config.redis_prefix.clone(), config.redis_replicas);
+        let (cell, prefix, (replicas, timeout), window) =
+            (queue.clone(), config.redis_prefix.clone(), config.redis_replicas, config.dedup_window);
         tokio::spawn(async move {
             loop {
                 match Queue::connect(&url, &prefix).await {
                     Ok(q) => {
-                        let _ = cell.set(q.acknowledged_by(replicas, timeout));
+                        let _ = cell.set(q.acknowledged_by(replicas, timeout).dedup_window(window));
                         return;
                     }
                     Err(error) => tracing::warn!(%error, "redis unavailable; safety rule paused"),

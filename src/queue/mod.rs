@@ -6,8 +6,9 @@
 //!   settled, so `XLEN` is the queue length.
 //! - `p:{ns/policy}:retry`: sorted set of scheduled retries (score: due time).
 //! - `p:{ns/policy}:dead`: the dead-letter stream.
-//! - `p:{ns/policy}:dedup:{ns/hook}:{guid}`: delivery GUIDs seen in the last
-//!   3 days; `p:{ns/policy}:body:{ns/hook}:{mac}`: signed bodies queued (replays).
+//! - `p:{ns/policy}:guids:{bucket}:{shard}`: delivery GUIDs seen through each
+//!   hook in the last 3 days, and `p:{ns/policy}:bodies:{bucket}:{shard}`: the
+//!   signed bodies queued (replays), 12 bytes each in shard strings ([`seen`]).
 //! - `p:{ns/policy}:activity`: the activity log ([`activity`]).
 //! - `p:{ns/policy}:tap`: copies of the last [`TAP_LEN`] queued deliveries,
 //!   written only while `p:{ns/policy}:tap:on` exists (someone follows the
@@ -32,6 +33,7 @@ use connection::Connection;
 pub mod activity;
 pub mod connection;
 pub mod model;
+pub mod seen;
 
 pub use activity::{ACTIVITY_LEN, Activity, ActivityFilter};
 pub use model::{DeadLetter, Delivery, Enqueued, Entry, GiveUp, Retry, Settlement};
@@ -90,6 +92,8 @@ pub struct Queue {
     /// Replicas that must have a delivery before it counts as queued, and
     /// how long to wait for them (Redis' `WAIT`).
     replicas: Option<(u32, u64)>,
+    /// How long a delivery GUID is remembered against duplicates (s).
+    dedup_window_secs: u64,
     /// How long a signed body is remembered against replays (s; 0: off).
     replay_window_secs: u64,
 }
@@ -103,8 +107,16 @@ impl Queue {
             conn: Connection::open(redis_url).await?,
             prefix: prefix.to_owned(),
             replicas: None,
+            dedup_window_secs: DEDUP_TTL_SECS,
             replay_window_secs: DEDUP_TTL_SECS,
         })
+    }
+
+    /// How long a delivery GUID is remembered, so that GitHub's redelivery of
+    /// it (or a retry) is queued once (at least 1 s).
+    pub fn dedup_window(mut self, window: std::time::Duration) -> Self {
+        self.dedup_window_secs = window.as_secs().max(1);
+        self
     }
 
     /// A delivery counts as queued only once `replicas` replicas have it,
@@ -128,14 +140,19 @@ impl Queue {
         format!("{}:{{{policy}}}:{what}", self.prefix)
     }
 
-    /// The de-duplication key of a GUID delivered through `hook`.
-    fn dedup_key(&self, policy: &ObjectRef, hook: &ObjectRef, guid: &str) -> String {
-        self.key(policy, &format!("dedup:{hook}:{guid}"))
-    }
-
-    /// The key that remembers a body signed for `hook` by its MAC.
-    fn body_key(&self, policy: &ObjectRef, hook: &ObjectRef, mac: &[u8; 32]) -> String {
-        self.key(policy, &format!("body:{hook}:{}", hex::encode(mac)))
+    /// The shard keys of `record` in the buckets a lookup at `now` reads,
+    /// the current one first, and when the current one expires.
+    fn seen_keys(
+        &self,
+        policy: &ObjectRef,
+        kind: seen::Kind,
+        record: &seen::Record,
+        now_secs: u64,
+        window_secs: u64,
+    ) -> ([String; seen::LOOKED_AT], u64) {
+        let buckets = seen::buckets(now_secs, window_secs);
+        let keys = buckets.map(|b| self.key(policy, &format!("{}:{b}:{:03x}", kind.name(), record.shard)));
+        (keys, seen::expires_at(buckets[0], window_secs))
     }
 
     /// Is Redis answering?
@@ -159,19 +176,33 @@ impl Queue {
         signed_mac: Option<&[u8; 32]>,
     ) -> Result<Enqueued> {
         let mut script = ENQUEUE.prepare_invoke();
-        let replay_ttl = signed_mac.map_or(0, |_| self.replay_window_secs);
-        // NB: without a MAC the body key is not read (replay_ttl 0); it is
-        // passed all the same, as scripts declare every key they may touch.
+        let now = crate::now_ms() / 1000;
+        let hook = delivery.hook.to_string();
+        let guid = seen::record(seen::Kind::Guid, &hook, delivery.guid.as_bytes());
+        let (guid_keys, guid_expiry) =
+            self.seen_keys(policy, seen::Kind::Guid, &guid, now, self.dedup_window_secs);
+        // NB: without a MAC (or with replays not checked) the body's shards
+        // are not read; they are passed all the same, as scripts declare
+        // every key they may touch.
+        let body = signed_mac
+            .filter(|_| self.replay_window_secs > 0)
+            .map(|mac| seen::record(seen::Kind::Body, &hook, mac));
+        let body_window = self.replay_window_secs.max(1);
+        let (body_keys, body_expiry) =
+            self.seen_keys(policy, seen::Kind::Body, body.as_ref().unwrap_or(&guid), now, body_window);
         script
             .key(self.key(policy, "events"))
-            .key(self.dedup_key(policy, &delivery.hook, &delivery.guid))
             .key(self.key(policy, "activity"))
-            .key(self.body_key(policy, &delivery.hook, signed_mac.unwrap_or(&[0; 32])))
             .key(self.key(policy, "tap"))
             .key(self.key(policy, "tap:on"))
             .key(self.key(policy, "retry"))
             .key(self.key(policy, "dead"));
-        script.arg(limit).arg(DEDUP_TTL_SECS).arg(ACTIVITY_LEN).arg(replay_ttl).arg(TAP_LEN);
+        for key in guid_keys.iter().chain(&body_keys) {
+            script.key(key);
+        }
+        script.arg(limit).arg(ACTIVITY_LEN).arg(TAP_LEN);
+        script.arg(&guid.bytes[..]).arg(guid_expiry);
+        script.arg(body.as_ref().map_or(&[][..], |b| &b.bytes[..])).arg(body_expiry);
         for (k, v) in delivery.to_fields() {
             script.arg(k).arg(v);
         }

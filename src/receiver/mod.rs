@@ -60,6 +60,8 @@ pub struct ReceiverConfig {
     pub failure_burst: u32,
     /// How long a queued body is remembered against replays (0: off).
     pub replay_window: Duration,
+    /// How long a delivery GUID is remembered against duplicates.
+    pub dedup_window: Duration,
     /// Proxies (an Ingress) whose `X-Forwarded-For` names the real source.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// GitHub's hook source ranges, as the operator publishes them in this
@@ -207,7 +209,8 @@ async fn connect_redis(config: &ReceiverConfig) -> Queue {
             Ok(queue) => {
                 return queue
                     .acknowledged_by(config.redis_replicas.0, config.redis_replicas.1)
-                    .replay_window(config.replay_window);
+                    .replay_window(config.replay_window)
+                    .dedup_window(config.dedup_window);
             }
             Err(error) => {
                 tracing::warn!(%error, retry_in_ms = delay.as_millis() as u64, "redis unavailable");

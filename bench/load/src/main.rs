@@ -24,7 +24,7 @@
 use std::{
     net::SocketAddr,
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, atomic::Ordering},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -64,6 +64,10 @@ struct Args {
     /// Runtime threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Stop after this many requests across all connections (0: when the
+    /// seconds are up).
+    #[arg(long, default_value_t = 0)]
+    requests: u64,
 }
 
 /// What every connection shares.
@@ -82,6 +86,8 @@ struct Plan {
     /// Between two requests of one connection, in constant-rate mode.
     interval: Option<Duration>,
     connections: usize,
+    /// Requests left to send when the run is bounded by a count.
+    left: Option<std::sync::atomic::AtomicU64>,
 }
 
 #[derive(Default)]
@@ -132,6 +138,7 @@ async fn run(args: Args) -> Result<(), String> {
         end: start + Duration::from_secs_f64(args.seconds),
         interval: (args.rate > 0.0).then(|| Duration::from_secs_f64(args.connections as f64 / args.rate)),
         connections: args.connections,
+        left: (args.requests > 0).then(|| std::sync::atomic::AtomicU64::new(args.requests)),
     });
     let tasks: Vec<_> = (0..args.connections).map(|id| tokio::spawn(connection(plan.clone(), id))).collect();
     let mut all = Tally::default();
@@ -189,6 +196,12 @@ async fn connection(plan: Arc<Plan>, id: usize) -> Tally {
         };
         if due >= plan.end {
             break;
+        }
+        if let Some(left) = &plan.left {
+            let took = left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+            if took.is_err() {
+                break;
+            }
         }
         tokio::time::sleep_until(due.into()).await;
         let sha = format!("{:08x}{:04x}{:028x}", plan.nonce, id, counter);
