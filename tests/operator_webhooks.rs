@@ -814,3 +814,92 @@ async fn with_the_allowlist_on_only_githubs_published_hook_ranges_may_deliver() 
     // Back to github.com's ranges for whoever comes next.
     w.http.delete(format!("{}/_sim/meta", w.github)).send().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_hook_moved_to_another_target_leaves_nothing_behind_even_when_github_refuses_for_a_while() {
+    let w = World::new().await;
+    let (repo, org) = (format!("repos/{}", w.repo), format!("orgs/{}", w.org));
+    let status = || async { w.whc("svc").await.status.unwrap_or_default() };
+    w.apply("svc", json!({ "repository": w.repo }), json!(["push"])).await;
+    let first =
+        eventually("the repository's hook", WAIT, || async { w.hooks(&repo).await.into_iter().next() }).await;
+
+    // Moved to the organization: a hook there first, then the repository's
+    // hook deleted; status says where the hook is.
+    w.apply("svc", json!({ "organization": w.org }), json!(["push"])).await;
+    let moved = eventually("the hook on the organization, none left on the repository", WAIT, || async {
+        let (old, new) = (w.hooks(&repo).await, w.hooks(&org).await);
+        (old.is_empty() && new.len() == 1).then(|| new[0].clone())
+    })
+    .await;
+    eventually("status to follow", WAIT, || async {
+        let s = status().await;
+        (s.hook_id == moved["id"].as_i64() && s.previous_hooks.is_empty()).then_some(())
+    })
+    .await;
+    let s = status().await;
+    assert_eq!(s.location.as_ref().and_then(|l| l.organization.as_deref()), Some(w.org.as_str()));
+    let reasons = w.event_reasons().await;
+    assert!(reasons.contains("Moved") && reasons.contains("PreviousDeleted"), "{reasons}");
+    assert_ne!(first["id"], moved["id"]);
+
+    // Back to the repository while GitHub refuses to delete the
+    // organization's hook: the new hook is registered and Ready, the old one
+    // is listed with why, and deleted once GitHub agrees.
+    let org_hook = format!("{org}/hooks/{}", moved["id"]);
+    w.fault(json!({ "status": 500, "count": 2, "method": "DELETE", "pathContains": org_hook })).await;
+    w.apply("svc", json!({ "repository": w.repo }), json!(["push"])).await;
+    let refused = eventually("the refusal in status", WAIT, || async {
+        let s = status().await;
+        let c =
+            s.conditions.iter().find(|c| c.type_ == "PreviousHooksDeleted" && c.status == "False")?.clone();
+        Some((s, c))
+    })
+    .await;
+    assert!(
+        refused.0.previous_hooks[0].error.as_deref().unwrap().contains("500"),
+        "{:?}",
+        refused.0.previous_hooks
+    );
+    assert!(refused.1.message.contains(&moved["id"].to_string()), "{}", refused.1.message);
+    assert_eq!(w.ready("svc").await, Some(("True".into(), "Ready".into())), "the new hook is in service");
+    eventually("the organization's hook deleted after all", WAIT, || async {
+        let s = status().await;
+        (w.hooks(&org).await.is_empty() && s.previous_hooks.is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(w.hooks(&repo).await.len(), 1);
+
+    // Deleting the WebhookConfig without its credentials: it stays and says
+    // what to do; with them back, the hook goes and so does it.
+    let secrets: Api<Secret> = Api::namespaced(w.env.client().await, &w.ns.name);
+    secrets.delete("github-token", &DeleteParams::default()).await.unwrap();
+    Api::<WebhookConfig>::namespaced(w.env.client().await, &w.ns.name)
+        .delete("svc", &DeleteParams::default())
+        .await
+        .unwrap();
+    let blocked = eventually("DeletionBlocked", WAIT, || async {
+        let c = status()
+            .await
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready" && c.reason == "DeletionBlocked")?;
+        Some(c.message)
+    })
+    .await;
+    assert!(blocked.contains("github-token") && blocked.contains("finalizer"), "{blocked}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(w.hooks(&repo).await.len(), 1, "the hook is not let go");
+    let mut token = Secret::default();
+    token.metadata.name = Some("github-token".into());
+    token.string_data = Some([("token".to_owned(), w.token.clone())].into());
+    secrets.create(&PostParams::default(), &token).await.unwrap();
+    eventually("the hook and the WebhookConfig gone", Duration::from_secs(90), || async {
+        let gone =
+            Api::<WebhookConfig>::namespaced(w.env.client().await, &w.ns.name).get_opt("svc").await.unwrap();
+        (gone.is_none() && w.hooks(&repo).await.is_empty()).then_some(())
+    })
+    .await;
+    w.assert_github_agrees(&repo).await;
+    w.assert_github_agrees(&org).await;
+}

@@ -7,6 +7,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 pub const READY: &str = "Ready";
 /// The GitHub hook exists and matches the spec.
 pub const HOOK_REGISTERED: &str = "HookRegistered";
+/// The hooks of earlier locations (`status.previousHooks`) are deleted.
+pub const PREVIOUS_HOOKS_DELETED: &str = "PreviousHooksDeleted";
 /// GitHub signs with a key every receiver has loaded.
 pub const SECRET_IN_SYNC: &str = "SecretInSync";
 /// Receivers dispatch the policy's events (its effective `enabled`).

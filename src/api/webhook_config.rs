@@ -248,10 +248,60 @@ pub struct WebhookConfigStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<RecoveryStatus>,
 
+    /// Where the hook `hookId` was registered: its repository or
+    /// organization and the `github` settings (credentials by reference).
+    /// When the spec names another place, a hook is registered there and
+    /// this one goes to `previousHooks`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<HookLocation>,
+
+    /// Hooks registered for an earlier repository, organization, API URL
+    /// or credentials, to be deleted now that the new one is registered (and
+    /// why the last try failed). Deleting the WebhookConfig deletes them too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("maxItems" = 16))]
+    pub previous_hooks: Vec<PreviousHook>,
+
     /// Current state: `Ready`, `HookRegistered`, `SecretInSync`, ...
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// Where a hook lives on GitHub and what manages it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HookLocation {
+    /// The repository (`owner/name`) of a repository hook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    /// The organization of an organization hook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organization: Option<String>,
+    /// The API URL and credentials (by reference) it was registered with.
+    pub github: GitHubSpec,
+}
+
+impl HookLocation {
+    /// The same hook list on GitHub: the same repository or organization
+    /// through the same API (credentials may differ).
+    pub fn same_place(&self, other: &HookLocation) -> bool {
+        (&self.repository, &self.organization, &self.github.api_url, &self.github.connection)
+            == (&other.repository, &other.organization, &other.github.api_url, &other.github.connection)
+    }
+}
+
+/// A hook of an earlier location, still to be deleted.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousHook {
+    /// GitHub's ID of the hook.
+    pub id: i64,
+    /// Where it is, and what manages it.
+    pub location: HookLocation,
+    /// Why the last deletion failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// A summary of one delivery as GitHub recorded it.
@@ -354,5 +404,24 @@ impl WebhookConfig {
             .and_then(|s| s.secret_name.clone())
             .or_else(|| self.spec.secret_name.clone())
             .unwrap_or_else(|| format!("{}-hmac", kube::ResourceExt::name_any(self)))
+    }
+
+    /// Where the spec puts the hook.
+    pub fn location(&self) -> HookLocation {
+        HookLocation {
+            repository: self.spec.repository.clone(),
+            organization: self.spec.organization.clone(),
+            github: self.spec.github.clone(),
+        }
+    }
+
+    /// This WebhookConfig as it was when its hook was at `location`: what
+    /// reaching that hook (credentials, target) is worked out from.
+    pub fn at(&self, location: &HookLocation) -> WebhookConfig {
+        let mut then = self.clone();
+        then.spec.repository = location.repository.clone();
+        then.spec.organization = location.organization.clone();
+        then.spec.github = location.github.clone();
+        then
     }
 }

@@ -95,6 +95,10 @@ pub enum Error {
     /// and every other object's reconciles did not.
     #[error("reconcile panicked (a bug; please report it): {0}")]
     Panicked(String),
+    /// A WebhookConfig being deleted keeps its finalizer: a hook of its is
+    /// still on GitHub (why, and what to do).
+    #[error("{0}")]
+    DeletionBlocked(String),
 }
 
 impl Error {
@@ -104,6 +108,7 @@ impl Error {
             Self::GitHub(e) => e.metric_label(),
             Self::Config(_) => "config",
             Self::Panicked(_) => "panic",
+            Self::DeletionBlocked(_) => "deletion_blocked",
             Self::Finalizer(f) => match f.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e)
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.metric_label(),

@@ -19,7 +19,10 @@ use std::{
     time::Duration,
 };
 
-use redis::{Cmd, Pipeline, RedisFuture, Value, aio::ConnectionManager, cluster_async::ClusterConnection};
+use redis::{
+    Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value, aio::ConnectionManager,
+    cluster_async::ClusterConnection,
+};
 
 /// How often the Sentinels are asked where the master is.
 const SENTINEL_POLL: Duration = Duration::from_secs(1);
@@ -94,6 +97,7 @@ impl Connection {
             Target::Cluster { nodes, password } => {
                 let nodes: Vec<String> = nodes.iter().map(|n| format!("redis://{n}/")).collect();
                 let mut builder = redis::cluster::ClusterClient::builder(nodes)
+                    .tcp_settings(tcp())
                     .connection_timeout(Duration::from_secs(2))
                     .response_timeout(Duration::from_secs(5))
                     // NB: a resharding answers TRYAGAIN to a script whose keys
@@ -152,8 +156,16 @@ impl redis::aio::ConnectionLike for Handle {
     }
 }
 
+/// `TCP_NODELAY`, which redis-rs leaves off: with Nagle's algorithm a
+/// command written while an earlier one is unacknowledged waits for Redis'
+/// delayed ACK (up to 40-200 ms) whenever Redis has no reply to carry it
+/// (see the README's performance section).
+fn tcp() -> redis::io::tcp::TcpSettings {
+    redis::io::tcp::TcpSettings::default().set_nodelay(true)
+}
+
 async fn manager(url: &str) -> redis::RedisResult<ConnectionManager> {
-    let client = redis::Client::open(url)?;
+    let client = redis::Client::open(url.into_connection_info()?.set_tcp_settings(tcp()))?;
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(Duration::from_secs(5)))

@@ -105,6 +105,9 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // NB: an answer goes out at once, not after the client's delayed ACK
+        // of the one before (Nagle's algorithm; Node's http server sets this too).
+        let _ = stream.set_nodelay(true);
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             metrics.rejected.with_label_values(&["too_many_connections"]).inc();
             tokio::spawn(async move {

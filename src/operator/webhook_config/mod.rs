@@ -12,8 +12,13 @@
 //! | recovery of failed deliveries | [`recovery`] | [`recovery::to_recover`], [`recovery::due`], [`recovery::after_pass`], … |
 //! | status and failures | [`status`] | [`status::failure_reason`] |
 //!
-//! `cleanup` deletes the hook (already gone counts as done); while GitHub
-//! refuses, the WebhookConfig stays, `Ready=False DeletionBlocked` says why.
+//! When the spec names another repository, organization, API URL or
+//! credentials, the hook of the old place is deleted once the new one is
+//! registered (`status.previousHooks` until it is).
+//!
+//! `cleanup` deletes the hook and any previous one (already gone counts as
+//! done); while GitHub refuses, or the credentials are gone, the
+//! WebhookConfig stays, `Ready=False DeletionBlocked` says why and what to do.
 //! The key Secret is owned by the WebhookConfig, so Kubernetes deletes it
 //! with it.
 
@@ -125,6 +130,7 @@ async fn run_flows(whc: &WebhookConfig, ctx: &Context, now: Timestamp) -> Result
     let keys = secret::ensure_keys(whc, ctx, now).await?;
     let mut status = whc.status.clone().unwrap_or_default();
     let registered = register::register(whc, ctx, &github, &desired, &keys, &mut status, now).await?;
+    let previous_deleted = register::delete_previous(whc, ctx, &mut status, Some(registered.id), now).await;
 
     let target = register::target(whc);
     let hook = HookRef { github: &github, target: &target, id: registered.id, desired: &desired };
@@ -137,30 +143,48 @@ async fn run_flows(whc: &WebhookConfig, ctx: &Context, now: Timestamp) -> Result
     }
     status.rate_limit = status::rate_limit(github.rate_limit());
     status::write(whc, ctx, &status).await?;
-    let next = [Some(ctx.resync), Some(rotation?), next_recovery].into_iter().flatten().min();
+    let retry_previous = (!previous_deleted).then_some(PREVIOUS_RETRY);
+    let next = [Some(ctx.resync), Some(rotation?), next_recovery, retry_previous].into_iter().flatten().min();
     Ok(Action::requeue(next.unwrap_or(ctx.resync)))
 }
 
+/// How soon a refused deletion of an earlier spec's hook is tried again.
+const PREVIOUS_RETRY: Duration = Duration::from_secs(15);
+
 async fn cleanup(whc: Arc<WebhookConfig>, ctx: &Context) -> Result<Action, Error> {
     recovery::forget(ctx, &whc);
-    let Some(id) = whc.status.as_ref().and_then(|s| s.hook_id) else { return Ok(Action::await_change()) };
+    let now = Timestamp::now();
+    let mut status = whc.status.clone().unwrap_or_default();
+    if !status.previous_hooks.is_empty()
+        && !register::delete_previous(&whc, ctx, &mut status, None, now).await
+    {
+        status::write(&whc, ctx, &status).await?;
+        let left =
+            status.previous_hooks.iter().filter_map(|p| p.error.as_deref()).collect::<Vec<_>>().join("; ");
+        let message = format!("the WebhookConfig stays until its earlier hooks are deleted: {left}");
+        status::write_failure(&whc, ctx, "DeletionBlocked", message.clone(), now).await;
+        return Err(Error::DeletionBlocked(message));
+    }
+    let Some(id) = status.hook_id else { return Ok(Action::await_change()) };
     let target = register::target(&whc);
+    let blocked =
+        |what: String| format!("hook {id} on {target} {what}; the WebhookConfig stays until it is deleted");
     match secret::github_client(&whc, ctx).await {
         Ok(github) => {
             if let Err(error) = github.delete_hook(&target, id).await {
-                let message = format!(
-                    "deleting hook {id} on {target} failed, the WebhookConfig stays until it succeeds: {error}"
-                );
-                status::write_failure(&whc, ctx, "DeletionBlocked", message, Timestamp::now()).await;
+                let message = blocked(format!("could not be deleted: {error}"));
+                status::write_failure(&whc, ctx, "DeletionBlocked", message, now).await;
                 return Err(error.into());
             }
             publish(ctx, &whc, EventType::Normal, "Deleted", format!("hook {id} on {target} deleted")).await;
         }
-        // Without credentials the hook cannot be deleted; say so rather than
-        // keep the resource (and its namespace) from going away forever.
+        // NB: never let go of a hook that still delivers: say what to do.
         Err(error) => {
-            publish(ctx, &whc, EventType::Warning, "Orphaned", format!("hook {id} left on GitHub: {error}"))
-                .await;
+            let message = blocked(format!(
+                "cannot be deleted without credentials ({error}): restore them, or remove the finalizer {FINALIZER} to leave the hook on GitHub"
+            ));
+            status::write_failure(&whc, ctx, "DeletionBlocked", message.clone(), now).await;
+            return Err(Error::DeletionBlocked(message));
         }
     }
     Ok(Action::await_change())
@@ -195,5 +219,7 @@ pub fn retry_delay(error: &Error) -> Duration {
             _ => Duration::from_secs(5),
         },
         Error::Kube(_) => Duration::from_secs(5),
+        // Credentials restored or GitHub agreeing again are not watched.
+        Error::DeletionBlocked(_) => PREVIOUS_RETRY,
     }
 }

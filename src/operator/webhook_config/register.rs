@@ -10,14 +10,18 @@ use kube::{ResourceExt, runtime::events::EventType};
 
 use super::{ConfigError, publish};
 use crate::{
-    api::{WebhookConfig, WebhookConfigStatus, conditions},
+    api::{HookLocation, PreviousHook, WebhookConfig, WebhookConfigStatus, conditions},
     github::{self, DesiredHook, Hook, Target},
     keys::HmacKey,
     operator::{Context, Error},
 };
 
 pub(super) fn target(whc: &WebhookConfig) -> Target {
-    match (&whc.spec.repository, &whc.spec.organization) {
+    target_of(&whc.location())
+}
+
+fn target_of(location: &HookLocation) -> Target {
+    match (&location.repository, &location.organization) {
         (Some(r), _) => Target::Repository(r.clone()),
         (None, Some(o)) => Target::Organization(o.clone()),
         // NB: the schema's CEL rule makes this unreachable for stored objects.
@@ -116,6 +120,30 @@ pub fn plan_new(existing: &[Hook], url: &str, known: Option<i64>) -> (Option<i64
     }
 }
 
+/// The spec names another place than the one the recorded hook (`known`)
+/// is at: that hook becomes a previous one, to delete once a hook is
+/// registered here (so that no event is missed in between), and none is
+/// known here yet. A status from before locations were recorded is taken
+/// to be here.
+pub fn moved(
+    recorded: Option<&HookLocation>,
+    here: &HookLocation,
+    known: Option<i64>,
+) -> Option<PreviousHook> {
+    match (recorded, known) {
+        (Some(then), Some(id)) if then != here => {
+            Some(PreviousHook { id, location: then.clone(), error: None })
+        }
+        _ => None,
+    }
+}
+
+/// Whether a previous hook is the one now registered (the spec came back
+/// to its place and the hook was adopted again): not to be deleted.
+pub fn is_current(previous: &PreviousHook, here: &HookLocation, current: i64) -> bool {
+    previous.id == current && previous.location.same_place(here)
+}
+
 /// The registered hook.
 pub(super) struct Registered {
     pub id: i64,
@@ -135,7 +163,18 @@ pub(super) async fn register(
     now: Timestamp,
 ) -> Result<Registered, Error> {
     let target = target(whc);
-    let known = status.hook_id;
+    let here = whc.location();
+    let mut known = status.hook_id;
+    if let Some(previous) = moved(status.location.as_ref(), &here, known) {
+        let note = format!(
+            "the spec moved from hook {} on {}: registering {target}",
+            previous.id,
+            target_of(&previous.location)
+        );
+        publish(ctx, whc, EventType::Normal, "Moved", note).await;
+        status.previous_hooks.push(previous);
+        known = None;
+    }
     let (signing, secret_lost) = signing_key(keys, status.signing_key_version.as_deref());
     let secret = String::from_utf8_lossy(signing.secret()).into_owned();
 
@@ -174,6 +213,7 @@ pub(super) async fn register(
     }
     let generation = whc.metadata.generation;
     status.hook_id = Some(id);
+    status.location = Some(here);
     status.url = Some(desired.url.clone());
     status.secret_name = Some(whc.secret_name());
     status.observed_generation = generation;
@@ -196,6 +236,62 @@ pub(super) async fn register(
     conditions::set(&mut status.conditions, conditions::READY, true, "Ready", message, generation, &now);
     let last_delivery_failed = current.as_ref().is_some_and(Hook::last_delivery_failed);
     Ok(Registered { id, last_delivery_failed })
+}
+
+/// Deletes the hooks of earlier locations (`status.previousHooks`), each
+/// with the credentials it was registered with, except the one registered
+/// now (`current`, None while deleting the WebhookConfig); keeps those
+/// GitHub refused, with why. True when none is left.
+pub(super) async fn delete_previous(
+    whc: &WebhookConfig,
+    ctx: &Context,
+    status: &mut WebhookConfigStatus,
+    current: Option<i64>,
+    now: Timestamp,
+) -> bool {
+    let here = whc.location();
+    let mut left = Vec::new();
+    for previous in std::mem::take(&mut status.previous_hooks) {
+        if current.is_some_and(|id| is_current(&previous, &here, id)) {
+            continue;
+        }
+        let then = whc.at(&previous.location);
+        let target = target(&then);
+        let deleted = match super::secret::github_client(&then, ctx).await {
+            Ok(github) => github.delete_hook(&target, previous.id).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match deleted {
+            Ok(()) => {
+                let note = format!("hook {} on {target}, of an earlier spec, deleted", previous.id);
+                publish(ctx, whc, EventType::Normal, "PreviousDeleted", note).await;
+            }
+            Err(error) => {
+                let error = format!("deleting hook {} on {target}: {error}", previous.id);
+                left.push(PreviousHook { error: Some(error), ..previous });
+            }
+        }
+    }
+    let done = left.is_empty();
+    let message = match left.first() {
+        None => "no hook of an earlier spec is left on GitHub".to_owned(),
+        Some(p) => format!("{} (retried on every reconcile)", p.error.as_deref().unwrap_or_default()),
+    };
+    let reason = if done { "Deleted" } else { "DeletionFailed" };
+    let generation = whc.metadata.generation;
+    if !done || status.conditions.iter().any(|c| c.type_ == conditions::PREVIOUS_HOOKS_DELETED) {
+        conditions::set(
+            &mut status.conditions,
+            conditions::PREVIOUS_HOOKS_DELETED,
+            done,
+            reason,
+            message,
+            generation,
+            &Time(now),
+        );
+    }
+    status.previous_hooks = left;
+    done
 }
 
 #[cfg(test)]
@@ -269,6 +365,61 @@ mod tests {
         for (what, existing, known, want) in cases {
             assert_eq!(plan_new(&existing, &url, known), want, "{what}");
         }
+    }
+
+    fn at(repository: Option<&str>, organization: Option<&str>, token: &str) -> HookLocation {
+        HookLocation {
+            repository: repository.map(str::to_owned),
+            organization: organization.map(str::to_owned),
+            github: serde_json::from_value(
+                serde_json::json!({"tokenSecretRef": {"name": token, "key": "token"}}),
+            )
+            .unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_spec_that_names_another_place_leaves_the_old_hook_to_delete() {
+        let one = at(Some("o/one"), None, "t");
+        let cases = [
+            (
+                "same place and credentials: nothing",
+                Some(one.clone()),
+                at(Some("o/one"), None, "t"),
+                Some(4),
+                None,
+            ),
+            ("another repository", Some(one.clone()), at(Some("o/two"), None, "t"), Some(4), Some(4)),
+            ("an organization", Some(one.clone()), at(None, Some("o"), "t"), Some(4), Some(4)),
+            ("other credentials", Some(one.clone()), at(Some("o/one"), None, "u"), Some(4), Some(4)),
+            ("no hook recorded", Some(one.clone()), at(Some("o/two"), None, "t"), None, None),
+            (
+                "a status from before locations: taken as here",
+                None,
+                at(Some("o/two"), None, "t"),
+                Some(4),
+                None,
+            ),
+        ];
+        for (what, recorded, here, known, want) in cases {
+            let previous = moved(recorded.as_ref(), &here, known);
+            assert_eq!(previous.as_ref().map(|p| p.id), want, "{what}");
+            if let Some(p) = previous {
+                assert_eq!(Some(p.location), recorded, "{what}: the old place is kept to reach the hook");
+            }
+        }
+        // Other credentials on the same place: the hook is adopted again by
+        // its URL, and is then the current one, never deleted.
+        let previous = moved(Some(&one), &at(Some("o/one"), None, "u"), Some(4)).unwrap();
+        assert!(is_current(&previous, &at(Some("o/one"), None, "u"), 4));
+        assert!(
+            !is_current(&previous, &at(Some("o/one"), None, "u"), 5),
+            "a new hook there: the old one goes"
+        );
+        assert!(
+            !is_current(&previous, &at(Some("o/two"), None, "t"), 4),
+            "same id elsewhere is another hook"
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub fn failure_reason(error: &Error) -> &'static str {
         Error::Config(ConfigError::ConnectionNotGranted { .. }) => "ConnectionNotGranted",
         Error::Config(_) => "InvalidConfig",
         Error::Panicked(_) => "Panicked",
+        Error::DeletionBlocked(_) => "DeletionBlocked",
         Error::Kube(_) | Error::Finalizer(_) => "Error",
     }
 }
@@ -114,6 +115,7 @@ mod tests {
             (Error::GitHub(github::Error::BadAnswer("more than 10 pages".into())), "BadAnswer"),
             (Error::GitHub(github::Error::Transport("reset".into())), "GitHubError"),
             (Error::Panicked("index out of bounds".into()), "Panicked"),
+            (Error::DeletionBlocked("hook 4 on repos/o/r cannot be deleted".into()), "DeletionBlocked"),
         ];
         for (error, want) in cases {
             assert_eq!(failure_reason(&error), want, "{error}");
