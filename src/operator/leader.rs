@@ -2,14 +2,19 @@
 //! operator replicas exactly one writes to GitHub and to Kubernetes.
 //!
 //! The protocol is client-go's: the holder renews `spec.renewTime` every
-//! `lease_duration / 3`; another replica takes the Lease over only when it was
-//! not renewed for `lease_duration`. Every write is a replace carrying the
+//! `lease_duration / 3`; another replica takes the Lease over only when it
+//! has not seen the Lease change for `lease_duration` of its own clock (as
+//! client-go's `observedTime`: the holder's `renewTime` is never compared
+//! with the local wall clock, so a follower whose clock runs ahead cannot
+//! take a live Lease). Every write is a replace carrying the
 //! `resourceVersion` it read, so of two replicas racing for it one gets a 409
 //! and stays a follower. A leader that cannot renew in time stops acting
 //! (the process exits and its Deployment restarts it as a follower); one that
 //! shuts down gracefully hands the Lease back at once.
 
-use std::time::Duration;
+use std::{sync::Mutex, time::Duration};
+
+use tokio::time::Instant;
 
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
@@ -29,11 +34,44 @@ pub struct Election {
     duration: Duration,
     /// Owner references a holder writes on the Lease (its pod).
     owners: Option<Vec<OwnerReference>>,
+    /// The Lease record as last read, and when (this process's clock) it
+    /// was first seen so.
+    observed: Mutex<Option<Observed>>,
+}
+
+/// A Lease record as one replica saw it: who held it and its `renewTime`,
+/// and when that was first seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    record: (Option<String>, Option<String>),
+    since: Instant,
+}
+
+/// What `record`, read at `now`, makes of the last observation: the same
+/// record keeps its first sighting; any change starts a new one.
+pub fn observe(last: Option<&Observed>, record: (Option<String>, Option<String>), now: Instant) -> Observed {
+    match last {
+        Some(seen) if seen.record == record => seen.clone(),
+        _ => Observed { record, since: now },
+    }
+}
+
+/// Whether the holder of an observed record is gone: it did not renew for
+/// `valid` of this replica's own time.
+pub fn expired(observed: &Observed, now: Instant, valid: Duration) -> bool {
+    now.duration_since(observed.since) > valid
 }
 
 impl Election {
     pub fn new(api: Api<Lease>, name: &str, identity: &str, duration: Duration) -> Self {
-        Self { api, name: name.to_owned(), identity: identity.to_owned(), duration, owners: None }
+        Self {
+            api,
+            name: name.to_owned(),
+            identity: identity.to_owned(),
+            duration,
+            owners: None,
+            observed: Mutex::new(None),
+        }
     }
 
     /// Whoever holds the Lease names its pod as the Lease's owner: when the
@@ -138,10 +176,15 @@ impl Election {
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
         let ours = holder.as_deref() == Some(self.identity.as_str());
-        let expired = spec.renew_time.as_ref().is_none_or(|t| {
-            let valid = i64::from(spec.lease_duration_seconds.unwrap_or(seconds));
-            now.0.as_second() - t.0.as_second() > valid
-        });
+        let record = (holder.clone(), spec.renew_time.as_ref().map(|t| t.0.to_string()));
+        let valid = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(seconds).max(0) as u64);
+        let expired = {
+            let mut observed = self.observed.lock().unwrap();
+            let seen = observe(observed.as_ref(), record, Instant::now());
+            let gone = expired(&seen, Instant::now(), valid);
+            *observed = Some(seen);
+            gone
+        };
         if !ours && holder.is_some() && !expired {
             return Ok(Err(holder.unwrap_or_default()));
         }
@@ -165,5 +208,33 @@ impl Election {
             }
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_follower_takes_over_only_after_seeing_no_change_for_the_duration_of_its_own_clock() {
+        let t0 = Instant::now();
+        let valid = Duration::from_secs(15);
+        let s = |n: u64| t0 + Duration::from_secs(n);
+        let record = |renew: &str| (Some("a".to_owned()), Some(renew.to_owned()));
+        // First sight: the holder's renewTime may be far behind this clock
+        // (skew); it is not expired until 15 s of seeing it unchanged.
+        let seen = observe(None, record("2020-01-01T00:00:00Z"), s(0));
+        assert!(!expired(&seen, s(15), valid));
+        assert!(expired(&seen, s(16), valid));
+        // The same record again keeps its first sighting...
+        let again = observe(Some(&seen), record("2020-01-01T00:00:00Z"), s(10));
+        assert_eq!(again.since, s(0));
+        assert!(expired(&again, s(16), valid));
+        // ...a renewal (or a new holder) starts a new one.
+        let renewed = observe(Some(&seen), record("2020-01-01T00:00:05Z"), s(10));
+        assert_eq!(renewed.since, s(10));
+        assert!(!expired(&renewed, s(16), valid) && expired(&renewed, s(26), valid));
+        let other = observe(Some(&renewed), (Some("b".into()), Some("2020-01-01T00:00:05Z".into())), s(12));
+        assert_eq!(other.since, s(12));
     }
 }

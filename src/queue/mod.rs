@@ -119,9 +119,6 @@ impl Queue {
         self
     }
 
-    /// A delivery counts as queued only once `replicas` replicas have it,
-    /// waited for at most `timeout`: a failover to a replica then loses no
-    /// delivery that was acknowledged. 0 turns it off.
     /// How long a queued body is remembered, so that the same signed body
     /// under another GUID is refused as a replay; 0 turns the check off.
     pub fn replay_window(mut self, window: std::time::Duration) -> Self {
@@ -129,6 +126,9 @@ impl Queue {
         self
     }
 
+    /// A delivery counts as queued only once `replicas` replicas have it,
+    /// waited for at most `timeout`: a failover to a replica then loses no
+    /// delivery that was acknowledged. 0 turns it off.
     pub fn acknowledged_by(mut self, replicas: u32, timeout: std::time::Duration) -> Self {
         self.replicas = (replicas > 0).then_some((replicas, timeout.as_millis() as u64));
         self

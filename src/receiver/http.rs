@@ -78,7 +78,6 @@ pub struct AppState {
     pub body_budget: Arc<BodyBudget>,
 }
 
-/// The receiver's router.
 /// Every reason a request is turned away (`reason` of the rejection counter),
 /// exported at 0 from the start so that dashboards and alert ratios see 0,
 /// not "no data".
@@ -107,6 +106,7 @@ pub const REJECTION_REASONS: &[&str] = &[
     "body_budget",
 ];
 
+/// The receiver's router.
 pub fn router(state: AppState) -> Router {
     for reason in REJECTION_REASONS {
         state.metrics.rejected.with_label_values(&[reason]);
