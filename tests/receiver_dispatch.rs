@@ -94,6 +94,11 @@ impl World {
 
     /// Starts workers that refuse `destinations`.
     fn start_with(&self, consumer: &str, destinations: Destinations) -> CancellationToken {
+        self.dispatcher(consumer, destinations).1
+    }
+
+    /// Starts workers, and returns their dispatcher too.
+    fn dispatcher(&self, consumer: &str, destinations: Destinations) -> (Arc<Dispatcher>, CancellationToken) {
         let dispatcher = Arc::new(Dispatcher::new(
             self.queue.clone(),
             self.registry.clone(),
@@ -109,8 +114,8 @@ impl World {
             },
         ));
         let stop = CancellationToken::new();
-        tokio::spawn(dispatcher.run(stop.clone()));
-        stop
+        tokio::spawn(dispatcher.clone().run(stop.clone()));
+        (dispatcher, stop)
     }
 
     async fn enqueue(&self, event: &str, n: usize) -> Vec<String> {
@@ -630,4 +635,28 @@ async fn retries_and_dead_letters_are_bounded_by_the_queue_limit_and_refusals_sa
     assert_eq!(refused.to_string(), "the policy holds 5 dead letters, its queue limit: replay or purge them");
     d.queue.purge_dead(&d.policy).await.unwrap();
     assert!(enqueue_one(&d, 5).await.is_ok(), "purged: accepted again");
+}
+
+#[tokio::test]
+async fn the_breakers_of_agents_and_policies_that_went_are_forgotten() {
+    let mut w = World::new(TestEnv::load().var("REDIS_URL")).await;
+    w.settings.agents = vec![w.agent("a", &["push"]), w.agent("b", &["push"])];
+    w.apply();
+    let (dispatcher, stop) = w.dispatcher("r1", Destinations::default());
+    w.enqueue("push", 1).await;
+    let agents = |d: &Dispatcher| {
+        let mut names: Vec<String> = d.breaker_states().into_iter().map(|(_, agent, _)| agent).collect();
+        names.sort();
+        names
+    };
+    eventually("both agents' breakers", WAIT, || async { (agents(&dispatcher) == ["a", "b"]).then_some(()) })
+        .await;
+    w.settings.agents.retain(|a| a.name == "a");
+    w.apply();
+    eventually("b's breaker forgotten", WAIT, || async { (agents(&dispatcher) == ["a"]).then_some(()) })
+        .await;
+    w.registry.remove_policy(&w.policy);
+    eventually("the policy's forgotten", WAIT, || async { agents(&dispatcher).is_empty().then_some(()) })
+        .await;
+    stop.cancel();
 }

@@ -63,6 +63,12 @@ pub struct DispatchConfig {
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
 /// The instant of a wall-clock time `due_ms` (Unix ms); far off when `None`.
+/// Whether the breaker of `agent` is still needed: its policy (`settings`)
+/// is known and lists it.
+pub fn keeps_breaker(settings: Option<&PolicySettings>, agent: &str) -> bool {
+    settings.is_some_and(|s| s.agents.iter().any(|a| a.name == agent))
+}
+
 fn due_instant(due_ms: Option<u64>) -> Instant {
     match due_ms {
         Some(due) => Instant::now() + Duration::from_millis(due.saturating_sub(now_ms())),
@@ -152,6 +158,14 @@ impl Dispatcher {
         Self { queue, registry, metrics, http, config, breakers: Mutex::new(HashMap::new()) }
     }
 
+    /// Forgets the breakers of agents no longer in their policy and of
+    /// policies gone, so that the map does not grow with every agent that
+    /// ever was (a returning agent starts closed).
+    fn prune_breakers(&self) {
+        let mut breakers = self.breakers.lock().unwrap();
+        breakers.retain(|(policy, agent), _| keeps_breaker(self.registry.policy(policy).as_deref(), agent));
+    }
+
     /// State of every agent's breaker, for the admin API.
     pub fn breaker_states(&self) -> Vec<(ObjectRef, String, State)> {
         let breakers = self.breakers.lock().unwrap();
@@ -180,6 +194,7 @@ impl Dispatcher {
                 }
                 keep
             });
+            self.prune_breakers();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 changed = policy_set.changed() => if changed.is_err() { break },

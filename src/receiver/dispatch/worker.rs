@@ -140,6 +140,8 @@ impl Worker {
         }
         self.next_housekeeping = now + HOUSEKEEPING;
         let (d, policy) = (&self.dispatcher, &self.policy);
+        // NB: an agent removed from the policy leaves no breaker behind.
+        d.prune_breakers();
         if now >= self.next_prune {
             self.next_prune = now + PRUNE_EVERY;
             match d.queue.prune_consumers(policy, &d.config.consumer, PRUNE_IDLE_MS).await {
