@@ -253,6 +253,13 @@ pub(super) fn forget(ctx: &Context, whc: &WebhookConfig) {
     let _ = ctx.metrics.recovery_pending_age.remove_label_values(&[&whc_ref.namespace, &whc_ref.name]);
 }
 
+/// Forgets the recovery memos of `whc`'s hooks other than `hook` (it moved,
+/// or its hook was recreated): they would never be read again.
+pub(super) fn forget_others(ctx: &Context, whc: &WebhookConfig, hook: i64) {
+    let whc_ref = ObjectRef::new(whc.namespace().unwrap_or_default(), whc.name_any());
+    ctx.recovery.lock().unwrap().retain(|(r, id), _| *r != whc_ref || *id == hook);
+}
+
 /// One pass over one hook.
 struct Pass<'a> {
     whc: &'a WebhookConfig,

@@ -210,6 +210,7 @@ pub(super) async fn register(
     // another hook's deliveries means nothing for it.
     if known != Some(id) {
         status.recovery = None;
+        super::recovery::forget_others(ctx, whc, id);
     }
     let generation = whc.metadata.generation;
     status.hook_id = Some(id);
