@@ -84,6 +84,16 @@ static PROMOTE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lu
 
 static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/replay.lua")));
 
+/// What one policy's queue holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lengths {
+    /// Waiting or in flight (the stream's length).
+    pub queued: u64,
+    /// Waiting for a retry.
+    pub retrying: u64,
+    pub dead: u64,
+}
+
 /// Handle on the queue of every policy. Cheap to clone.
 #[derive(Clone)]
 pub struct Queue {
@@ -251,13 +261,16 @@ impl Queue {
         Ok(self.conn.get().xlen(self.key(policy, "dead")).await?)
     }
 
-    /// `(queued, dead letters)` of each of `policies`: one round trip per
+    /// How many deliveries each of `policies` holds: one round trip per
     /// policy (its keys share a slot), all at once.
-    pub async fn lengths(&self, policies: &[ObjectRef]) -> Result<Vec<(u64, u64)>> {
+    pub async fn lengths(&self, policies: &[ObjectRef]) -> Result<Vec<Lengths>> {
         let asks = policies.iter().map(|policy| async move {
             let mut pipe = redis::pipe();
-            pipe.xlen(self.key(policy, "events")).xlen(self.key(policy, "dead"));
-            pipe.query_async::<(u64, u64)>(&mut self.conn.get()).await
+            pipe.xlen(self.key(policy, "events"))
+                .zcard(self.key(policy, "retry"))
+                .xlen(self.key(policy, "dead"));
+            let (queued, retrying, dead) = pipe.query_async::<(u64, u64, u64)>(&mut self.conn.get()).await?;
+            Ok::<_, redis::RedisError>(Lengths { queued, retrying, dead })
         });
         Ok(futures::future::try_join_all(asks).await?)
     }

@@ -175,16 +175,11 @@ pub async fn policies_view(s: &AdminState, namespaces: &BTreeSet<String>) -> Res
     let mut refs = s.registry.policy_refs();
     refs.retain(|p| namespaces.contains(&p.namespace));
     refs.sort();
-    for policy in refs {
+    // NB: one round trip per policy, all at once.
+    let lengths = s.queue.lengths(&refs).await.map_err(AdminError::unavailable)?;
+    for (policy, held) in refs.into_iter().zip(lengths) {
         let Some(settings) = s.registry.policy(&policy) else { continue };
-        let counts = async {
-            Ok::<_, crate::queue::QueueError>((
-                s.queue.len(&policy).await?,
-                s.queue.retry_len(&policy).await?,
-                s.queue.dead_len(&policy).await?,
-            ))
-        };
-        let (queued, retrying, dead) = counts.await.map_err(AdminError::unavailable)?;
+        let (queued, retrying, dead) = (held.queued, held.retrying, held.dead);
         let agents: Vec<Value> = settings
             .agents
             .iter()

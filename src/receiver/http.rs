@@ -579,10 +579,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let policies = state.registry.queue_policies();
     let lengths = tokio::time::timeout(Duration::from_secs(1), state.queue.lengths(&policies)).await;
     if let Ok(Ok(lengths)) = lengths {
-        for (policy, (queued, dead)) in policies.iter().zip(lengths) {
+        for (policy, held) in policies.iter().zip(lengths) {
             let label = policy.to_string();
-            state.metrics.queue_length.with_label_values(&[&label]).set(queued as i64);
-            state.metrics.dead_letters.with_label_values(&[&label]).set(dead as i64);
+            state.metrics.queue_length.with_label_values(&[&label]).set(held.queued as i64);
+            state.metrics.dead_letters.with_label_values(&[&label]).set(held.dead as i64);
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
