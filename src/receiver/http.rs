@@ -569,8 +569,10 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let redis = tokio::time::timeout(Duration::from_secs(2), state.queue.ping()).await;
     let redis_ok = matches!(redis, Ok(Ok(())));
     let synced = state.registry.is_synced();
-    let status = if redis_ok && synced { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(json!({ "redis": redis_ok, "kubernetes_synced": synced }))).into_response()
+    let keys = state.registry.keys_ready(super::registry::KEYS_GRACE);
+    let status = if redis_ok && synced && keys { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(json!({ "redis": redis_ok, "kubernetes_synced": synced, "keys_loaded": keys })))
+        .into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

@@ -63,6 +63,10 @@ impl PolicySettings {
     }
 }
 
+/// How long a starting replica waits at most for the keys of the hooks the
+/// operator reports Ready before it says it is ready anyway.
+pub const KEYS_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The receiver's view of hooks, keys and policies.
 #[derive(Default)]
 pub struct Registry {
@@ -77,6 +81,11 @@ pub struct Registry {
     key_set: watch::Sender<u64>,
     /// Set once each watch has listed everything (for `/readyz`).
     synced: RwLock<Synced>,
+    /// Set once every hook the operator reports Ready had its keys (see
+    /// [`Registry::keys_ready`]).
+    keyed: std::sync::atomic::AtomicBool,
+    /// When this registry began (the replica's start).
+    began: std::sync::OnceLock<std::time::Instant>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -102,7 +111,9 @@ impl Watched {
 
 impl Registry {
     pub fn new() -> Self {
-        Self::default()
+        let registry = Self::default();
+        let _ = registry.began.set(std::time::Instant::now());
+        registry
     }
 
     pub fn hook(&self, hook: &ObjectRef) -> Option<HookInfo> {
@@ -249,5 +260,89 @@ impl Registry {
     pub fn is_synced(&self) -> bool {
         let s = *self.synced.read().unwrap();
         s.hooks && s.keys && s.policies && s.signing_keys
+    }
+
+    /// The hooks the operator reports Ready (so their key Secret exists)
+    /// whose keys this replica has not loaded.
+    pub fn ready_without_keys(&self) -> Vec<ObjectRef> {
+        let keys = self.keys.read().unwrap();
+        let mut missing: Vec<ObjectRef> = self
+            .hooks
+            .read()
+            .unwrap()
+            .iter()
+            .filter(|(_, h)| {
+                h.ready.as_deref() == Some("True") && keys.get(&h.secret).is_none_or(|k| k.is_empty())
+            })
+            .map(|(r, _)| r.clone())
+            .collect();
+        missing.sort();
+        missing
+    }
+
+    /// For `/readyz`: true once, after the initial lists, every hook the
+    /// operator reports Ready has its keys here, or once `waited` reaches
+    /// `grace` after this registry began. A replica that starts before its keys reach it (the copies
+    /// of a keys namespace not written yet, as on the first upgrade to one)
+    /// gets no deliveries it would have to refuse; the rolling update waits
+    /// and the old replicas serve. It latches: a later gap (one team's
+    /// Secret) never takes a serving replica out.
+    pub fn keys_ready(&self, grace: std::time::Duration) -> bool {
+        use std::sync::atomic::Ordering;
+        if self.keyed.load(Ordering::Relaxed) {
+            return true;
+        }
+        let waited = self.began.get().map_or(std::time::Duration::ZERO, std::time::Instant::elapsed);
+        let keyed = self.is_synced() && (waited >= grace || self.ready_without_keys().is_empty());
+        if keyed {
+            self.keyed.store(true, Ordering::Relaxed);
+        }
+        keyed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn hook(registry: &Registry, name: &str, ready: Option<&str>) {
+        registry.set_hook(
+            ObjectRef::new("ns", name),
+            HookInfo {
+                secret: ObjectRef::new("ns", format!("{name}-hmac")),
+                policy: ObjectRef::new("ns", "default"),
+                ready: ready.map(str::to_owned),
+                last_delivery: None,
+            },
+        );
+    }
+
+    #[test]
+    fn a_starting_replica_is_ready_once_every_ready_hook_has_its_keys_and_stays_so() {
+        let r = Registry::new();
+        let long = Duration::from_secs(3600);
+        assert!(!r.keys_ready(long), "nothing listed yet");
+        for w in Watched::ALL {
+            r.mark_synced(w);
+        }
+        hook(&r, "a", Some("True"));
+        hook(&r, "broken", Some("False")); // its Secret may never come: not waited for
+        assert_eq!(r.ready_without_keys(), vec![ObjectRef::new("ns", "a")]);
+        assert!(!r.keys_ready(long), "a's keys are not loaded yet");
+        r.set_keys(ObjectRef::new("ns", "a-hmac"), vec![HmacKey::new("1", "k")]);
+        assert!(r.keys_ready(long));
+        // Latched: a later gap does not take a serving replica out.
+        hook(&r, "b", Some("True"));
+        assert!(r.keys_ready(long));
+
+        // Past the grace a replica is ready whatever is missing.
+        let late = Registry::new();
+        for w in Watched::ALL {
+            late.mark_synced(w);
+        }
+        hook(&late, "a", Some("True"));
+        assert!(late.keys_ready(Duration::ZERO));
     }
 }
