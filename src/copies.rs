@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, HashSet};
 
 use k8s_openapi::api::core::v1::Secret;
-use kube::{ResourceExt, api::ObjectMeta};
+use kube::api::ObjectMeta;
 use sha2::Digest;
 
 use crate::ObjectRef;
@@ -88,7 +88,7 @@ pub fn source_of(copy: &Secret) -> Option<ObjectRef> {
 /// The copy of `source` (of `kind`) in `namespace`: its data, nothing of its
 /// metadata but where it came from.
 pub fn copy_of(source: &Secret, kind: Kind, namespace: &str) -> Secret {
-    let from = ObjectRef::new(source.namespace().unwrap_or_default(), source.name_any());
+    let from = ObjectRef::of(source);
     Secret {
         metadata: ObjectMeta {
             name: Some(copy_name(&from)),
@@ -119,6 +119,8 @@ pub fn stale<'a>(copies: &'a [Secret], sources: &HashSet<ObjectRef>) -> Vec<&'a 
 
 #[cfg(test)]
 mod tests {
+    use kube::ResourceExt;
+
     use super::*;
 
     fn secret(ns: &str, name: &str) -> Secret {

@@ -72,6 +72,12 @@ impl ObjectRef {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
         Self { namespace: namespace.into(), name: name.into() }
     }
+
+    /// The reference of a Kubernetes object (an empty namespace for a
+    /// cluster-scoped one).
+    pub fn of<K: kube::Resource>(obj: &K) -> Self {
+        Self::new(kube::ResourceExt::namespace(obj).unwrap_or_default(), kube::ResourceExt::name_any(obj))
+    }
 }
 
 impl std::fmt::Display for ObjectRef {

@@ -54,13 +54,13 @@ pub async fn run(client: Client, namespace: Option<String>, keys: String, kind: 
                     if source.namespace().as_deref() == Some(keys.as_str()) {
                         continue;
                     }
-                    let at = ObjectRef::new(source.namespace().unwrap_or_default(), source.name_any());
+                    let at = ObjectRef::of(&source);
                     seen.insert(at.clone());
                     write(&copies_api, &mut written, at, &source, kind, &keys).await
                 }
                 Some(Ok(watcher::Event::InitDone)) => prune(&copies_api, &mut written, kind, &seen).await,
                 Some(Ok(watcher::Event::Delete(source))) => {
-                    let at = ObjectRef::new(source.namespace().unwrap_or_default(), source.name_any());
+                    let at = ObjectRef::of(&source);
                     seen.remove(&at);
                     written.remove(&at);
                     delete(&copies_api, &copies::copy_name(&at)).await

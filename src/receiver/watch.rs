@@ -40,15 +40,11 @@ fn signing_keys_from_secret(secret: &Secret) -> Vec<SigningKey> {
                 .map_err(|_| standard_webhooks::Error::MalformedKey)
                 .and_then(SigningKey::parse);
             if let Err(error) = &parsed {
-                tracing::warn!(secret = %object_ref(secret), entry = name, %error, "signing Secret entry skipped");
+                tracing::warn!(secret = %ObjectRef::of(secret), entry = name, %error, "signing Secret entry skipped");
             }
             parsed.ok()
         })
         .collect()
-}
-
-fn object_ref<K: Resource>(obj: &K) -> ObjectRef {
-    ObjectRef::new(obj.namespace().unwrap_or_default(), obj.name_any())
 }
 
 /// Where the Secrets of one kind are read, and under which reference each
@@ -68,7 +64,7 @@ enum Filing {
 impl Filing {
     fn refer(&self, secret: &Secret) -> Option<ObjectRef> {
         match self {
-            Filing::InPlace => Some(object_ref(secret)),
+            Filing::InPlace => Some(ObjectRef::of(secret)),
             Filing::Copies { served } => copies::source_of(secret)
                 .filter(|source| served.as_ref().is_none_or(|ns| *ns == source.namespace)),
         }
@@ -105,7 +101,7 @@ pub fn spawn(
     tokio::spawn(follow(
         hooks,
         watcher::Config::default(),
-        |whc| Some(object_ref(whc)),
+        |whc| Some(ObjectRef::of(whc)),
         registry.clone(),
         Watched::Hooks,
         Registry::hook_refs,
@@ -163,7 +159,7 @@ pub fn spawn(
     tokio::spawn(follow(
         policies,
         watcher::Config::default(),
-        |policy| Some(object_ref(policy)),
+        |policy| Some(ObjectRef::of(policy)),
         registry,
         Watched::Policies,
         Registry::policy_refs,

@@ -202,7 +202,7 @@ pub(super) async fn run(
     evidence: bool,
 ) -> (Option<Duration>, Option<Delivery>) {
     let Some(interval) = ctx.redelivery_interval else { return (None, None) };
-    let key = (ObjectRef::new(whc.namespace().unwrap_or_default(), whc.name_any()), hook.id);
+    let key = (ObjectRef::of(whc), hook.id);
     let now = Instant::now();
     let memo = {
         let mut memos = ctx.recovery.lock().unwrap();
@@ -248,7 +248,7 @@ pub(super) async fn run(
 
 /// Forgets a hook's timing and metrics (its WebhookConfig is gone).
 pub(super) fn forget(ctx: &Context, whc: &WebhookConfig) {
-    let whc_ref = ObjectRef::new(whc.namespace().unwrap_or_default(), whc.name_any());
+    let whc_ref = ObjectRef::of(whc);
     ctx.recovery.lock().unwrap().retain(|(r, _), _| *r != whc_ref);
     let _ = ctx.metrics.recovery_pending_age.remove_label_values(&[&whc_ref.namespace, &whc_ref.name]);
 }
@@ -256,7 +256,7 @@ pub(super) fn forget(ctx: &Context, whc: &WebhookConfig) {
 /// Forgets the recovery memos of `whc`'s hooks other than `hook` (it moved,
 /// or its hook was recreated): they would never be read again.
 pub(super) fn forget_others(ctx: &Context, whc: &WebhookConfig, hook: i64) {
-    let whc_ref = ObjectRef::new(whc.namespace().unwrap_or_default(), whc.name_any());
+    let whc_ref = ObjectRef::of(whc);
     ctx.recovery.lock().unwrap().retain(|(r, id), _| *r != whc_ref || *id == hook);
 }
 
@@ -432,7 +432,7 @@ impl Pass<'_> {
         let Some(payload) = request.payload else {
             return self.redeliver(d).await.map(|()| Way::Redeliver);
         };
-        let hook = ObjectRef::new(self.whc.namespace().unwrap_or_default(), self.whc.name_any());
+        let hook = ObjectRef::of(self.whc);
         // NB: the payload is whatever the API answered. One that is not an
         // event (not an object: `"x"`, `[]`) is not queued as GitHub's word;
         // GitHub is asked to send it again, through the receiver's checks.
