@@ -17,11 +17,15 @@ use crate::{
 };
 
 pub(super) fn target(whc: &WebhookConfig) -> Target {
-    target_of(&whc.location())
+    target_at(&whc.spec.repository, &whc.spec.organization)
 }
 
 fn target_of(location: &HookLocation) -> Target {
-    match (&location.repository, &location.organization) {
+    target_at(&location.repository, &location.organization)
+}
+
+fn target_at(repository: &Option<String>, organization: &Option<String>) -> Target {
+    match (repository, organization) {
         (Some(r), _) => Target::Repository(r.clone()),
         (None, Some(o)) => Target::Organization(o.clone()),
         // NB: the schema's CEL rule makes this unreachable for stored objects.
@@ -257,7 +261,7 @@ pub(super) async fn delete_previous(
             continue;
         }
         let then = whc.at(&previous.location);
-        let target = target(&then);
+        let target = target_of(&previous.location);
         let deleted = match super::secret::github_client(&then, ctx).await {
             Ok(github) => github.delete_hook(&target, previous.id).await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
