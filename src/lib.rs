@@ -49,6 +49,7 @@
 
 pub mod api;
 pub mod copies;
+pub mod filter;
 pub mod forward;
 pub mod github;
 pub mod keys;
@@ -77,6 +78,21 @@ impl ObjectRef {
     /// cluster-scoped one).
     pub fn of<K: kube::Resource>(obj: &K) -> Self {
         Self::new(kube::ResourceExt::namespace(obj).unwrap_or_default(), kube::ResourceExt::name_any(obj))
+    }
+}
+
+/// `namespace/name`, both non-empty (what the command line and the queue's
+/// entries spell).
+impl std::str::FromStr for ObjectRef {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('/') {
+            Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                Ok(Self::new(ns, name))
+            }
+            _ => Err(format!("expected NAMESPACE/NAME, got {s:?}")),
+        }
     }
 }
 

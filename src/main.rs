@@ -613,10 +613,7 @@ fn main() -> ExitCode {
 
 /// A policy named on the command line, `NAMESPACE/NAME`.
 fn parse_policy(p: &str) -> Result<ObjectRef, String> {
-    match p.split_once('/') {
-        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => Ok(ObjectRef::new(ns, name)),
-        _ => Err(format!("expected NAMESPACE/NAME, got {p:?}")),
-    }
+    p.parse()
 }
 
 fn admin_call(action: AdminAction) -> Result<admin::Call, String> {

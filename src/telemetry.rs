@@ -65,6 +65,10 @@ pub struct ReceiverMetrics {
     pub processed: IntCounterVec,
     /// Failed dispatch attempts, by agent and reason.
     pub errors: IntCounterVec,
+    /// Deliveries an agent's filters kept from it, by reason.
+    pub filtered: IntCounterVec,
+    /// Time a policy's filters took per delivery.
+    pub filter_seconds: HistogramVec,
     /// Time from acceptance to the end of a dispatch, by agent.
     pub duration: HistogramVec,
     /// Deliveries waiting or in flight, by policy.
@@ -92,6 +96,16 @@ impl ReceiverMetrics {
         )
         .expect("valid metric");
         let duration = registered(&registry, duration);
+        let filter_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "hookwarden_filter_seconds",
+                "Seconds the filters of a policy took on one delivery (its payload parsed included)",
+            )
+            .buckets(vec![0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0]),
+            &["policy"],
+        )
+        .expect("valid metric");
+        let filter_seconds = registered(&registry, filter_seconds);
         Self {
             received: counter(
                 "github_webhooks_total",
@@ -118,6 +132,12 @@ impl ReceiverMetrics {
                 "Failed dispatch attempts",
                 &["policy", "agent", "reason"],
             ),
+            filtered: counter(
+                "hookwarden_filtered_total",
+                "Deliveries an agent's filters kept from it (reason no_match: false; error: failed on the delivery)",
+                &["policy", "agent", "reason"],
+            ),
+            filter_seconds,
             duration,
             queue_length: gauge(
                 "github_webhook_queue_length",

@@ -57,6 +57,7 @@ impl World {
                 initial_delay: "100ms".parse().unwrap(),
                 max_delay: "1s".parse().unwrap(),
             },
+            filters: Default::default(),
         };
         Self {
             redis_url: redis_url.to_owned(),
@@ -79,6 +80,7 @@ impl World {
             repositories: vec![],
             timeout_seconds: 2,
             signing_secret_ref: None,
+            filter: None,
         }
     }
 

@@ -471,6 +471,7 @@ async fn a_full_queue_answers_503_with_retry_after() {
         agents: vec![],
         circuit_breaker: CircuitBreaker::default(),
         retry: RetryPolicy::default(),
+        filters: Default::default(),
     };
     h.registry.set_policy(h.policy.clone(), settings.clone());
     let body = |n: u32| format!(r#"{{"action":"opened","number":{n}}}"#).into_bytes();

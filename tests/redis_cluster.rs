@@ -209,9 +209,11 @@ fn settings(agent_url: &str) -> PolicySettings {
             repositories: vec![],
             timeout_seconds: 5,
             signing_secret_ref: None,
+            filter: None,
         }],
         circuit_breaker: CircuitBreaker { volume_threshold: 100_000, ..CircuitBreaker::default() },
         retry: RetryPolicy { max_attempts: 100, ..RetryPolicy::default() },
+        filters: Default::default(),
     }
 }
 

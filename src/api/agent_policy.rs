@@ -50,6 +50,12 @@ pub struct AgentPolicySpec {
     #[schemars(range(min = 1, max = 10_000_000))]
     pub queue_limit: i64,
 
+    /// A CEL filter every delivery passes before any agent's own (see an
+    /// agent's `filter`): `event != 'check_run'`. Unset: all pass.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = 4096))]
+    pub filter: Option<String>,
+
     /// Downstream agents. Each event goes to every agent whose filters match.
     #[serde(default)]
     #[schemars(extend("maxItems" = 64, "x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
@@ -112,6 +118,19 @@ pub struct Agent {
                    "pattern": r"^[A-Za-z0-9](-?[A-Za-z0-9]){0,38}/([A-Za-z0-9._-]{1,100}|\*)$"}
     ))]
     pub repositories: Vec<String>,
+
+    /// A CEL expression, true for the deliveries the agent wants, over
+    /// `event`, `action`, `delivery` (the GUID), `hook` (`namespace/name`),
+    /// `repository` (`owner/name` or null) and `body` (the payload):
+    /// `body.pull_request.base.ref == 'main' && !body.pull_request.draft`.
+    /// Applied after `events` and `repositories`. A filter that fails on a
+    /// delivery (a missing field) counts as no match; both are counted and
+    /// logged as `filtered`. One that does not compile makes the policy
+    /// `Ready=False` with where and why, and receivers keep the last one
+    /// that did (none yet: the agent gets nothing until it compiles).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = 4096))]
+    pub filter: Option<String>,
 
     /// Seconds to wait for the agent's answer before counting the attempt as
     /// failed.
@@ -227,6 +246,16 @@ pub struct AgentPolicyStatus {
     /// kept, before receivers answer 503.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_limit: Option<i64>,
+    /// The policy's filter receivers apply: the spec's once it compiled,
+    /// else the last one that did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxLength" = 4096))]
+    pub filter: Option<String>,
+    /// Each agent's filter receivers apply, by agent name: the spec's once
+    /// it compiled, else the last one that did (`false` when none has).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64, "additionalProperties" = {"type": "string", "maxLength": 4096}))]
+    pub agent_filters: std::collections::BTreeMap<String, String>,
     /// Why the effective values are what they are, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,

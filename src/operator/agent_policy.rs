@@ -16,11 +16,13 @@ use kube::{
 use super::{Context, Error, apply_status};
 use crate::{
     ObjectRef,
-    api::{AgentPolicy, AgentPolicyStatus, conditions},
+    api::{AgentPolicy, AgentPolicySpec, AgentPolicyStatus, conditions},
 };
 
 /// Reason of the `Dispatching` condition when the safety rule tripped.
 pub const REASON_DEAD_LETTERS: &str = "DeadLettersAboveLimit";
+/// Reason of `Ready=False` when a filter does not compile.
+pub const REASON_INVALID_FILTER: &str = "InvalidFilter";
 const REASON_SPEC_DISABLED: &str = "DisabledInSpec";
 const REASON_ENABLED: &str = "Enabled";
 
@@ -32,6 +34,45 @@ pub enum DeadLetters {
     /// Limit set, but Redis could not be asked.
     Unknown,
     Count(u64),
+}
+
+/// The filters receivers should apply, and why a spec's filter is not
+/// among them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AcceptedFilters {
+    pub policy: Option<String>,
+    pub agents: std::collections::BTreeMap<String, String>,
+    /// One line per filter that does not compile: whose, where, why.
+    pub errors: Vec<String>,
+}
+
+/// What a filter that never compiled is replaced with: nothing passes.
+pub const NEVER: &str = "false";
+
+/// Each filter of `spec` that compiles; for one that does not, the one
+/// `previous` status holds for it (the last that did), or [`NEVER`].
+pub fn accepted_filters(spec: &AgentPolicySpec, previous: &AgentPolicyStatus) -> AcceptedFilters {
+    let mut errors = Vec::new();
+    let mut accept = |source: Option<&String>, last: Option<&String>, whose: String| {
+        let source = source?;
+        match crate::filter::compile(source) {
+            Ok(_) => Some(source.clone()),
+            Err(error) => {
+                errors.push(format!("{whose} filter does not compile {error}"));
+                Some(last.cloned().unwrap_or_else(|| NEVER.to_owned()))
+            }
+        }
+    };
+    let policy = accept(spec.filter.as_ref(), previous.filter.as_ref(), "the policy's".to_owned());
+    let agents = spec
+        .agents
+        .iter()
+        .filter_map(|a| {
+            let last = previous.agent_filters.get(&a.name);
+            Some((a.name.clone(), accept(a.filter.as_ref(), last, format!("agent {}'s", a.name))?))
+        })
+        .collect();
+    AcceptedFilters { policy, agents, errors }
 }
 
 /// The status receivers should obey. Pure: the same inputs give the same
@@ -58,6 +99,7 @@ pub fn effective_status(policy: &AgentPolicy, dead: DeadLetters, now: &Time) -> 
         (true, None) => (true, REASON_ENABLED, "enabled".to_owned()),
     };
     let generation = policy.meta().generation;
+    let filters = accepted_filters(spec, &previous);
     let mut conds = previous.conditions;
     conditions::set(
         &mut conds,
@@ -68,21 +110,24 @@ pub fn effective_status(policy: &AgentPolicy, dead: DeadLetters, now: &Time) -> 
         generation,
         now,
     );
-    conditions::set(
-        &mut conds,
-        conditions::READY,
-        true,
-        "Applied",
-        "effective settings written",
-        generation,
-        now,
-    );
+    let (ready, ready_reason, ready_message) = match filters.errors.is_empty() {
+        true => (true, "Applied", "effective settings written".to_owned()),
+        false => {
+            let mut message = filters.errors.join("; ");
+            message.truncate(message.floor_char_boundary(4000));
+            message.push_str("; receivers apply the last filter that compiled (none yet: nothing passes)");
+            (false, REASON_INVALID_FILTER, message)
+        }
+    };
+    conditions::set(&mut conds, conditions::READY, ready, ready_reason, ready_message, generation, now);
     AgentPolicyStatus {
         observed_generation: generation,
         enabled: Some(enabled),
         concurrency: Some(spec.concurrency.clamp(1, 256)),
         queue_limit: Some(spec.queue_limit.clamp(1, 10_000_000)),
         reason: Some(reason),
+        filter: filters.policy,
+        agent_filters: filters.agents,
         conditions: conds,
     }
 }
@@ -136,7 +181,6 @@ pub async fn reconcile(policy: Arc<AgentPolicy>, ctx: Arc<Context>) -> Result<Ac
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::AgentPolicySpec;
     use serde_json::json;
 
     fn policy(spec: serde_json::Value) -> AgentPolicy {
@@ -206,5 +250,56 @@ mod tests {
     fn unknown_dead_letters_do_not_trip_an_untripped_policy() {
         let p = policy(json!({"safety": {"maxDeadLetters": 10}}));
         assert_eq!(effective_status(&p, DeadLetters::Unknown, &at(1)).enabled, Some(true));
+    }
+
+    #[test]
+    fn filters_that_compile_reach_status_and_broken_ones_keep_the_last_good_or_nothing() {
+        let agents = |reviewer: &str| {
+            json!([{"name": "reviewer", "url": "http://r", "filter": reviewer},
+                   {"name": "plain", "url": "http://p"}])
+        };
+        let ready = |s: &AgentPolicyStatus| {
+            let c = s.conditions.iter().find(|c| c.type_ == conditions::READY).unwrap();
+            (c.status.clone(), c.reason.clone(), c.message.clone())
+        };
+        let mut p = policy(json!({"filter": "event != 'check_run'", "agents": agents("action == 'opened'")}));
+        let s = effective_status(&p, DeadLetters::NoLimit, &at(1));
+        assert_eq!(s.filter.as_deref(), Some("event != 'check_run'"));
+        assert_eq!(s.agent_filters.len(), 1, "an agent without a filter has none: {:?}", s.agent_filters);
+        assert_eq!(s.agent_filters["reviewer"], "action == 'opened'");
+        assert_eq!(ready(&s).0, "True");
+
+        // Broken: the last good one stays, Ready says whose, where and why;
+        // the other settings still apply.
+        p.status = Some(s);
+        p.spec =
+            policy(json!({"filter": "event != 'check_run'", "agents": agents("acton == 'opened'")})).spec;
+        let s = effective_status(&p, DeadLetters::NoLimit, &at(2));
+        assert_eq!(s.agent_filters["reviewer"], "action == 'opened'");
+        assert_eq!(s.enabled, Some(true));
+        let (status, reason, message) = ready(&s);
+        assert_eq!((status.as_str(), reason.as_str()), ("False", REASON_INVALID_FILTER));
+        assert!(
+            message.starts_with("agent reviewer's filter does not compile at 1:1: unknown variable 'acton'"),
+            "{message}"
+        );
+
+        // Fixed: the new one applies and Ready comes back.
+        p.status = Some(s);
+        p.spec = policy(json!({"agents": agents("action == 'closed'")})).spec;
+        let s = effective_status(&p, DeadLetters::NoLimit, &at(3));
+        assert_eq!((s.filter.as_deref(), s.agent_filters["reviewer"].as_str()), (None, "action == 'closed'"));
+        assert_eq!(ready(&s).0, "True");
+
+        // Never compiled: nothing passes until it does.
+        let fresh = policy(json!({"filter": "event ==", "agents": agents("body.x ==")}));
+        let s = effective_status(&fresh, DeadLetters::NoLimit, &at(4));
+        assert_eq!((s.filter.as_deref(), s.agent_filters["reviewer"].as_str()), (Some(NEVER), NEVER));
+        let message = ready(&s).2;
+        assert!(
+            message.contains("the policy's filter does not compile at 1:9")
+                && message.contains("agent reviewer's"),
+            "{message}"
+        );
     }
 }

@@ -43,6 +43,10 @@ pub const GROUP: &str = "receivers";
 /// GitHub keeps deliveries, and redelivers them with the same GUID, for 3 days.
 pub const DEDUP_TTL_SECS: u64 = 3 * 24 * 3600;
 
+/// The recent deliveries a policy keeps for `admin filter-test` (sampled, at
+/// most ten a second per replica).
+pub const RECENT_LEN: u64 = 100;
+
 /// The deliveries a policy's tap keeps for a follower that reconnects.
 pub const TAP_LEN: u64 = 1_000;
 
@@ -381,19 +385,23 @@ impl Queue {
 
     /// Acknowledges and deletes entry `id`, atomically scheduling the retries
     /// and writing the dead letters `outcome` lists.
+    /// With `sample`, the delivery is also kept among the policy's
+    /// [`RECENT_LEN`] recent ones ([`Queue::recent`]).
     pub async fn settle(
         &self,
         policy: &ObjectRef,
         entry: &Entry,
         outcome: &Settlement,
         now_ms: u64,
+        sample: bool,
     ) -> Result<()> {
         let mut script = SETTLE.prepare_invoke();
         script
             .key(self.key(policy, "events"))
             .key(self.key(policy, "retry"))
             .key(self.key(policy, "dead"))
-            .key(self.key(policy, "activity"));
+            .key(self.key(policy, "activity"))
+            .key(self.key(policy, "recent"));
         let d = &entry.delivery;
         script.arg(GROUP).arg(&entry.id).arg(ACTIVITY_LEN);
         script.arg(&d.guid).arg(&d.event).arg(d.hook.to_string()).arg(d.repository.as_deref().unwrap_or(""));
@@ -401,7 +409,7 @@ impl Queue {
         // as text for the retries (their members are JSON), compressed for
         // the dead letters (stream fields, as the queue's own entries).
         script.arg(if outcome.retries.is_empty() { &[][..] } else { &d.payload[..] });
-        let packed = match outcome.dead.is_empty() {
+        let packed = match outcome.dead.is_empty() && !sample {
             true => Vec::new(),
             false => lz4_flex::compress_prepend_size(&d.payload),
         };
@@ -424,8 +432,32 @@ impl Queue {
         for (agent, status, detail) in log {
             script.arg(status).arg(agent).arg(detail.unwrap_or(""));
         }
+        script.arg(if sample { RECENT_LEN } else { 0 });
         let _: i64 = script.invoke_async(&mut self.conn.get()).await?;
         Ok(())
+    }
+
+    /// The policy's recent deliveries (samples kept by [`Queue::settle`]),
+    /// newest first, at most `count`.
+    pub async fn recent(&self, policy: &ObjectRef, count: usize) -> Result<Vec<Delivery>> {
+        let reply: redis::streams::StreamRangeReply =
+            self.conn.get().xrevrange_count(self.key(policy, "recent"), "+", "-", count).await?;
+        Ok(reply
+            .ids
+            .into_iter()
+            .filter_map(|entry| {
+                let field = |name: &str| match entry.map.get(name) {
+                    Some(redis::Value::BulkString(b)) => Some(b.clone()),
+                    _ => None,
+                };
+                let text = |name: &str| field(name).and_then(|b| String::from_utf8(b).ok());
+                let hook: ObjectRef = text("hook")?.parse().ok()?;
+                let payload = lz4_flex::decompress_size_prepended(&field("payload_lz4")?).ok()?;
+                let mut d = Delivery::parse(&text("guid")?, &text("event")?, &hook, payload.into()).ok()?;
+                d.received_ms = entry.id.split_once('-')?.0.parse().ok()?;
+                Some(d)
+            })
+            .collect())
     }
 
     /// Moves retries that are due into the queue; returns how many, and

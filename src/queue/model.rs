@@ -186,6 +186,9 @@ pub struct Settlement {
     pub retries: Vec<Retry>,
     /// Agents given up on: a dead letter each.
     pub dead: Vec<GiveUp>,
+    /// Agents whose filters refused it, and why: `(agent, detail)`; an
+    /// empty agent when no agent's `events` and `repositories` take it.
+    pub filtered: Vec<(String, String)>,
 }
 
 /// One agent's next attempt.
@@ -214,7 +217,8 @@ impl Settlement {
         let delivered = self.delivered.iter().map(|a| (a.as_str(), "delivered", None));
         let retries = self.retries.iter().map(|r| (r.agent.as_str(), "retry", Some(r.error.as_str())));
         let dead = self.dead.iter().map(|d| (d.agent.as_str(), "dead_letter", Some(d.error.as_str())));
-        delivered.chain(retries).chain(dead)
+        let filtered = self.filtered.iter().map(|(a, why)| (a.as_str(), "filtered", Some(why.as_str())));
+        delivered.chain(retries).chain(dead).chain(filtered)
     }
 }
 

@@ -12,7 +12,8 @@ use tokio::sync::watch;
 
 use crate::{
     ObjectRef,
-    api::{Agent, AgentPolicy, CircuitBreaker, RetryPolicy},
+    api::{Agent, AgentPolicy, AgentPolicyStatus, CircuitBreaker, RetryPolicy},
+    filter::{self, Filters},
     keys::HmacKey,
     standard_webhooks::SigningKey,
 };
@@ -42,6 +43,8 @@ pub struct PolicySettings {
     pub agents: Vec<Agent>,
     pub circuit_breaker: CircuitBreaker,
     pub retry: RetryPolicy,
+    /// The filters the operator accepted (status), compiled.
+    pub filters: Filters,
 }
 
 impl PolicySettings {
@@ -59,7 +62,19 @@ impl PolicySettings {
             agents: policy.spec.agents.clone(),
             circuit_breaker: policy.spec.circuit_breaker.clone(),
             retry: policy.spec.retry.clone(),
+            filters: filters_of(status),
         }
+    }
+}
+
+/// The filters in `status`, compiled: only what the operator accepted, so
+/// a spec's filter that does not compile is never used. Agents not in
+/// status have none.
+fn filters_of(status: Option<&AgentPolicyStatus>) -> Filters {
+    let Some(status) = status else { return Filters::default() };
+    Filters {
+        policy: status.filter.as_deref().map(filter::compile),
+        agents: status.agent_filters.iter().map(|(agent, f)| (agent.clone(), filter::compile(f))).collect(),
     }
 }
 

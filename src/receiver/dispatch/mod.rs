@@ -34,6 +34,7 @@ use super::{
 use crate::{
     ObjectRef,
     api::Agent,
+    filter::{Facts, Verdict},
     now_ms,
     queue::{Delivery, Entry, Queue},
     standard_webhooks,
@@ -90,6 +91,39 @@ pub fn wants(agent: &Agent, event: &str, repository: Option<&str>) -> bool {
     event_ok && repo_ok
 }
 
+/// The agents a delivery goes to, and those its filters keep it from (with
+/// the verdict). A retry or replay is for its one agent, filtered no more.
+/// A delivery no agent's `events` and `repositories` take gets one
+/// refusal with no agent ([`Verdict::Unwanted`]).
+pub fn targets<'s>(
+    settings: &'s PolicySettings,
+    d: &Delivery,
+) -> (Vec<Result<&'s Agent, String>>, Vec<(String, Verdict)>) {
+    if let Some(name) = &d.agent {
+        let agent = settings.agents.iter().find(|a| &a.name == name).ok_or_else(|| name.clone());
+        return (vec![agent], Vec::new());
+    }
+    let wanting: Vec<&Agent> =
+        settings.agents.iter().filter(|a| wants(a, &d.event, d.repository.as_deref())).collect();
+    if wanting.is_empty() {
+        return (Vec::new(), vec![(String::new(), Verdict::Unwanted)]);
+    }
+    if settings.filters.is_empty() {
+        return (wanting.into_iter().map(Ok).collect(), Vec::new());
+    }
+    let facts = Facts::new(d);
+    let names: Vec<&str> = wanting.iter().map(|a| a.name.as_str()).collect();
+    let verdicts = settings.filters.judge(&names, &facts);
+    let (mut go, mut refused) = (Vec::new(), Vec::new());
+    for (agent, (_, verdict)) in wanting.into_iter().zip(verdicts) {
+        match verdict {
+            Verdict::Pass => go.push(Ok(agent)),
+            refusal => refused.push((agent.name.clone(), refusal)),
+        }
+    }
+    (go, refused)
+}
+
 /// CloudEvents 1.0 binary-mode headers for `delivery`. The delivery GUID is
 /// the event id, so an agent can de-duplicate retries and redeliveries.
 pub fn cloudevent_headers(delivery: &Delivery) -> HeaderMap {
@@ -140,7 +174,13 @@ pub struct Dispatcher {
     http: reqwest::Client,
     config: DispatchConfig,
     breakers: Mutex<HashMap<(ObjectRef, String), Arc<Breaker>>>,
+    /// When each policy's last delivery was kept among its recent ones.
+    sampled: Mutex<HashMap<ObjectRef, Instant>>,
 }
+
+/// A policy's deliveries are kept for `admin filter-test` at most this often
+/// per replica: every one at a trickle, a sample under load.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
 impl Dispatcher {
     pub fn new(
@@ -155,7 +195,8 @@ impl Dispatcher {
             .dns_resolver(Arc::new(destinations::Resolver(config.destinations.clone())))
             .build()
             .expect("a TLS backend is available");
-        Self { queue, registry, metrics, http, config, breakers: Mutex::new(HashMap::new()) }
+        let (breakers, sampled) = Default::default();
+        Self { queue, registry, metrics, http, config, breakers, sampled }
     }
 
     /// Forgets the breakers of agents no longer in their policy and of
@@ -164,6 +205,20 @@ impl Dispatcher {
     fn prune_breakers(&self) {
         let mut breakers = self.breakers.lock().unwrap();
         breakers.retain(|(policy, agent), _| keeps_breaker(self.registry.policy(policy).as_deref(), agent));
+        self.sampled.lock().unwrap().retain(|policy, _| self.registry.policy(policy).is_some());
+    }
+
+    /// Is this delivery of `policy` one to keep among its recent ones?
+    fn sample(&self, policy: &ObjectRef) -> bool {
+        let mut sampled = self.sampled.lock().unwrap();
+        let now = Instant::now();
+        match sampled.get(policy) {
+            Some(last) if now.duration_since(*last) < SAMPLE_EVERY => false,
+            _ => {
+                sampled.insert(policy.clone(), now);
+                true
+            }
+        }
     }
 
     /// State of every agent's breaker, for the admin API.
@@ -221,6 +276,9 @@ impl Dispatcher {
             for reason in Failure::REASONS {
                 m.errors.with_label_values(&[policy, agent, reason]);
             }
+            for reason in crate::filter::REASONS {
+                m.filtered.with_label_values(&[policy, agent, reason]);
+            }
         }
     }
 
@@ -272,16 +330,13 @@ impl Dispatcher {
     async fn dispatch(self: Arc<Self>, policy: ObjectRef, entry: Entry) -> Option<u64> {
         let settings = self.registry.policy(&policy)?;
         let d = &entry.delivery;
-        let targets: Vec<Result<&Agent, String>> = match &d.agent {
-            // A retry or replay is for one agent only.
-            Some(name) => vec![settings.agents.iter().find(|a| &a.name == name).ok_or_else(|| name.clone())],
-            None => settings
-                .agents
-                .iter()
-                .filter(|a| wants(a, &d.event, d.repository.as_deref()))
-                .map(Ok)
-                .collect(),
-        };
+        let started = std::time::Instant::now();
+        let (targets, refused) = targets(&settings, d);
+        let policy_label = policy.to_string();
+        if !settings.filters.is_empty() && d.agent.is_none() {
+            let seconds = started.elapsed().as_secs_f64();
+            self.metrics.filter_seconds.with_label_values(&[policy_label.as_str()]).observe(seconds);
+        }
         let routed = routes(&d.hook, &policy, self.registry.hook(&d.hook).map(|h| h.policy).as_ref());
         let calls = targets.iter().map(|target| async {
             match target {
@@ -292,13 +347,20 @@ impl Dispatcher {
         });
         let outcomes = futures::future::join_all(calls).await;
 
-        let policy_label = policy.to_string();
         let labels = |agent: &str, result: &str| [policy_label.as_str(), agent, result].map(str::to_owned);
         for (agent, failure) in outcomes.iter().filter_map(|(a, o)| Some((a, o.as_ref().err()?))) {
             self.metrics.errors.with_label_values(&labels(agent, failure.metric_label())).inc();
         }
         let now = now_ms();
-        let settlement = settle(&outcomes, &settings.retry, d.attempt, now, Instant::now(), rand::random());
+        let mut settlement =
+            settle(&outcomes, &settings.retry, d.attempt, now, Instant::now(), rand::random());
+        for (agent, verdict) in &refused {
+            if let (false, Some(reason)) = (agent.is_empty(), verdict.reason()) {
+                self.metrics.filtered.with_label_values(&[policy_label.as_str(), agent, reason]).inc();
+            }
+            settlement.filtered.push((agent.clone(), verdict.detail()));
+        }
+        let sample = d.agent.is_none() && self.sample(&policy);
         for agent in &settlement.delivered {
             self.metrics.processed.with_label_values(&labels(agent, "success")).inc();
         }
@@ -312,7 +374,7 @@ impl Dispatcher {
             self.metrics.processed.with_label_values(&labels(&g.agent, "dead_letter")).inc();
         }
         for attempt in 1..=3 {
-            match self.queue.settle(&policy, &entry, &settlement, now).await {
+            match self.queue.settle(&policy, &entry, &settlement, now, sample).await {
                 Ok(()) => return settlement.retries.iter().map(|r| r.due_ms).min(),
                 Err(error) => {
                     tracing::warn!(%policy, delivery_id = %d.guid, attempt, %error, "could not settle; retrying");
@@ -410,6 +472,7 @@ mod tests {
             repositories: repositories.iter().map(|s| s.to_string()).collect(),
             timeout_seconds: 10,
             signing_secret_ref: None,
+            filter: None,
         }
     }
 
@@ -426,6 +489,52 @@ mod tests {
         assert!(!wants(&agent(&[], &["other/*"]), "push", repo));
         assert!(!wants(&agent(&[], &["octo-org/*"]), "push", None), "no repository, no match");
         assert!(!wants(&agent(&["push"], &["octo-org/*"]), "issues", repo), "both filters must match");
+    }
+
+    #[test]
+    fn a_delivery_goes_to_the_agents_whose_selectors_and_filters_take_it_and_the_rest_are_told_why() {
+        let named = |name: &str, events: &[&str]| Agent { name: name.into(), ..agent(events, &[]) };
+        let mut settings = PolicySettings::from_policy(&crate::api::AgentPolicy::new(
+            "p",
+            serde_json::from_value(serde_json::json!({})).unwrap(),
+        ));
+        settings.agents = vec![named("opened", &[]), named("drafts", &[]), named("pushes", &["push"])];
+        settings.filters.agents.insert("opened".into(), crate::filter::compile("action == 'opened'"));
+        settings.filters.agents.insert("drafts".into(), crate::filter::compile("body.pull_request.draft"));
+        let hook = ObjectRef::new("team", "repo");
+        let pr = |body: &str| {
+            Delivery::parse("g", "pull_request", &hook, bytes::Bytes::from(body.to_owned())).unwrap()
+        };
+        let names = |t: &[Result<&Agent, String>]| {
+            t.iter().map(|a| a.as_ref().unwrap().name.clone()).collect::<Vec<_>>()
+        };
+
+        let d = pr(r#"{"action":"opened","pull_request":{"draft":false}}"#);
+        let (go, refused) = targets(&settings, &d);
+        assert_eq!(names(&go), ["opened"]);
+        assert_eq!(refused, [("drafts".to_owned(), Verdict::NoMatch { filter: "agent" })]);
+
+        let d = pr(r#"{"action":"closed"}"#);
+        let (go, refused) = targets(&settings, &d);
+        assert!(go.is_empty());
+        assert_eq!(refused[0], ("opened".to_owned(), Verdict::NoMatch { filter: "agent" }));
+        assert!(matches!(&refused[1], (a, Verdict::Error { .. }) if a == "drafts"), "{refused:?}");
+
+        // A retry is for its agent, whatever the filters say now.
+        let mut retry = pr(r#"{"action":"closed"}"#);
+        retry.agent = Some("opened".into());
+        assert_eq!(names(&targets(&settings, &retry).0), ["opened"]);
+
+        // Nobody's events: said once, with no agent.
+        settings.agents.truncate(2);
+        settings.agents.iter_mut().for_each(|a| a.events = vec!["issues".into()]);
+        let (go, refused) = targets(&settings, &pr("{}"));
+        assert!(go.is_empty());
+        assert_eq!(refused.len(), 1);
+        assert_eq!(
+            (refused[0].0.as_str(), refused[0].1.detail()),
+            ("", "no agent's events and repositories take it".to_owned())
+        );
     }
 
     #[test]

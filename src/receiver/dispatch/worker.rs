@@ -216,6 +216,7 @@ mod tests {
             agents: vec![],
             circuit_breaker: CircuitBreaker::default(),
             retry: RetryPolicy::default(),
+            filters: Default::default(),
         }
     }
 
