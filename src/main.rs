@@ -130,9 +130,24 @@ enum AdminAction {
         #[arg(long)]
         event: Option<String>,
     },
+    /// Evaluate a CEL filter against a policy's recent deliveries (a sample
+    /// of at most ten a second, the last 100) and show which would match.
+    FilterTest {
+        /// The policy, NAMESPACE/NAME.
+        #[arg(long)]
+        policy: ObjectRef,
+        /// Test it as this agent's filter: after the policy's filter and
+        /// the agent's events and repositories.
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// The CEL expression, e.g. "body.pull_request.base.ref == 'main'".
+        filter: String,
+    },
     /// Recent deliveries and dispatches, newest first.
     Deliveries {
-        /// queued, duplicate, rejected, delivered, retry or dead_letter.
+        /// queued, duplicate, rejected, delivered, retry, dead_letter or filtered.
         #[arg(long)]
         status: Option<String>,
         #[arg(long)]
@@ -631,6 +646,9 @@ fn admin_call(action: AdminAction) -> Result<admin::Call, String> {
         }
         AdminAction::Replay { policy: p, id } => admin::Call::Replay { policy: parse_policy(&p)?, id },
         AdminAction::Purge { policy: p } => admin::Call::Purge { policy: parse_policy(&p)? },
+        AdminAction::FilterTest { policy, agent, limit, filter } => {
+            admin::Call::FilterTest { policy, test: admin::FilterTest { filter, agent, limit: Some(limit) } }
+        }
         AdminAction::Deliveries { status, event, repository, hook, limit } => {
             admin::Call::Deliveries { filter: ActivityFilter { status, event, repository, hook }, limit }
         }

@@ -662,3 +662,94 @@ async fn the_breakers_of_agents_and_policies_that_went_are_forgotten() {
         .await;
     stop.cancel();
 }
+
+/// The first series of `text` whose line holds every one of `parts`.
+fn series(text: &str, parts: &[&str]) -> Option<f64> {
+    let line = text.lines().find(|l| !l.starts_with('#') && parts.iter().all(|p| l.contains(p)))?;
+    line.rsplit(' ').next()?.parse().ok()
+}
+
+#[tokio::test]
+async fn filters_give_each_agent_exactly_the_deliveries_it_wants_and_say_what_they_kept_away() {
+    use hookwarden::{filter::compile, queue::ActivityFilter};
+    let mut w = world().await;
+    w.settings.agents = vec![w.agent("main-only", &[]), w.agent("everything", &[]), w.agent("typo", &[])];
+    let filters = &mut w.settings.filters.agents;
+    filters.insert("main-only".into(), compile("body.base == 'main' && !body.draft && action == 'opened'"));
+    // Compiles, and fails on every payload: counted as no match, never sent.
+    filters.insert("typo".into(), compile("body.bsae == 'main'"));
+    w.apply();
+    let _stop = w.start("a");
+
+    const N: usize = 600;
+    let hook = ObjectRef::new("team", "repo-hook");
+    let (mut all, mut wanted) = (Vec::new(), HashSet::new());
+    for i in 0..N {
+        let guid = guid();
+        let (base, draft) = (if i % 2 == 0 { "main" } else { "dev" }, i % 3 == 0);
+        let payload =
+            serde_json::json!({"action": "opened", "base": base, "draft": draft, "n": i}).to_string();
+        let d = Delivery::parse(&guid, "pull_request", &hook, Bytes::from(payload)).unwrap();
+        w.queue.enqueue(&w.policy, &d, 10_000, None).await.unwrap();
+        if base == "main" && !draft {
+            wanted.insert(guid.clone());
+        }
+        all.push(guid);
+    }
+    w.until_received("everything", &all).await;
+    let wanted_list: Vec<String> = wanted.iter().cloned().collect();
+    w.until_received("main-only", &wanted_list).await;
+    eventually("the queue to drain", WAIT, || async {
+        (w.queue.len(&w.policy).await.unwrap() == 0).then_some(())
+    })
+    .await;
+    let got: HashSet<String> = w.ids("main-only").into_iter().collect();
+    assert_eq!(got, wanted, "exactly the wanted ones, each once");
+    assert_eq!(w.ids("main-only").len(), wanted.len(), "no repeats");
+    assert!(w.ids("typo").is_empty(), "a filter that fails sends nothing");
+
+    let text = w.metrics.render();
+    let filtered = |agent: &str, reason: &str| {
+        series(
+            &text,
+            &["hookwarden_filtered_total{", &format!("agent=\"{agent}\""), &format!("reason=\"{reason}\"")],
+        )
+    };
+    assert_eq!(filtered("main-only", "no_match"), Some((N - wanted.len()) as f64));
+    assert_eq!(filtered("typo", "error"), Some(N as f64));
+    assert_eq!(filtered("everything", "no_match"), Some(0.0), "the series exists at zero");
+
+    let only = ActivityFilter { status: Some("filtered".into()), ..ActivityFilter::default() };
+    let log = w.queue.activity(std::slice::from_ref(&w.policy), &only, 5 * N).await.unwrap();
+    assert_eq!(log.len(), N - wanted.len() + N, "one line per agent kept from a delivery");
+    let typo = log.iter().find(|a| a.agent.as_deref() == Some("typo")).unwrap();
+    assert!(typo.detail.as_deref().unwrap().contains("agent filter failed: No such key: bsae"), "{typo:?}");
+
+    // Samples for `admin filter-test`: whole deliveries, newest first.
+    let recent = w.queue.recent(&w.policy, 100).await.unwrap();
+    assert!(!recent.is_empty() && recent.len() <= 100, "{}", recent.len());
+    assert!(recent.iter().all(|d| all.contains(&d.guid) && d.action.as_deref() == Some("opened")));
+    assert!(recent.windows(2).all(|p| p[0].received_ms >= p[1].received_ms));
+}
+
+#[tokio::test]
+async fn a_delivery_no_agent_takes_is_logged_as_filtered_not_dropped_silently() {
+    use hookwarden::queue::ActivityFilter;
+    let mut w = world().await;
+    w.settings.agents = vec![w.agent("issues-only", &["issues"])];
+    w.apply();
+    let _stop = w.start("a");
+    let pushes = w.enqueue("push", 3).await;
+    eventually("the queue to drain", WAIT, || async {
+        (w.queue.len(&w.policy).await.unwrap() == 0).then_some(())
+    })
+    .await;
+    let only = ActivityFilter { status: Some("filtered".into()), ..ActivityFilter::default() };
+    let log = w.queue.activity(std::slice::from_ref(&w.policy), &only, 10).await.unwrap();
+    let guids: HashSet<&str> = log.iter().map(|a| a.guid.as_str()).collect();
+    assert_eq!(guids, pushes.iter().map(String::as_str).collect());
+    assert!(
+        log.iter().all(|a| a.agent.is_none()
+            && a.detail.as_deref() == Some("no agent's events and repositories take it"))
+    );
+}

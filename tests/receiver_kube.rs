@@ -1219,3 +1219,111 @@ async fn a_deliverys_trace_holds_ingest_enqueue_and_every_attempt_in_order_in_a_
         assert!(line.contains(&trace_id), "a line without the trace id: {line}");
     }
 }
+
+#[tokio::test]
+async fn filters_are_checked_by_the_operator_applied_live_and_tried_from_the_cli() {
+    let key = HmacKey::generate(1);
+    let s = System::new(&[("opened", 5), ("closed", 5)], &key).await;
+    let policy = format!("{}/default", s.ns.name);
+    let urls: std::collections::HashMap<String, String> =
+        s.policy().await.spec.agents.into_iter().map(|a| (a.name, a.url)).collect();
+    let with_filters = |opened: &str, closed: &str| {
+        let agents: Vec<serde_json::Value> = ["opened", "closed"]
+            .iter()
+            .zip([opened, closed])
+            .map(|(name, filter)| {
+                json!({"name": name, "url": urls[*name], "timeoutSeconds": 5, "filter": filter})
+            })
+            .collect();
+        json!({"spec": {"agents": agents}}).to_string()
+    };
+    let ready = |p: &AgentPolicy| {
+        let status = p.status.clone()?;
+        let c = status.conditions.iter().find(|c| c.type_ == "Ready")?.clone();
+        Some((
+            status.observed_generation == p.metadata.generation,
+            c.status,
+            c.reason,
+            c.message,
+            status.agent_filters,
+        ))
+    };
+
+    // A typo: the operator says where and why, and the agent gets nothing
+    // (no filter of it ever compiled); its neighbour's filter applies.
+    s.kubectl_patch_policy(&with_filters("acton == 'opened'", "action == 'closed'"));
+    let (_, _, reason, message, filters) = eventually("the operator to refuse the filter", WAIT, || async {
+        let r = ready(&s.policy().await)?;
+        (r.0 && r.1 == "False").then_some(r)
+    })
+    .await;
+    assert_eq!(reason, "InvalidFilter");
+    assert!(
+        message.contains("agent opened's filter does not compile at 1:1: unknown variable 'acton'"),
+        "{message}"
+    );
+    assert_eq!(filters.get("opened").map(String::as_str), Some("false"));
+    assert_eq!(filters.get("closed").map(String::as_str), Some("action == 'closed'"));
+
+    let (_receiver, base, admin) = s.receiver_with_admin("r1").await;
+    let first = s.deliver_many(&base, &key, 5).await;
+    let filtered_for = |agent: &str| {
+        let rows = admin_cli(&admin, &["deliveries", "--status", "filtered", "--limit", "100"]).unwrap();
+        let rows = rows.as_array().unwrap().clone();
+        rows.iter()
+            .filter(|r| r["agent"] == agent)
+            .map(|r| r["guid"].as_str().unwrap().to_owned())
+            .collect::<HashSet<_>>()
+    };
+    let want: HashSet<String> = first.iter().cloned().collect();
+    eventually("every delivery to be logged as filtered for both agents", WAIT, || async {
+        (filtered_for("opened") == want && filtered_for("closed") == want).then_some(())
+    })
+    .await;
+    assert!(s.ids("opened").is_empty() && s.ids("closed").is_empty(), "nothing sent");
+    let table = admin_cli_text(&admin, &["deliveries", "--status", "filtered"]).unwrap();
+    assert!(table.contains("agent filter is false"), "{table}");
+
+    // Tried from the CLI before it is applied: on the deliveries that came.
+    let tried = admin_cli_text(
+        &admin,
+        &["filter-test", "--policy", &policy, "--agent", "opened", "action == 'opened'"],
+    )
+    .unwrap();
+    assert!(tried.contains("5 of 5 recent deliveries match"), "{tried}");
+    let tried =
+        admin_cli(&admin, &["filter-test", "--policy", &policy, "body.pull_request.nope == 1"]).unwrap();
+    assert_eq!(tried.as_array().unwrap().len(), 5);
+    assert!(tried.as_array().unwrap().iter().all(|r| r["result"] == "error"), "{tried}");
+    let refused = admin_cli_text(&admin, &["filter-test", "--policy", &policy, "action =="]).unwrap_err();
+    assert!(refused.contains("does not compile at 1:"), "{refused}");
+
+    // Fixed: Ready again, and the next deliveries reach it, the earlier ones not again.
+    s.kubectl_patch_policy(&with_filters(
+        "action == 'opened' && body.pull_request.head.sha != ''",
+        "action == 'closed'",
+    ));
+    eventually("the operator to accept the filter", WAIT, || async {
+        let r = ready(&s.policy().await)?;
+        (r.0 && r.1 == "True").then_some(())
+    })
+    .await;
+    // The receiver follows the status it watches; give the change a moment.
+    eventually("the receiver to apply the new filter", WAIT, || async {
+        let probe = s.deliver_many(&base, &key, 1).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        s.ids("opened").iter().any(|id| probe.contains(id)).then_some(())
+    })
+    .await;
+    let next = s.deliver_many(&base, &key, 3).await;
+    s.until_received("opened", &next).await;
+    assert!(
+        s.ids("opened").iter().all(|id| !first.contains(id)),
+        "filtered deliveries are settled, not sent later"
+    );
+    assert!(s.ids("closed").is_empty());
+    let metric =
+        format!("hookwarden_filtered_total{{agent=\"closed\",policy=\"{policy}\",reason=\"no_match\"}}");
+    let closed = s.metric(&base, &metric).await.unwrap();
+    assert!(closed >= 9.0, "{closed}");
+}

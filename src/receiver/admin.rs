@@ -11,6 +11,9 @@
 //! - `GET  /admin/policies/{ns}/{name}/dead-letters?limit=`
 //! - `POST /admin/policies/{ns}/{name}/dead-letters/{id}/replay`
 //! - `DELETE /admin/policies/{ns}/{name}/dead-letters`: purge.
+//! - `POST /admin/policies/{ns}/{name}/filter-test` ([`FilterTest`]): a
+//!   filter evaluated against the policy's recent deliveries
+//!   ([`FilterTestRow`] each), for a caller who may read its payloads.
 //! - `GET  /admin/deliveries?status=&event=&repository=&hook=&limit=`:
 //!   recent activity, newest first: the log in Redis, and the requests this
 //!   replica rejected (kept in its memory only).
@@ -62,6 +65,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/policies/{ns}/{name}/dead-letters", get(dead_letters))
         .route("/admin/policies/{ns}/{name}/dead-letters", delete(purge))
         .route("/admin/policies/{ns}/{name}/dead-letters/{id}/replay", post(replay))
+        .route("/admin/policies/{ns}/{name}/filter-test", post(filter_test))
         .route("/admin/deliveries", get(deliveries))
         .route("/admin/hooks", get(hooks))
         .route("/admin/stream", get(super::stream::stream))
@@ -284,6 +288,101 @@ async fn dead_letters(
     ))
 }
 
+/// What `filter-test` evaluates: `filter` on its own, or as `agent`'s
+/// filter (after the policy's filter and the agent's events and
+/// repositories).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FilterTest {
+    pub filter: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// How one recent delivery fares under a tested filter.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FilterTestRow {
+    pub received_ms: u64,
+    pub guid: String,
+    pub event: String,
+    pub action: Option<String>,
+    pub repository: Option<String>,
+    /// `match`, `no_match`, `error`, or `unwanted` (the agent's events and
+    /// repositories do not take it).
+    pub result: String,
+    pub detail: Option<String>,
+}
+
+/// `test` on one delivery, with the policy's `settings` when it names an agent.
+pub fn filter_test_row(
+    filter: &crate::filter::Filter,
+    agent: Option<&crate::api::Agent>,
+    settings: &super::registry::PolicySettings,
+    d: &crate::queue::Delivery,
+) -> FilterTestRow {
+    use crate::filter::{Facts, Filters, Verdict};
+    let name = agent.map_or("", |a| a.name.as_str());
+    let filters = Filters {
+        policy: agent.and(settings.filters.policy.clone()),
+        agents: [(name.to_owned(), Ok(filter.clone()))].into(),
+    };
+    let verdict = match agent {
+        Some(a) if !super::dispatch::wants(a, &d.event, d.repository.as_deref()) => Verdict::Unwanted,
+        _ => filters.judge(&[name], &Facts::new(d)).remove(0).1,
+    };
+    let (result, detail) = match &verdict {
+        Verdict::Pass => ("match", None),
+        Verdict::NoMatch { .. } => ("no_match", Some(verdict.detail())),
+        Verdict::Error { .. } => ("error", Some(verdict.detail())),
+        Verdict::Unwanted => {
+            ("unwanted", Some(format!("agent {name}'s events and repositories do not take it")))
+        }
+    };
+    FilterTestRow {
+        received_ms: d.received_ms,
+        guid: d.guid.clone(),
+        event: d.event.clone(),
+        action: d.action.clone(),
+        repository: d.repository.clone(),
+        result: result.to_owned(),
+        detail,
+    }
+}
+
+async fn filter_test(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Result<Json<FilterTest>, axum::extract::rejection::JsonRejection>,
+) -> Answer {
+    let policy = ObjectRef::new(ns, name);
+    // It reveals what payloads hold, a bit per delivery.
+    s.may(&caller, Capability::Payloads, &policy).await?;
+    let Json(test) = body.map_err(|e| AdminError::BadRequest(e.body_text()))?;
+    let filter = crate::filter::compile(&test.filter)
+        .map_err(|e| AdminError::BadRequest(format!("the filter does not compile {e}")))?;
+    let settings =
+        s.registry.policy(&policy).ok_or_else(|| AdminError::NotFound(format!("no policy {policy}")))?;
+    let agent = match &test.agent {
+        None => None,
+        Some(a) => Some(
+            settings
+                .agents
+                .iter()
+                .find(|x| &x.name == a)
+                .ok_or_else(|| AdminError::NotFound(format!("no agent {a} in {policy}")))?,
+        ),
+    };
+    let limit = test.limit.unwrap_or(crate::queue::RECENT_LEN as usize).min(MAX_LIMIT);
+    let recent = s.queue.recent(&policy, limit).await.map_err(AdminError::unavailable)?;
+    let rows: Vec<FilterTestRow> =
+        recent.iter().map(|d| filter_test_row(&filter, agent, &settings, d)).collect();
+    Ok(Json(serde_json::to_value(rows).unwrap_or_default()))
+}
+
 async fn replay(
     State(s): State<AdminState>,
     Extension(caller): Extension<Caller>,
@@ -366,6 +465,7 @@ pub enum Call {
     Replay { policy: ObjectRef, id: String },
     Purge { policy: ObjectRef },
     Deliveries { filter: ActivityFilter, limit: usize },
+    FilterTest { policy: ObjectRef, test: FilterTest },
 }
 
 /// Makes `call` against the admin API at `base`; returns the JSON answer, or
@@ -385,6 +485,7 @@ pub async fn call(base: &str, token: &str, call: Call) -> Result<Value, CallErro
         }
         Call::Replay { policy, id } => http.post(policy_url(policy, &format!("/dead-letters/{id}/replay"))),
         Call::Purge { policy } => http.delete(policy_url(policy, "/dead-letters")),
+        Call::FilterTest { policy, test } => http.post(policy_url(policy, "/filter-test")).json(test),
         Call::Deliveries { filter, limit } => {
             let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
             for (k, v) in [

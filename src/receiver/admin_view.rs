@@ -117,6 +117,33 @@ fn table_of(call: &Call, answer: &Value, now_ms: u64) -> String {
         ),
         Call::Replay { policy, id } => format!("dead letter {id} of {policy} is queued again\n"),
         Call::Purge { policy } => format!("{} dead letters of {policy} deleted\n", text(&answer["purged"])),
+        Call::FilterTest { policy, .. } => {
+            let rows: Vec<super::admin::FilterTestRow> =
+                serde_json::from_value(answer.clone()).unwrap_or_default();
+            let matched = rows.iter().filter(|r| r.result == "match").count();
+            let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
+            let mut out = table(
+                &format!("No recent deliveries of {policy} to test against."),
+                &["AGE", "RESULT", "EVENT", "ACTION", "REPOSITORY", "GUID", "DETAIL"],
+                rows.iter()
+                    .map(|r| {
+                        vec![
+                            ago(r.received_ms, now_ms),
+                            r.result.clone(),
+                            r.event.clone(),
+                            opt(&r.action),
+                            opt(&r.repository),
+                            r.guid.clone(),
+                            opt(&r.detail),
+                        ]
+                    })
+                    .collect(),
+            );
+            if !rows.is_empty() {
+                out.push_str(&format!("{matched} of {} recent deliveries match\n", rows.len()));
+            }
+            out
+        }
         Call::Deliveries { .. } => table(
             "No deliveries found.",
             &["AGE", "STATUS", "EVENT", "REPOSITORY", "HOOK", "AGENT", "GUID", "DETAIL"],

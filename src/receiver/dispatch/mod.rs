@@ -174,13 +174,14 @@ pub struct Dispatcher {
     http: reqwest::Client,
     config: DispatchConfig,
     breakers: Mutex<HashMap<(ObjectRef, String), Arc<Breaker>>>,
-    /// When each policy's last delivery was kept among its recent ones.
-    sampled: Mutex<HashMap<ObjectRef, Instant>>,
+    /// Per policy, the second (Unix) of its last sample and how many
+    /// deliveries were kept among its recent ones in it.
+    sampled: Mutex<HashMap<ObjectRef, (u64, u32)>>,
 }
 
-/// A policy's deliveries are kept for `admin filter-test` at most this often
-/// per replica: every one at a trickle, a sample under load.
-const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// A policy's deliveries are kept for `admin filter-test` at most this many
+/// a second per replica: every one at a trickle, a sample under load.
+const SAMPLES_PER_SECOND: u32 = 10;
 
 impl Dispatcher {
     pub fn new(
@@ -210,15 +211,14 @@ impl Dispatcher {
 
     /// Is this delivery of `policy` one to keep among its recent ones?
     fn sample(&self, policy: &ObjectRef) -> bool {
+        let second = now_ms() / 1000;
         let mut sampled = self.sampled.lock().unwrap();
-        let now = Instant::now();
-        match sampled.get(policy) {
-            Some(last) if now.duration_since(*last) < SAMPLE_EVERY => false,
-            _ => {
-                sampled.insert(policy.clone(), now);
-                true
-            }
+        let (at, kept) = sampled.entry(policy.clone()).or_insert((second, 0));
+        if *at != second {
+            (*at, *kept) = (second, 0);
         }
+        *kept += 1;
+        *kept <= SAMPLES_PER_SECOND
     }
 
     /// State of every agent's breaker, for the admin API.
