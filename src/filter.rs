@@ -27,11 +27,15 @@
 //! ([`Facts`]), and not at all when none does.
 
 use std::{
+    cell::OnceCell,
     fmt,
     sync::{Arc, LazyLock},
 };
 
-use cel::{Context, Env, Program, Value, common::ast::Expr};
+use cel::{
+    Context, Env, Program, Value,
+    common::{ast::Expr, types, value::Val},
+};
 
 use crate::queue::Delivery;
 
@@ -71,12 +75,45 @@ impl CompileError {
     }
 }
 
+/// The parts of the payload filters read: a field path's end reads all
+/// below it (`whole`); other fields are skipped when the payload is read.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Paths {
+    whole: bool,
+    fields: std::collections::BTreeMap<String, Paths>,
+}
+
+impl Paths {
+    fn everything() -> Self {
+        Self { whole: true, fields: Default::default() }
+    }
+
+    fn add(&mut self, path: &[&str]) {
+        match path.split_first() {
+            _ if self.whole => {}
+            None => *self = Self::everything(),
+            Some((field, rest)) => self.fields.entry((*field).to_owned()).or_default().add(rest),
+        }
+    }
+
+    fn merge(&mut self, other: &Paths) {
+        if other.whole {
+            *self = Self::everything();
+        } else if !self.whole {
+            for (field, below) in &other.fields {
+                self.fields.entry(field.clone()).or_default().merge(below);
+            }
+        }
+    }
+}
+
 /// A compiled filter.
 #[derive(Clone)]
 pub struct Filter {
     source: String,
     program: Arc<Program>,
-    reads_body: bool,
+    /// What of `body` it reads; `None`: it does not.
+    body: Option<Paths>,
 }
 
 impl PartialEq for Filter {
@@ -98,7 +135,7 @@ impl Filter {
 
     /// Does it use `body` (so the payload must be parsed)?
     pub fn reads_body(&self) -> bool {
-        self.reads_body
+        self.body.is_some()
     }
 
     /// True when the delivery described by `facts` passes. An expression
@@ -106,7 +143,7 @@ impl Filter {
     /// something other than a bool is an error, which callers count as no
     /// match.
     pub fn eval(&self, facts: &Facts) -> Result<bool, String> {
-        let context = facts.context(self.reads_body);
+        let context = facts.context(self.reads_body());
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.program.execute(&context)))
                 .map_err(|_| "the CEL interpreter failed on this delivery".to_owned())?;
@@ -135,10 +172,10 @@ pub fn compile(source: &str) -> Result<Filter, CompileError> {
         let message = first.map_or_else(|| "does not parse".to_owned(), |e| e.msg.clone());
         CompileError::at(position, message)
     })?;
-    let mut check = Check { program: &program, bound: Vec::new(), ranges: Vec::new(), reads_body: false };
+    let mut check = Check { program: &program, bound: Vec::new(), ranges: Vec::new(), body: None };
     check.expr(program.expression())?;
-    let reads_body = check.reads_body;
-    Ok(Filter { source: source.to_owned(), program: Arc::new(program), reads_body })
+    let body = check.body;
+    Ok(Filter { source: source.to_owned(), program: Arc::new(program), body })
 }
 
 /// The walk that finds undeclared variables and unbounded macros.
@@ -148,7 +185,8 @@ struct Check<'p> {
     bound: Vec<&'p str>,
     /// The element variables of the enclosing macros, outermost first.
     ranges: Vec<&'p str>,
-    reads_body: bool,
+    /// The paths of `body` read so far.
+    body: Option<Paths>,
 }
 
 impl<'p> Check<'p> {
@@ -171,7 +209,15 @@ impl<'p> Check<'p> {
                         format!("unknown variable '{name}' (a filter knows {known})"),
                     ));
                 }
-                self.reads_body |= name == "body";
+                if name == "body" {
+                    // Read as a whole: passed to a function, indexed, compared.
+                    self.body.get_or_insert_with(Paths::default).add(&[]);
+                }
+                Ok(())
+            }
+            Expr::Select(_) if !self.bound.contains(&"body") && body_path(&e.expr).is_some() => {
+                let path = body_path(&e.expr).unwrap_or_default();
+                self.body.get_or_insert_with(Paths::default).add(&path);
                 Ok(())
             }
             Expr::Select(s) => self.expr(&s.operand),
@@ -254,6 +300,19 @@ fn leftmost(e: &cel::IdedExpr) -> &cel::IdedExpr {
     }
 }
 
+/// `[b, c]` of `body.b.c`; `None` when it is no field path of `body`.
+fn body_path(e: &Expr) -> Option<Vec<&str>> {
+    match e {
+        Expr::Ident(name) if name == "body" => Some(Vec::new()),
+        Expr::Select(s) => {
+            let mut path = body_path(&s.operand.expr)?;
+            path.push(&s.field);
+            Some(path)
+        }
+        _ => None,
+    }
+}
+
 /// `a` of `a.b.c`; `None` when the expression is not a field path.
 fn path_root(e: &Expr) -> Option<&str> {
     match e {
@@ -263,58 +322,133 @@ fn path_root(e: &Expr) -> Option<&str> {
     }
 }
 
-/// What filters see of one delivery. The payload is parsed once, on first
-/// use by a filter that reads `body`.
+/// What filters see of one delivery: its variables, bound once for all
+/// the filters judged on it; the payload parsed only on first use by a
+/// filter that reads `body`.
 pub struct Facts<'d> {
     delivery: &'d Delivery,
-    body: std::cell::OnceCell<Value>,
+    /// What of the payload to read.
+    paths: Paths,
+    headers: OnceCell<Context<'static, 'static>>,
+    with_body: OnceCell<Context<'static, 'static>>,
 }
 
 impl<'d> Facts<'d> {
+    /// The facts of `delivery`, all of its payload read when a filter asks.
     pub fn new(delivery: &'d Delivery) -> Self {
-        Self { delivery, body: std::cell::OnceCell::new() }
+        Self::reading(delivery, Paths::everything())
     }
 
-    fn context(&self, with_body: bool) -> Context<'static, 'static> {
-        let d = self.delivery;
-        let mut c = Context::with_env(ENV.clone());
-        let text = |s: &str| Value::String(Arc::new(s.to_owned()));
-        let optional = |s: Option<&String>| s.map_or(Value::Null, |s| text(s));
-        c.add_variable_from_value("event", text(&d.event));
-        c.add_variable_from_value("action", optional(d.action.as_ref()));
-        c.add_variable_from_value("delivery", text(&d.guid));
-        c.add_variable_from_value("hook", text(&d.hook.to_string()));
-        c.add_variable_from_value("repository", optional(d.repository.as_ref()));
-        if with_body {
-            let body = self.body.get_or_init(|| {
-                serde_json::from_slice::<serde_json::Value>(&d.payload).map_or(Value::Null, |v| to_cel(&v))
-            });
-            c.add_variable_from_value("body", body.clone());
+    fn reading(delivery: &'d Delivery, paths: Paths) -> Self {
+        Self { delivery, paths, headers: OnceCell::new(), with_body: OnceCell::new() }
+    }
+
+    fn context(&self, with_body: bool) -> &Context<'static, 'static> {
+        let bind = |body: bool| {
+            let d = self.delivery;
+            let mut c = Context::with_env(ENV.clone());
+            let text = |s: &str| Value::String(Arc::new(s.to_owned()));
+            let optional = |s: Option<&String>| s.map_or(Value::Null, |s| text(s));
+            c.add_variable_from_value("event", text(&d.event));
+            c.add_variable_from_value("action", optional(d.action.as_ref()));
+            c.add_variable_from_value("delivery", text(&d.guid));
+            c.add_variable_from_value("hook", text(&d.hook.to_string()));
+            c.add_variable_from_value("repository", optional(d.repository.as_ref()));
+            if body {
+                let body: Box<dyn Val> =
+                    body_of(&d.payload, &self.paths).unwrap_or_else(|_| Box::new(types::CelNull));
+                c.add_variable_as_val("body", body);
+            }
+            c
+        };
+        match with_body {
+            true => self.with_body.get_or_init(|| bind(true)),
+            false => self.headers.get_or_init(|| bind(false)),
         }
-        c
+    }
+
+    #[cfg(test)]
+    fn parsed(&self) -> bool {
+        self.with_body.get().is_some()
     }
 }
 
-/// A JSON value as CEL's: integers as `int` where they fit (so
-/// `body.number == 7` holds), else `double`.
-fn to_cel(v: &serde_json::Value) -> Value {
-    use serde_json::Value as J;
-    match v {
-        J::Null => Value::Null,
-        J::Bool(b) => Value::Bool(*b),
-        J::Number(n) => match n.as_i64() {
-            Some(i) => Value::Int(i),
-            None => n.as_u64().map_or_else(|| Value::Float(n.as_f64().unwrap_or(f64::NAN)), Value::UInt),
-        },
-        J::String(s) => Value::String(Arc::new(s.clone())),
-        J::Array(items) => Value::List(Arc::new(items.iter().map(to_cel).collect())),
-        J::Object(fields) => {
-            let map: std::collections::HashMap<cel::objects::Key, Value> = fields
-                .iter()
-                .map(|(k, v)| (cel::objects::Key::String(Arc::new(k.clone())), to_cel(v)))
-                .collect();
-            Value::Map(cel::objects::Map { map: Arc::new(map) })
+/// A JSON payload as CEL values, read in one pass: integers as `int`
+/// where they fit (so `body.number == 7` holds), else `uint` or `double`.
+/// (serde_json's nesting limit holds: a hostile payload cannot recurse
+/// deeper than 128.)
+fn body_of(payload: &[u8], paths: &Paths) -> Result<Box<dyn Val>, serde_json::Error> {
+    use serde::de::DeserializeSeed;
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let body = Json(paths).deserialize(&mut de)?;
+    de.end()?;
+    Ok(body)
+}
+
+/// The seed and visitor of [`body_of`]: what to read of the value.
+#[derive(Clone, Copy)]
+struct Json<'p>(&'p Paths);
+
+impl<'de> serde::de::DeserializeSeed<'de> for Json<'_> {
+    type Value = Box<dyn Val>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Json<'_> {
+    type Value = Box<dyn Val>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("JSON")
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Self::Value, E> {
+        Ok(Box::new(types::CelBool::from(b)))
+    }
+    fn visit_i64<E>(self, i: i64) -> Result<Self::Value, E> {
+        Ok(Box::new(types::CelInt::from(i)))
+    }
+    fn visit_u64<E>(self, u: u64) -> Result<Self::Value, E> {
+        Ok(match i64::try_from(u) {
+            Ok(i) => Box::new(types::CelInt::from(i)),
+            Err(_) => Box::new(types::CelUInt::from(u)),
+        })
+    }
+    fn visit_f64<E>(self, f: f64) -> Result<Self::Value, E> {
+        Ok(Box::new(types::CelDouble::from(f)))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+        Ok(Box::new(types::CelString::from(s.to_owned())))
+    }
+    fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+        Ok(Box::new(types::CelString::from(s)))
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Box::new(types::CelNull))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items: Vec<Box<dyn Val>> = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+        while let Some(item) = seq.next_element_seed(self)? {
+            items.push(item);
         }
+        Ok(Box::new(types::CelList::from(items)))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = std::collections::HashMap::with_capacity(map.size_hint().unwrap_or(0));
+        while let Some(key) = map.next_key::<String>()? {
+            let below = match self.0.whole {
+                true => self.0,
+                false => match self.0.fields.get(&key) {
+                    Some(below) => below,
+                    None => {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                        continue;
+                    }
+                },
+            };
+            let value = map.next_value_seed(Json(below))?;
+            fields.insert(types::CelMapKey::from(key), value);
+        }
+        Ok(Box::new(types::CelMap::from(fields)))
     }
 }
 
@@ -383,6 +517,17 @@ fn judge(filter: Option<&Result<Filter, CompileError>>, which: &'static str, fac
 impl Filters {
     pub fn is_empty(&self) -> bool {
         self.policy.is_none() && self.agents.is_empty()
+    }
+
+    /// The facts of `d` for these filters: only the parts of its payload
+    /// they read are read.
+    pub fn facts<'d>(&self, d: &'d Delivery) -> Facts<'d> {
+        let mut paths = Paths::default();
+        let filters = self.policy.iter().chain(self.agents.values());
+        for body in filters.filter_map(|f| f.as_ref().ok()?.body.as_ref()) {
+            paths.merge(body);
+        }
+        Facts::reading(d, paths)
     }
 
     /// The verdict for each of `agents`, the policy's filter judged once.
@@ -455,7 +600,11 @@ mod tests {
             ("repository == 'x'", delivery("push", json!({})), Ok(false)),
         ];
         for (source, d, want) in rows {
-            let got = compile(source).unwrap().eval(&Facts::new(d));
+            let filter = compile(source).unwrap();
+            let got = filter.eval(&Facts::new(d));
+            // Reading only what the filter reads changes nothing.
+            let narrowed = Filters { policy: None, agents: [("a".to_owned(), Ok(filter.clone()))].into() };
+            assert_eq!(filter.eval(&narrowed.facts(d)), got, "{source}");
             match (want, got) {
                 (Ok(w), Ok(g)) => assert_eq!(*w, g, "{source}"),
                 (Err(w), Err(g)) => assert!(g.contains(w), "{source}: {g}"),
@@ -500,6 +649,21 @@ mod tests {
     }
 
     #[test]
+    fn a_filter_reads_the_paths_it_names_and_all_below_their_ends() {
+        let f = compile("body.pull_request.base.ref == 'main' && has(body.sender.type) && body.pull_request.labels.exists(l, l.name == 'x')").unwrap();
+        let mut want = Paths::default();
+        for path in [&["pull_request", "base", "ref"][..], &["sender", "type"], &["pull_request", "labels"]] {
+            want.add(path);
+        }
+        assert_eq!(f.body, Some(want));
+        assert_eq!(f.body.as_ref().unwrap().fields["pull_request"].fields["labels"], Paths::everything());
+        for whole in ["size(body) > 0", "body['x'] == 1", "body == {}"] {
+            assert_eq!(compile(whole).unwrap().body, Some(Paths::everything()), "{whole}");
+        }
+        assert_eq!(compile("event == 'push'").unwrap().body, None);
+    }
+
+    #[test]
     fn the_payload_is_parsed_only_for_filters_that_read_it() {
         let f = compile("event == 'push'").unwrap();
         assert!(!f.reads_body());
@@ -507,9 +671,9 @@ mod tests {
         let d = delivery("push", json!({}));
         let facts = Facts::new(&d);
         assert_eq!(f.eval(&facts), Ok(true));
-        assert!(facts.body.get().is_none(), "not parsed");
+        assert!(!facts.parsed(), "not parsed");
         compile("has(body.x)").unwrap().eval(&facts).unwrap();
-        assert!(facts.body.get().is_some());
+        assert!(facts.parsed());
     }
 
     #[test]

@@ -331,7 +331,7 @@ pub fn filter_test_row(
     };
     let verdict = match agent {
         Some(a) if !super::dispatch::wants(a, &d.event, d.repository.as_deref()) => Verdict::Unwanted,
-        _ => filters.judge(&[name], &Facts::new(d)).remove(0).1,
+        _ => filters.judge(&[name], &filters.facts(d)).remove(0).1,
     };
     let (result, detail) = match &verdict {
         Verdict::Pass => ("match", None),

@@ -111,7 +111,7 @@ pub fn targets<'s>(
     if settings.filters.is_empty() {
         return (wanting.into_iter().map(Ok).collect(), Vec::new());
     }
-    let facts = Facts::new(d);
+    let facts = settings.filters.facts(d);
     let names: Vec<&str> = wanting.iter().map(|a| a.name.as_str()).collect();
     let verdicts = settings.filters.judge(&names, &facts);
     let (mut go, mut refused) = (Vec::new(), Vec::new());
