@@ -19,12 +19,15 @@
 //! when it is compiled ([`compile`]): at most [`MAX_LEN`] characters, only
 //! the variables above, and macros (`exists`, `all`, `map`, …) that range
 //! over a field path (`body.commits`, `c.files`) nested at most two deep, the
-//! inner one over the outer one's element — so the work is about the size of
-//! the payload, never its square. The time filters take is measured per
-//! policy (`hookwarden_filter_seconds`).
+//! inner one over the outer one's element — so nesting never multiplies the
+//! payload by itself. (A step that scans the payload inside a macro, such as
+//! `body.commits.all(c, body.text.contains(c.id))`, still costs their
+//! product; the time filters take is measured per policy,
+//! `hookwarden_filter_seconds`.)
 //!
-//! A delivery's payload is parsed once for all the filters that read `body`
-//! ([`Facts`]), and not at all when none does.
+//! A delivery's payload is read once for all the filters that read `body`,
+//! in one pass into CEL values, and only the fields they name
+//! ([`Filters::facts`], [`Paths`]); not at all when none does.
 
 use std::{
     cell::OnceCell,

@@ -9,6 +9,7 @@
 //! - [`api`]: the custom resource types (the source of the CRD YAML in `crds/`),
 //!   their validation and condition vocabulary.
 //! - [`github`]: the GitHub REST client (hooks, deliveries, `/meta`).
+//! - [`filter`]: agents' CEL filters: compiled, bounded, evaluated.
 //! - [`keys`]: the layout of a hook's HMAC keys in its Secret.
 //! - [`signature`]: GitHub's `X-Hub-Signature-256`, signed and verified.
 //! - [`standard_webhooks`]: the signature on what is sent to agents.
@@ -29,6 +30,7 @@
 //! | status and failures of a WebhookConfig | `operator::webhook_config::status` | `status::failure_reason` |
 //! | ingest (verify, de-duplicate, queue) | `receiver::http::ingest` → `authenticate_request`, `accept` → `queue::Queue::enqueue` (`queue/lua/enqueue.lua`) | `http::admit`, `http::authenticate`, `http::verify` |
 //! | dispatch (breaker, retries, dead letters) | `receiver::dispatch::worker::run` → `Dispatcher::process` → `Queue::settle` | `dispatch::settle`, `backoff::jittered`, `Breaker::try_acquire` |
+//! | agent filters (check, apply, try) | `operator::agent_policy::effective_status` → `status.agentFilters` → `receiver::registry` → `dispatch::targets`; `admin filter-test` ← samples written by `settle.lua` | `agent_policy::accepted_filters`, `filter::compile`, `Filters::judge`, `dispatch::targets` |
 //! | kill switch and concurrency | `operator::agent_policy::effective_status` → status → `receiver::registry` → the worker | `effective_status`, `worker::free_slots` |
 //! | leader election | `operator::leader` | — |
 //! | live view: stream, status page | `receiver::stream::stream` (SSE), `receiver::ui` (the page, `ui/`) | `stream::Cursor`, `stream::changes`, `SseParser` |
@@ -46,6 +48,7 @@
 //! | agent calls go nowhere else | `receiver::dispatch::Dispatcher::call`, its resolver | `dispatch::destinations::Destinations::check_url` |
 //! | bounded memory against strangers | `receiver::http::authenticate_request`, `github::read_capped`, `github::EtagCache` | `receiver::body_budget::BodyBudget::reserve` |
 //! | one object's panic ends only its reconcile | `operator::measured` | — |
+//! | a tenant's filter costs about its payload's size | `filter::compile` (refused otherwise, by the operator) | `filter::Check` |
 
 pub mod api;
 pub mod copies;
