@@ -8,7 +8,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use hookwarden::{
     ObjectRef,
-    filter::{Facts, Filters, compile},
+    filter::{Filters, compile},
     queue::Delivery,
 };
 

@@ -147,9 +147,8 @@ impl Filter {
     /// match.
     pub fn eval(&self, facts: &Facts) -> Result<bool, String> {
         let context = facts.context(self.reads_body());
-        let result =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.program.execute(&context)))
-                .map_err(|_| "the CEL interpreter failed on this delivery".to_owned())?;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.program.execute(context)))
+            .map_err(|_| "the CEL interpreter failed on this delivery".to_owned())?;
         match result {
             Ok(Value::Bool(b)) => Ok(b),
             Ok(other) => Err(format!("the filter gave {}, not a bool", other.type_of())),

@@ -3,7 +3,7 @@
 //! fail or be slow, so the whole path can be watched and tested.
 //!
 //! - `POST /{agent}`: an event for agent `{agent}`; answered per its mode.
-//! - `PUT /_mode/{agent}` with body `ok`, `fail`, `slow:<ms>` or `flaky:<percent>`
+//! - `PUT /_mode/{agent}` with body `ok`, `fail`, `slow:<ms>`, `flaky:<percent>` or `busy:<seconds>` (503 + `Retry-After`)
 //!   (that share of calls fails, at random).
 //! - `GET /_received/{agent}`: what it accepted, as JSON `[{id, type, subject, bytes, atMs}]`.
 //! - `GET /_stats/{agent}`: `{received, inFlight, maxInFlight, unverified}`.
@@ -38,6 +38,8 @@ pub enum Mode {
     Slow(u64),
     /// Fails this percentage of calls, at random.
     Flaky(u8),
+    /// Answers 503 with `Retry-After` of this many seconds.
+    Busy(u64),
 }
 
 /// One received CloudEvent.
@@ -124,7 +126,8 @@ async fn receive(
     Path(agent): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> StatusCode {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
     if !sink.signing_keys.is_empty() {
         let now = crate::now_ms() / 1000;
@@ -140,7 +143,7 @@ async fn receive(
         if let Err(error) = verified {
             tracing::warn!(agent, %error, "unverified call refused");
             sink.agents.lock().unwrap().entry(agent).or_default().unverified += 1;
-            return StatusCode::UNAUTHORIZED;
+            return StatusCode::UNAUTHORIZED.into_response();
         }
     }
     let mode = {
@@ -160,10 +163,14 @@ async fn receive(
     let fail = match mode {
         Mode::Fail => true,
         Mode::Flaky(percent) => rand::random_range(0..100u8) < percent,
-        Mode::Ok | Mode::Slow(_) => false,
+        Mode::Ok | Mode::Slow(_) | Mode::Busy(_) => false,
     };
     if fail {
-        return StatusCode::INTERNAL_SERVER_ERROR;
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
+    if let Mode::Busy(seconds) = mode {
+        return (StatusCode::SERVICE_UNAVAILABLE, [(axum::http::header::RETRY_AFTER, seconds.to_string())])
+            .into_response();
     }
     a.received.push(Received {
         id: header("ce-id").unwrap_or_default(),
@@ -174,7 +181,7 @@ async fn receive(
         traceparent: header("traceparent"),
     });
     tracing::info!(agent, id = ?header("ce-id"), kind = ?header("ce-type"), "event received");
-    StatusCode::OK
+    StatusCode::OK.into_response()
 }
 
 async fn set_mode(State(sink): State<Sink>, Path(agent): Path<String>, body: String) -> StatusCode {
@@ -183,9 +190,10 @@ async fn set_mode(State(sink): State<Sink>, Path(agent): Path<String>, body: Str
         "fail" => Mode::Fail,
         other => {
             let number = |prefix: &str| other.strip_prefix(prefix).and_then(|n| n.parse::<u64>().ok());
-            match (number("slow:"), number("flaky:")) {
-                (Some(ms), _) => Mode::Slow(ms),
-                (_, Some(percent @ 0..=100)) => Mode::Flaky(percent as u8),
+            match (number("slow:"), number("flaky:"), number("busy:")) {
+                (Some(ms), _, _) => Mode::Slow(ms),
+                (_, Some(percent @ 0..=100), _) => Mode::Flaky(percent as u8),
+                (_, _, Some(seconds)) => Mode::Busy(seconds),
                 _ => return StatusCode::BAD_REQUEST,
             }
         }

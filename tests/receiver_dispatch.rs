@@ -280,6 +280,38 @@ async fn a_failing_agent_opens_its_circuit_while_a_healthy_one_keeps_receiving()
 }
 
 #[tokio::test]
+async fn a_busy_agents_retry_after_pauses_its_calls_without_opening_its_circuit() {
+    let mut w = world().await;
+    w.settings.agents = vec![w.agent("busy", &[]), w.agent("calm", &[])];
+    w.settings.circuit_breaker = quick_breaker(1);
+    w.settings.retry.max_attempts = 20;
+    w.sink.set_mode("busy", Mode::Busy(3));
+    w.apply();
+    let _stop = w.start("a");
+    let guids = w.enqueue("push", 20).await;
+    w.until_received("calm", &guids).await;
+    eventually("busy to have been called", WAIT, || async {
+        (!w.sink.calls("busy").is_empty()).then_some(())
+    })
+    .await;
+    let first = w.sink.calls("busy")[0].1;
+    w.sink.set_mode("busy", Mode::Ok);
+    w.until_received("busy", &guids).await;
+
+    let calls = w.sink.calls("busy");
+    let during: Vec<_> = calls.iter().filter(|(_, at)| *at < first + 2_900).collect();
+    // Only the calls already in flight when the first answer came (one per slot).
+    let slots = w.settings.concurrency;
+    assert!(during.len() <= slots, "paused for its Retry-After, not called 20 times: {during:?}");
+    let open = w.metrics.breaker_open.with_label_values(&["team/default", "busy"]).get();
+    assert_eq!(open, 0, "busy is not broken: its circuit stays closed");
+    let throttled = w.metrics.errors.with_label_values(&["team/default", "busy", "throttled"]).get();
+    assert!(throttled >= 1, "{throttled}");
+    assert_eq!(w.metrics.errors.with_label_values(&["team/default", "busy", "http_status"]).get(), 0);
+    assert_eq!(w.ids("calm").len(), 20, "its neighbour is unaffected, each once");
+}
+
+#[tokio::test]
 async fn retries_come_when_due_with_up_to_a_fifth_of_random_jitter() {
     let mut w = world().await;
     w.settings.agents = vec![w.agent("down", &[])];

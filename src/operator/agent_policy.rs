@@ -114,7 +114,8 @@ pub fn effective_status(policy: &AgentPolicy, dead: DeadLetters, now: &Time) -> 
         true => (true, "Applied", "effective settings written".to_owned()),
         false => {
             let mut message = filters.errors.join("; ");
-            message.truncate(message.floor_char_boundary(4000));
+            let cut = (0..=message.len().min(4000)).rev().find(|i| message.is_char_boundary(*i));
+            message.truncate(cut.unwrap_or(0));
             message.push_str("; receivers apply the last filter that compiled (none yet: nothing passes)");
             (false, REASON_INVALID_FILTER, message)
         }

@@ -323,7 +323,7 @@ pub fn filter_test_row(
     settings: &super::registry::PolicySettings,
     d: &crate::queue::Delivery,
 ) -> FilterTestRow {
-    use crate::filter::{Facts, Filters, Verdict};
+    use crate::filter::{Filters, Verdict};
     let name = agent.map_or("", |a| a.name.as_str());
     let filters = Filters {
         policy: agent.and(settings.filters.policy.clone()),

@@ -65,6 +65,8 @@ struct Inner {
     opened_at: Instant,
     probe_in_flight: bool,
     epoch: Instant,
+    /// The agent asked to be left alone until then (`Retry-After`).
+    paused_until: Option<Instant>,
 }
 
 impl Breaker {
@@ -78,6 +80,7 @@ impl Breaker {
                 opened_at: now,
                 probe_in_flight: false,
                 epoch: now,
+                paused_until: None,
             }),
             probe_done: Notify::new(),
         }
@@ -124,6 +127,9 @@ impl Breaker {
         let mut inner = self.inner.lock().unwrap();
         let now = Instant::now();
         let reset = reset(&inner.config);
+        if let Some(until) = inner.paused_until.filter(|until| now < *until) {
+            return Err(Refusal::Open(Rejected { retry_at: until }));
+        }
         match inner.state {
             State::Closed => Ok(Permit { probe: false }),
             State::Open if now >= inner.opened_at + reset => {
@@ -138,6 +144,20 @@ impl Breaker {
             }
             // One probe at a time.
             State::HalfOpen => Err(Refusal::ProbeInFlight),
+        }
+    }
+
+    /// Hands `permit` back with no outcome, and refuses calls until `until`:
+    /// the agent answered 429 or 503 with `Retry-After`, which says it is
+    /// busy, not broken, so the circuit's state and window do not change (a
+    /// probe's turn passes to the next call after the pause).
+    pub fn pause(&self, permit: Permit, until: Instant) {
+        let mut inner = self.inner.lock().unwrap();
+        inner.paused_until = Some(inner.paused_until.map_or(until, |p| p.max(until)));
+        if permit.probe {
+            inner.probe_in_flight = false;
+            drop(inner);
+            self.probe_done.notify_waiters();
         }
     }
 

@@ -34,7 +34,7 @@ use super::{
 use crate::{
     ObjectRef,
     api::Agent,
-    filter::{Facts, Verdict},
+    filter::Verdict,
     now_ms,
     queue::{Delivery, Entry, Queue},
     standard_webhooks,
@@ -91,37 +91,43 @@ pub fn wants(agent: &Agent, event: &str, repository: Option<&str>) -> bool {
     event_ok && repo_ok
 }
 
-/// The agents a delivery goes to, and those its filters keep it from (with
-/// the verdict). A retry or replay is for its one agent, filtered no more.
-/// A delivery no agent's `events` and `repositories` take gets one
-/// refusal with no agent ([`Verdict::Unwanted`]).
-pub fn targets<'s>(
-    settings: &'s PolicySettings,
-    d: &Delivery,
-) -> (Vec<Result<&'s Agent, String>>, Vec<(String, Verdict)>) {
+/// Where one delivery goes.
+#[derive(Debug, Default)]
+pub struct Targets<'s> {
+    /// The agents to call (a name for an agent no longer in the policy).
+    pub go: Vec<Result<&'s Agent, String>>,
+    /// The agents its filters keep it from, with the verdict.
+    pub refused: Vec<(String, Verdict)>,
+}
+
+/// The agents a delivery goes to, and those its filters keep it from. A
+/// retry or replay is for its one agent, filtered no more. A delivery no
+/// agent's `events` and `repositories` take gets one refusal with no agent
+/// ([`Verdict::Unwanted`]).
+pub fn targets<'s>(settings: &'s PolicySettings, d: &Delivery) -> Targets<'s> {
     if let Some(name) = &d.agent {
         let agent = settings.agents.iter().find(|a| &a.name == name).ok_or_else(|| name.clone());
-        return (vec![agent], Vec::new());
+        return Targets { go: vec![agent], refused: Vec::new() };
     }
     let wanting: Vec<&Agent> =
         settings.agents.iter().filter(|a| wants(a, &d.event, d.repository.as_deref())).collect();
     if wanting.is_empty() {
-        return (Vec::new(), vec![(String::new(), Verdict::Unwanted)]);
+        return Targets { go: Vec::new(), refused: vec![(String::new(), Verdict::Unwanted)] };
     }
     if settings.filters.is_empty() {
-        return (wanting.into_iter().map(Ok).collect(), Vec::new());
+        return Targets { go: wanting.into_iter().map(Ok).collect(), refused: Vec::new() };
     }
     let facts = settings.filters.facts(d);
     let names: Vec<&str> = wanting.iter().map(|a| a.name.as_str()).collect();
     let verdicts = settings.filters.judge(&names, &facts);
-    let (mut go, mut refused) = (Vec::new(), Vec::new());
+    let mut targets = Targets::default();
     for (agent, (_, verdict)) in wanting.into_iter().zip(verdicts) {
         match verdict {
-            Verdict::Pass => go.push(Ok(agent)),
-            refusal => refused.push((agent.name.clone(), refusal)),
+            Verdict::Pass => targets.go.push(Ok(agent)),
+            refusal => targets.refused.push((agent.name.clone(), refusal)),
         }
     }
-    (go, refused)
+    targets
 }
 
 /// CloudEvents 1.0 binary-mode headers for `delivery`. The delivery GUID is
@@ -331,7 +337,7 @@ impl Dispatcher {
         let settings = self.registry.policy(&policy)?;
         let d = &entry.delivery;
         let started = std::time::Instant::now();
-        let (targets, refused) = targets(&settings, d);
+        let Targets { go: targets, refused } = targets(&settings, d);
         let policy_label = policy.to_string();
         if !settings.filters.is_empty() && d.agent.is_none() {
             let seconds = started.elapsed().as_secs_f64();
@@ -434,6 +440,19 @@ impl Dispatcher {
             .send()
             .instrument(span.clone())
             .await;
+        let busy = response.as_ref().ok().and_then(|r| {
+            let value = r.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok());
+            let wait = settle::retry_after(r.status().as_u16(), value, (now_ms() / 1000) as i64)?;
+            Some((r.status().as_u16(), wait))
+        });
+        if let Some((status, wait)) = busy {
+            let retry_at = Instant::now() + wait;
+            // Busy, not broken: paused, the circuit left as it is.
+            breaker.pause(permit, retry_at);
+            span.record("otel.status_code", "error").record("otel.status_message", "throttled");
+            tracing::info!(%policy, agent = %agent.name, status, "agent asked to retry later; paused");
+            return Err(Failure::Throttled { status, retry_at, wait_s: wait.as_secs() });
+        }
         let result = match response {
             Ok(r) if r.status().is_success() => Ok(()),
             Ok(r) if r.status().is_redirection() => Err(Failure::Redirect(r.status().as_u16())),
@@ -510,12 +529,12 @@ mod tests {
         };
 
         let d = pr(r#"{"action":"opened","pull_request":{"draft":false}}"#);
-        let (go, refused) = targets(&settings, &d);
+        let Targets { go, refused } = targets(&settings, &d);
         assert_eq!(names(&go), ["opened"]);
         assert_eq!(refused, [("drafts".to_owned(), Verdict::NoMatch { filter: "agent" })]);
 
         let d = pr(r#"{"action":"closed"}"#);
-        let (go, refused) = targets(&settings, &d);
+        let Targets { go, refused } = targets(&settings, &d);
         assert!(go.is_empty());
         assert_eq!(refused[0], ("opened".to_owned(), Verdict::NoMatch { filter: "agent" }));
         assert!(matches!(&refused[1], (a, Verdict::Error { .. }) if a == "drafts"), "{refused:?}");
@@ -523,12 +542,12 @@ mod tests {
         // A retry is for its agent, whatever the filters say now.
         let mut retry = pr(r#"{"action":"closed"}"#);
         retry.agent = Some("opened".into());
-        assert_eq!(names(&targets(&settings, &retry).0), ["opened"]);
+        assert_eq!(names(&targets(&settings, &retry).go), ["opened"]);
 
         // Nobody's events: said once, with no agent.
         settings.agents.truncate(2);
         settings.agents.iter_mut().for_each(|a| a.events = vec!["issues".into()]);
-        let (go, refused) = targets(&settings, &pr("{}"));
+        let Targets { go, refused } = targets(&settings, &pr("{}"));
         assert!(go.is_empty());
         assert_eq!(refused.len(), 1);
         assert_eq!(

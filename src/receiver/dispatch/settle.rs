@@ -19,6 +19,10 @@ pub enum Failure {
     Timeout,
     #[error("agent answered HTTP {0}")]
     Status(u16),
+    /// A 429 or 503 with `Retry-After`: retried no sooner, and not held
+    /// against the agent's circuit.
+    #[error("agent answered HTTP {status}, retry after {wait_s}s")]
+    Throttled { status: u16, retry_at: Instant, wait_s: u64 },
     /// Never followed: the body and its signatures would go to whatever
     /// host the agent named.
     #[error("agent answered HTTP {0}, a redirect (redirects are not followed)")]
@@ -73,12 +77,34 @@ pub fn settle(
             continue;
         }
         let mut wait = backoff::jittered(retry, attempts, jitter);
-        if let Failure::CircuitOpen { retry_at } = failure {
+        if let Failure::CircuitOpen { retry_at } | Failure::Throttled { retry_at, .. } = failure {
             wait = wait.max(retry_at.saturating_duration_since(now));
         }
         settlement.retries.push(Retry { agent, due_ms: now_ms + wait.as_millis() as u64, attempts, error });
     }
     settlement
+}
+
+/// The longest `Retry-After` obeyed: an agent cannot park a delivery for
+/// longer than this per attempt.
+pub const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// How long a 429 or 503 answer asks to wait: its `Retry-After` as
+/// delta-seconds or an HTTP date (`now` is the wall clock, Unix seconds),
+/// at most [`MAX_RETRY_AFTER`]; `None` for other answers or no usable value.
+pub fn retry_after(status: u16, value: Option<&str>, now_s: i64) -> Option<std::time::Duration> {
+    if !matches!(status, 429 | 503) {
+        return None;
+    }
+    let value = value?.trim();
+    let seconds = match value.parse::<u64>() {
+        Ok(s) => s,
+        Err(_) => {
+            let at = k8s_openapi::jiff::fmt::rfc2822::parse(value).ok()?.timestamp().as_second();
+            u64::try_from(at.saturating_sub(now_s)).unwrap_or(0)
+        }
+    };
+    Some(std::time::Duration::from_secs(seconds).min(MAX_RETRY_AFTER))
 }
 
 /// How a dispatch ends (`result` of `github_webhook_processed_total`).
@@ -90,6 +116,7 @@ impl Failure {
         "circuit_open",
         "timeout",
         "http_status",
+        "throttled",
         "redirect",
         "transport",
         "agent_gone",
@@ -103,6 +130,7 @@ impl Failure {
             Self::CircuitOpen { .. } => "circuit_open",
             Self::Timeout => "timeout",
             Self::Status(_) => "http_status",
+            Self::Throttled { .. } => "throttled",
             Self::Redirect(_) => "redirect",
             Self::Transport(_) => "transport",
             Self::AgentGone => "agent_gone",
@@ -163,6 +191,19 @@ mod tests {
             ),
             // An open circuit waits for the circuit when that is later...
             (one(Err(open_for(30)), 0, 0.0), retry_at(t + 30_000, 1, "circuit open")),
+            // ... and a busy agent for its Retry-After.
+            (
+                one(
+                    Err(Failure::Throttled {
+                        status: 429,
+                        retry_at: now + Duration::from_secs(20),
+                        wait_s: 20,
+                    }),
+                    0,
+                    0.0,
+                ),
+                retry_at(t + 20_000, 1, "agent answered HTTP 429, retry after 20s"),
+            ),
             // ...and for the backoff when that is later.
             (one(Err(open_for(0)), 1, 0.0), retry_at(t + 2_000, 2, "circuit open")),
         ];
@@ -182,11 +223,31 @@ mod tests {
     }
 
     #[test]
+    fn retry_after_is_read_from_busy_answers_only_and_capped() {
+        let now = 784_111_777; // Sun, 06 Nov 1994 08:49:37 GMT
+        let rows = [
+            (429, Some("120"), Some(120)),
+            (503, Some(" 5 "), Some(5)),
+            (503, Some("Sun, 06 Nov 1994 08:50:37 GMT"), Some(60)),
+            (503, Some("Sun, 06 Nov 1994 08:40:37 GMT"), Some(0)),
+            (429, Some("999999"), Some(3600)),
+            (429, Some("soon"), None),
+            (429, None, None),
+            (500, Some("10"), None),
+            (200, Some("10"), None),
+        ];
+        for (status, value, want) in rows {
+            assert_eq!(retry_after(status, value, now).map(|d| d.as_secs()), want, "{status} {value:?}");
+        }
+    }
+
+    #[test]
     fn every_failure_reason_is_created_at_zero() {
         let failures = [
             Failure::CircuitOpen { retry_at: Instant::now() },
             Failure::Timeout,
             Failure::Status(500),
+            Failure::Throttled { status: 503, retry_at: Instant::now(), wait_s: 0 },
             Failure::Redirect(302),
             Failure::Transport("could not connect"),
             Failure::AgentGone,
@@ -197,6 +258,6 @@ mod tests {
         for failure in failures {
             assert!(Failure::REASONS.contains(&failure.metric_label()), "{failure}");
         }
-        assert_eq!(Failure::REASONS.len(), 9);
+        assert_eq!(Failure::REASONS.len(), 10);
     }
 }
