@@ -316,7 +316,8 @@ pub struct FilterTestRow {
     pub detail: Option<String>,
 }
 
-/// `test` on one delivery, with the policy's `settings` when it names an agent.
+/// How `d` fares under `filter`: alone, or as `agent`'s filter (after the
+/// policy's filter of `settings` and the agent's events and repositories).
 pub fn filter_test_row(
     filter: &crate::filter::Filter,
     agent: Option<&crate::api::Agent>,
