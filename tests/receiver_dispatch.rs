@@ -146,6 +146,13 @@ impl World {
         self.sink.received(agent).into_iter().map(|r| r.id).collect()
     }
 
+    async fn until_drained(&self) {
+        eventually("the queue to drain", WAIT, || async {
+            (self.queue.len(&self.policy).await.unwrap() == 0).then_some(())
+        })
+        .await;
+    }
+
     async fn until_received(&self, agent: &str, want: &[String]) {
         let want: HashSet<&String> = want.iter().collect();
         eventually(&format!("{agent} to receive {} events", want.len()), WAIT, || async {
@@ -189,10 +196,7 @@ async fn events_reach_every_matching_agent_as_cloudevents() {
     let event = &w.sink.received("reviewer")[0];
     assert_eq!(event.kind, "com.github.pull_request.opened");
     assert_eq!(event.subject.as_deref(), Some("octo-org/hello-world"));
-    eventually("the queue to drain", WAIT, || async {
-        (w.queue.len(&w.policy).await.unwrap() == 0).then_some(())
-    })
-    .await;
+    w.until_drained().await;
 }
 
 #[tokio::test]
@@ -419,10 +423,7 @@ async fn a_crashed_consumers_entries_are_reclaimed_by_another() {
     let _stop = w.start("survivor");
     w.until_received("a", &guids).await;
     assert_eq!(w.ids("a").len(), 5);
-    eventually("the queue to drain", WAIT, || async {
-        (w.queue.len(&w.policy).await.unwrap() == 0).then_some(())
-    })
-    .await;
+    w.until_drained().await;
 }
 
 #[tokio::test]
@@ -731,10 +732,7 @@ async fn filters_give_each_agent_exactly_the_deliveries_it_wants_and_say_what_th
     w.until_received("everything", &all).await;
     let wanted_list: Vec<String> = wanted.iter().cloned().collect();
     w.until_received("main-only", &wanted_list).await;
-    eventually("the queue to drain", WAIT, || async {
-        (w.queue.len(&w.policy).await.unwrap() == 0).then_some(())
-    })
-    .await;
+    w.until_drained().await;
     let got: HashSet<String> = w.ids("main-only").into_iter().collect();
     assert_eq!(got, wanted, "exactly the wanted ones, each once");
     assert_eq!(w.ids("main-only").len(), wanted.len(), "no repeats");
@@ -772,10 +770,7 @@ async fn a_delivery_no_agent_takes_is_logged_as_filtered_not_dropped_silently() 
     w.apply();
     let _stop = w.start("a");
     let pushes = w.enqueue("push", 3).await;
-    eventually("the queue to drain", WAIT, || async {
-        (w.queue.len(&w.policy).await.unwrap() == 0).then_some(())
-    })
-    .await;
+    w.until_drained().await;
     let only = ActivityFilter { status: Some("filtered".into()), ..ActivityFilter::default() };
     let log = w.queue.activity(std::slice::from_ref(&w.policy), &only, 10).await.unwrap();
     let guids: HashSet<&str> = log.iter().map(|a| a.guid.as_str()).collect();

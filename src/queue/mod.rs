@@ -433,6 +433,9 @@ impl Queue {
             script.arg(status).arg(agent).arg(detail.unwrap_or(""));
         }
         script.arg(if sample { RECENT_LEN } else { 0 });
+        if sample {
+            script.arg(d.to_flat_json(&[]));
+        }
         let _: i64 = script.invoke_async(&mut self.conn.get()).await?;
         Ok(())
     }
@@ -442,19 +445,14 @@ impl Queue {
     pub async fn recent(&self, policy: &ObjectRef, count: usize) -> Result<Vec<Delivery>> {
         let reply: redis::streams::StreamRangeReply =
             self.conn.get().xrevrange_count(self.key(policy, "recent"), "+", "-", count).await?;
+        // NB: a sample that does not read is skipped: it is only a sample.
         Ok(reply
             .ids
             .into_iter()
-            .filter_map(|entry| {
-                let field = |name: &str| match entry.map.get(name) {
-                    Some(redis::Value::BulkString(b)) => Some(b.clone()),
-                    _ => None,
-                };
-                let text = |name: &str| field(name).and_then(|b| String::from_utf8(b).ok());
-                let hook: ObjectRef = text("hook")?.parse().ok()?;
-                let payload = lz4_flex::decompress_size_prepended(&field("payload_lz4")?).ok()?;
-                let mut d = Delivery::parse(&text("guid")?, &text("event")?, &hook, payload.into()).ok()?;
-                d.received_ms = entry.id.split_once('-')?.0.parse().ok()?;
+            .filter_map(|e| {
+                let mut d = Delivery::from_fields(&e.id, bytes_map(e.map)).ok()?;
+                // When it was sampled (settled), the order the list is in.
+                d.received_ms = stream_id(&e.id)?.0;
                 Some(d)
             })
             .collect())

@@ -9,9 +9,9 @@
 -- ARGV[9] LZ4-compressed (once, for every dead letter; '' when none),
 -- ARGV[10] n_retries, then (due, member) pairs, then n_dead, member*, then
 -- n_log, (status, agent ('' when none), detail ('' when none))*, then
--- the recent stream's length ('0': no sample of this delivery). Members
--- are flat JSON field lists without the payload, which is added here; a
--- sample needs ARGV[9].
+-- the recent stream's length ('0': no sample of this delivery) and, for a
+-- sample, its member. Members are flat JSON field lists without the
+-- payload, which is added here; a sample, like a dead letter, needs ARGV[9].
 local function with_payload(member, name, payload)
   local fields = cjson.decode(member)
   fields[#fields + 1] = name
@@ -40,7 +40,6 @@ for _ = 1, n_log do
   i = i + 3
 end
 if ARGV[i] ~= '0' then
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[i], '*',
-    'guid', ARGV[4], 'event', ARGV[5], 'hook', ARGV[6], 'payload_lz4', ARGV[9])
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[i], '*', unpack(with_payload(ARGV[i + 1], 'payload_lz4', ARGV[9])))
 end
 return 1
