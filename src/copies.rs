@@ -10,8 +10,9 @@
 //! nothing but copies of what they verify and sign with.
 //!
 //! What is copied: hookwarden's key Secrets (label
-//! `app.kubernetes.io/managed-by=hookwarden`) and agents' signing Secrets
-//! (label `hookwarden.io/agent-signing=true`), from the namespaces the
+//! `app.kubernetes.io/managed-by=hookwarden`), agents' signing Secrets
+//! (label `hookwarden.io/agent-signing=true`) and agents' credentials
+//! (label `hookwarden.io/agent-headers=true`), from the namespaces the
 //! operator watches. A copy is named `{namespace}.{name}` (a namespace name
 //! has no dot, so two sources never share a copy; a hash when that is too
 //! long), carries label [`COPY_LABEL`] with the [`Kind`], and annotations
@@ -26,7 +27,7 @@ use sha2::Digest;
 
 use crate::ObjectRef;
 
-/// Label of a copy: its [`Kind`] (`keys` or `signing`).
+/// Label of a copy: its [`Kind`] (`keys`, `signing` or `headers`).
 pub const COPY_LABEL: &str = "hookwarden.io/copy";
 /// Annotations of a copy naming the Secret it copies.
 pub const SOURCE_NAMESPACE: &str = "hookwarden.io/source-namespace";
@@ -34,23 +35,28 @@ pub const SOURCE_NAME: &str = "hookwarden.io/source-name";
 /// The label that makes a Secret an agent's signing Secret, the only kind of
 /// user Secret receivers read.
 pub const AGENT_SIGNING_LABEL: (&str, &str) = ("hookwarden.io/agent-signing", "true");
+/// The label that makes a Secret an agent's credentials (request headers).
+pub const AGENT_HEADERS_LABEL: (&str, &str) = ("hookwarden.io/agent-headers", "true");
 
-/// The two kinds of Secret receivers read.
+/// The kinds of Secret receivers read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     /// hookwarden's own key Secrets (HMAC keys of hooks).
     Keys,
     /// Agents' Standard Webhooks signing Secrets.
     Signing,
+    /// Agents' credentials: request headers.
+    Headers,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 2] = [Kind::Keys, Kind::Signing];
+    pub const ALL: [Kind; 3] = [Kind::Keys, Kind::Signing, Kind::Headers];
 
     fn value(self) -> &'static str {
         match self {
             Kind::Keys => "keys",
             Kind::Signing => "signing",
+            Kind::Headers => "headers",
         }
     }
 
@@ -59,6 +65,7 @@ impl Kind {
         crate::keys::selector(match self {
             Kind::Keys => crate::keys::MANAGED_BY,
             Kind::Signing => AGENT_SIGNING_LABEL,
+            Kind::Headers => AGENT_HEADERS_LABEL,
         })
     }
 

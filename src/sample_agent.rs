@@ -55,6 +55,9 @@ pub struct Received {
     pub at_ms: u64,
     /// The W3C trace context the call carried.
     pub traceparent: Option<String>,
+    /// The `Authorization` header the call carried (an agent's credentials;
+    /// this sink is a test tool, it shows them).
+    pub authorization: Option<String>,
 }
 
 #[derive(Default)]
@@ -179,6 +182,7 @@ async fn receive(
         bytes: body.len(),
         at_ms: crate::now_ms(),
         traceparent: header("traceparent"),
+        authorization: header("authorization"),
     });
     tracing::info!(agent, id = ?header("ce-id"), kind = ?header("ce-type"), "event received");
     StatusCode::OK.into_response()

@@ -97,6 +97,9 @@ async fn samples_are_accepted_with_defaults_applied() {
 
     let policy = Api::<AgentPolicy>::namespaced(client, &ns.name).get("default").await.unwrap();
     assert_eq!(policy.spec.agents[0].name, "reviewer");
+    let rate = policy.spec.agents[0].rate_limit.clone().expect("the sample's rate limit");
+    assert_eq!((rate.requests_per_unit, rate.unit, rate.burst), (10, hookwarden::api::RateUnit::Second, 20));
+    assert_eq!(policy.spec.agents[0].concurrency, Some(4));
     assert_eq!(policy.spec.retry.max_delay.get(), Duration::from_secs(300));
 
     let table = env.kubectl_ok(&["get", "whc", "-n", &ns.name]);

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use common::{TestEnv, WAIT, eventually, guid, redis_prefix};
 use hookwarden::{
     ObjectRef,
-    api::{Agent, CircuitBreaker, RetryPolicy, RetryStrategy},
+    api::{Agent, CircuitBreaker, RateLimit, RateUnit, RetryPolicy, RetryStrategy},
     queue::{Delivery, Queue},
     receiver::{
         dispatch::{DispatchConfig, Dispatcher, Failure, destinations::Destinations},
@@ -81,6 +81,9 @@ impl World {
             timeout_seconds: 2,
             signing_secret_ref: None,
             filter: None,
+            headers_secret_ref: None,
+            concurrency: None,
+            rate_limit: None,
         }
     }
 
@@ -779,4 +782,133 @@ async fn a_delivery_no_agent_takes_is_logged_as_filtered_not_dropped_silently() 
         log.iter().all(|a| a.agent.is_none()
             && a.detail.as_deref() == Some("no agent's events and repositories take it"))
     );
+}
+
+#[tokio::test]
+async fn an_agents_concurrency_holds_across_three_receivers() {
+    let mut w = world().await;
+    let mut limited = w.agent("limited", &[]);
+    limited.concurrency = Some(2);
+    w.settings.agents = vec![limited, w.agent("free", &[])];
+    w.settings.concurrency = 4;
+    w.sink.set_mode("limited", Mode::Slow(150));
+    w.sink.set_mode("free", Mode::Slow(150));
+    w.apply();
+    let _stops = ["a", "b", "c"].map(|consumer| w.start(consumer));
+    let guids = w.enqueue("push", 30).await;
+    w.until_received("limited", &guids).await;
+    w.until_received("free", &guids).await;
+    assert_eq!(w.sink.max_in_flight("limited"), 2, "two at once across the three receivers, and used");
+    assert!(
+        w.sink.max_in_flight("free") > 4,
+        "an agent without a limit: the policy's concurrency per receiver"
+    );
+    assert_eq!(w.ids("limited").len(), 30, "each once: a held call is not a call");
+    let failed = w.metrics.errors.with_label_values(&["team/default", "limited", "http_status"]).get();
+    assert_eq!(failed, 0);
+    w.until_drained().await;
+}
+
+/// The start of every call `agent` got, sorted.
+fn call_times(w: &World, agent: &str) -> Vec<u64> {
+    let mut at: Vec<u64> = w.sink.calls(agent).into_iter().map(|(_, at)| at).collect();
+    at.sort_unstable();
+    at
+}
+
+#[tokio::test]
+async fn a_rate_limit_holds_across_receivers_and_a_burst_after_idle_goes_at_once() {
+    let mut w = world().await;
+    let mut paced = w.agent("paced", &[]);
+    paced.rate_limit = Some(RateLimit { requests_per_unit: 10, unit: RateUnit::Second, burst: 5 });
+    w.settings.agents = vec![paced, w.agent("free", &[])];
+    w.settings.concurrency = 8;
+    w.apply();
+    let _stops = ["a", "b", "c"].map(|consumer| w.start(consumer));
+    let guids = w.enqueue("push", 45).await;
+    w.until_received("free", &guids).await;
+    w.until_received("paced", &guids).await;
+    let at = call_times(&w, "paced");
+    assert_eq!(at.len(), 45, "each once");
+    // Idle before: the burst of five goes at once...
+    assert!(at[4] - at[0] < 200, "the burst: {:?}", &at[..6]);
+    // ...then ten a second: the forty after it take four seconds, within 10 %.
+    let rest = (at[44] - at[4]) as f64 / 1000.0;
+    assert!((3.6..=4.4).contains(&rest), "40 calls at 10/s took {rest} s");
+    // Never faster in any window: at most the burst plus the rate over its length.
+    for i in 0..at.len() {
+        for j in i..at.len() {
+            let allowed = 5.0 + 10.0 * (at[j] - at[i]) as f64 / 1000.0;
+            assert!((j - i + 1) as f64 <= allowed + 0.5, "{} calls in {} ms", j - i + 1, at[j] - at[i]);
+        }
+    }
+    // Idle again for long enough to earn the whole burst, and no more.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    let again = w.enqueue("push", 8).await;
+    w.until_received("paced", &again).await;
+    let at = call_times(&w, "paced")[45..].to_vec();
+    assert!(at[4] - at[0] < 200, "the burst after idle: {at:?}");
+    assert!(at[5] - at[0] >= 90, "and not a sixth: {at:?}");
+    let held = w.metrics.errors.with_label_values(&["team/default", "paced", "limited"]).get();
+    assert_eq!(w.metrics.errors.with_label_values(&["team/default", "paced", "http_status"]).get(), 0);
+    eprintln!("held past the in-place wait and retried when allowed: {held}");
+}
+
+#[tokio::test]
+async fn an_agents_retry_after_pauses_it_on_every_receiver_and_only_it() {
+    let mut w = world().await;
+    let mut busy = w.agent("busy", &[]);
+    busy.concurrency = Some(50); // a limit: its pause is shared through Redis
+    w.settings.agents = vec![busy, w.agent("calm", &[])];
+    w.settings.circuit_breaker = quick_breaker(1);
+    w.settings.retry.max_attempts = 20;
+    w.settings.concurrency = 2;
+    w.sink.set_mode("busy", Mode::Busy(3));
+    w.apply();
+    let _a = w.start("a");
+    let guids = w.enqueue("push", 20).await;
+    eventually("busy to have been called", WAIT, || async {
+        (!w.sink.calls("busy").is_empty()).then_some(())
+    })
+    .await;
+    let first = w.sink.calls("busy")[0].1;
+    w.sink.set_mode("busy", Mode::Ok);
+    // A second receiver, which never got a 503 itself, holds its calls too.
+    let _b = w.start("b");
+    w.until_received("calm", &guids).await;
+    w.until_received("busy", &guids).await;
+    let calls = w.sink.calls("busy");
+    let during: Vec<_> = calls.iter().filter(|(_, at)| *at > first + 100 && *at < first + 2_900).collect();
+    assert!(during.is_empty(), "paused on both receivers for its Retry-After: {during:?}");
+    assert_eq!(w.ids("busy").len(), 20, "each once");
+    assert_eq!(w.metrics.breaker_open.with_label_values(&["team/default", "busy"]).get(), 0);
+    assert!(w.metrics.errors.with_label_values(&["team/default", "busy", "limited"]).get() >= 1);
+    let calm_last = w.sink.received("calm").iter().map(|r| r.at_ms).max().unwrap();
+    assert!(calm_last < first + 2_900, "its neighbour got everything during the pause");
+}
+
+#[tokio::test]
+async fn an_agent_without_its_credentials_gets_nothing_and_with_them_gets_each_call_authorized() {
+    let mut w = world().await;
+    let mut agent = w.agent("secured", &[]);
+    agent.headers_secret_ref = Some(hookwarden::api::SecretRef { name: "creds".into() });
+    w.settings.agents = vec![agent];
+    w.apply();
+    let _stop = w.start("a");
+    let guids = w.enqueue("push", 3).await;
+    eventually("calls held for their credentials", WAIT, || async {
+        (w.metrics.errors.with_label_values(&["team/default", "secured", "no_credentials"]).get() >= 3)
+            .then_some(())
+    })
+    .await;
+    assert!(w.sink.calls("secured").is_empty());
+    let data = std::collections::BTreeMap::from([(
+        "Authorization".to_owned(),
+        k8s_openapi::ByteString(b"Bearer t0ken".to_vec()),
+    )]);
+    let (headers, _) = hookwarden::receiver::dispatch::credentials::headers_from(&data);
+    w.registry.set_agent_headers(ObjectRef::new("team", "creds"), headers);
+    w.until_received("secured", &guids).await;
+    let received = w.sink.received("secured");
+    assert!(received.iter().all(|r| r.authorization.as_deref() == Some("Bearer t0ken")), "{received:?}");
 }

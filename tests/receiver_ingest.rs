@@ -548,11 +548,13 @@ async fn before_its_watches_have_listed_everything_a_receiver_says_not_yet_never
     registry.mark_synced(Watched::Hooks);
     registry.mark_synced(Watched::Policies);
     assert_eq!(send(&app, signed("push", &guid(), b"{}")).await.0, StatusCode::SERVICE_UNAVAILABLE);
-    // Keys listed, agents' signing Secrets not yet: still not yet.
+    // Keys listed, agents' Secrets not yet: still not yet.
     registry.mark_synced(Watched::Keys);
     assert_eq!(send(&app, signed("push", &guid(), b"{}")).await.0, StatusCode::SERVICE_UNAVAILABLE);
-    // Everything listed: now an unknown hook is truly unknown.
     registry.mark_synced(Watched::SigningKeys);
+    assert_eq!(send(&app, signed("push", &guid(), b"{}")).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    // Everything listed: now an unknown hook is truly unknown.
+    registry.mark_synced(Watched::AgentHeaders);
     let (status, reply, _) = send(&app, signed("push", &guid(), b"{}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{reply}");
 }

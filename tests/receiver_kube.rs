@@ -716,6 +716,78 @@ async fn agents_get_calls_signed_as_standard_webhooks_and_keys_rotate_without_a_
     assert_eq!(verified.len(), 10, "each call once: {verified:?}");
 }
 
+#[tokio::test]
+async fn agents_get_their_credentials_as_headers_reloaded_live_and_never_logged() {
+    let key = HmacKey::generate(1);
+    let s = System::new(&[("reviewer", 5)], &key).await;
+    let url = s.policy().await.spec.agents[0].url.clone();
+    let agents = json!([{"name": "reviewer", "url": url, "timeoutSeconds": 5,
+                         "headersSecretRef": {"name": "reviewer-credentials"}}]);
+    s.kubectl_patch_policy(&json!({"spec": {"agents": agents}}).to_string());
+    let (receiver, base) = s.receiver("r1").await;
+
+    // No credentials loaded: nothing is sent, and the failure says why.
+    let first = s.deliver_many(&base, &key, 3).await;
+    eventually("calls held for their credentials", WAIT, || async {
+        let text = scrape(&s.http, &format!("{base}/metrics")).await;
+        let series = r#"github_webhook_errors_total{agent="reviewer",policy=""#;
+        text.lines()
+            .any(|l| l.starts_with(series) && l.contains(r#"reason="no_credentials""#) && !l.ends_with(" 0"))
+            .then_some(())
+    })
+    .await;
+    assert!(s.sink.calls("reviewer").is_empty(), "nothing sent without its credentials");
+
+    // The Secret appears (labelled): the retries arrive with its headers.
+    let secrets: Api<Secret> = Api::namespaced(s.env.client().await, &s.ns.name);
+    let mut secret = Secret {
+        string_data: Some(
+            [("Authorization", "Bearer first-t0ken\n"), ("X-Api-Key", "k3y-one"), ("ce-id", "forged")]
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .into(),
+        ),
+        ..Secret::default()
+    };
+    secret.metadata.name = Some("reviewer-credentials".into());
+    secret.metadata.labels = Some([("hookwarden.io/agent-headers".to_owned(), "true".to_owned())].into());
+    secrets.create(&PostParams::default(), &secret).await.unwrap();
+    let auth = |ids: &[String]| {
+        let got = s.sink.received("reviewer");
+        ids.iter()
+            .map(|id| got.iter().find(|r| &r.id == id).map(|r| r.authorization.clone().unwrap_or_default()))
+            .collect::<Option<Vec<_>>>()
+    };
+    let sent = eventually("the held calls to arrive with credentials", WAIT, || async { auth(&first) }).await;
+    assert!(sent.iter().all(|a| a == "Bearer first-t0ken"), "{sent:?}");
+    let ids: Vec<String> = s.sink.received("reviewer").into_iter().map(|r| r.id).collect();
+    assert!(first.iter().all(|g| ids.contains(g)), "a credentials entry cannot forge ce-id: {ids:?}");
+
+    // Rotated in place: the next calls carry the new value, no restart.
+    let patch = Patch::Merge(json!({"stringData": {"Authorization": "Bearer second-t0ken"}}));
+    secrets.patch("reviewer-credentials", &PatchParams::default(), &patch).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let one = s.deliver_many(&base, &key, 1).await;
+        let sent = eventually("the call to arrive", WAIT, || async { auth(&one) }).await;
+        if sent[0] == "Bearer second-t0ken" {
+            break;
+        }
+        assert_eq!(sent[0], "Bearer first-t0ken", "the old value until the new one is loaded");
+        assert!(Instant::now() < deadline, "the rotated credentials never came into use");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Never in a log line: the entries are named, their values are not.
+    let log = receiver.log();
+    assert!(
+        log.contains("credentials Secret entry skipped") && log.contains("ce-id"),
+        "the forged entry is named"
+    );
+    for secret in ["first-t0ken", "second-t0ken", "k3y-one"] {
+        assert!(!log.contains(secret), "{secret} logged by the receiver");
+    }
+}
+
 /// Follows `/admin/stream` in the background; what it received so far.
 fn follow(admin: &str, last_event_id: Option<String>) -> std::sync::Arc<std::sync::Mutex<Vec<SseEvent>>> {
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));

@@ -147,6 +147,72 @@ pub struct Agent {
     /// agent fail and are retried: nothing is ever sent unsigned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signing_secret_ref: Option<super::SecretRef>,
+
+    /// Credentials for the agent: every entry of this Secret (in the
+    /// policy's namespace) is sent as a request header, the entry's name as
+    /// the header's (`Authorization: Bearer …`, `X-Api-Key: …`). Changes
+    /// apply live; values are never logged. The Secret must carry the label
+    /// `hookwarden.io/agent-headers: "true"` (receivers watch only such
+    /// Secrets). Entries that are not valid headers, or that name a header
+    /// hookwarden sets itself (`content-type`, `ce-*`, `webhook-*`,
+    /// `traceparent`, hop-by-hop headers), are skipped with a warning that
+    /// names the entry. Until the Secret is loaded, calls to the agent fail
+    /// and are retried: nothing is sent without its credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers_secret_ref: Option<super::SecretRef>,
+
+    /// Calls to this agent in flight at once across every receiver replica
+    /// (held in Redis; a replica that dies frees its calls after the agent's
+    /// timeout). Unset: only the policy's per-replica `concurrency` bounds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10_000))]
+    pub concurrency: Option<i32>,
+
+    /// Calls to this agent per second or minute across every receiver
+    /// replica, with a burst: after a quiet spell `burst` calls go at once,
+    /// then one every `1/requestsPerUnit` of the unit (GCRA, held in Redis).
+    /// Unset: no rate limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A rate of calls, held across replicas.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimit {
+    /// Calls allowed per `unit`.
+    #[schemars(range(min = 1, max = 100_000))]
+    pub requests_per_unit: i32,
+    /// `Second` or `Minute`.
+    #[serde(default)]
+    pub unit: RateUnit,
+    /// Calls that may go at once after the agent was idle (at least 1).
+    #[serde(default = "default_burst")]
+    #[schemars(range(min = 1, max = 100_000))]
+    pub burst: i32,
+}
+
+fn default_burst() -> i32 {
+    1
+}
+
+/// The unit of a [`RateLimit`].
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub enum RateUnit {
+    #[default]
+    Second,
+    Minute,
+}
+
+impl RateLimit {
+    /// Microseconds between two calls at the steady rate.
+    pub fn interval_us(&self) -> u64 {
+        let unit_us: u64 = match self.unit {
+            RateUnit::Second => 1_000_000,
+            RateUnit::Minute => 60_000_000,
+        };
+        unit_us / self.requests_per_unit.max(1) as u64
+    }
 }
 
 /// Circuit-breaker settings, applied to each agent separately.

@@ -10,6 +10,8 @@
 //!   hook in the last 3 days, and `p:{ns/policy}:bodies:{bucket}:{shard}`: the
 //!   signed bodies queued (replays), 12 bytes each in shard strings ([`seen`]).
 //! - `p:{ns/policy}:activity`: the activity log ([`activity`]).
+//! - `p:{ns/policy}:agent:{name}:slots|rate|paused`: an agent's limits
+//!   across replicas ([`limits`]).
 //! - `p:{ns/policy}:tap`: copies of the last [`TAP_LEN`] queued deliveries,
 //!   written only while `p:{ns/policy}:tap:on` exists (someone follows the
 //!   policy with `hookwarden forward`, see [`Queue::tap_after`]).
@@ -32,6 +34,7 @@ use connection::Connection;
 
 pub mod activity;
 pub mod connection;
+pub mod limits;
 pub mod model;
 pub mod seen;
 

@@ -89,13 +89,15 @@ pub struct Registry {
     keys: RwLock<HashMap<ObjectRef, Arc<[HmacKey]>>>,
     /// Agents' Standard Webhooks keys, by Secret.
     signing_keys: RwLock<HashMap<ObjectRef, Arc<[SigningKey]>>>,
+    /// Agents' credentials (request headers), by Secret.
+    agent_headers: RwLock<HashMap<ObjectRef, Arc<AgentHeaders>>>,
     policies: RwLock<HashMap<ObjectRef, watch::Sender<Arc<PolicySettings>>>>,
     /// Bumped whenever a policy appears or disappears.
     policy_set: watch::Sender<u64>,
     /// Bumped whenever the loaded keys change.
     key_set: watch::Sender<u64>,
-    /// Set once each watch has listed everything (for `/readyz`).
-    synced: RwLock<Synced>,
+    /// The watches that have listed everything (for `/readyz`).
+    synced: RwLock<std::collections::HashSet<Watched>>,
     /// Set once every hook the operator reports Ready had its keys (see
     /// [`Registry::keys_ready`]).
     keyed: std::sync::atomic::AtomicBool,
@@ -103,26 +105,24 @@ pub struct Registry {
     began: std::sync::OnceLock<std::time::Instant>,
 }
 
-#[derive(Default, Clone, Copy)]
-struct Synced {
-    hooks: bool,
-    keys: bool,
-    policies: bool,
-    signing_keys: bool,
-}
-
 /// Which watch finished its initial list.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Watched {
     Hooks,
     Keys,
     Policies,
     SigningKeys,
+    AgentHeaders,
 }
 
 impl Watched {
-    pub const ALL: [Self; 4] = [Self::Hooks, Self::Keys, Self::Policies, Self::SigningKeys];
+    pub const ALL: [Self; 5] =
+        [Self::Hooks, Self::Keys, Self::Policies, Self::SigningKeys, Self::AgentHeaders];
 }
+
+/// The request headers an agent's credentials Secret adds to every call
+/// (values marked sensitive: never printed by `Debug`).
+pub type AgentHeaders = Vec<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>;
 
 impl Registry {
     pub fn new() -> Self {
@@ -205,6 +205,23 @@ impl Registry {
         self.signing_keys.write().unwrap().remove(secret);
     }
 
+    /// The headers of credentials Secret `secret`, if it is loaded.
+    pub fn agent_headers(&self, secret: &ObjectRef) -> Option<Arc<AgentHeaders>> {
+        self.agent_headers.read().unwrap().get(secret).cloned()
+    }
+
+    pub fn set_agent_headers(&self, secret: ObjectRef, headers: AgentHeaders) {
+        self.agent_headers.write().unwrap().insert(secret, Arc::new(headers));
+    }
+
+    pub fn agent_header_refs(&self) -> Vec<ObjectRef> {
+        self.agent_headers.read().unwrap().keys().cloned().collect()
+    }
+
+    pub fn remove_agent_headers(&self, secret: &ObjectRef) {
+        self.agent_headers.write().unwrap().remove(secret);
+    }
+
     /// Current settings of `policy`, if it exists.
     pub fn policy(&self, policy: &ObjectRef) -> Option<Arc<PolicySettings>> {
         self.policies.read().unwrap().get(policy).map(|tx| tx.borrow().clone())
@@ -261,20 +278,13 @@ impl Registry {
     }
 
     pub fn mark_synced(&self, what: Watched) {
-        let mut s = self.synced.write().unwrap();
-        match what {
-            Watched::Hooks => s.hooks = true,
-            Watched::Keys => s.keys = true,
-            Watched::Policies => s.policies = true,
-            Watched::SigningKeys => s.signing_keys = true,
-        }
+        self.synced.write().unwrap().insert(what);
     }
 
-    /// True once hooks, keys, policies and agents' signing keys have all
-    /// been listed.
+    /// True once every watch (hooks, keys, policies, agents' Secrets) has
+    /// listed everything.
     pub fn is_synced(&self) -> bool {
-        let s = *self.synced.read().unwrap();
-        s.hooks && s.keys && s.policies && s.signing_keys
+        self.synced.read().unwrap().len() == Watched::ALL.len()
     }
 
     /// The hooks the operator reports Ready (so their key Secret exists)

@@ -1,8 +1,8 @@
 //! Keeps the [`Registry`] current from the Kubernetes API: WebhookConfigs
 //! (which hook uses which Secret and policy), hookwarden's Secrets (the keys,
 //! reloaded the moment the operator writes one), AgentPolicies (the
-//! effective settings from their status) and agents' signing Secrets —
-//! where they are, or, with a keys namespace, the operator's copies of them
+//! effective settings from their status) and agents' signing and
+//! credentials Secrets — where they are, or, with a keys namespace, the operator's copies of them
 //! there (see [`crate::copies`]).
 
 use std::{collections::HashSet, sync::Arc};
@@ -15,6 +15,7 @@ use kube::{
 };
 
 use super::{
+    dispatch::credentials,
     registry::{HookInfo, PolicySettings, Registry, Watched},
     sources::Allowlist,
 };
@@ -88,7 +89,7 @@ impl SecretSource {
     }
 }
 
-/// Starts the four watches; they run until the process ends, riding out
+/// Starts the five watches; they run until the process ends, riding out
 /// API errors with backoff. With `keys_namespace`, Secrets are read only
 /// there (the operator's copies).
 pub fn spawn(
@@ -153,6 +154,25 @@ pub fn spawn(
             r.set_signing_keys(at, keys);
         },
         Registry::remove_signing_keys,
+    ));
+
+    let headers = SecretSource::new(client, namespace, keys_namespace, Kind::Headers);
+    tokio::spawn(follow(
+        headers.api,
+        headers.config,
+        move |s| headers.filing.refer(s),
+        registry.clone(),
+        Watched::AgentHeaders,
+        Registry::agent_header_refs,
+        |r, at, secret| {
+            let (headers, skipped) = credentials::headers_from(secret.data.iter().flatten());
+            for (entry, why) in skipped {
+                tracing::warn!(secret = %at, entry, why, "credentials Secret entry skipped");
+            }
+            tracing::info!(secret = %at, headers = headers.len(), "agent credentials loaded");
+            r.set_agent_headers(at, headers);
+        },
+        Registry::remove_agent_headers,
     ));
 
     let policies = crate::scoped_api::<AgentPolicy>(client, namespace);

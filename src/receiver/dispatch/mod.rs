@@ -20,6 +20,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::{task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 
+pub mod credentials;
 pub mod destinations;
 mod settle;
 mod worker;
@@ -36,7 +37,10 @@ use crate::{
     api::Agent,
     filter::Verdict,
     now_ms,
-    queue::{Delivery, Entry, Queue},
+    queue::{
+        Delivery, Entry, Queue,
+        limits::{AgentLimits, Permit},
+    },
     standard_webhooks,
     telemetry::ReceiverMetrics,
 };
@@ -60,16 +64,20 @@ pub struct DispatchConfig {
     pub destinations: Arc<destinations::Destinations>,
 }
 
+/// A call's slot outlives the agent's timeout by this much before another
+/// replica may take it (its holder died mid-call).
+const LEASE_MARGIN_S: u64 = 5;
+
 /// Housekeeping (reclaim, prune) and the slowest promotion of retries run this often.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 
-/// The instant of a wall-clock time `due_ms` (Unix ms); far off when `None`.
 /// Whether the breaker of `agent` is still needed: its policy (`settings`)
 /// is known and lists it.
 pub fn keeps_breaker(settings: Option<&PolicySettings>, agent: &str) -> bool {
     settings.is_some_and(|s| s.agents.iter().any(|a| a.name == agent))
 }
 
+/// The instant of a wall-clock time `due_ms` (Unix ms); far off when `None`.
 fn due_instant(due_ms: Option<u64>) -> Instant {
     match due_ms {
         Some(due) => Instant::now() + Duration::from_millis(due.saturating_sub(now_ms())),
@@ -394,6 +402,51 @@ impl Dispatcher {
         None
     }
 
+    /// Waits for the agent's limits across replicas to allow one call, at
+    /// most [`Dispatcher::limit_wait`] (beyond it the delivery is retried
+    /// when they allow, without using an attempt); returns the slot's holder.
+    async fn slot(&self, policy: &ObjectRef, agent: &Agent, limits: AgentLimits) -> Result<String, Failure> {
+        let holder = format!("{}:{:016x}", self.config.consumer, rand::random::<u64>());
+        let lease_ms = (agent.timeout_seconds.max(1) as u64 + LEASE_MARGIN_S) * 1000;
+        let deadline = Instant::now() + self.limit_wait();
+        loop {
+            let permit = self.queue.agent_permit(policy, &agent.name, limits, &holder, lease_ms, 0).await;
+            let (wait, limit) = match &permit {
+                Ok(Permit::Granted) => return Ok(holder),
+                Ok(Permit::Paused { ms }) => (Duration::from_millis(*ms), "pause (Retry-After)"),
+                // NB: a finished call frees its slot without telling: look again soon.
+                Ok(Permit::Full { ms }) => {
+                    (Duration::from_millis((*ms).min(rand::random_range(10..30))), "concurrency")
+                }
+                Ok(Permit::Rate { ms }) => (Duration::from_millis(*ms), "rateLimit"),
+                Err(error) => {
+                    tracing::warn!(%policy, agent = %agent.name, %error, "cannot read the agent's limits; holding its call");
+                    (Duration::from_secs(1), "limits (Redis unavailable)")
+                }
+            };
+            let retry_at = Instant::now() + wait;
+            if matches!(permit, Ok(Permit::Paused { .. }) | Err(_)) || retry_at > deadline {
+                return Err(Failure::Limited { retry_at, limit });
+            }
+            tokio::time::sleep_until(retry_at).await;
+        }
+    }
+
+    /// Gives a call's slot back at once (else it frees when its lease ends).
+    async fn release(&self, policy: &ObjectRef, agent: &Agent, slot: Option<String>) {
+        let Some(holder) = slot else { return };
+        if let Err(error) = self.queue.agent_release(policy, &agent.name, &holder).await {
+            tracing::warn!(%policy, agent = %agent.name, %error, "could not release a call's slot; it frees when its lease ends");
+        }
+    }
+
+    /// How long a dispatch waits in place for an agent's limits: well
+    /// within the idle time after which another replica would take the
+    /// entry over.
+    fn limit_wait(&self) -> Duration {
+        (self.config.reclaim_after / 2).min(Duration::from_secs(5))
+    }
+
     async fn call(
         &self,
         policy: &ObjectRef,
@@ -415,9 +468,26 @@ impl Dispatcher {
                 }
             }
         }
+        if let Some(secret) = &agent.headers_secret_ref {
+            let secret = ObjectRef::new(policy.namespace.clone(), secret.name.clone());
+            let credentials = self.registry.agent_headers(&secret).ok_or(Failure::NoCredentials(secret))?;
+            // NB: after the CloudEvents and signature headers, which it cannot name.
+            headers.extend(credentials.iter().map(|(name, value)| (name.clone(), value.clone())));
+        }
+        let limits = AgentLimits::of(agent.concurrency, agent.rate_limit.as_ref());
+        let slot = match limits.any() {
+            true => Some(self.slot(policy, agent, limits).await?),
+            false => None,
+        };
         let breaker = self.breaker(policy, &agent.name, settings);
         let labels = [policy.to_string(), agent.name.clone()];
-        let permit = breaker.acquire().await.map_err(|r| Failure::CircuitOpen { retry_at: r.retry_at })?;
+        let permit = match breaker.acquire().await {
+            Ok(permit) => permit,
+            Err(refused) => {
+                self.release(policy, agent, slot).await;
+                return Err(Failure::CircuitOpen { retry_at: refused.retry_at });
+            }
+        };
         // The agent gets this attempt's span as its parent (W3C traceparent).
         let span = tracing::info_span!(
             target: crate::trace::TARGET,
@@ -440,6 +510,7 @@ impl Dispatcher {
             .send()
             .instrument(span.clone())
             .await;
+        self.release(policy, agent, slot).await;
         let busy = response.as_ref().ok().and_then(|r| {
             let value = r.headers().get(reqwest::header::RETRY_AFTER).and_then(|v| v.to_str().ok());
             let wait = settle::retry_after(r.status().as_u16(), value, (now_ms() / 1000) as i64)?;
@@ -449,6 +520,12 @@ impl Dispatcher {
             let retry_at = Instant::now() + wait;
             // Busy, not broken: paused, the circuit left as it is.
             breaker.pause(permit, retry_at);
+            if limits.any() {
+                let ms = wait.as_millis() as u64;
+                if let Err(error) = self.queue.agent_pause(policy, &agent.name, ms).await {
+                    tracing::warn!(%policy, agent = %agent.name, %error, "could not share the pause with other replicas");
+                }
+            }
             span.record("otel.status_code", "error").record("otel.status_message", "throttled");
             tracing::info!(%policy, agent = %agent.name, status, "agent asked to retry later; paused");
             return Err(Failure::Throttled { status, retry_at, wait_s: wait.as_secs() });
@@ -492,6 +569,9 @@ mod tests {
             timeout_seconds: 10,
             signing_secret_ref: None,
             filter: None,
+            headers_secret_ref: None,
+            concurrency: None,
+            rate_limit: None,
         }
     }
 

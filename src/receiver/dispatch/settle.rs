@@ -46,6 +46,17 @@ pub enum Failure {
         "no signing key loaded from Secret {0} (it must exist, carry the label hookwarden.io/agent-signing=true and hold whsec_ keys)"
     )]
     Unsigned(ObjectRef),
+    /// The agent names a credentials Secret that is not loaded (missing or
+    /// unlabelled): nothing is sent without its credentials.
+    #[error(
+        "credentials Secret {0} not loaded (it must exist and carry the label hookwarden.io/agent-headers=true)"
+    )]
+    NoCredentials(ObjectRef),
+    /// Not called: the agent's limits across replicas (`concurrency`,
+    /// `rateLimit`, a `Retry-After` pause) hold it until `retry_at`. Not an
+    /// attempt, and not held against the agent's circuit.
+    #[error("held by the agent's {limit}")]
+    Limited { retry_at: Instant, limit: &'static str },
 }
 
 /// The pure step after the calls: for each agent's outcome of one attempt
@@ -70,6 +81,11 @@ pub fn settle(
             continue;
         };
         let error = failure.to_string();
+        if let Failure::Limited { retry_at, .. } = failure {
+            let due_ms = now_ms + retry_at.saturating_duration_since(now).as_millis() as u64;
+            settlement.retries.push(Retry { agent, due_ms, attempts: attempt, error });
+            continue;
+        }
         if matches!(failure, Failure::AgentGone | Failure::Denied(_) | Failure::Misrouted(_))
             || attempts >= retry.max_attempts.max(1) as u32
         {
@@ -121,6 +137,8 @@ impl Failure {
         "transport",
         "agent_gone",
         "unsigned",
+        "no_credentials",
+        "limited",
         "denied",
         "misrouted",
     ];
@@ -135,6 +153,8 @@ impl Failure {
             Self::Transport(_) => "transport",
             Self::AgentGone => "agent_gone",
             Self::Unsigned(_) => "unsigned",
+            Self::NoCredentials(_) => "no_credentials",
+            Self::Limited { .. } => "limited",
             Self::Denied(_) => "denied",
             Self::Misrouted(_) => "misrouted",
         }
@@ -206,6 +226,16 @@ mod tests {
             ),
             // ...and for the backoff when that is later.
             (one(Err(open_for(0)), 1, 0.0), retry_at(t + 2_000, 2, "circuit open")),
+            // Held by its limits: when they allow, with the attempt not used
+            // up, even at the last attempt.
+            (
+                one(
+                    Err(Failure::Limited { retry_at: now + Duration::from_millis(700), limit: "rateLimit" }),
+                    2,
+                    0.0,
+                ),
+                retry_at(t + 700, 2, "held by the agent's rateLimit"),
+            ),
         ];
         for (i, (got, want)) in cases.into_iter().enumerate() {
             assert_eq!(got, want, "case {i}");
@@ -254,10 +284,12 @@ mod tests {
             Failure::Unsigned(ObjectRef::new("ns", "s")),
             Failure::Denied(super::super::destinations::Denied("x")),
             Failure::Misrouted(ObjectRef::new("a", "hook")),
+            Failure::NoCredentials(ObjectRef::new("ns", "s")),
+            Failure::Limited { retry_at: Instant::now(), limit: "concurrency" },
         ];
         for failure in failures {
             assert!(Failure::REASONS.contains(&failure.metric_label()), "{failure}");
         }
-        assert_eq!(Failure::REASONS.len(), 10);
+        assert_eq!(Failure::REASONS.len(), 12);
     }
 }
