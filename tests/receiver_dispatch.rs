@@ -84,6 +84,7 @@ impl World {
             headers_secret_ref: None,
             concurrency: None,
             rate_limit: None,
+            enabled: true,
         }
     }
 
@@ -419,8 +420,8 @@ async fn a_crashed_consumers_entries_are_reclaimed_by_another() {
     let guids = w.enqueue("push", 5).await;
     // A consumer reads the entries and dies before settling them: they sit in
     // its pending list, exactly what a SIGKILL leaves behind.
-    w.queue.ensure_group(&w.policy).await.unwrap();
-    let taken = w.queue.read(&w.policy, "crashed", 10, 100).await.unwrap();
+    w.queue.ensure_group(&w.policy, None).await.unwrap();
+    let taken = w.queue.read(&w.policy, None, "crashed", 10, 100).await.unwrap();
     assert_eq!(taken.len(), 5);
 
     let _stop = w.start("survivor");
@@ -470,7 +471,7 @@ async fn an_unreadable_entry_is_dropped_without_blocking_the_rest() {
 #[tokio::test]
 async fn departed_consumers_with_nothing_pending_are_pruned() {
     let w = world().await;
-    w.queue.ensure_group(&w.policy).await.unwrap();
+    w.queue.ensure_group(&w.policy, None).await.unwrap();
     let mut raw =
         redis::Client::open(w.redis_url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
     let key = format!("{}:{{team/default}}:events", w.prefix);
@@ -484,14 +485,14 @@ async fn departed_consumers_with_nothing_pending_are_pruned() {
         .unwrap();
     assert_eq!(created, 1);
     w.enqueue("push", 1).await;
-    assert_eq!(w.queue.read(&w.policy, "crashed-with-work", 10, 10).await.unwrap().len(), 1);
+    assert_eq!(w.queue.read(&w.policy, None, "crashed-with-work", 10, 10).await.unwrap().len(), 1);
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(
-        w.queue.prune_consumers(&w.policy, "me", 10).await.unwrap(),
+        w.queue.prune_consumers(&w.policy, None, "me", 10).await.unwrap(),
         1,
         "only the idle one without work"
     );
-    assert_eq!(w.queue.prune_consumers(&w.policy, "me", 10).await.unwrap(), 0);
+    assert_eq!(w.queue.prune_consumers(&w.policy, None, "me", 10).await.unwrap(), 0);
 }
 
 #[tokio::test]
@@ -834,7 +835,10 @@ async fn a_rate_limit_holds_across_receivers_and_a_burst_after_idle_goes_at_once
     assert!(at[4] - at[0] < 200, "the burst: {:?}", &at[..6]);
     // ...then ten a second: the forty after it take four seconds, within 10 %.
     let rest = (at[44] - at[4]) as f64 / 1000.0;
-    assert!((3.6..=4.4).contains(&rest), "40 calls at 10/s took {rest} s");
+    eprintln!("40 calls after the burst at 10/s took {rest} s");
+    // NB: never under 4 s (the limit); over it only by the machine's delays
+    // (4.0-4.1 s on a quiet one), bounded loosely: tests share the cores.
+    assert!((3.9..=4.8).contains(&rest), "40 calls at 10/s took {rest} s");
     // Never faster in any window: at most the burst plus the rate over its length.
     for i in 0..at.len() {
         for j in i..at.len() {
@@ -911,4 +915,108 @@ async fn an_agent_without_its_credentials_gets_nothing_and_with_them_gets_each_c
     w.until_received("secured", &guids).await;
     let received = w.sink.received("secured");
     assert!(received.iter().all(|r| r.authorization.as_deref() == Some("Bearer t0ken")), "{received:?}");
+}
+
+/// How long `agent` took to receive `guids`, from the first call to the last.
+async fn time_to_receive(w: &World, agent: &str, guids: &[String]) -> Duration {
+    w.until_received(agent, guids).await;
+    let at: Vec<u64> =
+        w.sink.received(agent).iter().filter(|r| guids.contains(&r.id)).map(|r| r.at_ms).collect();
+    Duration::from_millis(at.iter().max().unwrap() - at.iter().min().unwrap())
+}
+
+#[tokio::test]
+async fn a_slow_agent_never_slows_its_neighbour() {
+    // Alone: the fast agent's pace.
+    let mut alone = world().await;
+    alone.settings.agents = vec![alone.agent("fast", &[])];
+    alone.settings.concurrency = 2;
+    alone.sink.set_mode("fast", Mode::Slow(10));
+    alone.apply();
+    let _stop = alone.start("a");
+    let guids = alone.enqueue("push", 100).await;
+    let by_itself = time_to_receive(&alone, "fast", &guids).await;
+
+    // Beside an agent that takes 9 s a call (and succeeds): the same pace.
+    let mut w = world().await;
+    let mut slow = w.agent("slow", &[]);
+    slow.timeout_seconds = 10;
+    w.settings.agents = vec![slow, w.agent("fast", &[])];
+    w.settings.concurrency = 2;
+    w.sink.set_mode("fast", Mode::Slow(10));
+    w.sink.set_mode("slow", Mode::Slow(9_000));
+    w.apply();
+    let _stop = w.start("a");
+    let guids = w.enqueue("push", 100).await;
+    let beside = time_to_receive(&w, "fast", &guids).await;
+    let ratio = by_itself.as_secs_f64() / beside.as_secs_f64();
+    eprintln!(
+        "fast agent: 100 deliveries in {by_itself:?} alone, {beside:?} beside a 9 s agent: {ratio:.2}x"
+    );
+    // NB: measured at 0.95x on a quiet machine; before lanes it was ~0.002x
+    // (each pair of deliveries waited 9 s). Bounded loosely: tests share the cores.
+    assert!(ratio >= 0.5, "alone {by_itself:?}, beside the slow agent {beside:?}");
+    assert!(w.sink.max_in_flight("slow") <= 2, "the slow agent has its own concurrency");
+    assert_eq!(w.ids("fast").len(), 100, "each once");
+}
+
+#[tokio::test]
+async fn an_agent_switched_off_waits_in_its_lane_while_the_others_go_on() {
+    let mut w = world().await;
+    let mut paused = w.agent("paused", &[]);
+    paused.enabled = false;
+    w.settings.agents = vec![paused, w.agent("running", &[])];
+    w.apply();
+    let _stop = w.start("a");
+    let guids = w.enqueue("push", 20).await;
+    w.until_received("running", &guids).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(w.sink.calls("paused").is_empty(), "switched off: nothing sent");
+    assert_eq!(w.queue.lane_len(&w.policy, "paused").await.unwrap(), 20, "its deliveries wait in its lane");
+    assert_eq!(w.queue.len(&w.policy).await.unwrap(), 20, "and count as queued");
+
+    w.settings.agents[0].enabled = true;
+    w.apply();
+    w.until_received("paused", &guids).await;
+    w.until_drained().await;
+    assert_eq!(w.ids("paused").len(), 20, "each once");
+    assert_eq!(w.ids("running").len(), 20, "each once");
+}
+
+#[tokio::test]
+async fn an_agent_that_leaves_the_policy_leaves_its_lane_in_dead_letters_and_no_lane_behind() {
+    let mut w = world().await;
+    let mut leaving = w.agent("leaving", &[]);
+    leaving.enabled = false;
+    w.settings.agents = vec![leaving, w.agent("staying", &[])];
+    w.apply();
+    let _stop = w.start("a");
+    let guids = w.enqueue("push", 10).await;
+    w.until_received("staying", &guids).await;
+    eventually("the lane to fill", WAIT, || async {
+        (w.queue.lane_len(&w.policy, "leaving").await.unwrap() == 10).then_some(())
+    })
+    .await;
+
+    w.settings.agents.remove(0);
+    w.apply();
+    let dead = eventually("the lane's deliveries in dead letters", WAIT, || async {
+        let dead = w.queue.dead_letters(&w.policy, 100).await.unwrap();
+        (dead.len() == 10).then_some(dead)
+    })
+    .await;
+    for d in &dead {
+        assert_eq!(
+            (d.delivery.agent.as_deref(), d.error.as_str()),
+            (Some("leaving"), "agent no longer in the policy")
+        );
+    }
+    let ids: HashSet<&String> = dead.iter().map(|d| &d.delivery.guid).collect();
+    assert_eq!(ids, guids.iter().collect(), "each delivery once");
+    eventually("the lane retired", WAIT, || async {
+        w.queue.lanes(&w.policy).await.unwrap().iter().all(|a| a != "leaving").then_some(())
+    })
+    .await;
+    w.until_drained().await;
+    assert!(w.sink.calls("leaving").is_empty());
 }

@@ -227,8 +227,8 @@ async fn form_encoded_deliveries_are_accepted_with_the_json_payload_queued() {
     let (status, reply, _) = send(&h.app, req).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
 
-    h.queue.ensure_group(&h.policy).await.unwrap();
-    let entries = h.queue.read(&h.policy, "test", 10, 100).await.unwrap();
+    h.queue.ensure_group(&h.policy, None).await.unwrap();
+    let entries = h.queue.read(&h.policy, None, "test", 10, 100).await.unwrap();
     assert_eq!(entries.len(), 1);
     let d = &entries[0].delivery;
     assert_eq!(serde_json::from_slice::<Value>(&d.payload).unwrap(), payload);

@@ -213,6 +213,7 @@ fn settings(agent_url: &str) -> PolicySettings {
             headers_secret_ref: None,
             concurrency: None,
             rate_limit: None,
+            enabled: true,
         }],
         circuit_breaker: CircuitBreaker { volume_threshold: 100_000, ..CircuitBreaker::default() },
         retry: RetryPolicy { max_attempts: 100, ..RetryPolicy::default() },

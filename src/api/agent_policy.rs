@@ -98,6 +98,12 @@ pub struct Agent {
     #[schemars(extend("pattern" = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength" = 63))]
     pub name: String,
 
+    /// This agent's own switch. `false`: its deliveries wait in its lane
+    /// while the policy's other agents go on; set it back to `true` and it
+    /// catches up. The policy's `enabled` stops every agent.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+
     /// URL the CloudEvent is POSTed to.
     #[schemars(extend("pattern" = r"^https?://[^\s/$.?#][^\s]*$", "maxLength" = 2048))]
     pub url: String,

@@ -2,8 +2,14 @@
 //!
 //! Keys, for policy `ns/policy` under the configured prefix `p`:
 //! - `p:{ns/policy}:events`: the queue. Receivers read it through the consumer
-//!   group [`GROUP`], so replicas share the work; an entry is deleted once it is
-//!   settled, so `XLEN` is the queue length.
+//!   group [`GROUP`], so replicas share the work, and route each entry into
+//!   the lane of every agent it goes to (filters decide); an entry is deleted
+//!   once it is settled.
+//! - `p:{ns/policy}:lane:{agent}`: an agent's lane ([`lanes`]), read the same
+//!   way, so each agent progresses on its own; `p:{ns/policy}:lanes` the set
+//!   of agents with one and `p:{ns/policy}:lanes:backlog` the entries in
+//!   them all, so that the queue's length (`XLEN` of the events plus the
+//!   backlog) is one read.
 //! - `p:{ns/policy}:retry`: sorted set of scheduled retries (score: due time).
 //! - `p:{ns/policy}:dead`: the dead-letter stream.
 //! - `p:{ns/policy}:guids:{bucket}:{shard}`: delivery GUIDs seen through each
@@ -34,6 +40,7 @@ use connection::Connection;
 
 pub mod activity;
 pub mod connection;
+pub mod lanes;
 pub mod limits;
 pub mod model;
 pub mod seen;
@@ -90,6 +97,21 @@ static SETTLE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua
 static PROMOTE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/promote.lua")));
 
 static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/replay.lua")));
+
+/// Drops an unreadable entry: KEYS[1] its stream, KEYS[2] the lanes'
+/// backlog; ARGV group, id, '1' for a lane (its backlog counts down).
+static DROP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) \
+         local gone = redis.call('XDEL', KEYS[1], ARGV[2]) \
+         if gone == 1 and ARGV[3] == '1' and redis.call('DECR', KEYS[2]) < 0 then redis.call('SET', KEYS[2], 0) end \
+         return gone",
+    )
+});
+
+/// The set of a policy's agents with a lane, and the entries in them all.
+const LANES: &str = "lanes";
+const BACKLOG: &str = "lanes:backlog";
 
 /// What one policy's queue holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,6 +179,15 @@ impl Queue {
         format!("{}:{{{policy}}}:{what}", self.prefix)
     }
 
+    /// The stream a worker reads: the policy's own (`lane` none), where
+    /// deliveries arrive and are routed from, or an agent's lane.
+    fn stream(&self, policy: &ObjectRef, lane: Option<&str>) -> String {
+        match lane {
+            None => self.key(policy, "events"),
+            Some(agent) => self.key(policy, &format!("lane:{agent}")),
+        }
+    }
+
     /// The shard keys of `record` in the buckets a lookup at `now` reads,
     /// the current one first, and when the current one expires.
     fn seen_keys(
@@ -217,6 +248,7 @@ impl Queue {
         for key in guid_keys.iter().chain(&body_keys) {
             script.key(key);
         }
+        script.key(self.key(policy, BACKLOG));
         script.arg(limit).arg(ACTIVITY_LEN).arg(TAP_LEN);
         script.arg(&guid.bytes[..]).arg(guid_expiry);
         script.arg(body.as_ref().map_or(&[][..], |b| &b.bytes[..])).arg(body_expiry);
@@ -253,9 +285,15 @@ impl Queue {
         }
     }
 
-    /// Deliveries waiting or in flight for `policy`.
+    /// Deliveries waiting or in flight for `policy`: in its stream, and in
+    /// its agents' lanes (one for each agent a delivery goes to).
     pub async fn len(&self, policy: &ObjectRef) -> Result<u64> {
-        Ok(self.conn.get().xlen(self.key(policy, "events")).await?)
+        let (events, lanes): (u64, Option<u64>) = redis::pipe()
+            .xlen(self.key(policy, "events"))
+            .get(self.key(policy, BACKLOG))
+            .query_async(&mut self.conn.get())
+            .await?;
+        Ok(events + lanes.unwrap_or(0))
     }
 
     /// Scheduled retries for `policy`.
@@ -274,19 +312,21 @@ impl Queue {
         let asks = policies.iter().map(|policy| async move {
             let mut pipe = redis::pipe();
             pipe.xlen(self.key(policy, "events"))
+                .get(self.key(policy, BACKLOG))
                 .zcard(self.key(policy, "retry"))
                 .xlen(self.key(policy, "dead"));
-            let (queued, retrying, dead) = pipe.query_async::<(u64, u64, u64)>(&mut self.conn.get()).await?;
-            Ok::<_, redis::RedisError>(Lengths { queued, retrying, dead })
+            let (events, lanes, retrying, dead) =
+                pipe.query_async::<(u64, Option<u64>, u64, u64)>(&mut self.conn.get()).await?;
+            Ok::<_, redis::RedisError>(Lengths { queued: events + lanes.unwrap_or(0), retrying, dead })
         });
         Ok(futures::future::try_join_all(asks).await?)
     }
 
     /// Creates the consumer group (and the stream) if missing.
-    pub async fn ensure_group(&self, policy: &ObjectRef) -> Result<()> {
+    pub async fn ensure_group(&self, policy: &ObjectRef, lane: Option<&str>) -> Result<()> {
         let res: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
-            .arg(self.key(policy, "events"))
+            .arg(self.stream(policy, lane))
             .arg(GROUP)
             .arg("0")
             .arg("MKSTREAM")
@@ -302,6 +342,7 @@ impl Queue {
     pub async fn read(
         &self,
         policy: &ObjectRef,
+        lane: Option<&str>,
         consumer: &str,
         count: usize,
         block_ms: u64,
@@ -315,12 +356,12 @@ impl Queue {
             .arg("BLOCK")
             .arg(block_ms)
             .arg("STREAMS")
-            .arg(self.key(policy, "events"))
+            .arg(self.stream(policy, lane))
             .arg(">")
             .query_async(&mut self.conn.get())
             .await?;
         let ids = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids).collect();
-        self.usable(policy, ids).await
+        self.usable(policy, lane, ids).await
     }
 
     /// Takes over entries another consumer left unacknowledged for longer
@@ -328,12 +369,13 @@ impl Queue {
     pub async fn reclaim(
         &self,
         policy: &ObjectRef,
+        lane: Option<&str>,
         consumer: &str,
         min_idle_ms: u64,
         count: usize,
     ) -> Result<Vec<Entry>> {
         let reply: redis::streams::StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
-            .arg(self.key(policy, "events"))
+            .arg(self.stream(policy, lane))
             .arg(GROUP)
             .arg(consumer)
             .arg(min_idle_ms)
@@ -342,13 +384,19 @@ impl Queue {
             .arg(count)
             .query_async(&mut self.conn.get())
             .await?;
-        self.usable(policy, reply.claimed).await
+        self.usable(policy, lane, reply.claimed).await
     }
 
     /// Removes consumers (replicas long gone: pod names change on every
     /// restart) that have nothing pending and were idle over `idle_ms`.
-    pub async fn prune_consumers(&self, policy: &ObjectRef, keep: &str, idle_ms: u64) -> Result<usize> {
-        let key = self.key(policy, "events");
+    pub async fn prune_consumers(
+        &self,
+        policy: &ObjectRef,
+        lane: Option<&str>,
+        keep: &str,
+        idle_ms: u64,
+    ) -> Result<usize> {
+        let key = self.stream(policy, lane);
         let info: redis::streams::StreamInfoConsumersReply =
             self.conn.get().xinfo_consumers(&key, GROUP).await?;
         let mut removed = 0;
@@ -364,21 +412,25 @@ impl Queue {
     /// Parses stream entries. One that cannot be read (written by something
     /// other than a receiver) is logged and removed, so it can never wedge a
     /// worker or every later reclaim.
-    async fn usable(&self, policy: &ObjectRef, ids: Vec<redis::streams::StreamId>) -> Result<Vec<Entry>> {
+    async fn usable(
+        &self,
+        policy: &ObjectRef,
+        lane: Option<&str>,
+        ids: Vec<redis::streams::StreamId>,
+    ) -> Result<Vec<Entry>> {
         let mut entries = Vec::with_capacity(ids.len());
         for sid in ids {
             match Delivery::from_fields(&sid.id, bytes_map(sid.map)) {
                 Ok(delivery) => entries.push(Entry { id: sid.id, delivery }),
                 Err(error) => {
-                    tracing::error!(%policy, entry = %sid.id, %error, "dropping unreadable queue entry");
-                    let key = self.key(policy, "events");
-                    let _: () = redis::pipe()
-                        .atomic()
-                        .xack(&key, GROUP, &[&sid.id])
-                        .ignore()
-                        .xdel(&key, &[&sid.id])
-                        .ignore()
-                        .query_async(&mut self.conn.get())
+                    tracing::error!(%policy, lane, entry = %sid.id, %error, "dropping unreadable queue entry");
+                    let _: i64 = DROP
+                        .key(self.stream(policy, lane))
+                        .key(self.key(policy, BACKLOG))
+                        .arg(GROUP)
+                        .arg(&sid.id)
+                        .arg(u8::from(lane.is_some()))
+                        .invoke_async(&mut self.conn.get())
                         .await?;
                 }
             }
@@ -393,6 +445,7 @@ impl Queue {
     pub async fn settle(
         &self,
         policy: &ObjectRef,
+        lane: Option<&str>,
         entry: &Entry,
         outcome: &Settlement,
         now_ms: u64,
@@ -400,11 +453,16 @@ impl Queue {
     ) -> Result<()> {
         let mut script = SETTLE.prepare_invoke();
         script
-            .key(self.key(policy, "events"))
+            .key(self.stream(policy, lane))
             .key(self.key(policy, "retry"))
             .key(self.key(policy, "dead"))
             .key(self.key(policy, "activity"))
-            .key(self.key(policy, "recent"));
+            .key(self.key(policy, "recent"))
+            .key(self.key(policy, LANES))
+            .key(self.key(policy, BACKLOG));
+        for agent in &outcome.routed {
+            script.key(self.stream(policy, Some(agent)));
+        }
         let d = &entry.delivery;
         script.arg(GROUP).arg(&entry.id).arg(ACTIVITY_LEN);
         script.arg(&d.guid).arg(&d.event).arg(d.hook.to_string()).arg(d.repository.as_deref().unwrap_or(""));
@@ -438,6 +496,10 @@ impl Queue {
         script.arg(if sample { RECENT_LEN } else { 0 });
         if sample {
             script.arg(d.to_flat_json(&[]));
+        }
+        script.arg(u8::from(lane.is_some())).arg(outcome.routed.len());
+        for agent in &outcome.routed {
+            script.arg(agent);
         }
         let _: i64 = script.invoke_async(&mut self.conn.get()).await?;
         Ok(())

@@ -189,6 +189,9 @@ pub struct Settlement {
     /// Agents whose filters refused it, and why: `(agent, detail)`; an
     /// empty agent when no agent's `events` and `repositories` take it.
     pub filtered: Vec<(String, String)>,
+    /// Agents whose lanes it is copied into (by the policy's router), each
+    /// to be delivered and settled there on its own.
+    pub routed: Vec<String>,
 }
 
 /// One agent's next attempt.

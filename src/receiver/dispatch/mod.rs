@@ -326,9 +326,19 @@ impl Dispatcher {
         breaker.clone()
     }
 
-    /// Dispatches one entry and settles it; returns when the earliest retry
-    /// it scheduled is due (Unix ms).
-    async fn process(self: Arc<Self>, policy: ObjectRef, entry: Entry) -> Option<u64> {
+    /// Routes one entry of the policy's stream (`lane` none) into its
+    /// agents' lanes, or dispatches one entry of an agent's lane to it, and
+    /// settles it; returns when the earliest retry it scheduled is due (Unix ms).
+    async fn process(
+        self: Arc<Self>,
+        policy: ObjectRef,
+        lane: Option<String>,
+        mut entry: Entry,
+    ) -> Option<u64> {
+        // NB: an entry in a lane is for that lane's agent, filtered no more.
+        if lane.is_some() {
+            entry.delivery.agent = lane.clone();
+        }
         // One round of calls for a delivery, in the trace that queued it.
         let span = tracing::info_span!(
             target: crate::trace::TARGET,
@@ -338,10 +348,10 @@ impl Dispatcher {
             trace_id = tracing::field::Empty,
         );
         crate::trace::continue_from(&span, entry.delivery.trace.as_deref());
-        self.dispatch(policy, entry).instrument(span).await
+        self.dispatch(policy, lane, entry).instrument(span).await
     }
 
-    async fn dispatch(self: Arc<Self>, policy: ObjectRef, entry: Entry) -> Option<u64> {
+    async fn dispatch(self: Arc<Self>, policy: ObjectRef, lane: Option<String>, entry: Entry) -> Option<u64> {
         let settings = self.registry.policy(&policy)?;
         let d = &entry.delivery;
         let started = std::time::Instant::now();
@@ -352,14 +362,21 @@ impl Dispatcher {
             self.metrics.filter_seconds.with_label_values(&[policy_label.as_str()]).observe(seconds);
         }
         let routed = routes(&d.hook, &policy, self.registry.hook(&d.hook).map(|h| h.policy).as_ref());
-        let calls = targets.iter().map(|target| async {
+        // The router copies a delivery into its agents' lanes; a lane calls its agent.
+        let (mut into_lanes, mut outcomes, mut calls) = (Vec::new(), Vec::new(), Vec::new());
+        for target in &targets {
             match target {
-                Ok(agent) if !routed => (agent.name.clone(), Err(Failure::Misrouted(d.hook.clone()))),
-                Ok(agent) => (agent.name.clone(), self.call(&policy, agent, &settings, d).await),
-                Err(name) => (name.clone(), Err(Failure::AgentGone)),
+                Ok(agent) if !routed => {
+                    outcomes.push((agent.name.clone(), Err(Failure::Misrouted(d.hook.clone()))))
+                }
+                Ok(agent) if lane.is_none() => into_lanes.push(agent.name.clone()),
+                Ok(agent) => {
+                    calls.push(async { (agent.name.clone(), self.call(&policy, agent, &settings, d).await) })
+                }
+                Err(name) => outcomes.push((name.clone(), Err(Failure::AgentGone))),
             }
-        });
-        let outcomes = futures::future::join_all(calls).await;
+        }
+        outcomes.extend(futures::future::join_all(calls).await);
 
         let labels = |agent: &str, result: &str| [policy_label.as_str(), agent, result].map(str::to_owned);
         for (agent, failure) in outcomes.iter().filter_map(|(a, o)| Some((a, o.as_ref().err()?))) {
@@ -368,6 +385,7 @@ impl Dispatcher {
         let now = now_ms();
         let mut settlement =
             settle(&outcomes, &settings.retry, d.attempt, now, Instant::now(), rand::random());
+        settlement.routed = into_lanes;
         for (agent, verdict) in &refused {
             if let (false, Some(reason)) = (agent.is_empty(), verdict.reason()) {
                 self.metrics.filtered.with_label_values(&[policy_label.as_str(), agent, reason]).inc();
@@ -388,7 +406,7 @@ impl Dispatcher {
             self.metrics.processed.with_label_values(&labels(&g.agent, "dead_letter")).inc();
         }
         for attempt in 1..=3 {
-            match self.queue.settle(&policy, &entry, &settlement, now, sample).await {
+            match self.queue.settle(&policy, lane.as_deref(), &entry, &settlement, now, sample).await {
                 Ok(()) => return settlement.retries.iter().map(|r| r.due_ms).min(),
                 Err(error) => {
                     tracing::warn!(%policy, delivery_id = %d.guid, attempt, %error, "could not settle; retrying");
@@ -572,6 +590,7 @@ mod tests {
             headers_secret_ref: None,
             concurrency: None,
             rate_limit: None,
+            enabled: true,
         }
     }
 
