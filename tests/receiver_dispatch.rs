@@ -1020,3 +1020,54 @@ async fn an_agent_that_leaves_the_policy_leaves_its_lane_in_dead_letters_and_no_
     w.until_drained().await;
     assert!(w.sink.calls("leaving").is_empty());
 }
+
+#[tokio::test]
+async fn a_filter_admits_exactly_the_example_payloads_it_should() {
+    use hookwarden::filter::compile;
+    let mut w = world().await;
+    w.settings.agents = vec![w.agent("reviewer", &["pull_request"]), w.agent("audit", &[])];
+    w.settings.filters.agents.insert(
+        "reviewer".into(),
+        compile(
+            "action in ['opened', 'synchronize'] && body.pull_request.base.ref == 'master' \
+             && !body.pull_request.draft && body.sender.type == 'User'",
+        ),
+    );
+    w.apply();
+    let _stop = w.start("a");
+    let hook = ObjectRef::new("team", "repo-hook");
+    let (mut all, mut wanted) = (Vec::new(), HashSet::new());
+    for (event, example) in common::webhook_examples() {
+        let p = common::occurrence(&example);
+        let pr = &p["pull_request"];
+        // The same condition, read off the JSON by hand.
+        let guid = guid();
+        if event == "pull_request"
+            && (p["action"] == "opened" || p["action"] == "synchronize")
+            && pr["base"]["ref"] == "master"
+            && pr["draft"] == false
+            && p["sender"]["type"] == "User"
+        {
+            wanted.insert(guid.clone());
+        }
+        let d = Delivery::parse(&guid, &event, &hook, Bytes::from(p.to_string())).unwrap();
+        w.queue.enqueue(&w.policy, &d, 100_000, None).await.unwrap();
+        all.push(guid);
+    }
+    assert!(!wanted.is_empty() && wanted.len() < all.len(), "the corpus has both kinds: {}", wanted.len());
+    w.until_received("audit", &all).await;
+    w.until_drained().await;
+    let got: Vec<String> = w.ids("reviewer");
+    assert_eq!(got.iter().collect::<HashSet<_>>(), wanted.iter().collect(), "exactly the wanted examples");
+    assert_eq!(got.len(), wanted.len(), "each once");
+    let text = w.metrics.render();
+    let no_match =
+        series(&text, &["hookwarden_filtered_total{", "agent=\"reviewer\"", "reason=\"no_match\""]);
+    let error = series(&text, &["hookwarden_filtered_total{", "agent=\"reviewer\"", "reason=\"error\""]);
+    let pull_requests = common::webhook_examples().iter().filter(|(e, _)| e == "pull_request").count();
+    assert_eq!(
+        no_match.unwrap_or(0.0) + error.unwrap_or(0.0),
+        (pull_requests - wanted.len()) as f64,
+        "every pull_request example the filter refused is counted"
+    );
+}
