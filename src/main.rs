@@ -11,7 +11,9 @@ use hookwarden::{
     ObjectRef,
     operator::{self, OperatorConfig, webhook_config::RecoveryWay},
     queue::ActivityFilter,
-    receiver::{self, ReceiverConfig, access::kubeconfig_token, admin, admin_view, http::DEFAULT_BODY_LIMIT},
+    receiver::{
+        self, ReceiverConfig, access::kubeconfig_token, admin, admin_view, http::DEFAULT_BODY_LIMIT, replay,
+    },
 };
 
 #[derive(Parser)]
@@ -116,8 +118,37 @@ enum AdminAction {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
-    /// Put one dead letter back in the queue.
-    Replay { policy: String, id: String },
+    /// Put one dead letter back in the queue (NAMESPACE/NAME ID), or send a
+    /// window of a policy's history again (--policy NAMESPACE/NAME --since T):
+    /// to --agent A only (a new agent backfilled) or to every agent today's
+    /// filters send each delivery to; the original GUID is the ce-id.
+    Replay {
+        /// NAMESPACE/NAME of the policy holding the dead letter.
+        policy: Option<String>,
+        /// The dead letter's ID.
+        id: Option<String>,
+        /// The policy whose history to replay, NAMESPACE/NAME.
+        #[arg(long = "policy", id = "window_policy", value_name = "NAMESPACE/NAME", conflicts_with_all = ["policy", "id"], requires = "since")]
+        window_policy: Option<ObjectRef>,
+        /// Deliveries received since: an RFC 3339 time, or a duration ago (90m, 1h30m).
+        #[arg(long, requires = "window_policy")]
+        since: Option<String>,
+        /// ...and before: an RFC 3339 time, or a duration ago (default: now).
+        #[arg(long, requires = "window_policy")]
+        until: Option<String>,
+        /// Only to this agent.
+        #[arg(long, requires = "window_policy")]
+        agent: Option<String>,
+        /// Only deliveries of this event.
+        #[arg(long, requires = "window_policy")]
+        event: Option<String>,
+        /// Only deliveries this CEL expression is true for.
+        #[arg(long, requires = "window_policy")]
+        filter: Option<String>,
+        /// Count what would be sent; send nothing.
+        #[arg(long, requires = "window_policy")]
+        dry_run: bool,
+    },
     /// Delete all of a policy's dead letters.
     Purge { policy: String },
     /// Follow deliveries, policy switches and circuits live (until Ctrl-C);
@@ -644,7 +675,24 @@ fn admin_call(action: AdminAction) -> Result<admin::Call, String> {
         AdminAction::DeadLetters { policy: p, limit } => {
             admin::Call::DeadLetters { policy: parse_policy(&p)?, limit }
         }
-        AdminAction::Replay { policy: p, id } => admin::Call::Replay { policy: parse_policy(&p)?, id },
+        AdminAction::Replay { policy, id, window_policy, since, until, agent, event, filter, dry_run } => {
+            match (window_policy, since, policy, id) {
+                (Some(policy), Some(since), _, _) => {
+                    let now = hookwarden::now_ms();
+                    let window = replay::ReplayWindow {
+                        since_ms: replay::parse_time(&since, now)?,
+                        until_ms: until.map(|u| replay::parse_time(&u, now)).transpose()?,
+                        agent,
+                        event,
+                        filter,
+                        dry_run,
+                    };
+                    admin::Call::ReplayWindow { policy, window }
+                }
+                (_, _, Some(p), Some(id)) => admin::Call::Replay { policy: parse_policy(&p)?, id },
+                _ => return Err("name a dead letter (POLICY ID) or a window (--policy P --since T)".into()),
+            }
+        }
         AdminAction::Purge { policy: p } => admin::Call::Purge { policy: parse_policy(&p)? },
         AdminAction::FilterTest { policy, agent, limit, filter } => {
             admin::Call::FilterTest { policy, test: admin::FilterTest { filter, agent, limit: Some(limit) } }

@@ -58,6 +58,7 @@ impl World {
                 max_delay: "1s".parse().unwrap(),
             },
             filters: Default::default(),
+            history_ms: 0,
         };
         Self {
             redis_url: redis_url.to_owned(),
@@ -1070,4 +1071,74 @@ async fn a_filter_admits_exactly_the_example_payloads_it_should() {
         (pull_requests - wanted.len()) as f64,
         "every pull_request example the filter refused is counted"
     );
+}
+
+#[tokio::test]
+async fn a_window_of_history_is_replayed_to_one_agent_and_nothing_to_the_others() {
+    use hookwarden::receiver::replay::{ReplayWindow, replay};
+    let mut w = world().await;
+    w.settings.agents = vec![w.agent("one", &[]), w.agent("other", &[])];
+    w.settings.history_ms = 3_600_000;
+    w.apply();
+    let _stop = w.start("a");
+    let batch = |n: usize| {
+        let w = &w;
+        async move {
+            let mut guids = Vec::new();
+            for i in 0..n {
+                let guid = guid();
+                let body = Bytes::from(format!(r#"{{"action":"opened","n":{i}}}"#));
+                let d = Delivery {
+                    received_ms: hookwarden::now_ms(),
+                    ..Delivery::parse(&guid, "push", &ObjectRef::new("team", "repo-hook"), body).unwrap()
+                };
+                w.queue.enqueue(&w.policy, &d, 10_000, None).await.unwrap();
+                guids.push(guid);
+            }
+            w.until_received("one", &guids).await;
+            w.until_received("other", &guids).await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            guids
+        }
+    };
+    let _before = batch(30).await;
+    let since_ms = hookwarden::now_ms();
+    let window = batch(40).await;
+    let until_ms = hookwarden::now_ms();
+    let _after = batch(30).await;
+    w.until_drained().await;
+
+    let settings = w.registry.policy(&w.policy).unwrap();
+    let asked =
+        ReplayWindow { since_ms, until_ms: Some(until_ms), agent: Some("one".into()), ..Default::default() };
+    let dry = replay(&w.queue, &w.policy, &settings, &ReplayWindow { dry_run: true, ..asked.clone() })
+        .await
+        .unwrap();
+    assert_eq!((dry.deliveries, dry.sends, dry.queued), (40, 40, 0), "{dry:?}");
+    assert!(dry.kept_since_ms.is_some_and(|k| k < since_ms), "{dry:?}");
+    let report = replay(&w.queue, &w.policy, &settings, &asked).await.unwrap();
+    assert_eq!((report.deliveries, report.sends, report.queued), (40, 40, 40), "{report:?}");
+
+    eventually("the window sent again to one", WAIT, || async { (w.ids("one").len() == 140).then_some(()) })
+        .await;
+    w.until_drained().await;
+    let ids = w.ids("one");
+    for guid in &window {
+        assert_eq!(
+            ids.iter().filter(|id| *id == guid).count(),
+            2,
+            "each of the window once more, same ce-id"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(w.ids("other").len(), 100, "nothing to the other agent");
+    assert_eq!(w.ids("one").len(), 140, "nothing outside the window");
+
+    // Without an agent: to every agent it goes to; beyond the queue limit: refused whole.
+    w.settings.queue_limit = 10;
+    w.apply();
+    let settings = w.registry.policy(&w.policy).unwrap();
+    let all = ReplayWindow { agent: None, ..asked.clone() };
+    let refused = replay(&w.queue, &w.policy, &settings, &all).await.unwrap_err();
+    assert!(refused.to_string().contains("queue limit"), "{refused}");
 }

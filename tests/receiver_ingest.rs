@@ -472,6 +472,7 @@ async fn a_full_queue_answers_503_with_retry_after() {
         circuit_breaker: CircuitBreaker::default(),
         retry: RetryPolicy::default(),
         filters: Default::default(),
+        history_ms: 0,
     };
     h.registry.set_policy(h.policy.clone(), settings.clone());
     let body = |n: u32| format!(r#"{{"action":"opened","number":{n}}}"#).into_bytes();

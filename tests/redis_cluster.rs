@@ -218,6 +218,7 @@ fn settings(agent_url: &str) -> PolicySettings {
         circuit_breaker: CircuitBreaker { volume_threshold: 100_000, ..CircuitBreaker::default() },
         retry: RetryPolicy { max_attempts: 100, ..RetryPolicy::default() },
         filters: Default::default(),
+        history_ms: 0,
     }
 }
 

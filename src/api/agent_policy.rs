@@ -73,6 +73,16 @@ pub struct AgentPolicySpec {
     /// Rules by which the operator trips the kill switch on its own.
     #[serde(default)]
     pub safety: Safety,
+
+    /// How long every delivery is kept for `hookwarden admin replay --since`
+    /// (a window replayed to one agent or all, a new agent backfilled), as a
+    /// duration such as `24h`; at most `168h`. Unset: none is kept. It costs
+    /// Redis memory: a delivery's compressed payload for as long (a 21 KB
+    /// pull_request: about 5 KB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = kube::core::Rule::new("duration(self) <= duration('168h')")
+        .message("history is kept at most 168h"))]
+    pub history: Option<Duration>,
 }
 
 /// Automatic safety rules. A tripped rule shows in `status.reason`, the

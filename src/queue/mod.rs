@@ -10,6 +10,8 @@
 //!   of agents with one and `p:{ns/policy}:lanes:backlog` the entries in
 //!   them all, so that the queue's length (`XLEN` of the events plus the
 //!   backlog) is one read.
+//! - `p:{ns/policy}:history`: the deliveries kept for replays, when the
+//!   policy asks for it ([`history`]).
 //! - `p:{ns/policy}:retry`: sorted set of scheduled retries (score: due time).
 //! - `p:{ns/policy}:dead`: the dead-letter stream.
 //! - `p:{ns/policy}:guids:{bucket}:{shard}`: delivery GUIDs seen through each
@@ -40,6 +42,7 @@ use connection::Connection;
 
 pub mod activity;
 pub mod connection;
+pub mod history;
 pub mod lanes;
 pub mod limits;
 pub mod model;
@@ -112,6 +115,17 @@ static DROP: LazyLock<Script> = LazyLock::new(|| {
 /// The set of a policy's agents with a lane, and the entries in them all.
 const LANES: &str = "lanes";
 const BACKLOG: &str = "lanes:backlog";
+/// Deliveries kept for replays ([`history`]).
+const HISTORY: &str = "history";
+
+/// What [`Queue::settle`] keeps of a delivery beside settling it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Keep {
+    /// Among the policy's [`RECENT_LEN`] recent ones ([`Queue::recent`]).
+    pub sample: bool,
+    /// In its history for this long (ms; 0: not).
+    pub history_ms: u64,
+}
 
 /// What one policy's queue holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -438,10 +452,9 @@ impl Queue {
         Ok(entries)
     }
 
-    /// Acknowledges and deletes entry `id`, atomically scheduling the retries
-    /// and writing the dead letters `outcome` lists.
-    /// With `sample`, the delivery is also kept among the policy's
-    /// [`RECENT_LEN`] recent ones ([`Queue::recent`]).
+    /// Acknowledges and deletes entry `id`, atomically copying it into the
+    /// lanes, scheduling the retries and writing the dead letters `outcome`
+    /// lists, and keeping what `keep` says.
     pub async fn settle(
         &self,
         policy: &ObjectRef,
@@ -449,8 +462,9 @@ impl Queue {
         entry: &Entry,
         outcome: &Settlement,
         now_ms: u64,
-        sample: bool,
+        keep: Keep,
     ) -> Result<()> {
+        let sample = keep.sample;
         let mut script = SETTLE.prepare_invoke();
         script
             .key(self.stream(policy, lane))
@@ -459,7 +473,8 @@ impl Queue {
             .key(self.key(policy, "activity"))
             .key(self.key(policy, "recent"))
             .key(self.key(policy, LANES))
-            .key(self.key(policy, BACKLOG));
+            .key(self.key(policy, BACKLOG))
+            .key(self.key(policy, HISTORY));
         for agent in &outcome.routed {
             script.key(self.stream(policy, Some(agent)));
         }
@@ -497,7 +512,7 @@ impl Queue {
         if sample {
             script.arg(d.to_flat_json(&[]));
         }
-        script.arg(u8::from(lane.is_some())).arg(outcome.routed.len());
+        script.arg(u8::from(lane.is_some())).arg(keep.history_ms).arg(outcome.routed.len());
         for agent in &outcome.routed {
             script.arg(agent);
         }

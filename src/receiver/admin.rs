@@ -14,11 +14,16 @@
 //! - `POST /admin/policies/{ns}/{name}/filter-test` ([`FilterTest`]): a
 //!   filter evaluated against the policy's recent deliveries
 //!   ([`FilterTestRow`] each), for a caller who may read its payloads.
+//! - `POST /admin/policies/{ns}/{name}/replay` ([`ReplayWindow`]): a window
+//!   of the policy's history sent again ([`super::replay`]), or counted
+//!   with `dryRun`.
 //! - `GET  /admin/deliveries?status=&event=&repository=&hook=&limit=`:
 //!   recent activity, newest first: the log in Redis, and the requests this
 //!   replica rejected (kept in its memory only).
 
 use std::{collections::BTreeSet, sync::Arc};
+
+use super::replay::{ReplayError, ReplayWindow};
 
 use axum::{
     Extension, Json, Router,
@@ -66,6 +71,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/policies/{ns}/{name}/dead-letters", delete(purge))
         .route("/admin/policies/{ns}/{name}/dead-letters/{id}/replay", post(replay))
         .route("/admin/policies/{ns}/{name}/filter-test", post(filter_test))
+        .route("/admin/policies/{ns}/{name}/replay", post(replay_window))
         .route("/admin/deliveries", get(deliveries))
         .route("/admin/hooks", get(hooks))
         .route("/admin/stream", get(super::stream::stream))
@@ -397,6 +403,29 @@ async fn replay(
     }
 }
 
+async fn replay_window(
+    State(s): State<AdminState>,
+    Extension(caller): Extension<Caller>,
+    Path((ns, name)): Path<(String, String)>,
+    body: Result<Json<ReplayWindow>, axum::extract::rejection::JsonRejection>,
+) -> Answer {
+    let policy = ObjectRef::new(ns, name);
+    s.may(&caller, Capability::DeadLetters, &policy).await?;
+    let Json(window) = body.map_err(|e| AdminError::BadRequest(e.body_text()))?;
+    if window.filter.is_some() {
+        // A count under a filter tells what payloads hold.
+        s.may(&caller, Capability::Payloads, &policy).await?;
+    }
+    let settings =
+        s.registry.policy(&policy).ok_or_else(|| AdminError::NotFound(format!("no policy {policy}")))?;
+    match super::replay::replay(&s.queue, &policy, &settings, &window).await {
+        Ok(report) => Ok(Json(serde_json::to_value(report).unwrap_or_default())),
+        Err(ReplayError::Queue(e)) => Err(AdminError::unavailable(e)),
+        Err(e @ ReplayError::UnknownAgent(_)) => Err(AdminError::NotFound(e.to_string())),
+        Err(e) => Err(AdminError::BadRequest(e.to_string())),
+    }
+}
+
 async fn purge(
     State(s): State<AdminState>,
     Extension(caller): Extension<Caller>,
@@ -467,6 +496,7 @@ pub enum Call {
     Purge { policy: ObjectRef },
     Deliveries { filter: ActivityFilter, limit: usize },
     FilterTest { policy: ObjectRef, test: FilterTest },
+    ReplayWindow { policy: ObjectRef, window: ReplayWindow },
 }
 
 /// Makes `call` against the admin API at `base`; returns the JSON answer, or
@@ -487,6 +517,7 @@ pub async fn call(base: &str, token: &str, call: Call) -> Result<Value, CallErro
         Call::Replay { policy, id } => http.post(policy_url(policy, &format!("/dead-letters/{id}/replay"))),
         Call::Purge { policy } => http.delete(policy_url(policy, "/dead-letters")),
         Call::FilterTest { policy, test } => http.post(policy_url(policy, "/filter-test")).json(test),
+        Call::ReplayWindow { policy, window } => http.post(policy_url(policy, "/replay")).json(window),
         Call::Deliveries { filter, limit } => {
             let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
             for (k, v) in [

@@ -117,6 +117,23 @@ fn table_of(call: &Call, answer: &Value, now_ms: u64) -> String {
         ),
         Call::Replay { policy, id } => format!("dead letter {id} of {policy} is queued again\n"),
         Call::Purge { policy } => format!("{} dead letters of {policy} deleted\n", text(&answer["purged"])),
+        Call::ReplayWindow { policy, window } => {
+            let report: super::replay::ReplayReport =
+                serde_json::from_value(answer.clone()).unwrap_or_default();
+            let kept = report.kept_since_ms.map_or("nothing is kept yet".to_owned(), |ms| {
+                format!("history kept since {} ago", ago(ms, now_ms))
+            });
+            match window.dry_run {
+                true => format!(
+                    "{policy}: {} deliveries, {} sends would be queued (dry run; {kept})\n",
+                    report.deliveries, report.sends
+                ),
+                false => format!(
+                    "{policy}: {} deliveries, {} of {} sends queued ({kept})\n",
+                    report.deliveries, report.queued, report.sends
+                ),
+            }
+        }
         Call::FilterTest { policy, .. } => {
             let rows: Vec<super::admin::FilterTestRow> =
                 serde_json::from_value(answer.clone()).unwrap_or_default();

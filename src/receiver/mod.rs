@@ -18,6 +18,7 @@ pub mod drain;
 pub mod http;
 pub mod registry;
 pub mod rejections;
+pub mod replay;
 pub mod report;
 pub mod serve;
 pub mod sources;

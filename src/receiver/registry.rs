@@ -45,6 +45,8 @@ pub struct PolicySettings {
     pub retry: RetryPolicy,
     /// The filters the operator accepted (status), compiled.
     pub filters: Filters,
+    /// How long deliveries are kept for replays (ms; 0: none kept).
+    pub history_ms: u64,
 }
 
 impl PolicySettings {
@@ -63,6 +65,7 @@ impl PolicySettings {
             circuit_breaker: policy.spec.circuit_breaker.clone(),
             retry: policy.spec.retry.clone(),
             filters: filters_of(status),
+            history_ms: policy.spec.history.as_ref().map_or(0, |h| h.get().as_millis() as u64),
         }
     }
 }

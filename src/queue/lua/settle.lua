@@ -4,8 +4,8 @@
 -- KEYS[1] the stream settled (the policy's events, or an agent's lane),
 -- KEYS[2] retry set, KEYS[3] dead-letter stream, KEYS[4] activity log,
 -- KEYS[5] recent deliveries (samples for filter tests), KEYS[6] the set of
--- lanes, KEYS[7] the lanes' backlog (entries in every lane), KEYS[8..] the
--- lanes it is routed to.
+-- lanes, KEYS[7] the lanes' backlog (entries in every lane), KEYS[8] the
+-- history (deliveries kept for replays), KEYS[9..] the lanes it is routed to.
 -- ARGV[1] consumer group, ARGV[2] entry id, ARGV[3] activity length,
 -- ARGV[4..7] the delivery's guid, event, hook, repository ('' when none),
 -- ARGV[8] its payload as text (once, for every retry; '' when none),
@@ -13,8 +13,9 @@
 -- ARGV[10] n_retries, then (due, member) pairs, then n_dead, member*, then
 -- n_log, (status, agent ('' when none), detail ('' when none))*, then
 -- the recent stream's length ('0': no sample of this delivery) and, for a
--- sample, its member, then '1' when KEYS[1] is a lane, then n_routes and
--- the agent of each lane in KEYS[8..]. Members are flat JSON field lists
+-- sample, its member, then '1' when KEYS[1] is a lane, then how long to keep
+-- it in the history (ms, '0': not), then n_routes and the agent of each
+-- lane in KEYS[9..]. Members are flat JSON field lists
 -- without the payload, which is added here; a sample, like a dead letter,
 -- needs ARGV[9].
 local function with_payload(member, name, payload)
@@ -36,18 +37,26 @@ local recent_len = take()
 local sample = nil
 if recent_len ~= '0' then sample = take() end
 local is_lane = take() == '1'
+local history_ms = tonumber(take())
 local routes = {}
 for _ = 1, tonumber(take()) do routes[#routes + 1] = take() end
 
--- Into each lane as it is stored (a delivery is read once, from here).
-if #routes > 0 then
+-- Into each lane, and the history, as it is stored (a delivery is read
+-- once, from here).
+if #routes > 0 or history_ms > 0 then
   local entry = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])[1]
   if entry then
     for n, agent in ipairs(routes) do
-      redis.call('XADD', KEYS[7 + n], '*', unpack(entry[2]))
+      redis.call('XADD', KEYS[8 + n], '*', unpack(entry[2]))
       redis.call('SADD', KEYS[6], agent)
     end
     redis.call('INCRBY', KEYS[7], #routes)
+    if history_ms > 0 then
+      -- Trimmed by age, on Redis' clock: the ids are its milliseconds.
+      local t = redis.call('TIME')
+      local oldest = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - history_ms
+      redis.call('XADD', KEYS[8], 'MINID', '~', string.format('%.0f', oldest), '*', unpack(entry[2]))
+    end
   end
 end
 for _, r in ipairs(retries) do

@@ -38,7 +38,7 @@ use crate::{
     filter::Verdict,
     now_ms,
     queue::{
-        Delivery, Entry, Queue,
+        Delivery, Entry, Keep, Queue,
         limits::{AgentLimits, Permit},
     },
     standard_webhooks,
@@ -392,7 +392,12 @@ impl Dispatcher {
             }
             settlement.filtered.push((agent.clone(), verdict.detail()));
         }
-        let sample = d.agent.is_none() && self.sample(&policy);
+        // A delivery's first routing (not a retry's or a replay's) keeps it.
+        let first = lane.is_none() && d.agent.is_none();
+        let keep = Keep {
+            sample: first && self.sample(&policy),
+            history_ms: if first { settings.history_ms } else { 0 },
+        };
         for agent in &settlement.delivered {
             self.metrics.processed.with_label_values(&labels(agent, "success")).inc();
         }
@@ -406,7 +411,7 @@ impl Dispatcher {
             self.metrics.processed.with_label_values(&labels(&g.agent, "dead_letter")).inc();
         }
         for attempt in 1..=3 {
-            match self.queue.settle(&policy, lane.as_deref(), &entry, &settlement, now, sample).await {
+            match self.queue.settle(&policy, lane.as_deref(), &entry, &settlement, now, keep).await {
                 Ok(()) => return settlement.retries.iter().map(|r| r.due_ms).min(),
                 Err(error) => {
                     tracing::warn!(%policy, delivery_id = %d.guid, attempt, %error, "could not settle; retrying");

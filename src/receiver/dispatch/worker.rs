@@ -348,6 +348,7 @@ mod tests {
             circuit_breaker: CircuitBreaker::default(),
             retry: RetryPolicy::default(),
             filters: Default::default(),
+            history_ms: 0,
         }
     }
 
