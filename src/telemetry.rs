@@ -73,6 +73,8 @@ pub struct ReceiverMetrics {
     pub duration: HistogramVec,
     /// Deliveries waiting or in flight, by policy.
     pub queue_length: IntGaugeVec,
+    /// Deliveries waiting or in flight in an agent's lane.
+    pub lane_length: IntGaugeVec,
     /// Dead letters, by policy.
     pub dead_letters: IntGaugeVec,
     /// 1 while an agent's circuit is open or half-open.
@@ -143,6 +145,11 @@ impl ReceiverMetrics {
                 "github_webhook_queue_length",
                 "Deliveries waiting or in flight",
                 &["policy"],
+            ),
+            lane_length: gauge(
+                "hookwarden_agent_queue_length",
+                "Deliveries waiting or in flight in an agent's lane",
+                &["policy", "agent"],
             ),
             dead_letters: gauge(
                 "hookwarden_dead_letters",

@@ -975,6 +975,8 @@ async fn an_agent_switched_off_waits_in_its_lane_while_the_others_go_on() {
     assert!(w.sink.calls("paused").is_empty(), "switched off: nothing sent");
     assert_eq!(w.queue.lane_len(&w.policy, "paused").await.unwrap(), 20, "its deliveries wait in its lane");
     assert_eq!(w.queue.len(&w.policy).await.unwrap(), 20, "and count as queued");
+    let lengths = w.queue.lengths(std::slice::from_ref(&w.policy)).await.unwrap().remove(0);
+    assert_eq!((lengths.queued, lengths.lanes), (20, vec![("paused".into(), 20), ("running".into(), 0)]));
 
     w.settings.agents[0].enabled = true;
     w.apply();

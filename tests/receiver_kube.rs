@@ -423,7 +423,8 @@ async fn admin_api_and_cli_manage_policies_dead_letters_and_show_deliveries() {
     let mut lines = table.lines();
     assert!(lines.next().unwrap().starts_with("POLICY "), "{table}");
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-    assert_eq!((row[0], row[1], row[6]), (policy.as_str(), "true", "flaky(closed)"), "{table}");
+    assert_eq!((row[0], row[1]), (policy.as_str(), "true"), "{table}");
+    assert!(row[6].starts_with("flaky(closed,"), "the agent, its circuit and its lane: {table}");
     let yaml = admin_cli_text(&admin, &["policies", "-o", "yaml"]).unwrap();
     assert!(yaml.starts_with("- ") && yaml.contains(&format!("policy: {policy}")), "{yaml}");
 

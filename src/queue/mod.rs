@@ -128,13 +128,15 @@ pub struct Keep {
 }
 
 /// What one policy's queue holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lengths {
     /// Waiting or in flight (the stream's length).
     pub queued: u64,
     /// Waiting for a retry.
     pub retrying: u64,
     pub dead: u64,
+    /// Each lane's entries, by agent (included in `queued`).
+    pub lanes: Vec<(String, u64)>,
 }
 
 /// Handle on the queue of every policy. Cheap to clone.
@@ -321,17 +323,29 @@ impl Queue {
     }
 
     /// How many deliveries each of `policies` holds: one round trip per
-    /// policy (its keys share a slot), all at once.
+    /// policy (its keys share a slot), and one more for its lanes, all at once.
     pub async fn lengths(&self, policies: &[ObjectRef]) -> Result<Vec<Lengths>> {
         let asks = policies.iter().map(|policy| async move {
             let mut pipe = redis::pipe();
             pipe.xlen(self.key(policy, "events"))
                 .get(self.key(policy, BACKLOG))
                 .zcard(self.key(policy, "retry"))
-                .xlen(self.key(policy, "dead"));
-            let (events, lanes, retrying, dead) =
-                pipe.query_async::<(u64, Option<u64>, u64, u64)>(&mut self.conn.get()).await?;
-            Ok::<_, redis::RedisError>(Lengths { queued: events + lanes.unwrap_or(0), retrying, dead })
+                .xlen(self.key(policy, "dead"))
+                .smembers(self.key(policy, LANES));
+            let (events, backlog, retrying, dead, mut agents) =
+                pipe.query_async::<(u64, Option<u64>, u64, u64, Vec<String>)>(&mut self.conn.get()).await?;
+            agents.sort();
+            let mut pipe = redis::pipe();
+            agents.iter().for_each(|agent| _ = pipe.xlen(self.stream(policy, Some(agent))));
+            let lens: Vec<u64> =
+                if agents.is_empty() { Vec::new() } else { pipe.query_async(&mut self.conn.get()).await? };
+            let lanes = agents.into_iter().zip(lens).collect();
+            Ok::<_, redis::RedisError>(Lengths {
+                queued: events + backlog.unwrap_or(0),
+                retrying,
+                dead,
+                lanes,
+            })
         });
         Ok(futures::future::try_join_all(asks).await?)
     }

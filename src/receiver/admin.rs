@@ -190,10 +190,14 @@ pub async fn policies_view(s: &AdminState, namespaces: &BTreeSet<String>) -> Res
     for (policy, held) in refs.into_iter().zip(lengths) {
         let Some(settings) = s.registry.policy(&policy) else { continue };
         let (queued, retrying, dead) = (held.queued, held.retrying, held.dead);
+        let lane = |agent: &str| held.lanes.iter().find(|(a, _)| a == agent).map_or(0, |(_, n)| *n);
         let agents: Vec<Value> = settings
             .agents
             .iter()
-            .map(|a| json!({ "name": a.name, "url": a.url, "circuit": circuit(&breakers, &policy, &a.name) }))
+            .map(|a| {
+                json!({ "name": a.name, "url": a.url, "enabled": a.enabled,
+                        "circuit": circuit(&breakers, &policy, &a.name), "queued": lane(&a.name) })
+            })
             .collect();
         out.push(json!({
             "policy": policy.to_string(),

@@ -81,8 +81,12 @@ fn table_of(call: &Call, answer: &Value, now_ms: u64) -> String {
             &["POLICY", "ENABLED", "CONCURRENCY", "QUEUED", "RETRYING", "DEAD", "AGENTS", "REASON"],
             rows(&|p| {
                 let agents = p["agents"].as_array().into_iter().flatten();
-                let agents: Vec<String> =
-                    agents.map(|a| format!("{}({})", text(&a["name"]), text(&a["circuit"]))).collect();
+                let agents: Vec<String> = agents
+                    .map(|a| {
+                        let off = if a["enabled"] == false { ",off" } else { "" };
+                        format!("{}({}{off},{})", text(&a["name"]), text(&a["circuit"]), text(&a["queued"]))
+                    })
+                    .collect();
                 vec![
                     text(&p["policy"]),
                     text(&p["enabled"]),
@@ -237,7 +241,8 @@ mod tests {
         let answer = json!([
             {"policy": "team/agents", "enabled": true, "concurrency": 4, "queued": 12, "retrying": 1,
              "deadLetters": 0, "reason": "enabled",
-             "agents": [{"name": "reviewer", "circuit": "closed"}, {"name": "bot", "circuit": "open"}]},
+             "agents": [{"name": "reviewer", "enabled": true, "circuit": "closed", "queued": 9},
+                        {"name": "bot", "enabled": false, "circuit": "open", "queued": 3}]},
             {"policy": "team/quiet", "enabled": false, "concurrency": 1, "queued": 0, "retrying": 0,
              "deadLetters": 250, "reason": "disabled by spec.enabled", "agents": []},
         ]);
@@ -264,7 +269,7 @@ mod tests {
             ["team/quiet", "false", "1", "0", "0", "250", "-"]
         );
         assert!(lines[2].ends_with("disabled by spec.enabled"), "{got}");
-        assert!(got.contains("reviewer(closed),bot(open)"), "{got}");
+        assert!(got.contains("reviewer(closed,9),bot(open,off,3)"), "{got}");
         assert_eq!(render(&Call::Policies, &json!([]), Output::Table, NOW), "No policies found.\n");
     }
 

@@ -585,6 +585,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
             let label = policy.to_string();
             state.metrics.queue_length.with_label_values(&[&label]).set(held.queued as i64);
             state.metrics.dead_letters.with_label_values(&[&label]).set(held.dead as i64);
+            for (agent, n) in &held.lanes {
+                state.metrics.lane_length.with_label_values(&[&label, agent]).set(*n as i64);
+            }
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
