@@ -288,6 +288,19 @@ async fn invalid_resources_are_rejected_with_the_schemas_message() {
             json!({"spec": {"queueLimit": 0}}),
             &["spec.queueLimit", "greater than or equal to 1"],
         ),
+        ("history over a week", &ap, json!({"spec": {"history": "200h"}}), &["history is kept at most 168h"]),
+        (
+            "an agent's rate of nothing",
+            &ap,
+            json!({"spec": {"agents": [{"name": "a", "url": "http://a/", "rateLimit": {"requestsPerUnit": 0}}]}}),
+            &["spec.agents[0].rateLimit.requestsPerUnit", "greater than or equal to 1"],
+        ),
+        (
+            "an agent's rate in hours",
+            &ap,
+            json!({"spec": {"agents": [{"name": "a", "url": "http://a/", "rateLimit": {"requestsPerUnit": 1, "unit": "Hour"}}]}}),
+            &["spec.agents[0].rateLimit.unit", "Unsupported value: \"Hour\""],
+        ),
         (
             "negative timeout",
             &ap,
