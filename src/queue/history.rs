@@ -15,19 +15,19 @@ use std::sync::LazyLock;
 
 use redis::Script;
 
-use super::{BACKLOG, HISTORY, Queue, QueueError, Result, bytes_map, model::Delivery};
+use super::{HISTORY, Queue, QueueError, Result, bytes_map, model::Delivery};
 use crate::ObjectRef;
 
 /// Puts history entries back in the policy's stream, one per agent.
-/// KEYS[1] history, KEYS[2] events, KEYS[3] retry set, KEYS[4] lanes'
-/// backlog; ARGV[1] the queue limit, then (history id, agent) pairs.
+/// KEYS[1] history, KEYS[2] events, KEYS[3] retry set; ARGV[1] the queue
+/// limit, then (history id, agent) pairs.
 /// Returns how many were queued, or -1 when they would pass the limit
 /// (then none is).
 static REPLAY_WINDOW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local n = (#ARGV - 1) / 2
-local queued = redis.call('XLEN', KEYS[2]) + redis.call('ZCARD', KEYS[3]) + tonumber(redis.call('GET', KEYS[4]) or 0)
+local queued = redis.call('XLEN', KEYS[2]) + redis.call('ZCARD', KEYS[3])
 if queued + n > tonumber(ARGV[1]) then return -1 end
 local done = 0
 for i = 2, #ARGV, 2 do
@@ -94,7 +94,6 @@ impl Queue {
             .key(self.key(policy, HISTORY))
             .key(self.key(policy, "events"))
             .key(self.key(policy, "retry"))
-            .key(self.key(policy, BACKLOG))
             .arg(limit);
         for (id, agent) in picks {
             script.arg(id).arg(agent);

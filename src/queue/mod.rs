@@ -7,9 +7,10 @@
 //!   once it is settled.
 //! - `p:{ns/policy}:lane:{agent}`: an agent's lane ([`lanes`]), read the same
 //!   way, so each agent progresses on its own; `p:{ns/policy}:lanes` the set
-//!   of agents with one and `p:{ns/policy}:lanes:backlog` the entries in
-//!   them all, so that the queue's length (`XLEN` of the events plus the
-//!   backlog) is one read.
+//!   of agents with one, and `p:{ns/policy}:lanes:refs` how many lane copies
+//!   refer to each routed entry: a delivery's payload is kept once, in the
+//!   policy's stream, until its last agent settled it, so `XLEN` of the
+//!   stream is the queue's length.
 //! - `p:{ns/policy}:history`: the deliveries kept for replays, when the
 //!   policy asks for it ([`history`]).
 //! - `p:{ns/policy}:retry`: sorted set of scheduled retries (score: due time).
@@ -102,19 +103,22 @@ static PROMOTE: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lu
 static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("lua/replay.lua")));
 
 /// Drops an unreadable entry: KEYS[1] its stream, KEYS[2] the lanes'
-/// backlog; ARGV group, id, '1' for a lane (its backlog counts down).
+/// references, KEYS[3] the policy's stream; ARGV group, id, and the entry
+/// a lane's copy refers to ('' when none), let go of as in `settle.lua`.
 static DROP: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         "redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) \
          local gone = redis.call('XDEL', KEYS[1], ARGV[2]) \
-         if gone == 1 and ARGV[3] == '1' and redis.call('DECR', KEYS[2]) < 0 then redis.call('SET', KEYS[2], 0) end \
+         if gone == 1 and ARGV[3] ~= '' and redis.call('HINCRBY', KEYS[2], ARGV[3], -1) <= 0 then \
+           redis.call('HDEL', KEYS[2], ARGV[3]) redis.call('XDEL', KEYS[3], ARGV[3]) end \
          return gone",
     )
 });
 
-/// The set of a policy's agents with a lane, and the entries in them all.
+/// The set of a policy's agents with a lane, and how many lane copies
+/// still refer to each routed entry of the policy's stream.
 const LANES: &str = "lanes";
-const BACKLOG: &str = "lanes:backlog";
+const REFS: &str = "lanes:refs";
 /// Deliveries kept for replays ([`history`]).
 const HISTORY: &str = "history";
 
@@ -135,7 +139,7 @@ pub struct Lengths {
     /// Waiting for a retry.
     pub retrying: u64,
     pub dead: u64,
-    /// Each lane's entries, by agent (included in `queued`).
+    /// Each agent's lane: the deliveries (of `queued`) it has yet to settle.
     pub lanes: Vec<(String, u64)>,
 }
 
@@ -264,7 +268,6 @@ impl Queue {
         for key in guid_keys.iter().chain(&body_keys) {
             script.key(key);
         }
-        script.key(self.key(policy, BACKLOG));
         script.arg(limit).arg(ACTIVITY_LEN).arg(TAP_LEN);
         script.arg(&guid.bytes[..]).arg(guid_expiry);
         script.arg(body.as_ref().map_or(&[][..], |b| &b.bytes[..])).arg(body_expiry);
@@ -301,15 +304,10 @@ impl Queue {
         }
     }
 
-    /// Deliveries waiting or in flight for `policy`: in its stream, and in
-    /// its agents' lanes (one for each agent a delivery goes to).
+    /// Deliveries waiting or in flight for `policy`: each in its stream
+    /// until every agent it goes to has settled it.
     pub async fn len(&self, policy: &ObjectRef) -> Result<u64> {
-        let (events, lanes): (u64, Option<u64>) = redis::pipe()
-            .xlen(self.key(policy, "events"))
-            .get(self.key(policy, BACKLOG))
-            .query_async(&mut self.conn.get())
-            .await?;
-        Ok(events + lanes.unwrap_or(0))
+        Ok(self.conn.get().xlen(self.key(policy, "events")).await?)
     }
 
     /// Scheduled retries for `policy`.
@@ -328,24 +326,18 @@ impl Queue {
         let asks = policies.iter().map(|policy| async move {
             let mut pipe = redis::pipe();
             pipe.xlen(self.key(policy, "events"))
-                .get(self.key(policy, BACKLOG))
                 .zcard(self.key(policy, "retry"))
                 .xlen(self.key(policy, "dead"))
                 .smembers(self.key(policy, LANES));
-            let (events, backlog, retrying, dead, mut agents) =
-                pipe.query_async::<(u64, Option<u64>, u64, u64, Vec<String>)>(&mut self.conn.get()).await?;
+            let (queued, retrying, dead, mut agents) =
+                pipe.query_async::<(u64, u64, u64, Vec<String>)>(&mut self.conn.get()).await?;
             agents.sort();
             let mut pipe = redis::pipe();
             agents.iter().for_each(|agent| _ = pipe.xlen(self.stream(policy, Some(agent))));
             let lens: Vec<u64> =
                 if agents.is_empty() { Vec::new() } else { pipe.query_async(&mut self.conn.get()).await? };
             let lanes = agents.into_iter().zip(lens).collect();
-            Ok::<_, redis::RedisError>(Lengths {
-                queued: events + backlog.unwrap_or(0),
-                retrying,
-                dead,
-                lanes,
-            })
+            Ok::<_, redis::RedisError>(Lengths { queued, retrying, dead, lanes })
         });
         Ok(futures::future::try_join_all(asks).await?)
     }
@@ -437,6 +429,15 @@ impl Queue {
         Ok(removed)
     }
 
+    /// The payload of `policy`'s entry `id` (which lane copies refer to);
+    /// `None` when it is gone.
+    pub async fn payload(&self, policy: &ObjectRef, id: &str) -> Result<Option<bytes::Bytes>> {
+        let reply: redis::streams::StreamRangeReply =
+            self.conn.get().xrange(self.key(policy, "events"), id, id).await?;
+        let Some(e) = reply.ids.into_iter().next() else { return Ok(None) };
+        Ok(Some(Delivery::from_fields(&e.id, bytes_map(e.map))?.payload))
+    }
+
     /// Parses stream entries. One that cannot be read (written by something
     /// other than a receiver) is logged and removed, so it can never wedge a
     /// worker or every later reclaim.
@@ -448,16 +449,23 @@ impl Queue {
     ) -> Result<Vec<Entry>> {
         let mut entries = Vec::with_capacity(ids.len());
         for sid in ids {
-            match Delivery::from_fields(&sid.id, bytes_map(sid.map)) {
-                Ok(delivery) => entries.push(Entry { id: sid.id, delivery }),
+            let mut map = bytes_map(sid.map);
+            // A lane's copy has no payload: it refers to the policy's entry.
+            let origin = map.remove("payload_at").and_then(|o| String::from_utf8(o).ok());
+            if origin.is_some() {
+                map.entry("payload".into()).or_default();
+            }
+            match Delivery::from_fields(&sid.id, map) {
+                Ok(delivery) => entries.push(Entry { id: sid.id, delivery, origin }),
                 Err(error) => {
                     tracing::error!(%policy, lane, entry = %sid.id, %error, "dropping unreadable queue entry");
                     let _: i64 = DROP
                         .key(self.stream(policy, lane))
-                        .key(self.key(policy, BACKLOG))
+                        .key(self.key(policy, REFS))
+                        .key(self.key(policy, "events"))
                         .arg(GROUP)
                         .arg(&sid.id)
-                        .arg(u8::from(lane.is_some()))
+                        .arg(origin.as_deref().unwrap_or(""))
                         .invoke_async(&mut self.conn.get())
                         .await?;
                 }
@@ -487,8 +495,9 @@ impl Queue {
             .key(self.key(policy, "activity"))
             .key(self.key(policy, "recent"))
             .key(self.key(policy, LANES))
-            .key(self.key(policy, BACKLOG))
-            .key(self.key(policy, HISTORY));
+            .key(self.key(policy, REFS))
+            .key(self.key(policy, HISTORY))
+            .key(self.key(policy, "events"));
         for agent in &outcome.routed {
             script.key(self.stream(policy, Some(agent)));
         }
@@ -526,7 +535,7 @@ impl Queue {
         if sample {
             script.arg(d.to_flat_json(&[]));
         }
-        script.arg(u8::from(lane.is_some())).arg(keep.history_ms).arg(outcome.routed.len());
+        script.arg(entry.origin.as_deref().unwrap_or("")).arg(keep.history_ms).arg(outcome.routed.len());
         for agent in &outcome.routed {
             script.arg(agent);
         }

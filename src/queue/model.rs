@@ -153,6 +153,9 @@ struct Repository<'a> {
 pub struct Entry {
     pub id: String,
     pub delivery: Delivery,
+    /// For a lane's copy, the entry of the policy's stream that holds its
+    /// payload (until then `delivery.payload` is empty).
+    pub origin: Option<String>,
 }
 
 /// What enqueueing did.

@@ -1,7 +1,6 @@
 -- Queues one delivery unless its GUID was seen, its body was already queued
 -- under another GUID (a replay), or the queue is full: the deliveries queued
--- (in the policy's stream or an agent's lane) and those waiting for a
--- retry together, or the dead letters alone, reach
+-- and those waiting for a retry together, or the dead letters alone, reach
 -- the queue limit (each stays bounded by it; nothing is dropped: GitHub is
 -- told 503, and the operator's recovery brings the delivery back later).
 -- Every key is in the policy's hash slot.
@@ -10,9 +9,7 @@
 -- switch exists: someone follows it; the tap keeps the last ARGV[3] to
 -- ARGV[3] + 99), KEYS[5] its retry set, KEYS[6] its dead-letter stream,
 -- KEYS[7..10] the GUID record's shard in the current bucket and the three
--- before, KEYS[11..14] the body record's, likewise (see queue/seen.rs),
--- KEYS[15] the backlog of its agents' lanes (what was routed and not yet
--- settled: counted as queued).
+-- before, KEYS[11..14] the body record's, likewise (see queue/seen.rs).
 -- ARGV[1] queue limit, ARGV[2] activity length, ARGV[3] the tap's length,
 -- ARGV[4] the GUID record, ARGV[5] when its current shard expires (Unix s),
 -- ARGV[6] the body record ('' : not checked), ARGV[7] when its shard
@@ -58,8 +55,7 @@ if seen(7, ARGV[4]) then log('duplicate'); return 'dup' end
 local body = ARGV[6]
 if body ~= '' and seen(11, body) then return 'replay' end
 local limit = tonumber(ARGV[1])
-local lanes = tonumber(redis.call('GET', KEYS[15]) or 0)
-if redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[5]) + lanes >= limit then
+if redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[5]) >= limit then
   log('rejected', 'queue_full'); return 'full'
 end
 if redis.call('XLEN', KEYS[6]) >= limit then log('rejected', 'dead_letters_full'); return 'dead_full' end

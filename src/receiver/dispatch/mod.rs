@@ -38,7 +38,7 @@ use crate::{
     filter::Verdict,
     now_ms,
     queue::{
-        Delivery, Entry, Keep, Queue,
+        Delivery, Entry, Keep, Queue, QueueError, Settlement,
         limits::{AgentLimits, Permit},
     },
     standard_webhooks,
@@ -191,7 +191,12 @@ pub struct Dispatcher {
     /// Per policy, the second (Unix) of its last sample and how many
     /// deliveries were kept among its recent ones in it.
     sampled: Mutex<HashMap<ObjectRef, (u64, u32)>>,
+    /// The payloads lanes are dispatching, by policy and entry ([`Dispatcher::payload_of`]).
+    payloads: Mutex<HashMap<(ObjectRef, String), std::sync::Weak<SharedPayload>>>,
 }
+
+/// A payload read once for every lane that needs it at the same time.
+type SharedPayload = tokio::sync::OnceCell<Option<bytes::Bytes>>;
 
 /// A policy's deliveries are kept for `admin filter-test` at most this many
 /// a second per replica: every one at a trickle, a sample under load.
@@ -210,8 +215,8 @@ impl Dispatcher {
             .dns_resolver(Arc::new(destinations::Resolver(config.destinations.clone())))
             .build()
             .expect("a TLS backend is available");
-        let (breakers, sampled) = Default::default();
-        Self { queue, registry, metrics, http, config, breakers, sampled }
+        let (breakers, sampled, payloads) = Default::default();
+        Self { queue, registry, metrics, http, config, breakers, sampled, payloads }
     }
 
     /// Forgets the breakers of agents no longer in their policy and of
@@ -339,6 +344,24 @@ impl Dispatcher {
         if lane.is_some() {
             entry.delivery.agent = lane.clone();
         }
+        // Held while it is dispatched, so that this replica's other lanes share it.
+        let _payload = match &entry.origin {
+            Some(origin) => match self.payload_of(&policy, origin).await {
+                Ok(cell) => match cell.get().cloned().flatten() {
+                    Some(payload) => {
+                        entry.delivery.payload = payload;
+                        Some(cell)
+                    }
+                    None => return self.let_go(&policy, lane.as_deref(), &entry).await,
+                },
+                Err(error) => {
+                    // Left pending: reclaimed and tried again.
+                    tracing::warn!(%policy, lane, %error, "could not read a delivery's payload");
+                    return None;
+                }
+            },
+            None => None,
+        };
         // One round of calls for a delivery, in the trace that queued it.
         let span = tracing::info_span!(
             target: crate::trace::TARGET,
@@ -349,6 +372,41 @@ impl Dispatcher {
         );
         crate::trace::continue_from(&span, entry.delivery.trace.as_deref());
         self.dispatch(policy, lane, entry).instrument(span).await
+    }
+
+    /// The payload of `policy`'s entry `origin`, read from Redis once for
+    /// all of this replica's lanes that dispatch it at the same time (a
+    /// delivery for 64 agents is held once, not 64 times); `None` inside when
+    /// the entry is gone.
+    async fn payload_of(&self, policy: &ObjectRef, origin: &str) -> Result<Arc<SharedPayload>, QueueError> {
+        let cell = {
+            let mut payloads = self.payloads.lock().unwrap();
+            payloads.retain(|_, held| held.strong_count() > 0);
+            let key = (policy.clone(), origin.to_owned());
+            match payloads.get(&key).and_then(std::sync::Weak::upgrade) {
+                Some(cell) => cell,
+                None => {
+                    let cell = Arc::new(SharedPayload::new());
+                    payloads.insert(key, Arc::downgrade(&cell));
+                    cell
+                }
+            }
+        };
+        cell.get_or_try_init(|| self.queue.payload(policy, origin)).await?;
+        Ok(cell)
+    }
+
+    /// A lane's copy whose delivery is gone from the policy's stream (it
+    /// cannot be sent): logged, and let go of.
+    async fn let_go(&self, policy: &ObjectRef, lane: Option<&str>, entry: &Entry) -> Option<u64> {
+        let guid = &entry.delivery.guid;
+        tracing::error!(%policy, lane, delivery_id = %guid, "the delivery a lane refers to is gone; dropped");
+        let nothing = Settlement::default();
+        if let Err(error) = self.queue.settle(policy, lane, entry, &nothing, now_ms(), Keep::default()).await
+        {
+            tracing::warn!(%policy, lane, %error, "could not drop a lane's entry; it stays pending");
+        }
+        None
     }
 
     async fn dispatch(self: Arc<Self>, policy: ObjectRef, lane: Option<String>, entry: Entry) -> Option<u64> {
