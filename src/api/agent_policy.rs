@@ -36,7 +36,9 @@ pub struct AgentPolicySpec {
     #[serde(default = "default_true")]
     pub enabled: bool,
 
-    /// Dispatches in flight at once, per receiver replica. Changes apply live.
+    /// Calls in flight at once to each agent, per receiver replica (each
+    /// agent has a lane of its own; an agent's `concurrency` bounds it across
+    /// replicas too). Changes apply live.
     #[serde(default = "default_concurrency")]
     #[schemars(range(min = 1, max = 256))]
     pub concurrency: i32,
