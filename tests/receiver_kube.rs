@@ -1264,24 +1264,27 @@ async fn a_deliverys_trace_holds_ingest_enqueue_and_every_attempt_in_order_in_a_
     .await;
     let names: Vec<&str> = spans.iter().map(|s| s.0.as_str()).collect();
     let attempts = names.iter().filter(|n| **n == "attempt").count();
+    // Each attempt: routed into the agent's lane, then dispatched from it.
     let mut want = vec!["ingest", "enqueue"];
     for _ in 0..attempts {
-        want.extend(["dispatch", "attempt"]);
+        want.extend(["route", "dispatch", "attempt"]);
     }
     assert_eq!(names, want, "in the order they started");
     let id = |name: &str| spans.iter().find(|s| s.0 == name).unwrap().1.clone();
     let parent = |i: usize| spans[i].2.clone();
     assert_eq!(parent(0), None, "ingest is the root");
     assert_eq!(parent(1), Some(id("ingest")));
-    for i in (2..spans.len()).step_by(2) {
-        assert_eq!(
-            parent(i),
-            Some(id("enqueue")),
-            "each dispatch continues from the enqueue, across the queue"
-        );
-        assert_eq!(parent(i + 1), Some(spans[i].1.clone()), "each attempt is in its dispatch");
+    for i in (2..spans.len()).step_by(3) {
+        for (step, what) in [(i, "route"), (i + 1, "dispatch")] {
+            assert_eq!(
+                parent(step),
+                Some(id("enqueue")),
+                "each {what} continues from the enqueue, across the queue"
+            );
+        }
+        assert_eq!(parent(i + 2), Some(spans[i + 1].1.clone()), "each attempt is in its dispatch");
     }
-    assert!(spans[3].3, "the first attempt failed");
+    assert!(spans[4].3, "the first attempt failed");
     assert!(!spans.last().unwrap().3, "the last one did not");
 
     // Every log line about the delivery carries its trace id.

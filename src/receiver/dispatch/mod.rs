@@ -362,14 +362,14 @@ impl Dispatcher {
             },
             None => None,
         };
-        // One round of calls for a delivery, in the trace that queued it.
-        let span = tracing::info_span!(
-            target: crate::trace::TARGET,
-            "dispatch",
-            policy = %policy,
-            delivery_id = %entry.delivery.guid,
-            trace_id = tracing::field::Empty,
-        );
+        // Its routing, or one round of calls, in the trace that queued it.
+        let guid = &entry.delivery.guid;
+        let span = match lane {
+            None => tracing::info_span!(target: crate::trace::TARGET, "route",
+                policy = %policy, delivery_id = %guid, trace_id = tracing::field::Empty),
+            Some(_) => tracing::info_span!(target: crate::trace::TARGET, "dispatch",
+                policy = %policy, delivery_id = %guid, trace_id = tracing::field::Empty),
+        };
         crate::trace::continue_from(&span, entry.delivery.trace.as_deref());
         self.dispatch(policy, lane, entry).instrument(span).await
     }
