@@ -193,6 +193,9 @@ pub struct Dispatcher {
     sampled: Mutex<HashMap<ObjectRef, (u64, u32)>>,
     /// The payloads lanes are dispatching, by policy and entry ([`Dispatcher::payload_of`]).
     payloads: Mutex<HashMap<(ObjectRef, String), std::sync::Weak<SharedPayload>>>,
+    /// Per policy, when the earliest retry its lanes scheduled is due (Unix
+    /// ms), for its router, which promotes them.
+    retries_due: Mutex<HashMap<ObjectRef, u64>>,
 }
 
 /// A payload read once for every lane that needs it at the same time.
@@ -215,8 +218,8 @@ impl Dispatcher {
             .dns_resolver(Arc::new(destinations::Resolver(config.destinations.clone())))
             .build()
             .expect("a TLS backend is available");
-        let (breakers, sampled, payloads) = Default::default();
-        Self { queue, registry, metrics, http, config, breakers, sampled, payloads }
+        let (breakers, sampled, payloads, retries_due) = Default::default();
+        Self { queue, registry, metrics, http, config, breakers, sampled, payloads, retries_due }
     }
 
     /// Forgets the breakers of agents no longer in their policy and of
@@ -226,6 +229,19 @@ impl Dispatcher {
         let mut breakers = self.breakers.lock().unwrap();
         breakers.retain(|(policy, agent), _| keeps_breaker(self.registry.policy(policy).as_deref(), agent));
         self.sampled.lock().unwrap().retain(|policy, _| self.registry.policy(policy).is_some());
+        self.retries_due.lock().unwrap().retain(|policy, _| self.registry.policy(policy).is_some());
+    }
+
+    /// A lane of `policy` scheduled a retry due at `due_ms`.
+    fn note_retry(&self, policy: &ObjectRef, due_ms: u64) {
+        let mut due = self.retries_due.lock().unwrap();
+        let earliest = due.entry(policy.clone()).or_insert(due_ms);
+        *earliest = (*earliest).min(due_ms);
+    }
+
+    /// The earliest retry `policy`'s lanes scheduled since last asked.
+    fn retry_due(&self, policy: &ObjectRef) -> Option<u64> {
+        self.retries_due.lock().unwrap().remove(policy)
     }
 
     /// Is this delivery of `policy` one to keep among its recent ones?

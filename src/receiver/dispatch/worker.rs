@@ -98,6 +98,7 @@ async fn run_worker(
     let Some(reader) = connect(&dispatcher, &policy, lane.as_deref(), &stop).await else { return name };
     tracing::info!(%policy, lane, consumer = %dispatcher.config.consumer, "worker started");
     let now = Instant::now();
+    let w_is_router = lane.is_none();
     let mut w = Worker {
         label: policy.to_string(),
         dispatcher,
@@ -109,7 +110,8 @@ async fn run_worker(
         inflight: JoinSet::new(),
         held: VecDeque::new(),
         next_housekeeping: now,
-        next_promote: now,
+        // NB: only the router promotes; a lane tells it when its retries are due.
+        next_promote: if w_is_router { now } else { now + Duration::from_secs(86_400) },
         next_reclaim: now,
         next_prune: now + Duration::from_secs(60),
         series_for: None,
@@ -236,6 +238,7 @@ impl Worker {
     /// A dispatch finished; a retry it scheduled moves the next promotion up.
     fn finished(&mut self, done: Result<Option<u64>, tokio::task::JoinError>) {
         match done {
+            Ok(Some(due)) if self.lane.is_some() => self.dispatcher.note_retry(&self.policy, due),
             Ok(retry_due) => self.next_promote = self.next_promote.min(due_instant(retry_due)),
             Err(error) => tracing::error!(policy = %self.policy, %error, "dispatch task failed"),
         }
@@ -244,6 +247,9 @@ impl Worker {
     async fn housekeeping(&mut self, settings: &PolicySettings) {
         let now = Instant::now();
         let router = self.lane.is_none();
+        if router && let Some(due) = self.dispatcher.retry_due(&self.policy) {
+            self.next_promote = self.next_promote.min(due_instant(Some(due)));
+        }
         if router && (now >= self.next_promote || now >= self.next_housekeeping) {
             self.next_promote = self.dispatcher.promote(&self.policy).await.min(now + HOUSEKEEPING);
         }
