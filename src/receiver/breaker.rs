@@ -161,6 +161,15 @@ impl Breaker {
         }
     }
 
+    /// Gives `permit` back unused (the call was held by something else, such
+    /// as the agent's limits): no outcome, and a probe may go again.
+    pub fn forgo(&self, permit: Permit) {
+        if permit.probe {
+            self.inner.lock().unwrap().probe_in_flight = false;
+            self.probe_done.notify_waiters();
+        }
+    }
+
     /// Records the outcome of the call `permit` allowed.
     pub fn record(&self, permit: Permit, success: bool) {
         let mut inner = self.inner.lock().unwrap();
@@ -328,6 +337,20 @@ mod tests {
         let (ok, waited) = waiting.await.unwrap();
         assert!(ok, "goes once the probe succeeded");
         assert_eq!(waited, Duration::from_millis(1500), "not a reset period later");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_probe_given_back_unused_lets_the_next_call_probe_at_once() {
+        let (b, probe) = probing().await;
+        assert!(matches!(b.try_acquire(), Err(Refusal::ProbeInFlight)));
+        b.forgo(probe);
+        assert_eq!(b.state(), State::HalfOpen, "no outcome: still half-open");
+        let next = b.try_acquire().expect("the next call is the probe");
+        b.record(next, true);
+        assert_eq!(b.state(), State::Closed);
+        // A closed circuit's permit given back changes nothing.
+        b.forgo(b.try_acquire().unwrap());
+        assert_eq!(b.state(), State::Closed);
     }
 
     #[tokio::test(start_paused = true)]

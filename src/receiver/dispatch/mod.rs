@@ -571,19 +571,20 @@ impl Dispatcher {
             // NB: after the CloudEvents and signature headers, which it cannot name.
             headers.extend(credentials.iter().map(|(name, value)| (name.clone(), value.clone())));
         }
-        let limits = AgentLimits::of(agent.concurrency, agent.rate_limit.as_ref());
-        let slot = match limits.any() {
-            true => Some(self.slot(policy, agent, limits).await?),
-            false => None,
-        };
         let breaker = self.breaker(policy, &agent.name, settings);
         let labels = [policy.to_string(), agent.name.clone()];
-        let permit = match breaker.acquire().await {
-            Ok(permit) => permit,
-            Err(refused) => {
-                self.release(policy, agent, slot).await;
-                return Err(Failure::CircuitOpen { retry_at: refused.retry_at });
-            }
+        let permit = breaker.acquire().await.map_err(|r| Failure::CircuitOpen { retry_at: r.retry_at })?;
+        // NB: after the breaker, so that a slot's lease starts with the call.
+        let limits = AgentLimits::of(agent.concurrency, agent.rate_limit.as_ref());
+        let slot = match limits.any() {
+            false => None,
+            true => match self.slot(policy, agent, limits).await {
+                Ok(holder) => Some(holder),
+                Err(held) => {
+                    breaker.forgo(permit);
+                    return Err(held);
+                }
+            },
         };
         // The agent gets this attempt's span as its parent (W3C traceparent).
         let span = tracing::info_span!(
