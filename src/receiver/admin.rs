@@ -34,7 +34,7 @@ use axum::{
     routing::{delete, get, post},
 };
 use kube::api::{Patch, PatchParams};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{
@@ -178,40 +178,74 @@ async fn policies(State(s): State<AdminState>, Extension(caller): Extension<Call
     Ok(Json(policies_view(&s, &s.viewable(&caller).await?).await?))
 }
 
-/// Every policy in `namespaces`: effective settings, queue sizes, each agent's circuit.
+/// One policy as `GET /admin/policies` (and the live stream's snapshot)
+/// shows it: the handler writes it, the CLI and the status page read it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyView {
+    pub policy: String,
+    pub enabled: bool,
+    pub concurrency: usize,
+    pub queue_limit: u64,
+    pub reason: String,
+    /// Deliveries not yet settled by every agent they go to.
+    pub queued: u64,
+    pub retrying: u64,
+    pub dead_letters: u64,
+    pub agents: Vec<AgentView>,
+}
+
+/// One agent of a [`PolicyView`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentView {
+    pub name: String,
+    pub url: String,
+    /// The agent's own switch.
+    pub enabled: bool,
+    /// `closed`, `open` or `half_open`.
+    pub circuit: String,
+    /// Deliveries waiting or in flight in its lane.
+    pub queued: u64,
+}
+
+/// Every policy in `namespaces`: effective settings, queue sizes, each
+/// agent's switch, circuit and lane ([`PolicyView`]s, as JSON).
 pub async fn policies_view(s: &AdminState, namespaces: &BTreeSet<String>) -> Result<Value, AdminError> {
     let breakers = s.dispatcher.breaker_states();
     let mut out = Vec::new();
     let mut refs = s.registry.policy_refs();
     refs.retain(|p| namespaces.contains(&p.namespace));
     refs.sort();
-    // NB: one round trip per policy, all at once.
+    // NB: one round trip per policy (and one for its lanes), all at once.
     let lengths = s.queue.lengths(&refs).await.map_err(AdminError::unavailable)?;
     for (policy, held) in refs.into_iter().zip(lengths) {
         let Some(settings) = s.registry.policy(&policy) else { continue };
-        let (queued, retrying, dead) = (held.queued, held.retrying, held.dead);
         let lane = |agent: &str| held.lanes.iter().find(|(a, _)| a == agent).map_or(0, |(_, n)| *n);
-        let agents: Vec<Value> = settings
+        let agents = settings
             .agents
             .iter()
-            .map(|a| {
-                json!({ "name": a.name, "url": a.url, "enabled": a.enabled,
-                        "circuit": circuit(&breakers, &policy, &a.name), "queued": lane(&a.name) })
+            .map(|a| AgentView {
+                name: a.name.clone(),
+                url: a.url.clone(),
+                enabled: a.enabled,
+                circuit: circuit(&breakers, &policy, &a.name).to_owned(),
+                queued: lane(&a.name),
             })
             .collect();
-        out.push(json!({
-            "policy": policy.to_string(),
-            "enabled": settings.enabled,
-            "concurrency": settings.concurrency,
-            "queueLimit": settings.queue_limit,
-            "reason": settings.reason,
-            "queued": queued,
-            "retrying": retrying,
-            "deadLetters": dead,
-            "agents": agents,
-        }));
+        out.push(PolicyView {
+            policy: policy.to_string(),
+            enabled: settings.enabled,
+            concurrency: settings.concurrency,
+            queue_limit: settings.queue_limit,
+            reason: settings.reason.clone(),
+            queued: held.queued,
+            retrying: held.retrying,
+            dead_letters: held.dead,
+            agents,
+        });
     }
-    Ok(Value::Array(out))
+    Ok(serde_json::to_value(out).unwrap_or_default())
 }
 
 /// Every WebhookConfig this receiver serves: its policy, its Ready

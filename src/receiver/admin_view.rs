@@ -76,29 +76,38 @@ fn table_of(call: &Call, answer: &Value, now_ms: u64) -> String {
     let when = |v: &Value| v.as_u64().map_or("-".to_owned(), |ms| ago(ms, now_ms));
     let rows = |f: &dyn Fn(&Value) -> Vec<String>| answer.as_array().into_iter().flatten().map(f).collect();
     match call {
-        Call::Policies => table(
-            "No policies found.",
-            &["POLICY", "ENABLED", "CONCURRENCY", "QUEUED", "RETRYING", "DEAD", "AGENTS", "REASON"],
-            rows(&|p| {
-                let agents = p["agents"].as_array().into_iter().flatten();
-                let agents: Vec<String> = agents
-                    .map(|a| {
-                        let off = if a["enabled"] == false { ",off" } else { "" };
-                        format!("{}({}{off},{})", text(&a["name"]), text(&a["circuit"]), text(&a["queued"]))
+        Call::Policies => {
+            let policies: Vec<super::admin::PolicyView> =
+                serde_json::from_value(answer.clone()).unwrap_or_default();
+            let dash = |s: &str| if s.is_empty() { "-".to_owned() } else { s.to_owned() };
+            table(
+                "No policies found.",
+                &["POLICY", "ENABLED", "CONCURRENCY", "QUEUED", "RETRYING", "DEAD", "AGENTS", "REASON"],
+                policies
+                    .iter()
+                    .map(|p| {
+                        let agents: Vec<String> = p
+                            .agents
+                            .iter()
+                            .map(|a| {
+                                let off = if a.enabled { "" } else { ",off" };
+                                format!("{}({}{off},{})", a.name, a.circuit, a.queued)
+                            })
+                            .collect();
+                        vec![
+                            p.policy.clone(),
+                            p.enabled.to_string(),
+                            p.concurrency.to_string(),
+                            p.queued.to_string(),
+                            p.retrying.to_string(),
+                            p.dead_letters.to_string(),
+                            if agents.is_empty() { "-".into() } else { agents.join(",") },
+                            dash(&p.reason),
+                        ]
                     })
-                    .collect();
-                vec![
-                    text(&p["policy"]),
-                    text(&p["enabled"]),
-                    text(&p["concurrency"]),
-                    text(&p["queued"]),
-                    text(&p["retrying"]),
-                    text(&p["deadLetters"]),
-                    if agents.is_empty() { "-".into() } else { agents.join(",") },
-                    text(&p["reason"]),
-                ]
-            }),
-        ),
+                    .collect(),
+            )
+        }
         Call::SetEnabled { policy, enabled } => {
             let effect =
                 if *enabled { "dispatch resumes" } else { "dispatch stops; deliveries wait in the queue" };
@@ -238,14 +247,41 @@ mod tests {
 
     #[test]
     fn policies_as_a_table() {
-        let answer = json!([
-            {"policy": "team/agents", "enabled": true, "concurrency": 4, "queued": 12, "retrying": 1,
-             "deadLetters": 0, "reason": "enabled",
-             "agents": [{"name": "reviewer", "enabled": true, "circuit": "closed", "queued": 9},
-                        {"name": "bot", "enabled": false, "circuit": "open", "queued": 3}]},
-            {"policy": "team/quiet", "enabled": false, "concurrency": 1, "queued": 0, "retrying": 0,
-             "deadLetters": 250, "reason": "disabled by spec.enabled", "agents": []},
-        ]);
+        use crate::receiver::admin::{AgentView, PolicyView};
+        let agent = |name: &str, enabled, circuit: &str, queued| AgentView {
+            name: name.into(),
+            url: format!("http://{name}/"),
+            enabled,
+            circuit: circuit.into(),
+            queued,
+        };
+        let views = vec![
+            PolicyView {
+                policy: "team/agents".into(),
+                enabled: true,
+                concurrency: 4,
+                queue_limit: 10_000,
+                reason: "enabled".into(),
+                queued: 12,
+                retrying: 1,
+                dead_letters: 0,
+                agents: vec![agent("reviewer", true, "closed", 9), agent("bot", false, "open", 3)],
+            },
+            PolicyView {
+                policy: "team/quiet".into(),
+                concurrency: 1,
+                queue_limit: 10,
+                reason: "disabled by spec.enabled".into(),
+                dead_letters: 250,
+                ..PolicyView::default()
+            },
+        ];
+        let answer = serde_json::to_value(&views).unwrap();
+        // The wire names the status page reads, and a round trip that loses nothing.
+        assert_eq!(answer[0]["deadLetters"], 0);
+        assert_eq!(answer[0]["queueLimit"], 10_000);
+        assert_eq!(answer[0]["agents"][1]["queued"], 3);
+        assert_eq!(serde_json::from_value::<Vec<PolicyView>>(answer.clone()).unwrap(), views);
         let got = render(&Call::Policies, &answer, Output::Table, NOW);
         let lines: Vec<&str> = got.lines().collect();
         assert_eq!(lines.len(), 3, "{got}");
