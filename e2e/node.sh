@@ -25,6 +25,9 @@ POD_CIDR=10.244.0.0/24
 SERVICE_CIDR=10.96.0.0/24
 CONTAINERD_SOCK=$NODE_DIR/containerd/containerd.sock
 SYSCTLS_FILE=$CLUSTER_DIR/../node-sysctls # outlives CLUSTER_DIR until restored
+# The host's own veths and KUBE-* chains before the node came up (Docker,
+# k3s, kind...): never removed, never counted as left behind.
+HOST_NET_FILE=${CLUSTER_DIR%/*}/node-host-net
 # Host paths the node's components write whatever their configuration says.
 HOST_PATHS=(/run/containerd /var/lib/cni /var/log/pods /var/log/containers /var/lib/kubelet /var/run/netns)
 # Host sysctls the kubelet and the bridge plugin change.
@@ -32,6 +35,21 @@ NODE_SYSCTLS=(net.ipv4.ip_forward vm.overcommit_memory kernel.panic kernel.panic
   net.bridge.bridge-nf-call-iptables net.bridge.bridge-nf-call-ip6tables)
 
 ctr_() { ctr --address "$CONTAINERD_SOCK" -n k8s.io "$@"; }
+
+# host_net: the veths and KUBE-* chains on the host now, a line each
+# (`veth NAME`, `chain iptables TABLE NAME`).
+host_net() {
+  local ipt t
+  for ipt in iptables ip6tables; do
+    for t in filter nat mangle; do
+      { $ipt -t "$t" -S 2>/dev/null || true; } | awk -v p="$ipt $t" '$1 == "-N" && $2 ~ /^KUBE-/ {print "chain", p, $2}'
+    done
+  done
+  { ip -o link show type veth 2>/dev/null || true; } | awk -F': ' '{split($2, n, "@"); print "veth", n[1]}'
+}
+
+# had WHAT...: was it the host's before the node came up?
+had() { [[ -f $HOST_NET_FILE ]] && grep -qxF "$*" "$HOST_NET_FILE"; }
 
 # Network: the bridge (no uplink), the Service route, the confinement table.
 node_net_up() {
@@ -41,6 +59,7 @@ node_net_up() {
     for s in "${NODE_SYSCTLS[@]}"; do echo "$s=$(sysctl -n "$s")"; done >"$SYSCTLS_FILE"
     for p in "${HOST_PATHS[@]}"; do [[ -e $p ]] && echo "$p"; done >"$state" || true
   fi
+  [[ -f $HOST_NET_FILE ]] || host_net >"$HOST_NET_FILE"
   ip link add "$BRIDGE" type bridge 2>/dev/null || true
   ip addr replace "$NODE_IP/24" dev "$BRIDGE"
   ip link set "$BRIDGE" up
@@ -373,11 +392,13 @@ node_down() {
   for ipt in iptables ip6tables; do
     for t in filter nat mangle; do
       for c in $($ipt -t "$t" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^KUBE-/ {print $2}'); do
+        had chain "$ipt" "$t" "$c" && continue
         $ipt -t "$t" -S | awk -v c="$c" '$1 == "-A" && $0 ~ ("-j " c "( |$)") {sub(/^-A/, "-D"); print}' |
           while read -r rule; do eval "$ipt -t $t $rule" 2>/dev/null || true; done || true
         $ipt -t "$t" -F "$c" 2>/dev/null || true
       done
       for c in $($ipt -t "$t" -S 2>/dev/null | awk '$1 == "-N" && $2 ~ /^KUBE-/ {print $2}'); do
+        had chain "$ipt" "$t" "$c" && continue
         $ipt -t "$t" -X "$c" 2>/dev/null || true
       done
     done
@@ -402,11 +423,21 @@ node_leftovers() {
   mounts_under "$NODE_DIR" /run/containerd /var/run/netns /run/netns | sed 's/^/mount /' || true
   { ls -d /sys/fs/cgroup/*/kubepods 2>/dev/null || true; } | sed 's/^/cgroup /'
   if ip link show "$BRIDGE" >/dev/null 2>&1; then echo "bridge $BRIDGE"; fi
-  { ip -o link show type veth 2>/dev/null || true; } | sed 's/^/veth /'
+  host_net | while read -r what rest; do
+    [[ $what == veth ]] && ! had veth "$rest" && echo "veth $rest"
+  done || true
   if nft list table inet hookwarden >/dev/null 2>&1; then echo "nft table inet hookwarden"; fi
   for ipt in iptables ip6tables; do
     for t in filter nat mangle; do
-      { $ipt -t "$t" -S 2>/dev/null || true; } | { grep -E 'KUBE-|CNI-' || true; } | sed "s/^/$ipt $t /"
+      # NB: a line naming one of the host's own chains is the host's.
+      { $ipt -t "$t" -S 2>/dev/null || true; } | { grep -E 'KUBE-|CNI-' || true; } |
+        while read -r line; do
+          local mine=true c
+          for c in $(awk -v p="chain $ipt $t" 'index($0, p " ") == 1 {print $4}' "$HOST_NET_FILE" 2>/dev/null); do
+            [[ " $line " == *" $c "* ]] && mine=false
+          done
+          if $mine; then echo "$ipt $t $line"; fi
+        done
     done
   done
   if [[ -e $NODE_DIR ]]; then echo "dir $NODE_DIR"; fi
