@@ -28,6 +28,8 @@ SYSCTLS_FILE=$CLUSTER_DIR/../node-sysctls # outlives CLUSTER_DIR until restored
 # The host's own veths and KUBE-* chains before the node came up (Docker,
 # k3s, kind...): never removed, never counted as left behind.
 HOST_NET_FILE=${CLUSTER_DIR%/*}/node-host-net
+# The kubelet's cgroup root in every hierarchy: the node's pods, and nothing else.
+CGROUP_ROOT=hookwarden
 # Host paths the node's components write whatever their configuration says.
 HOST_PATHS=(/run/containerd /var/lib/cni /var/log/pods /var/log/containers /var/lib/kubelet /var/run/netns)
 # Host sysctls the kubelet and the bridge plugin change.
@@ -223,6 +225,9 @@ apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
 cgroupDriver: cgroupfs
+# The node's pods live under a cgroup of its own, so that down finds them,
+# and only them, on a host that runs pods of its own (Docker, k3s).
+cgroupRoot: /$CGROUP_ROOT
 failCgroupV1: false
 failSwapOn: false
 # No CAP_SYS_RESOURCE: leave the kubelet's own oom_score_adj alone.
@@ -333,6 +338,7 @@ node_up() {
     --authentication-kubeconfig "$CLUSTER_DIR/scheduler.kubeconfig" \
     --authorization-kubeconfig "$CLUSTER_DIR/scheduler.kubeconfig" \
     --bind-address 127.0.0.1 --secure-port "$SCHEDULER_PORT" --leader-elect=false --profiling=false
+  node_cgroups
   start kubelet kubelet --config "$NODE_DIR/kubelet.yaml" \
     --kubeconfig "$CLUSTER_DIR/kubelet.kubeconfig" --root-dir "$NODE_DIR/kubelet" \
     --hostname-override "$NODE_NAME" --node-ip "$NODE_IP" --cert-dir "$NODE_DIR/kubelet-pki"
@@ -352,10 +358,24 @@ node_up() {
   alive "$CLUSTER_DIR/local-path-provisioner.pid" || failed local-path-provisioner
 }
 
+# The kubelet's cgroup root, in every hierarchy (it must exist before the
+# kubelet starts); a cpuset gets its parent's CPUs and memory nodes.
+node_cgroups() {
+  local h
+  for h in /sys/fs/cgroup/*/; do
+    [[ -f $h/cgroup.procs ]] || continue
+    mkdir -p "$h$CGROUP_ROOT"
+    if [[ -f $h/cpuset.cpus ]]; then
+      cat "$h/cpuset.cpus" >"$h$CGROUP_ROOT/cpuset.cpus"
+      cat "$h/cpuset.mems" >"$h$CGROUP_ROOT/cpuset.mems"
+    fi
+  done
+}
+
 # Processes of the node's pods, found through their cgroups.
 pod_pids() {
   local d
-  for d in /sys/fs/cgroup/pids/kubepods /sys/fs/cgroup/memory/kubepods; do
+  for d in /sys/fs/cgroup/pids/$CGROUP_ROOT /sys/fs/cgroup/memory/$CGROUP_ROOT; do
     if [[ -d $d ]]; then find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null; fi
   done | sort -u
 }
@@ -384,8 +404,8 @@ node_down() {
     umount -l "$m" 2>/dev/null || true
   done
   # Cgroups: leaves first, in every hierarchy.
-  find /sys/fs/cgroup/*/kubepods -depth -type d -exec rmdir {} + 2>/dev/null || true
-  find /sys/fs/cgroup/*/kubepods -depth -type d -exec rmdir {} \; 2>/dev/null || true
+  find /sys/fs/cgroup/*/"$CGROUP_ROOT" -depth -type d -exec rmdir {} + 2>/dev/null || true
+  find /sys/fs/cgroup/*/"$CGROUP_ROOT" -depth -type d -exec rmdir {} \; 2>/dev/null || true
   # kube-proxy's chains and rules; the kubelet's canary and firewall chains.
   [[ -x $TOOLS_BIN/kube-proxy ]] && kube-proxy --cleanup >/dev/null 2>&1 || true
   local ipt t c
@@ -421,7 +441,7 @@ node_leftovers() {
   pgrep -a -f "$NODE_DIR|containerd-shim-runc-v2 .*-address $CONTAINERD_SOCK" || true
   pod_pids | sed 's/^/pod process /' || true
   mounts_under "$NODE_DIR" /run/containerd /var/run/netns /run/netns | sed 's/^/mount /' || true
-  { ls -d /sys/fs/cgroup/*/kubepods 2>/dev/null || true; } | sed 's/^/cgroup /'
+  { ls -d /sys/fs/cgroup/*/"$CGROUP_ROOT" 2>/dev/null || true; } | sed 's/^/cgroup /'
   if ip link show "$BRIDGE" >/dev/null 2>&1; then echo "bridge $BRIDGE"; fi
   host_net | while read -r what rest; do
     [[ $what == veth ]] && ! had veth "$rest" && echo "veth $rest"

@@ -4,7 +4,7 @@
 //! - `p:{ns/policy}:events`: the queue. Receivers read it through the consumer
 //!   group [`GROUP`], so replicas share the work, and route each entry into
 //!   the lane of every agent it goes to (filters decide); an entry is deleted
-//!   once it is settled.
+//!   once every agent it went to has settled it.
 //! - `p:{ns/policy}:lane:{agent}`: an agent's lane ([`lanes`]), read the same
 //!   way, so each agent progresses on its own; `p:{ns/policy}:lanes` the set
 //!   of agents with one, and `p:{ns/policy}:lanes:refs` how many lane copies
