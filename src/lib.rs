@@ -51,6 +51,7 @@
 //! | a tenant's filter costs about its payload's size | `filter::compile` (refused otherwise, by the operator) | `filter::Check` |
 
 pub mod api;
+pub mod cli;
 pub mod copies;
 pub mod filter;
 pub mod forward;

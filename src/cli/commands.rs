@@ -1,0 +1,158 @@
+//! Each subcommand's run: the I/O around the library (a runtime, a
+//! Kubernetes client, stdout), the configuration assembled by [`super::config`].
+
+use std::process::ExitCode;
+
+use crate::{
+    ObjectRef, operator,
+    receiver::{self, access::kubeconfig_token, admin, admin_view},
+};
+
+use super::{
+    args::{AdminAction, Cli, Command, OutputFormat},
+    config, default_consumer, exit_code, fail, runtime,
+};
+
+pub(crate) fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Crds { reference: true } => {
+            print!("{}", crate::api::crd_reference());
+            ExitCode::SUCCESS
+        }
+        Command::Crds { reference: false } => match crate::api::crds_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => fail(error),
+        },
+        Command::Receiver(args) => {
+            let traces =
+                match crate::trace::Tracing::new("hookwarden-receiver", args.otlp_endpoint.as_deref()) {
+                    Ok(traces) => traces,
+                    Err(error) => return fail(error),
+                };
+            crate::telemetry::init_logging(Some(&traces));
+            let config = config::receiver(args, default_consumer(), crate::PodRef::from_env());
+            let code = runtime().block_on(async {
+                match kube::Client::try_default().await {
+                    Ok(client) => exit_code(receiver::run(config, client).await),
+                    Err(error) => fail(error),
+                }
+            });
+            traces.shutdown();
+            code
+        }
+        Command::Admin { url, token, output, action: AdminAction::Tail { policy, event } } => {
+            let token = match token.map_or_else(kubeconfig_token, Ok) {
+                Ok(token) => token,
+                Err(error) => return fail(error),
+            };
+            let query: Vec<(&str, String)> = [("policy", policy), ("event", event)]
+                .into_iter()
+                .filter_map(|(k, v)| Some((k, v?)))
+                .collect();
+            runtime().block_on(async {
+                let print = async |event: &crate::receiver::stream::SseEvent| {
+                    use std::io::Write;
+                    let line = match output {
+                        OutputFormat::Table => {
+                            admin_view::tail_line(&event.event, &event.data, crate::now_ms())
+                        }
+                        // NB: one JSON object per line, for `jq`.
+                        OutputFormat::Json | OutputFormat::Yaml => {
+                            format!("{{\"event\":{:?},\"data\":{}}}\n", event.event, event.data)
+                        }
+                    };
+                    write!(std::io::stdout(), "{line}").and_then(|()| std::io::stdout().flush()).is_ok()
+                };
+                let trouble = |text: &str| eprintln!("{text}");
+                match crate::receiver::stream::tail(&url, "/admin/stream", &token, &query, print, trouble)
+                    .await
+                {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(error) => fail(error),
+                }
+            })
+        }
+        Command::Forward { url, token, policy, to, events, secret } => {
+            let token = match token.map_or_else(kubeconfig_token, Ok) {
+                Ok(token) => token,
+                Err(error) => return fail(error),
+            };
+            let policy = match policy.parse::<ObjectRef>() {
+                Ok(policy) => policy,
+                Err(error) => return fail(format!("--policy: {error}")),
+            };
+            let forward = crate::forward::Forward { admin: url, token, policy, to, events, secret };
+            runtime().block_on(async {
+                let say = |line: &str| println!("{line}");
+                match forward.run(say).await {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(error) => fail(error),
+                }
+            })
+        }
+        Command::Admin { url, token, output, action } => {
+            let token = match token.map_or_else(kubeconfig_token, Ok) {
+                Ok(token) => token,
+                Err(error) => return fail(error),
+            };
+            let call = match config::admin_call(action) {
+                Ok(call) => call,
+                Err(error) => return fail(error),
+            };
+            let output = match output {
+                OutputFormat::Table => admin_view::Output::Table,
+                OutputFormat::Json => admin_view::Output::Json,
+                OutputFormat::Yaml => admin_view::Output::Yaml,
+            };
+            runtime().block_on(async {
+                match admin::call(&url, &token, call.clone()).await {
+                    Ok(answer) => {
+                        // NB: not println!, which panics when a pipe (`| head`) closes early.
+                        use std::io::Write;
+                        let text = admin_view::render(&call, &answer, output, crate::now_ms());
+                        let _ = write!(std::io::stdout(), "{text}");
+                        ExitCode::SUCCESS
+                    }
+                    Err(error) => fail(error),
+                }
+            })
+        }
+        Command::SampleAgent { listen, signing_keys } => {
+            crate::telemetry::init_logging(None);
+            let keys: Result<Vec<_>, _> =
+                signing_keys.iter().map(|k| crate::standard_webhooks::SigningKey::parse(k)).collect();
+            let sink = match keys {
+                Ok(keys) => crate::sample_agent::Sink::verifying(keys),
+                Err(error) => return fail(format!("--signing-key: {error}")),
+            };
+            runtime().block_on(async {
+                let listener = match tokio::net::TcpListener::bind(listen).await {
+                    Ok(l) => l,
+                    Err(error) => return fail(format!("cannot listen on {listen}: {error}")),
+                };
+                tracing::info!(%listen, "sample agent listening");
+                exit_code(crate::sample_agent::serve(listener, sink).await)
+            })
+        }
+        Command::Operator(args) => {
+            crate::telemetry::init_logging(None);
+            let instance = args
+                .instance
+                .clone()
+                .unwrap_or_else(|| format!("{}-{}", default_consumer(), std::process::id()));
+            let config = match config::operator(args, instance, crate::PodRef::from_env()) {
+                Ok(config) => config,
+                Err(error) => return fail(error),
+            };
+            runtime().block_on(async {
+                match kube::Client::try_default().await {
+                    Ok(client) => exit_code(operator::run(config, client).await),
+                    Err(error) => fail(error),
+                }
+            })
+        }
+    }
+}

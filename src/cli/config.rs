@@ -1,0 +1,233 @@
+//! Flags to configuration: pure functions from the parsed command line (and
+//! what the process environment gave: the pod, a default name) to the
+//! library's configurations and admin calls, tested without a process.
+
+use std::time::Duration;
+
+use crate::{
+    ObjectRef, PodRef,
+    operator::{self, OperatorConfig, webhook_config::RecoveryWay},
+    queue::ActivityFilter,
+    receiver::{self, ReceiverConfig, admin, replay},
+};
+
+use super::{
+    args::AdminAction,
+    serve_args::{OperatorArgs, ReceiverArgs, Recovery},
+};
+
+/// The receiver's configuration; `default_consumer` names it when
+/// `--consumer` does not.
+pub(crate) fn receiver(args: ReceiverArgs, default_consumer: String, pod: Option<PodRef>) -> ReceiverConfig {
+    let consumer = args.consumer.unwrap_or(default_consumer);
+    ReceiverConfig {
+        listen: args.listen,
+        redis_url: args.redis_url,
+        redis_prefix: args.redis_prefix,
+        redis_replicas: args.replicas.get(),
+        namespace: args.scope.namespace,
+        keys_namespace: args.scope.keys_namespace,
+        body_limit: args.body_limit,
+        consumer,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
+        shutdown_delay: Duration::from_secs(args.shutdown_delay_seconds),
+        limits: receiver::serve::Limits {
+            header_timeout: Duration::from_secs(args.header_timeout_seconds.max(1)),
+            idle_timeout: Duration::from_secs(args.idle_timeout_seconds.max(1)),
+            body_timeout: Duration::from_secs(args.body_timeout_seconds.max(1)),
+            max_connections: args.max_connections.max(1),
+            max_in_flight: args.max_in_flight.max(1),
+            unauthenticated_bytes: args.unauthenticated_body_bytes,
+        },
+        failures_per_minute: args.failures_per_minute,
+        failure_burst: args.failure_burst,
+        replay_window: Duration::from_secs(args.replay_window_seconds),
+        dedup_window: Duration::from_secs(args.dedup.dedup_window_seconds),
+        trusted_proxies: args.trusted_proxies,
+        github_meta_configmap: args.github_meta_configmap,
+        github_meta_allowlist: args.github_meta_allowlist,
+        agent_deny: args.agent_deny_cidrs,
+        reclaim_after: Duration::from_secs(args.reclaim_after_seconds),
+        admin_listen: args.admin_listen,
+        admin_token: args.admin_token,
+        admin_kubernetes_auth: args.admin_kubernetes_auth,
+        lease_namespace: args.lease_namespace,
+        pod,
+    }
+}
+
+/// The operator's configuration, or why the flags do not make one.
+pub(crate) fn operator(
+    args: OperatorArgs,
+    instance: String,
+    pod: Option<PodRef>,
+) -> Result<OperatorConfig, String> {
+    let recovery = match (args.recovery, &args.redis_url) {
+        (Recovery::Fetch, None) => {
+            return Err("--recovery fetch needs --redis-url: it queues in Redis".into());
+        }
+        (Recovery::Auto | Recovery::Fetch, Some(_)) => RecoveryWay::Fetch,
+        (Recovery::Auto | Recovery::Redeliver, _) => RecoveryWay::Redeliver,
+    };
+    let allowed_apis = match crate::github::endpoints::AllowedApis::new(&args.github_api_urls) {
+        Ok(list) => list,
+        Err(error) => return Err(format!("--github-api-url: {error}")),
+    };
+    Ok(OperatorConfig {
+        allowed_apis,
+        github_limits: crate::github::Limits {
+            max_response_bytes: args.github_max_response_bytes,
+            max_pages: args.github_max_pages.max(1),
+            etag_cache_bytes: args.github_etag_cache_bytes,
+        },
+        namespace: args.scope.namespace,
+        keys_namespace: args.scope.keys_namespace,
+        redis_url: args.redis_url,
+        redis_prefix: args.redis_prefix,
+        redis_replicas: args.replicas.get(),
+        dedup_window: Duration::from_secs(args.dedup.dedup_window_seconds),
+        listen: args.listen,
+        instance,
+        pod,
+        public_base_url: args.public_base_url,
+        resync: Duration::from_secs(args.resync_seconds.max(1)),
+        lease_namespace: args.lease_namespace.clone(),
+        lease_duration: Duration::from_secs(args.lease_seconds.max(3)),
+        redelivery_interval: (args.redelivery_seconds > 0)
+            .then(|| Duration::from_secs(args.redelivery_seconds)),
+        recovery,
+        mutation_interval: Duration::from_millis(args.github_mutation_interval_ms),
+        meta: (args.github_meta_refresh_seconds > 0).then(|| operator::meta::MetaConfig {
+            namespace: args.lease_namespace.clone(),
+            configmap: args.github_meta_configmap,
+            refresh: Duration::from_secs(args.github_meta_refresh_seconds),
+        }),
+    })
+}
+
+/// The admin API call an `admin` subcommand makes (not `tail`: a stream).
+pub(crate) fn admin_call(action: AdminAction) -> Result<admin::Call, String> {
+    Ok(match action {
+        AdminAction::Policies => admin::Call::Policies,
+        AdminAction::Tail { .. } => unreachable!("tail follows the stream, it is no single call"),
+        AdminAction::Enable { policy: p } => {
+            admin::Call::SetEnabled { policy: p.parse::<ObjectRef>()?, enabled: true }
+        }
+        AdminAction::Disable { policy: p } => {
+            admin::Call::SetEnabled { policy: p.parse::<ObjectRef>()?, enabled: false }
+        }
+        AdminAction::DeadLetters { policy: p, limit } => {
+            admin::Call::DeadLetters { policy: p.parse::<ObjectRef>()?, limit }
+        }
+        AdminAction::Replay { policy, id, window_policy, since, until, agent, event, filter, dry_run } => {
+            match (window_policy, since, policy, id) {
+                (Some(policy), Some(since), _, _) => {
+                    let now = crate::now_ms();
+                    let window = replay::ReplayWindow {
+                        since_ms: replay::parse_time(&since, now)?,
+                        until_ms: until.map(|u| replay::parse_time(&u, now)).transpose()?,
+                        agent,
+                        event,
+                        filter,
+                        dry_run,
+                    };
+                    admin::Call::ReplayWindow { policy, window }
+                }
+                (_, _, Some(p), Some(id)) => admin::Call::Replay { policy: p.parse::<ObjectRef>()?, id },
+                _ => return Err("name a dead letter (POLICY ID) or a window (--policy P --since T)".into()),
+            }
+        }
+        AdminAction::Purge { policy: p } => admin::Call::Purge { policy: p.parse::<ObjectRef>()? },
+        AdminAction::FilterTest { policy, agent, limit, filter } => {
+            admin::Call::FilterTest { policy, test: admin::FilterTest { filter, agent, limit: Some(limit) } }
+        }
+        AdminAction::Deliveries { status, event, repository, hook, limit } => {
+            admin::Call::Deliveries { filter: ActivityFilter { status, event, repository, hook }, limit }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::args::{Cli, Command};
+
+    fn parse(args: &[&str]) -> Command {
+        let argv = std::iter::once("hookwarden").chain(args.iter().copied());
+        Cli::try_parse_from(argv).unwrap_or_else(|e| panic!("{args:?}: {e}")).command
+    }
+
+    fn operator_args(args: &[&str]) -> OperatorArgs {
+        let Command::Operator(mut parsed) = parse(&[&["operator"], args].concat()) else { unreachable!() };
+        // NB: whatever REDIS_URL the test's environment has.
+        parsed.redis_url = args.iter().position(|a| *a == "--redis-url").map(|i| args[i + 1].to_owned());
+        parsed
+    }
+
+    #[test]
+    fn the_operators_recovery_follows_redis_and_refuses_fetch_without_it() {
+        let rows: [(&[&str], Result<RecoveryWay, &str>); 4] = [
+            (&[], Ok(RecoveryWay::Redeliver)),
+            (&["--redis-url", "redis://r"], Ok(RecoveryWay::Fetch)),
+            (&["--redis-url", "redis://r", "--recovery", "redeliver"], Ok(RecoveryWay::Redeliver)),
+            (&["--recovery", "fetch"], Err("--recovery fetch needs --redis-url")),
+        ];
+        for (args, want) in rows {
+            let got = operator(operator_args(args), "op-1".into(), None).map(|c| c.recovery);
+            match want {
+                Ok(way) => assert_eq!(got.as_ref().ok(), Some(&way), "{args:?}"),
+                Err(text) => assert!(got.unwrap_err().contains(text), "{args:?}"),
+            }
+        }
+        let bad = operator(operator_args(&["--github-api-url", "not a url"]), "op".into(), None);
+        assert!(bad.unwrap_err().starts_with("--github-api-url"), "the flag is named");
+    }
+
+    #[test]
+    fn the_receivers_configuration_takes_its_flags_and_names_itself() {
+        let Command::Receiver(args) =
+            parse(&["receiver", "--redis-url", "redis://r", "--reclaim-after-seconds", "7"])
+        else {
+            unreachable!()
+        };
+        let named = args.consumer.clone();
+        let config = receiver(args, "pod-a".into(), None);
+        assert_eq!(config.redis_url, "redis://r");
+        assert_eq!(config.reclaim_after, Duration::from_secs(7));
+        assert_eq!(config.consumer, named.unwrap_or_else(|| "pod-a".into()), "--consumer, else the default");
+    }
+
+    #[test]
+    fn admin_subcommands_become_calls_and_replay_takes_a_dead_letter_or_a_window() {
+        let call = |args: &[&str]| {
+            let Command::Admin { action, .. } = parse(&[&["admin"], args].concat()) else { unreachable!() };
+            admin_call(action)
+        };
+        let policy: ObjectRef = "team/default".parse().unwrap();
+        match call(&["replay", "team/default", "1-0"]).unwrap() {
+            admin::Call::Replay { policy: p, id } => assert_eq!((p, id.as_str()), (policy.clone(), "1-0")),
+            other => panic!("{other:?}"),
+        }
+        let before = crate::now_ms();
+        match call(&["replay", "--policy", "team/default", "--since", "1h", "--agent", "a", "--dry-run"])
+            .unwrap()
+        {
+            admin::Call::ReplayWindow { policy: p, window } => {
+                assert_eq!(p, policy);
+                assert!(
+                    window.since_ms <= before - 3_600_000 + 1_000 && window.since_ms + 3_600_000 >= before
+                );
+                assert_eq!(
+                    (window.agent.as_deref(), window.dry_run, window.until_ms),
+                    (Some("a"), true, None)
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(call(&["replay", "--policy", "team/default", "--since", "yesterday"]).is_err());
+        assert!(call(&["replay", "team/default"]).unwrap_err().contains("name a dead letter"));
+        assert!(call(&["disable", "no-slash"]).is_err(), "a policy is NAMESPACE/NAME");
+    }
+}
