@@ -1,7 +1,7 @@
 //! The `hookwarden` command line, which `main.rs` hands over to: the
-//! subcommands and flags ([`args`], [`serve_args`]), flags to configuration
-//! as pure functions ([`config`]), and each subcommand's run
-//! ([`commands`]). Nothing here decides anything the library does not.
+//! subcommands and flags (`args`, `serve_args`), flags to configuration
+//! as pure functions (`config`), and each subcommand's run
+//! (`commands`). Nothing here decides anything the library does not.
 
 use std::process::ExitCode;
 

@@ -2,7 +2,7 @@
 //! (`concurrency`), calls per unit of time (`rateLimit`) and the pause an
 //! agent's `Retry-After` asks for. Held in Redis beside the policy's queue
 //! (keys `p:{ns/policy}:agent:{name}:slots|rate|paused`, in the policy's
-//! Cluster slot), each decision one Lua step ([`permit.lua`]) on Redis'
+//! Cluster slot), each decision one Lua step (`lua/permit.lua`) on Redis'
 //! clock, so replicas with skewed clocks still share one rate.
 //!
 //! A call's slot is a lease: released when the call ends, or by itself when
