@@ -59,9 +59,11 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
                         OutputFormat::Table => {
                             admin_view::tail_line(&event.event, &event.data, crate::now_ms())
                         }
-                        // NB: one JSON object per line, for `jq`.
-                        OutputFormat::Json | OutputFormat::Yaml => {
-                            format!("{{\"event\":{:?},\"data\":{}}}\n", event.event, event.data)
+                        OutputFormat::Json => {
+                            admin_view::tail_record(&event.event, &event.data, admin_view::Output::Json)
+                        }
+                        OutputFormat::Yaml => {
+                            admin_view::tail_record(&event.event, &event.data, admin_view::Output::Yaml)
                         }
                     };
                     write!(std::io::stdout(), "{line}").and_then(|()| std::io::stdout().flush()).is_ok()

@@ -24,6 +24,19 @@ pub fn render(call: &Call, answer: &Value, output: Output, now_ms: u64) -> Strin
     }
 }
 
+/// One event of `hookwarden admin tail` for machines: with `-o json` a JSON
+/// object on one line (for `jq`), with `-o yaml` a YAML document, each
+/// `{event, data}` with the event's data as the JSON it is (a string when
+/// it is not JSON).
+pub fn tail_record(kind: &str, data: &str, output: Output) -> String {
+    let data = serde_json::from_str(data).unwrap_or_else(|_| Value::String(data.to_owned()));
+    let record = serde_json::json!({ "event": kind, "data": data });
+    match output {
+        Output::Yaml => format!("---\n{}", serde_yaml::to_string(&record).unwrap_or_default()),
+        Output::Json | Output::Table => format!("{record}\n"),
+    }
+}
+
 /// One line of `hookwarden admin tail` for an event of the stream.
 pub fn tail_line(kind: &str, data: &str, now_ms: u64) -> String {
     let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
@@ -243,6 +256,22 @@ mod tests {
             assert_eq!(ago(NOW - before, NOW), want, "{before} ms ago");
         }
         assert_eq!(ago(NOW + 5_000, NOW), "0s", "a clock a little ahead is now");
+    }
+
+    #[test]
+    fn tail_records_are_real_json_and_yaml() {
+        let data = r#"{"guid":"g","detail":"caf\u00e9 \"quoted\" \\ tab\t"}"#;
+        let line = tail_record("delivery\u{7f}", data, Output::Json);
+        assert!(line.ends_with('\n') && !line.trim_end().contains('\n'), "one line: {line}");
+        let back: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(back["event"], "delivery\u{7f}");
+        assert_eq!(back["data"]["detail"], "café \"quoted\" \\ tab\t");
+        let yaml = tail_record("delivery", data, Output::Yaml);
+        assert!(yaml.starts_with("---\n"), "{yaml}");
+        let back: Value = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(back["data"]["guid"], "g");
+        let odd: Value = serde_json::from_str(&tail_record("gap", "not json", Output::Json)).unwrap();
+        assert_eq!(odd["data"], "not json", "data that is not JSON stays a string");
     }
 
     #[test]
