@@ -87,6 +87,29 @@ impl SecretSource {
             },
         }
     }
+
+    /// Follows these Secrets into `registry` (see [`follow`]), each filed
+    /// where [`Filing`] says.
+    fn follow(
+        self,
+        registry: Arc<Registry>,
+        what: Watched,
+        known: fn(&Registry) -> Vec<ObjectRef>,
+        apply: impl Fn(&Registry, ObjectRef, &Secret) + Send + 'static,
+        delete: fn(&Registry, &ObjectRef),
+    ) {
+        let filing = self.filing;
+        tokio::spawn(follow(
+            self.api,
+            self.config,
+            move |s| filing.refer(s),
+            registry,
+            what,
+            known,
+            apply,
+            delete,
+        ));
+    }
 }
 
 /// Starts the five watches; they run until the process ends, riding out
@@ -124,11 +147,8 @@ pub fn spawn(
         Registry::remove_hook,
     ));
 
-    let keys = SecretSource::new(client, namespace, keys_namespace, Kind::Keys);
-    tokio::spawn(follow(
-        keys.api,
-        keys.config,
-        move |s| keys.filing.refer(s),
+    let secrets = |kind| SecretSource::new(client, namespace, keys_namespace, kind);
+    secrets(Kind::Keys).follow(
         registry.clone(),
         Watched::Keys,
         Registry::key_refs,
@@ -138,13 +158,8 @@ pub fn spawn(
             r.set_keys(at, keys);
         },
         Registry::remove_keys,
-    ));
-
-    let signing = SecretSource::new(client, namespace, keys_namespace, Kind::Signing);
-    tokio::spawn(follow(
-        signing.api,
-        signing.config,
-        move |s| signing.filing.refer(s),
+    );
+    secrets(Kind::Signing).follow(
         registry.clone(),
         Watched::SigningKeys,
         Registry::signing_key_refs,
@@ -154,13 +169,8 @@ pub fn spawn(
             r.set_signing_keys(at, keys);
         },
         Registry::remove_signing_keys,
-    ));
-
-    let headers = SecretSource::new(client, namespace, keys_namespace, Kind::Headers);
-    tokio::spawn(follow(
-        headers.api,
-        headers.config,
-        move |s| headers.filing.refer(s),
+    );
+    secrets(Kind::Headers).follow(
         registry.clone(),
         Watched::AgentHeaders,
         Registry::agent_header_refs,
@@ -173,7 +183,7 @@ pub fn spawn(
             r.set_agent_headers(at, headers);
         },
         Registry::remove_agent_headers,
-    ));
+    );
 
     let policies = crate::scoped_api::<AgentPolicy>(client, namespace);
     tokio::spawn(follow(
