@@ -175,13 +175,37 @@ async fn invalid_resources_are_rejected_with_the_schemas_message() {
             "both repository and organization",
             &whc,
             json!({"spec": {"organization": "octo-org"}}),
-            &["exactly one of repository or organization must be set"],
+            &["exactly one of repository, organization or repositories must be set"],
         ),
         (
             "neither repository nor organization",
             &whc,
             json!({"spec": {"repository": null}}),
-            &["exactly one of repository or organization must be set"],
+            &["exactly one of repository, organization or repositories must be set"],
+        ),
+        (
+            "repository and repositories",
+            &whc,
+            json!({"spec": {"repositories": ["octo-org/a"]}}),
+            &["exactly one of repository, organization or repositories must be set"],
+        ),
+        (
+            "an empty list of repositories",
+            &whc,
+            json!({"spec": {"repository": null, "repositories": []}}),
+            &["spec.repositories", "should have at least 1 items"],
+        ),
+        (
+            "a listed repository without owner",
+            &whc,
+            json!({"spec": {"repository": null, "repositories": ["octo-org/a", "b"]}}),
+            &["spec.repositories[1]", "should match"],
+        ),
+        (
+            "a repository listed twice",
+            &whc,
+            json!({"spec": {"repository": null, "repositories": ["octo-org/a", "octo-org/a"]}}),
+            &["spec.repositories[1]", "Duplicate value"],
         ),
         (
             "unknown event",
@@ -401,6 +425,51 @@ async fn invalid_resources_are_rejected_with_the_schemas_message() {
     for (api, body) in [(&whc, valid_webhook_config()), (&ap, valid_agent_policy())] {
         let obj: DynamicObject = serde_json::from_value(body).unwrap();
         api.create(&PostParams::default(), &obj).await.expect("valid base accepted");
+    }
+
+    // Edits: a list of repositories stays a list, on the same GitHub; its
+    // members change freely.
+    let mut fleet = valid_webhook_config();
+    merge(
+        &mut fleet,
+        &json!({"metadata": {"name": "fleet"}, "spec": {"repository": null, "repositories": ["octo-org/a", "octo-org/b"]}}),
+    );
+    whc.create(&PostParams::default(), &serde_json::from_value(fleet).unwrap())
+        .await
+        .expect("a list accepted");
+    let edits: Vec<(&str, &str, Value, Option<&str>)> = vec![
+        (
+            "one repository becomes a list",
+            "x",
+            json!({"spec": {"repository": null, "repositories": ["octo-org/a"]}}),
+            Some("repositories cannot be added to or removed from"),
+        ),
+        (
+            "a list becomes one repository",
+            "fleet",
+            json!({"spec": {"repositories": null, "repository": "octo-org/a"}}),
+            Some("repositories cannot be added to or removed from"),
+        ),
+        (
+            "a list moves to another GitHub",
+            "fleet",
+            json!({"spec": {"github": {"apiUrl": "https://ghe.example.com/api/v3"}}}),
+            Some("keeps its GitHub API URL and connection"),
+        ),
+        (
+            "a list grows and shrinks",
+            "fleet",
+            json!({"spec": {"repositories": ["octo-org/b", "octo-org/c"]}}),
+            None,
+        ),
+    ];
+    for (what, name, patch, refused) in edits {
+        let result = whc.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await;
+        match (result, refused) {
+            (Ok(_), None) => {}
+            (Err(kube::Error::Api(status)), Some(wanted)) if status.message.contains(wanted) => {}
+            (other, _) => panic!("{what}: {:?}", other.map(|_| "accepted")),
+        }
     }
 }
 

@@ -903,3 +903,122 @@ async fn a_hook_moved_to_another_target_leaves_nothing_behind_even_when_github_r
     w.assert_github_agrees(&repo).await;
     w.assert_github_agrees(&org).await;
 }
+
+#[tokio::test]
+async fn thirty_repositories_get_a_hook_each_rotate_together_with_none_rejected_and_shrink_to_ten() {
+    let w = World::new().await;
+    let (_receiver, base) = w.receiver("receiver", &[]);
+    let url = format!("{base}/hooks/{}/fleet", w.ns.name);
+    let owner = w.repo.split('/').next().unwrap().to_owned();
+    let repos: Vec<String> = (0..30).map(|i| format!("{owner}/svc-{i:02}")).collect();
+    for r in &repos {
+        w.sim_post("repos", json!({ "full_name": r })).await;
+    }
+    // One repository already has a hook delivering to the URL: adopted, never duplicated.
+    let existing: Value = w
+        .http
+        .post(format!("{}/repos/{}/hooks", w.github, repos[3]))
+        .bearer_auth(&w.token)
+        .json(&json!({ "name": "web", "events": ["push"], "config": { "url": url, "content_type": "json" } }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let spec = json!({ "repositories": repos, "events": ["push"], "url": url,
+        "secretRotation": { "interval": "1h", "overlap": "2s" } });
+    w.apply_spec("fleet", spec).await;
+
+    let status = || async { w.whc("fleet").await.status.unwrap_or_default() };
+    let registered = |s: &hookwarden::api::WebhookConfigStatus| {
+        s.repositories.iter().filter(|e| e.state == hookwarden::api::RepositoryHookState::Registered).count()
+    };
+    // Paced: the first reconcile stops at its mutation budget and says so.
+    let progress = eventually("some registered, more to come", WAIT, || async {
+        let (ok, reason, message) = w.condition("fleet", "Ready").await?;
+        (ok == "False" && reason == "Registering").then_some(message)
+    })
+    .await;
+    assert!(progress.contains("of 30 repositories registered"), "{progress}");
+    eventually("hooks on all 30 repositories", Duration::from_secs(120), || async {
+        (w.ready("fleet").await? == ("True".into(), "Ready".into()) && registered(&status().await) == 30)
+            .then_some(())
+    })
+    .await;
+    let key = w.keys("fleet-hmac").await.remove(0);
+    let s = status().await;
+    let mut ids = Vec::new();
+    for (r, entry) in repos.iter().zip(&s.repositories) {
+        assert_eq!(&entry.repository, r, "status follows the list's order");
+        let hooks = w.hooks(&format!("repos/{r}")).await;
+        assert_eq!(hooks.len(), 1, "{r}: exactly one hook");
+        assert_eq!(hooks[0]["config"]["url"], url.as_str(), "{r}");
+        assert_eq!(hooks[0]["id"].as_i64(), entry.hook_id, "{r}: status names GitHub's hook");
+        assert_eq!(w.github_secret(entry.hook_id.unwrap()).await.unwrap().as_bytes(), key.secret(), "{r}");
+        ids.push(entry.hook_id.unwrap());
+    }
+    assert_eq!(Some(ids[3]), existing["id"].as_i64(), "the existing hook was adopted");
+    let reasons = w.event_reasons().await;
+    assert!(reasons.contains("Created") && reasons.contains("Adopted"), "{reasons}");
+
+    // One rotation for all 30, while three of them deliver: none rejected.
+    let flows: Vec<PushFlow> =
+        [0, 15, 29].iter().map(|&i| PushFlow::start(&w.github, &repos[i], ids[i], 5.0, None)).collect();
+    common::rotate_now(&w.env, &w.ns.name, "fleet", Duration::from_secs(150)).await;
+    let mut codes = Vec::new();
+    for flow in flows {
+        codes.extend(flow.stop().await.into_iter().map(|(_, code)| code));
+    }
+    assert!(codes.len() >= 30, "deliveries flowed during the rotation: {}", codes.len());
+    let rejected = codes.iter().filter(|c| **c / 100 != 2).count();
+    assert_eq!(rejected, 0, "{rejected} of {} deliveries rejected during the rotation", codes.len());
+    let new = w.keys("fleet-hmac").await.remove(0);
+    assert_ne!(new, key);
+    for id in &ids {
+        assert_eq!(w.github_secret(*id).await.unwrap().as_bytes(), new.secret(), "hook {id} switched");
+    }
+    assert!(
+        status().await.repositories.iter().all(|e| e.confirmed_key_version.as_deref() == Some(new.version()))
+    );
+
+    // The list shrinks to 10: the other 20 hooks are deleted, the 10 kept.
+    let spec = json!({ "repositories": repos[..10], "events": ["push"], "url": url,
+        "secretRotation": { "interval": "1h", "overlap": "2s" } });
+    w.apply_spec("fleet", spec).await;
+    eventually("20 hooks deleted, 10 kept", Duration::from_secs(120), || async {
+        let s = status().await;
+        (s.repositories.len() == 10 && registered(&s) == 10).then_some(())
+    })
+    .await;
+    for (i, r) in repos.iter().enumerate() {
+        let hooks = w.hooks(&format!("repos/{r}")).await;
+        let want: &[i64] = if i < 10 { &ids[i..=i] } else { &[] };
+        let got: Vec<i64> = hooks.iter().filter_map(|h| h["id"].as_i64()).collect();
+        assert_eq!(got, want, "{r}");
+    }
+    assert!(w.event_reasons().await.contains("RepositoriesRemoved"));
+    assert_eq!(w.ready("fleet").await, Some(("True".into(), "Ready".into())));
+
+    // Deleting the WebhookConfig deletes every hook it has.
+    Api::<WebhookConfig>::namespaced(w.env.client().await, &w.ns.name)
+        .delete("fleet", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the WebhookConfig and its hooks gone", Duration::from_secs(90), || async {
+        let api = Api::<WebhookConfig>::namespaced(w.env.client().await, &w.ns.name);
+        if api.get_opt("fleet").await.unwrap().is_some() {
+            return None;
+        }
+        for r in &repos[..10] {
+            if !w.hooks(&format!("repos/{r}")).await.is_empty() {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+    for r in [&repos[0], &repos[3], &repos[29]] {
+        w.assert_github_agrees(&format!("repos/{r}")).await;
+    }
+}

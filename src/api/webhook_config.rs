@@ -1,4 +1,5 @@
-//! `WebhookConfig`: one GitHub webhook on a repository or an organization.
+//! `WebhookConfig`: a GitHub webhook on a repository or an organization, or
+//! one on each of a list of repositories.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
@@ -11,6 +12,8 @@ use super::{DNS_SUBDOMAIN, Duration, SecretKeyRef, events};
 pub const REPOSITORY_PATTERN: &str = r"^[A-Za-z0-9](-?[A-Za-z0-9]){0,38}/[A-Za-z0-9._-]{1,100}$";
 /// A GitHub organization login.
 pub const ORGANIZATION_PATTERN: &str = r"^[A-Za-z0-9](-?[A-Za-z0-9]){0,38}$";
+/// Repositories one WebhookConfig may list.
+pub const MAX_REPOSITORIES: usize = 100;
 /// GitHub.com's REST API; GitHub Enterprise Server lives at `https://HOST/api/v3`.
 pub const DEFAULT_API_URL: &str = "https://api.github.com";
 
@@ -36,22 +39,42 @@ pub const DEFAULT_API_URL: &str = "https://api.github.com";
     printcolumn = r#"{"name":"URL","type":"string","jsonPath":".status.url","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
-#[x_kube(validation = kube::core::Rule::new("has(self.repository) != has(self.organization)")
-    .message("exactly one of repository or organization must be set"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "[has(self.repository), has(self.organization), has(self.repositories)].filter(x, x).size() == 1"
+).message("exactly one of repository, organization or repositories must be set"))]
+#[x_kube(validation = kube::core::Rule::new("has(self.repositories) == has(oldSelf.repositories)")
+    .message("repositories cannot be added to or removed from a WebhookConfig made for one repository or organization (or the other way): create another WebhookConfig"))]
+#[x_kube(validation = kube::core::Rule::new(
+    "!has(self.repositories) || (self.github.apiUrl == oldSelf.github.apiUrl && has(self.github.connection) == has(oldSelf.github.connection) && (!has(self.github.connection) || self.github.connection == oldSelf.github.connection))"
+).message("a WebhookConfig with repositories keeps its GitHub API URL and connection: create another WebhookConfig for another GitHub"))]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookConfigSpec {
     /// Repository that owns the hook, as `owner/name`. Exactly one of
-    /// `repository` and `organization` is set.
+    /// `repository`, `organization` and `repositories` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("pattern" = REPOSITORY_PATTERN, "maxLength" = 140))]
     pub repository: Option<String>,
 
     /// Organization that owns the hook (an organization webhook sees events of
-    /// every repository in it). Exactly one of `repository` and `organization`
-    /// is set.
+    /// every repository in it). Exactly one of `repository`, `organization`
+    /// and `repositories` is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("pattern" = ORGANIZATION_PATTERN, "maxLength" = 39))]
     pub organization: Option<String>,
+
+    /// Many repositories (`owner/name`), a hook on each, all delivering to
+    /// this WebhookConfig's URL, signed with its one key Secret and rotated
+    /// together. Hooks are added and removed as the list changes (removed
+    /// ones are deleted from GitHub), one mutation at a time. `status.repositories`
+    /// shows each one. Set from creation on; the API URL and connection stay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Vec<String>", extend(
+        "minItems" = 1,
+        "maxItems" = MAX_REPOSITORIES,
+        "x-kubernetes-list-type" = "set",
+        "items" = {"type": "string", "pattern": REPOSITORY_PATTERN, "maxLength": 140}
+    ))]
+    pub repositories: Option<Vec<String>>,
 
     /// GitHub events the hook subscribes to, by their `X-GitHub-Event` name
     /// (`push`, `pull_request`, ...), or `["*"]` for every event. GitHub's own
@@ -262,6 +285,17 @@ pub struct WebhookConfigStatus {
     #[schemars(extend("maxItems" = 16))]
     pub previous_hooks: Vec<PreviousHook>,
 
+    /// One entry per hook of `spec.repositories` (and per removed repository
+    /// whose hook is still being deleted). The fields above that describe one
+    /// hook (`hookId`, `recovery`) are not used then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend(
+        "maxItems" = 2 * MAX_REPOSITORIES,
+        "x-kubernetes-list-type" = "map",
+        "x-kubernetes-list-map-keys" = ["repository"]
+    ))]
+    pub repositories: Vec<RepositoryHook>,
+
     /// Current state: `Ready`, `HookRegistered`, `SecretInSync`, ...
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
@@ -289,6 +323,48 @@ impl HookLocation {
         (&self.repository, &self.organization, &self.github.api_url, &self.github.connection)
             == (&other.repository, &other.organization, &other.github.api_url, &other.github.connection)
     }
+}
+
+/// The hook of one repository of `spec.repositories`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryHook {
+    /// `owner/name`.
+    pub repository: String,
+    /// GitHub's ID of its hook, once registered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hook_id: Option<i64>,
+    /// Where it stands.
+    pub state: RepositoryHookState,
+    /// What went wrong last, when something did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The key version this hook was last set to sign with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_key_version: Option<String>,
+    /// The newest key version a successful ping of this hook confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_key_version: Option<String>,
+    /// The most recent delivery GitHub reports for this hook.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_delivery: Option<DeliverySummary>,
+    /// Recovery of this hook's failed deliveries (see `status.recovery`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<RecoveryStatus>,
+}
+
+/// Where the hook of one of `spec.repositories` stands.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+pub enum RepositoryHookState {
+    /// Listed, not registered yet (GitHub's mutations are paced).
+    #[default]
+    Registering,
+    /// Registered as the spec asks.
+    Registered,
+    /// GitHub refused or failed; `message` says why. Tried again.
+    Failed,
+    /// No longer listed: its hook is being deleted.
+    Deleting,
 }
 
 /// A hook of an earlier location, still to be deleted.

@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | credentials and the key Secret | [`secret`] | — |
 //! | registration: keep, update, repair, adopt, create | [`register`] | [`register::plan`], [`register::plan_new`], [`register::signing_key`] |
+//! | many repositories: a hook on each, added and removed with the list | [`fleet`] | [`fleet::entries`], [`fleet::key_for`], [`fleet::summary`] |
 //! | rotation of the HMAC key | [`rotation`] | [`rotation::step`], [`rotation::ping_outcome`] |
 //! | recovery of failed deliveries | [`recovery`] | [`recovery::to_recover`], [`recovery::due`], [`recovery::after_pass`], … |
 //! | status and failures | [`status`] | [`status::failure_reason`] |
@@ -16,12 +17,18 @@
 //! credentials, the hook of the old place is deleted once the new one is
 //! registered (`status.previousHooks` until it is).
 //!
-//! `cleanup` deletes the hook and any previous one (already gone counts as
+//! With `spec.repositories`, the same flows run for every hook: the list is
+//! registered a few mutations per reconcile, one rotation switches them all
+//! (confirmed by a ping of each), and each hook's failed deliveries are
+//! recovered from its own position.
+//!
+//! `cleanup` deletes the hook (or hooks) and any previous one (already gone counts as
 //! done); while GitHub refuses, or the credentials are gone, the
 //! WebhookConfig stays, `Ready=False DeletionBlocked` says why and what to do.
 //! The key Secret is owned by the WebhookConfig, so Kubernetes deletes it
 //! with it.
 
+pub mod fleet;
 pub mod recovery;
 pub mod register;
 pub mod rotation;
@@ -44,7 +51,7 @@ use kube::{
 
 use super::{Context, Error};
 use crate::{
-    api::WebhookConfig,
+    api::{RepositoryHookState, WebhookConfig, WebhookConfigStatus},
     github::{self, DesiredHook, Target},
 };
 
@@ -92,12 +99,11 @@ pub async fn reconcile(whc: Arc<WebhookConfig>, ctx: Arc<Context>) -> Result<Act
     .map_err(|e| Error::Finalizer(Box::new(e)))
 }
 
-/// The registered hook and how to reach it.
+/// A registered hook and how to reach it.
 struct HookRef<'a> {
     github: &'a github::Client,
     target: &'a Target,
     id: i64,
-    desired: &'a DesiredHook,
 }
 
 async fn apply(whc: Arc<WebhookConfig>, ctx: &Context) -> Result<Action, Error> {
@@ -129,24 +135,89 @@ async fn run_flows(whc: &WebhookConfig, ctx: &Context, now: Timestamp) -> Result
     let github = secret::github_client(whc, ctx).await?;
     let keys = secret::ensure_keys(whc, ctx, now).await?;
     let mut status = whc.status.clone().unwrap_or_default();
-    let registered = register::register(whc, ctx, &github, &desired, &keys, &mut status, now).await?;
-    let previous_deleted = register::delete_previous(whc, ctx, &mut status, Some(registered.id), now).await;
+    // NB: status is written even when a step after registration failed, so
+    // it shows how far it got.
+    let next = if whc.spec.repositories.is_some() {
+        Ok(fleet_flows(whc, ctx, &github, &desired, keys, &mut status, now).await)
+    } else {
+        hook_flows(whc, ctx, &github, &desired, keys, &mut status, now).await
+    }?;
+    status.rate_limit = status::rate_limit(github.rate_limit());
+    status::write(whc, ctx, &status).await?;
+    let next = [Some(ctx.resync), Some(next?)].into_iter().flatten().min();
+    Ok(Action::requeue(next.unwrap_or(ctx.resync)))
+}
+
+/// The flows of one hook (`spec.repository` or `spec.organization`); how
+/// soon to look again. Err only when registering failed (nothing else to
+/// write); a later step's error comes back inside.
+async fn hook_flows(
+    whc: &WebhookConfig,
+    ctx: &Context,
+    github: &github::Client,
+    desired: &DesiredHook,
+    keys: Vec<crate::keys::HmacKey>,
+    status: &mut WebhookConfigStatus,
+    now: Timestamp,
+) -> Result<Result<Duration, Error>, Error> {
+    let registered = register::register(whc, ctx, github, desired, &keys, status, now).await?;
+    let previous_deleted = register::delete_previous(whc, ctx, status, Some(registered.id), now).await;
 
     let target = register::target(whc);
-    let hook = HookRef { github: &github, target: &target, id: registered.id, desired: &desired };
-    // NB: status is written even when a step failed, so it shows how far it got.
-    let rotation = rotation::rotate(whc, ctx, &hook, keys, &mut status, now).await;
+    let member = rotation::Member {
+        target: target.clone(),
+        id: registered.id,
+        signing: status.signing_key_version.clone(),
+        confirmed: status.confirmed_key_version.clone(),
+    };
+    let rotation = rotation::rotate(whc, ctx, github, desired, &mut [member], keys, status, now).await;
+    let hook = HookRef { github, target: &target, id: registered.id };
     let (next_recovery, newest) =
         recovery::run(whc, ctx, &hook, &mut status.recovery, registered.last_delivery_failed).await;
     if let Some(newest) = &newest {
         status.last_delivery = Some(status::last_delivery(newest));
     }
-    status.rate_limit = status::rate_limit(github.rate_limit());
-    status::write(whc, ctx, &status).await?;
     let retry_previous = (!previous_deleted).then_some(PREVIOUS_RETRY);
-    let next = [Some(ctx.resync), Some(rotation?), next_recovery, retry_previous].into_iter().flatten().min();
-    Ok(Action::requeue(next.unwrap_or(ctx.resync)))
+    Ok(rotation.map(|r| [Some(r), next_recovery, retry_previous].into_iter().flatten().min().unwrap_or(r)))
 }
+
+/// The flows of `spec.repositories`: every hook registered (paced), all
+/// rotated together, each one's failed deliveries recovered.
+async fn fleet_flows(
+    whc: &WebhookConfig,
+    ctx: &Context,
+    github: &github::Client,
+    desired: &DesiredHook,
+    keys: Vec<crate::keys::HmacKey>,
+    status: &mut WebhookConfigStatus,
+    now: Timestamp,
+) -> Result<Duration, Error> {
+    let registered = fleet::register(whc, ctx, github, desired, &keys, status, now).await;
+    let mut members = fleet::members(status);
+    let rotation = rotation::rotate(whc, ctx, github, desired, &mut members, keys, status, now).await;
+    fleet::after_rotation(status, members);
+    let mut next = if registered.more { MORE_REPOSITORIES } else { ctx.resync };
+    let mut ids = Vec::new();
+    for entry in status.repositories.iter_mut().filter(|e| e.state == RepositoryHookState::Registered) {
+        let Some(id) = entry.hook_id else { continue };
+        ids.push(id);
+        let target = Target::Repository(entry.repository.clone());
+        let hook = HookRef { github, target: &target, id };
+        let evidence = registered.failing.contains(&id);
+        let (next_recovery, newest) = recovery::run(whc, ctx, &hook, &mut entry.recovery, evidence).await;
+        if let Some(newest) = &newest {
+            entry.last_delivery = Some(status::last_delivery(newest));
+        }
+        next = next.min(next_recovery.unwrap_or(ctx.resync));
+    }
+    recovery::forget_except(ctx, whc, &ids);
+    status.last_delivery =
+        status.repositories.iter().filter_map(|e| e.last_delivery.clone()).max_by_key(|d| d.delivered_at.0);
+    Ok(rotation?.min(next))
+}
+
+/// How soon a reconcile that left repositories for later comes back.
+const MORE_REPOSITORIES: Duration = Duration::from_secs(1);
 
 /// How soon a refused deletion of an earlier spec's hook is tried again.
 const PREVIOUS_RETRY: Duration = Duration::from_secs(15);
@@ -165,19 +236,24 @@ async fn cleanup(whc: Arc<WebhookConfig>, ctx: &Context) -> Result<Action, Error
         status::write_failure(&whc, ctx, "DeletionBlocked", message.clone(), now).await;
         return Err(Error::DeletionBlocked(message));
     }
-    let Some(id) = status.hook_id else { return Ok(Action::await_change()) };
-    let target = register::target(&whc);
-    let blocked =
-        |what: String| format!("hook {id} on {target} {what}; the WebhookConfig stays until it is deleted");
-    match secret::github_client(&whc, ctx).await {
-        Ok(github) => {
-            if let Err(error) = github.delete_hook(&target, id).await {
-                let message = blocked(format!("could not be deleted: {error}"));
-                status::write_failure(&whc, ctx, "DeletionBlocked", message, now).await;
-                return Err(error.into());
-            }
-            publish(ctx, &whc, EventType::Normal, "Deleted", format!("hook {id} on {target} deleted")).await;
-        }
+    let hooks: Vec<(Target, i64)> = match status.hook_id {
+        Some(id) => vec![(register::target(&whc), id)],
+        None => status
+            .repositories
+            .iter()
+            .filter_map(|e| Some((Target::Repository(e.repository.clone()), e.hook_id?)))
+            .collect(),
+    };
+    let Some((target, id)) = hooks.first() else { return Ok(Action::await_change()) };
+    let more = match hooks.len() {
+        1 => String::new(),
+        n => format!(" (and {} more)", n - 1),
+    };
+    let blocked = |what: String| {
+        format!("hook {id} on {target}{more} {what}; the WebhookConfig stays until it is deleted")
+    };
+    let github = match secret::github_client(&whc, ctx).await {
+        Ok(github) => github,
         // NB: never let go of a hook that still delivers: say what to do.
         Err(error) => {
             let message = blocked(format!(
@@ -186,7 +262,21 @@ async fn cleanup(whc: Arc<WebhookConfig>, ctx: &Context) -> Result<Action, Error
             status::write_failure(&whc, ctx, "DeletionBlocked", message.clone(), now).await;
             return Err(Error::DeletionBlocked(message));
         }
+    };
+    for (target, id) in &hooks {
+        if let Err(error) = github.delete_hook(target, *id).await {
+            let message = format!(
+                "hook {id} on {target} could not be deleted: {error}; the WebhookConfig stays until it is deleted"
+            );
+            status::write_failure(&whc, ctx, "DeletionBlocked", message, now).await;
+            return Err(error.into());
+        }
     }
+    let note = match hooks.len() {
+        1 => format!("hook {id} on {target} deleted"),
+        n => format!("hooks on all {n} repositories deleted"),
+    };
+    publish(ctx, &whc, EventType::Normal, "Deleted", note).await;
     Ok(Action::await_change())
 }
 

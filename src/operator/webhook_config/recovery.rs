@@ -253,11 +253,11 @@ pub(super) fn forget(ctx: &Context, whc: &WebhookConfig) {
     let _ = ctx.metrics.recovery_pending_age.remove_label_values(&[&whc_ref.namespace, &whc_ref.name]);
 }
 
-/// Forgets the recovery memos of `whc`'s hooks other than `hook` (it moved,
-/// or its hook was recreated): they would never be read again.
-pub(super) fn forget_others(ctx: &Context, whc: &WebhookConfig, hook: i64) {
+/// Forgets the recovery memos of `whc`'s hooks other than `hooks` (one
+/// moved, was recreated or left the list): they would never be read again.
+pub(super) fn forget_except(ctx: &Context, whc: &WebhookConfig, hooks: &[i64]) {
     let whc_ref = ObjectRef::of(whc);
-    ctx.recovery.lock().unwrap().retain(|(r, id), _| *r != whc_ref || *id == hook);
+    ctx.recovery.lock().unwrap().retain(|(r, id), _| *r != whc_ref || hooks.contains(id));
 }
 
 /// One pass over one hook.

@@ -20,6 +20,15 @@ pub(super) fn target(whc: &WebhookConfig) -> Target {
     target_at(&whc.spec.repository, &whc.spec.organization)
 }
 
+/// Every place the spec puts a hook: its repository or organization, or
+/// each of its repositories.
+pub(super) fn targets(whc: &WebhookConfig) -> Vec<Target> {
+    match &whc.spec.repositories {
+        Some(list) => list.iter().cloned().map(Target::Repository).collect(),
+        None => vec![target(whc)],
+    }
+}
+
 fn target_of(location: &HookLocation) -> Target {
     target_at(&location.repository, &location.organization)
 }
@@ -214,7 +223,7 @@ pub(super) async fn register(
     // another hook's deliveries means nothing for it.
     if known != Some(id) {
         status.recovery = None;
-        super::recovery::forget_others(ctx, whc, id);
+        super::recovery::forget_except(ctx, whc, &[id]);
     }
     let generation = whc.metadata.generation;
     status.hook_id = Some(id);

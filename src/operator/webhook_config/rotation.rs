@@ -17,10 +17,10 @@ use std::time::Duration;
 use k8s_openapi::{api::coordination::v1::Lease, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{Api, ResourceExt, api::ListParams, runtime::events::EventType};
 
-use super::{HookRef, publish, secret::edit_keys};
+use super::{publish, secret::edit_keys};
 use crate::{
     api::{ROTATE_ANNOTATION, WebhookConfig, WebhookConfigStatus, conditions},
-    github::Delivery,
+    github::{self, Delivery, DesiredHook, Target},
     keys::{HmacKey, receiver_lease_selector, replicas_missing},
     operator::{Context, Error},
 };
@@ -109,13 +109,27 @@ pub fn ping_outcome(deliveries: &[Delivery], switched: i64, now: i64) -> Ping<'_
     Ping::Waiting { last: newest.map(|d| d.status_code), again: now - last_ping >= REPING_AFTER_SECS }
 }
 
-/// Takes the next step of a rotation that is due or under way, recording it
-/// in `status` (which the caller writes even when this fails). Returns how
-/// soon to look again.
+/// One hook a rotation switches: every hook of the WebhookConfig signs with
+/// the same key, and a key is confirmed once a ping of each one succeeded.
+pub(super) struct Member {
+    pub target: Target,
+    pub id: i64,
+    /// The key version it was last set to sign with.
+    pub signing: Option<String>,
+    /// The newest key version a successful ping of this hook confirmed.
+    pub confirmed: Option<String>,
+}
+
+/// Takes the next step of a rotation that is due or under way for all of
+/// `hooks` (none: nothing to switch yet), recording it in `status` (which the
+/// caller writes even when this fails). Returns how soon to look again.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn rotate(
     whc: &WebhookConfig,
     ctx: &Context,
-    hook: &HookRef<'_>,
+    github: &github::Client,
+    desired: &DesiredHook,
+    hooks: &mut [Member],
     mut keys: Vec<HmacKey>,
     status: &mut WebhookConfigStatus,
     now: Timestamp,
@@ -136,7 +150,10 @@ pub(super) async fn rotate(
     let requested = whc.annotations().get(ROTATE_ANNOTATION).cloned();
     let rotation = &whc.spec.secret_rotation;
     loop {
-        let signing = status.signing_key_version.clone().expect("set by register");
+        let Some(signing) = status.signing_key_version.clone() else {
+            // NB: no hook registered yet: its first key is chosen then.
+            return Ok(ROTATION_POLL);
+        };
         let facts = Facts {
             now: now.as_second(),
             versions: keys.iter().map(HmacKey::version).collect(),
@@ -189,45 +206,68 @@ pub(super) async fn rotate(
                 }
                 let key = keys.last().expect("switching to the newest key");
                 let secret = String::from_utf8_lossy(key.secret()).into_owned();
-                if let Err(error) = hook.github.update_hook(hook.target, hook.id, hook.desired, &secret).await
-                {
-                    let message =
-                        format!("switching GitHub to key {to} failed; key {signing} stays valid: {error}");
-                    in_sync(status, false, "SwitchFailed", message);
-                    return Err(error.into());
+                // NB: a hook switched before another one failed signs with a
+                // key the receivers have; the switch is repeated for all.
+                for hook in hooks.iter_mut().filter(|h| h.signing.as_ref() != Some(&to)) {
+                    if let Err(error) = github.update_hook(&hook.target, hook.id, desired, &secret).await {
+                        let message = format!(
+                            "switching hook {} on {} to key {to} failed; key {signing} stays valid: {error}",
+                            hook.id, hook.target
+                        );
+                        in_sync(status, false, "SwitchFailed", message);
+                        return Err(error.into());
+                    }
+                    hook.signing = Some(to.clone());
                 }
                 status.signing_key_version = Some(to.clone());
                 // NB: the clock read after GitHub's answer: pings strictly after it confirm.
                 status.last_rotation_time = Some(Time(Timestamp::now()));
                 let message = format!("GitHub signs with key {to}; waiting for a successful ping delivery");
                 in_sync(status, false, "AwaitingPing", message);
-                hook.github.ping_hook(hook.target, hook.id).await?;
+                for hook in hooks.iter() {
+                    github.ping_hook(&hook.target, hook.id).await?;
+                }
                 return Ok(ROTATION_POLL);
             }
             Step::AwaitPing => {
-                let deliveries = hook.github.deliveries_page(hook.target, hook.id, None).await?.deliveries;
-                match ping_outcome(&deliveries, facts.switched, facts.now) {
-                    Ping::Confirmed(ok) => {
-                        status.confirmed_key_version = Some(signing.clone());
-                        let note = format!(
-                            "GitHub signs with key {signing}: ping delivery {} succeeded; older keys leave the Secret after {}",
-                            ok.guid, rotation.overlap
-                        );
-                        publish(ctx, whc, EventType::Normal, "Rotated", note).await;
-                        // On to the old keys.
-                    }
-                    Ping::Waiting { last, again } => {
-                        let last = last.map_or("none yet".to_owned(), |code| format!("HTTP {code}"));
-                        let message = format!(
-                            "GitHub signs with key {signing}; no successful ping delivery yet (last: {last}); older keys stay valid"
-                        );
-                        in_sync(status, false, "AwaitingPing", message);
-                        if again {
-                            hook.github.ping_hook(hook.target, hook.id).await?;
+                let mut waiting = Vec::new();
+                let mut confirmed_by = None;
+                for hook in hooks.iter_mut().filter(|h| h.confirmed.as_ref() != Some(&signing)) {
+                    let deliveries = github.deliveries_page(&hook.target, hook.id, None).await?.deliveries;
+                    match ping_outcome(&deliveries, facts.switched, facts.now) {
+                        Ping::Confirmed(ok) => {
+                            hook.confirmed = Some(signing.clone());
+                            confirmed_by = Some(ok.guid.clone());
                         }
-                        return Ok(ROTATION_POLL * 2);
+                        Ping::Waiting { last, again } => {
+                            let last = last.map_or("none yet".to_owned(), |code| format!("HTTP {code}"));
+                            waiting.push(format!("hook {} on {} (last: {last})", hook.id, hook.target));
+                            if again {
+                                github.ping_hook(&hook.target, hook.id).await?;
+                            }
+                        }
                     }
                 }
+                if let Some(first) = waiting.first() {
+                    let message = format!(
+                        "GitHub signs with key {signing}; no successful ping delivery yet from {} of {} hook(s): {first}; older keys stay valid",
+                        waiting.len(),
+                        hooks.len()
+                    );
+                    in_sync(status, false, "AwaitingPing", message);
+                    return Ok(ROTATION_POLL * 2);
+                }
+                status.confirmed_key_version = Some(signing.clone());
+                let by = match (hooks.len(), confirmed_by) {
+                    (1, Some(guid)) => format!("ping delivery {guid} succeeded"),
+                    (n, _) => format!("pings of all {n} hooks succeeded"),
+                };
+                let note = format!(
+                    "GitHub signs with key {signing}: {by}; older keys leave the Secret after {}",
+                    rotation.overlap
+                );
+                publish(ctx, whc, EventType::Normal, "Rotated", note).await;
+                // On to the old keys.
             }
             Step::InSync { drop, overlap_until, next } => {
                 if !drop.is_empty() {

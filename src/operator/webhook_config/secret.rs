@@ -50,12 +50,13 @@ pub(super) async fn github_client(whc: &WebhookConfig, ctx: &Context) -> Result<
             .await
             .map_err(Error::Kube)?
             .ok_or(ConfigError::ConnectionMissing(name.clone()))?;
-        let target = register::target(whc);
-        let use_ = match &target {
-            Target::Repository(r) => Use::Repository(r),
-            Target::Organization(o) => Use::Organization(o),
+        let granted = |target: &Target| match target {
+            Target::Repository(r) => connection.spec.grants(&ns, Use::Repository(r)),
+            Target::Organization(o) => connection.spec.grants(&ns, Use::Organization(o)),
         };
-        if !connection.spec.grants(&ns, use_) {
+        // NB: every listed repository, or none: one outside the grants
+        // stops the WebhookConfig before a request is sent.
+        if let Some(target) = register::targets(whc).into_iter().find(|t| !granted(t)) {
             return Err(ConfigError::ConnectionNotGranted {
                 connection: name.clone(),
                 namespace: ns,
