@@ -94,6 +94,8 @@ async fn samples_are_accepted_with_defaults_applied() {
     assert_eq!(org.spec.secret_rotation.overlap.get(), Duration::from_secs(600));
     let repo = whc.get("hello-world").await.expect("repository sample stored");
     assert_eq!(repo.spec.github.api_url, "https://api.github.com");
+    let many = whc.get("payments").await.expect("repositories sample stored");
+    assert_eq!(many.spec.repositories.as_ref().map(Vec::len), Some(3));
 
     let policy = Api::<AgentPolicy>::namespaced(client, &ns.name).get("default").await.unwrap();
     assert_eq!(policy.spec.agents[0].name, "reviewer");
@@ -111,7 +113,7 @@ async fn samples_are_accepted_with_defaults_applied() {
         assert!(table.contains(column), "`kubectl get ap` lacks {column}:\n{table}");
     }
     let all = env.kubectl_ok(&["get", "hookwarden", "-n", &ns.name, "-o", "name"]);
-    assert_eq!(all.lines().count(), 3, "the hookwarden category lists both kinds:\n{all}");
+    assert_eq!(all.lines().count(), 4, "the hookwarden category lists both kinds:\n{all}");
 }
 
 fn valid_webhook_config() -> Value {
