@@ -25,7 +25,9 @@
 //! | Flow | Where | Decisions (pure, table-tested) |
 //! | --- | --- | --- |
 //! | registration (create, adopt, update, repair) | `operator::webhook_config::register::register` | `register::plan`, `plan_new`, `signing_key` |
+//! | many repositories (a hook each, added and removed with the list) | `operator::webhook_config::fleet::register` | `fleet::entries`, `key_for`, `summary` |
 //! | deletion of the hook | `operator::webhook_config::cleanup` | — |
+//! | hooks nobody owns | `hookwarden orphans` → `orphans::find` | `orphans::owner_of`, `orphans::orphans` |
 //! | secret rotation | `operator::webhook_config::rotation::rotate`; receivers report loaded keys in `receiver::report` | `rotation::step`, `ping_outcome`, `keys::replicas_missing` |
 //! | recovery of failed deliveries | `operator::webhook_config::recovery::run` | `recovery::to_recover`, `scan_done`, `due`, `after_pass`, `oldest_pending` |
 //! | status and failures of a WebhookConfig | `operator::webhook_config::status` | `status::failure_reason` |
@@ -65,6 +67,7 @@ pub mod forward;
 pub mod github;
 pub mod keys;
 pub mod operator;
+pub mod orphans;
 pub mod queue;
 pub mod receiver;
 pub mod sample_agent;

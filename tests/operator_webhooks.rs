@@ -1022,3 +1022,65 @@ async fn thirty_repositories_get_a_hook_each_rotate_together_with_none_rejected_
         w.assert_github_agrees(&format!("repos/{r}")).await;
     }
 }
+
+#[tokio::test]
+async fn hooks_left_by_a_removed_finalizer_are_listed_as_orphans_and_deleted_on_request() {
+    let mut w = World::new().await;
+    let repo = format!("repos/{}", w.repo);
+    w.apply("kept", json!({ "repository": w.repo }), json!(["push"])).await;
+    w.apply("gone", json!({ "repository": w.repo }), json!(["push"])).await;
+    // Someone else's hook on the same repository: no mark, never touched.
+    w.http
+        .post(format!("{}/{repo}/hooks", w.github))
+        .bearer_auth(&w.token)
+        .json(&json!({ "name": "web", "events": ["push"], "config": { "url": "https://ci.example.com/hook", "content_type": "json" } }))
+        .send()
+        .await
+        .unwrap();
+    let gone_id = eventually("both hooks registered", WAIT, || async {
+        let kept = w.whc("kept").await.status?.hook_id?;
+        let gone = w.whc("gone").await.status?.hook_id?;
+        (kept != gone).then_some(gone)
+    })
+    .await;
+    assert_eq!(w.hooks(&repo).await.len(), 3);
+
+    // The operator is gone, and a person removes the finalizer of "gone" and
+    // deletes it: its hook stays on GitHub, delivering to nobody.
+    w.operator.kill();
+    let api = Api::<WebhookConfig>::namespaced(w.env.client().await, &w.ns.name);
+    api.patch("gone", &PatchParams::default(), &Patch::Merge(&json!({ "metadata": { "finalizers": null } })))
+        .await
+        .unwrap();
+    api.delete("gone", &DeleteParams::default()).await.unwrap();
+    eventually("gone deleted", WAIT, || async { api.get_opt("gone").await.unwrap().is_none().then_some(()) })
+        .await;
+
+    let orphans = |delete: bool| {
+        let mut args = vec!["orphans", "--public-base-url", PUBLIC_BASE, "--repository", &w.repo];
+        args.extend(delete.then_some("--delete"));
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hookwarden"))
+            .args(&args)
+            .env("KUBECONFIG", w.env.kubeconfig())
+            .env("GITHUB_API_URL", &w.github)
+            .env("GITHUB_TOKEN", &w.token)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let listed = orphans(false);
+    assert!(
+        listed.contains(&gone_id.to_string()) && listed.contains(&format!("{}/gone", w.ns.name)),
+        "{listed}"
+    );
+    assert!(listed.contains("1 orphaned hook(s)"), "{listed}");
+    assert_eq!(w.hooks(&repo).await.len(), 3, "listing deletes nothing");
+    let deleted = orphans(true);
+    assert!(deleted.contains(&format!("deleted hook {gone_id}")), "{deleted}");
+    let left: Vec<String> =
+        w.hooks(&repo).await.iter().map(|h| h["config"]["url"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(left.contains(&w.hook_url("kept")) && left.contains(&"https://ci.example.com/hook".to_owned()));
+    assert_eq!(orphans(false).trim(), "no orphaned hooks");
+}

@@ -71,6 +71,31 @@ pub(crate) enum Command {
         #[arg(long, env = "HOOKWARDEN_FORWARD_SECRET", hide_env_values = true)]
         secret: Option<String>,
     },
+    /// List hooks that hookwarden registered (their URL is under
+    /// --public-base-url) and whose WebhookConfig no longer exists, on the
+    /// given repositories and organizations; --delete removes them. Uses the
+    /// kubeconfig to list WebhookConfigs in every namespace.
+    Orphans {
+        /// The public base URL the operator registers hooks under (its
+        /// --public-base-url).
+        #[arg(long, env = "HOOKWARDEN_PUBLIC_BASE_URL")]
+        public_base_url: String,
+        /// The GitHub API (GitHub Enterprise Server: https://HOST/api/v3).
+        #[arg(long, env = "GITHUB_API_URL", default_value = crate::api::DEFAULT_API_URL)]
+        api_url: String,
+        /// A token that may read (and, with --delete, delete) the hooks.
+        #[arg(long, env = "GITHUB_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Repositories to look at, owner/name (repeat, or comma-separated).
+        #[arg(long = "repository", value_delimiter = ',')]
+        repositories: Vec<String>,
+        /// Organizations whose organization hooks to look at.
+        #[arg(long = "organization", value_delimiter = ',')]
+        organizations: Vec<String>,
+        /// Delete the orphans found.
+        #[arg(long)]
+        delete: bool,
+    },
     /// A recording HTTP sink that stands in for a downstream agent.
     SampleAgent {
         /// Address to listen on.

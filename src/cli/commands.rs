@@ -122,6 +122,54 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
                 }
             })
         }
+        Command::Orphans { public_base_url, api_url, token, repositories, organizations, delete } => {
+            use crate::github::{Auth, Client, Limits, Shared, Target};
+            if repositories.is_empty() && organizations.is_empty() {
+                return fail("name at least one --repository or --organization to look at");
+            }
+            let targets = repositories
+                .into_iter()
+                .map(Target::Repository)
+                .chain(organizations.into_iter().map(Target::Organization))
+                .collect();
+            let metrics = crate::telemetry::OperatorMetrics::new();
+            let shared = std::sync::Arc::new(Shared::new(
+                std::time::Duration::from_secs(1),
+                Limits::default(),
+                metrics.github_requests.clone(),
+                metrics.github_rate_limit_remaining.clone(),
+            ));
+            let github = Client::new(shared, &api_url, Auth::Token(token), "", "orphans");
+            let look = crate::orphans::Look { github, targets, public_base_url };
+            runtime().block_on(async {
+                let client = match kube::Client::try_default().await {
+                    Ok(client) => client,
+                    Err(error) => return fail(error),
+                };
+                let found = match crate::orphans::find(&look, client).await {
+                    Ok(found) => found,
+                    Err(error) => return fail(error),
+                };
+                if found.is_empty() {
+                    println!("no orphaned hooks");
+                    return ExitCode::SUCCESS;
+                }
+                print!("{}", crate::orphans::table(&found));
+                if !delete {
+                    println!("{} orphaned hook(s); --delete removes them", found.len());
+                    return ExitCode::SUCCESS;
+                }
+                for o in &found {
+                    match look.github.delete_hook(&o.target, o.id).await {
+                        Ok(()) => println!("deleted hook {} on {}", o.id, o.target),
+                        Err(error) => {
+                            return fail(format!("deleting hook {} on {}: {error}", o.id, o.target));
+                        }
+                    }
+                }
+                ExitCode::SUCCESS
+            })
+        }
         Command::SampleAgent { listen, signing_keys } => {
             crate::telemetry::init_logging(None);
             let keys: Result<Vec<_>, _> =
