@@ -1083,4 +1083,5 @@ async fn hooks_left_by_a_removed_finalizer_are_listed_as_orphans_and_deleted_on_
     assert_eq!(left.len(), 2, "{left:?}");
     assert!(left.contains(&w.hook_url("kept")) && left.contains(&"https://ci.example.com/hook".to_owned()));
     assert_eq!(orphans(false).trim(), "no orphaned hooks");
+    w.assert_github_agrees(&repo).await;
 }
