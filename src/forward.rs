@@ -9,7 +9,8 @@
 //! held and retried, and the tap is not read further, so nothing is skipped;
 //! after a lost connection it resumes from the last delivery it handled, so
 //! nothing comes twice. An answer other than 2xx is reported and not sent
-//! again (what GitHub does).
+//! again (what GitHub does). With `--since`, it starts with what the
+//! policy's history kept from then on, and goes on live from there.
 //!
 //! What to send is the pure [`outgoing`]; the loop around it is I/O.
 
@@ -40,6 +41,9 @@ pub struct Forward {
     pub events: Vec<String>,
     /// The local agent's secret: deliveries are signed with it when set.
     pub secret: Option<String>,
+    /// Start with the deliveries the policy's history kept from this time
+    /// on (Unix milliseconds), then go on live; None: from now.
+    pub since_ms: Option<u64>,
 }
 
 /// The headers a local agent gets with `d`: GitHub's, signed with `secret`
@@ -143,7 +147,9 @@ impl Forward {
             }
             true
         };
-        stream::tail(&self.admin, &path, &self.token, &[], on_event, &mut say_trouble).await
+        let query: Vec<(&str, String)> =
+            self.since_ms.map(|ms| ("sinceMs", ms.to_string())).into_iter().collect();
+        stream::tail(&self.admin, &path, &self.token, &query, on_event, &mut say_trouble).await
     }
 }
 

@@ -70,6 +70,11 @@ pub(crate) enum Command {
         /// (X-Hub-Signature-256), as GitHub would.
         #[arg(long, env = "HOOKWARDEN_FORWARD_SECRET", hide_env_values = true)]
         secret: Option<String>,
+        /// Start with the deliveries the policy's history kept since then (an
+        /// RFC 3339 time, or a duration ago: 90m, 1h30m), then go on live.
+        /// Needs the policy's spec.history.
+        #[arg(long)]
+        since: Option<String>,
     },
     /// List hooks that hookwarden registered (their URL is under
     /// --public-base-url) and whose WebhookConfig no longer exists, on the

@@ -77,7 +77,7 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
                 }
             })
         }
-        Command::Forward { url, token, policy, to, events, secret } => {
+        Command::Forward { url, token, policy, to, events, secret, since } => {
             let token = match token.map_or_else(kubeconfig_token, Ok) {
                 Ok(token) => token,
                 Err(error) => return fail(error),
@@ -86,7 +86,12 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
                 Ok(policy) => policy,
                 Err(error) => return fail(format!("--policy: {error}")),
             };
-            let forward = crate::forward::Forward { admin: url, token, policy, to, events, secret };
+            let since_ms =
+                match since.map(|t| crate::receiver::replay::parse_time(&t, crate::now_ms())).transpose() {
+                    Ok(since_ms) => since_ms,
+                    Err(error) => return fail(format!("--since: {error}")),
+                };
+            let forward = crate::forward::Forward { admin: url, token, policy, to, events, secret, since_ms };
             runtime().block_on(async {
                 let say = |line: &str| println!("{line}");
                 match forward.run(say).await {

@@ -195,42 +195,114 @@ const TAP_HOLD: Duration = Duration::from_secs(60);
 /// last [`TAP_LEN`](crate::queue::TAP_LEN) deliveries: a client that reconnects
 /// with `Last-Event-ID` gets what came after, no gap and no repeat, or a
 /// `gap` event first when more than that arrived while it was away.
+///
+/// `?sinceMs=T` starts earlier, from the policy's history (`spec.history`):
+/// first every kept delivery received from `T` on (ids `h<history id>`, so a
+/// reconnect resumes there exactly; in the order they were routed, which
+/// concurrent routing may swap from the order received), then the tap. The tap is switched on before the
+/// history is read, and the history is read until routing has passed the
+/// tap's start by [`SEAM`]; deliveries routed after the tap went on that the
+/// history sent are skipped in the tap by GUID: none is missed, none comes
+/// twice, as long as routing keeps up within [`SEAM`] (a delivery queued
+/// before the tap went on and routed after the history phase ended would
+/// be in neither).
 pub async fn tap(
     State(s): State<AdminState>,
     Extension(caller): Extension<Caller>,
     Path((ns, name)): Path<(String, String)>,
+    Query(from): Query<TapFrom>,
     headers: HeaderMap,
 ) -> Response {
     let policy = ObjectRef::new(ns, name);
     if let Err(refused) = s.may(&caller, Capability::Payloads, &policy).await {
         return refused.into_response();
     }
-    if s.registry.policy(&policy).is_none() {
+    let Some(settings) = s.registry.policy(&policy) else {
         return AdminError::NotFound(format!("no AgentPolicy {policy} (or not loaded yet)")).into_response();
-    }
-    let mut after = match headers
-        .get("last-event-id")
-        .map(|v| v.to_str().ok().filter(|id| crate::queue::stream_id(id).is_some()))
-    {
-        Some(Some(id)) => id.to_owned(),
-        Some(None) => {
+    };
+    let start = now_ms();
+    let mut after = format!("{}-0", start.saturating_sub(1));
+    // Where the history phase starts: a kept delivery's history id to go on
+    // after, or `sinceMs`; none: the tap only.
+    let mut history: Option<(u64, Option<String>)> = from.since_ms.map(|since| (since, None));
+    match headers.get("last-event-id").map(|v| v.to_str().unwrap_or_default()) {
+        None => {}
+        Some(id) if crate::queue::stream_id(id).is_some() => {
+            after = id.to_owned();
+            history = None;
+        }
+        Some(id) if id.strip_prefix('h').and_then(crate::queue::stream_id).is_some() => {
+            history = Some((0, Some(id[1..].to_owned())));
+        }
+        Some(_) => {
             return AdminError::BadRequest("Last-Event-ID is not one this tap sent".into()).into_response();
         }
-        None => format!("{}-0", now_ms().saturating_sub(1)),
-    };
+    }
+    if history.is_some() && settings.history_ms == 0 {
+        let message =
+            format!("policy {policy} keeps no history: set spec.history (for example 24h) to start earlier");
+        return AdminError::BadRequest(message).into_response();
+    }
     if let Err(e) = s.queue.tap_on(&policy, TAP_HOLD).await {
         return AdminError::Unavailable(e.to_string()).into_response();
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Event>(64);
     tokio::spawn(async move {
         let mut renewed = tokio::time::Instant::now();
-        loop {
+        let renew = async |renewed: &mut tokio::time::Instant| {
             if renewed.elapsed() >= TAP_HOLD / 3 {
                 match s.queue.tap_on(&policy, TAP_HOLD).await {
-                    Ok(()) => renewed = tokio::time::Instant::now(),
+                    Ok(()) => *renewed = tokio::time::Instant::now(),
                     Err(error) => tracing::warn!(%policy, %error, "tap: cannot renew"),
                 }
             }
+        };
+        let send = async |id: String, d: &Delivery| {
+            let data = serde_json::to_string(&Tapped::from(d)).expect("serialises");
+            tx.send(Event::default().event("delivery").id(id).data(data)).await.is_ok()
+        };
+        // GUIDs the history sent that the tap may hold too.
+        let mut seam = std::collections::HashSet::new();
+        if let Some((since, mut kept_after)) = history {
+            loop {
+                renew(&mut renewed).await;
+                let page = match s.queue.history(&policy, since, kept_after.as_deref(), 100).await {
+                    Ok(page) => page,
+                    Err(error) => {
+                        tracing::warn!(%policy, %error, "tap: cannot read the history");
+                        tokio::time::sleep(TICK).await;
+                        continue;
+                    }
+                };
+                let full = page.len() == 100;
+                let mut passed = false;
+                for (id, d) in page {
+                    kept_after = Some(id.clone());
+                    passed |= d.received_ms >= start + SEAM.as_millis() as u64;
+                    if d.received_ms < since {
+                        continue;
+                    }
+                    // NB: only what was queued after the tap went on can be in
+                    // it, and that is routed after: the history id says when.
+                    let routed_ms =
+                        id.split('-').next().and_then(|ms| ms.parse::<u64>().ok()).unwrap_or(u64::MAX);
+                    if routed_ms + SEAM.as_millis() as u64 >= start {
+                        seam.insert(d.guid.clone());
+                    }
+                    if !send(format!("h{id}"), &d).await {
+                        return;
+                    }
+                }
+                if passed || (!full && now_ms() >= start + SEAM.as_millis() as u64) {
+                    break;
+                }
+                if !full {
+                    tokio::time::sleep(TICK).await;
+                }
+            }
+        }
+        loop {
+            renew(&mut renewed).await;
             match s.queue.tap_after(&policy, &after, 100).await {
                 Ok((deliveries, trimmed)) => {
                     // NB: told once: the deliveries read with it are newer than
@@ -240,26 +312,21 @@ pub async fn tap(
                             "more than {} deliveries arrived while this follower was away; the oldest of them are gone from the tap",
                             crate::queue::TAP_LEN
                         );
-                        if tx
-                            .send(
-                                Event::default().event("gap").data(json!({ "message": message }).to_string()),
-                            )
-                            .await
-                            .is_err()
-                        {
+                        let gap =
+                            Event::default().event("gap").data(json!({ "message": message }).to_string());
+                        if tx.send(gap).await.is_err() {
                             return;
                         }
                     }
                     let full = deliveries.len() == 100;
                     for (id, delivery) in deliveries {
-                        let event = Event::default()
-                            .event("delivery")
-                            .id(&id)
-                            .data(serde_json::to_string(&Tapped::from(&delivery)).expect("serialises"));
-                        if tx.send(event).await.is_err() {
+                        after = id.clone();
+                        if seam.remove(&delivery.guid) {
+                            continue;
+                        }
+                        if !send(id, &delivery).await {
                             return;
                         }
-                        after = id;
                     }
                     if full {
                         continue;
@@ -272,6 +339,18 @@ pub async fn tap(
     });
     sse(rx)
 }
+
+/// Where a tap starts: `?sinceMs=` (Unix milliseconds) to begin with the
+/// policy's history.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TapFrom {
+    pub since_ms: Option<u64>,
+}
+
+/// How far past the tap's start routing must be before the history phase
+/// ends: more than a receiver takes between stamping a delivery and queueing it.
+const SEAM: Duration = Duration::from_secs(2);
 
 /// The events a task sends on `rx`, as a Server-Sent Events response with a
 /// heartbeat comment every 15 s (proxies close idle connections).
