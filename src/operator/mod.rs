@@ -82,8 +82,12 @@ pub struct OperatorConfig {
 /// Errors of a reconcile.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("kubernetes API: {0}")]
-    Kube(#[source] kube::Error),
+    #[error("Kubernetes API, {step}: {source}")]
+    Kube {
+        step: Step,
+        #[source]
+        source: kube::Error,
+    },
     #[error(transparent)]
     GitHub(#[from] crate::github::Error),
     /// Only an edit of the resource (or its Secrets) can fix it.
@@ -104,7 +108,7 @@ pub enum Error {
 impl Error {
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Self::Kube(_) => "kube",
+            Self::Kube { step, .. } => step.metric_label(),
             Self::GitHub(e) => e.metric_label(),
             Self::Config(_) => "config",
             Self::Panicked(_) => "panic",
@@ -115,6 +119,55 @@ impl Error {
                 _ => "finalizer",
             },
         }
+    }
+}
+
+/// The step of a reconcile a Kubernetes API call was for: in the message,
+/// the metric label (`kube_<step>`), and the Ready reason's message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Reading the object again before acting on it.
+    ReadObject,
+    /// Reading a Secret with GitHub credentials.
+    ReadCredentials,
+    /// Reading a GitHubConnection.
+    ReadConnection,
+    /// Reading, creating or changing the hook's key Secret.
+    KeySecret,
+    /// Listing the receivers' Leases (which keys they loaded).
+    ReceiverLeases,
+    /// Writing status.
+    WriteStatus,
+}
+
+impl Step {
+    pub fn metric_label(self) -> &'static str {
+        match self {
+            Self::ReadObject => "kube_read_object",
+            Self::ReadCredentials => "kube_read_credentials",
+            Self::ReadConnection => "kube_read_connection",
+            Self::KeySecret => "kube_key_secret",
+            Self::ReceiverLeases => "kube_receiver_leases",
+            Self::WriteStatus => "kube_write_status",
+        }
+    }
+
+    /// `source` as an error of this step.
+    pub fn error(self) -> impl FnOnce(kube::Error) -> Error {
+        move |source| Error::Kube { step: self, source }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::ReadObject => "reading the object",
+            Self::ReadCredentials => "reading the credentials Secret",
+            Self::ReadConnection => "reading the GitHubConnection",
+            Self::KeySecret => "reading or writing the key Secret",
+            Self::ReceiverLeases => "listing the receivers' Leases",
+            Self::WriteStatus => "writing status",
+        })
     }
 }
 
@@ -305,7 +358,7 @@ where
     let params = kube::api::PatchParams::apply(FIELD_MANAGER).force();
     api.patch_status(&obj.name_any(), &params, &kube::api::Patch::Apply(&patch))
         .await
-        .map_err(Error::Kube)?;
+        .map_err(Step::WriteStatus.error())?;
     Ok(())
 }
 

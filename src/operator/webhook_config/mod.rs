@@ -49,7 +49,7 @@ use kube::{
     },
 };
 
-use super::{Context, Error};
+use super::{Context, Error, Step};
 use crate::{
     api::{RepositoryHookState, WebhookConfig, WebhookConfigStatus},
     github::{self, DesiredHook, Target},
@@ -112,7 +112,7 @@ async fn apply(whc: Arc<WebhookConfig>, ctx: &Context) -> Result<Action, Error> 
     // know the hook it just created, and adopt it again). Decisions that
     // call GitHub are taken on the object as the API server has it now.
     let api: Api<WebhookConfig> = Api::namespaced(ctx.client.clone(), &whc.namespace().unwrap_or_default());
-    let Some(whc) = api.get_opt(&whc.name_any()).await.map_err(Error::Kube)? else {
+    let Some(whc) = api.get_opt(&whc.name_any()).await.map_err(Step::ReadObject.error())? else {
         return Ok(Action::await_change());
     };
     match run_flows(&whc, ctx, Timestamp::now()).await {
@@ -308,7 +308,7 @@ pub fn retry_delay(error: &Error) -> Duration {
             F::ApplyFailed(e) | F::CleanupFailed(e) => retry_delay(e),
             _ => Duration::from_secs(5),
         },
-        Error::Kube(_) => Duration::from_secs(5),
+        Error::Kube { .. } => Duration::from_secs(5),
         // Credentials restored or GitHub agreeing again are not watched.
         Error::DeletionBlocked(_) => PREVIOUS_RETRY,
     }

@@ -22,7 +22,7 @@ use crate::{
     api::{ROTATE_ANNOTATION, WebhookConfig, WebhookConfigStatus, conditions},
     github::{self, Delivery, DesiredHook, Target},
     keys::{HmacKey, receiver_lease_selector, replicas_missing},
-    operator::{Context, Error},
+    operator::{self, Context, Error},
 };
 
 /// While a rotation step waits, look again this soon.
@@ -192,7 +192,7 @@ pub(super) async fn rotate(
                 let leases = leases
                     .list(&ListParams::default().labels(&receiver_lease_selector()))
                     .await
-                    .map_err(Error::Kube)?;
+                    .map_err(operator::Step::ReceiverLeases.error())?;
                 let secret = format!("{}/{}", whc.namespace().unwrap_or_default(), whc.secret_name());
                 let missing = replicas_missing(&leases.items, now, &secret, &to);
                 if !missing.is_empty() {

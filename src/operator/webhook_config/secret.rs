@@ -12,7 +12,7 @@ use crate::{
     api::{GitHubApp, GitHubConnection, SecretKeyRef, Use, WebhookConfig},
     github::{self, Auth, Target},
     keys::{HmacKey, MANAGED_BY, WEBHOOK_CONFIG_LABEL, key_secret, keys_from_secret},
-    operator::{Context, Error},
+    operator::{Context, Error, Step},
 };
 
 fn secrets_api(whc: &WebhookConfig, ctx: &Context) -> Api<Secret> {
@@ -22,11 +22,10 @@ fn secrets_api(whc: &WebhookConfig, ctx: &Context) -> Api<Secret> {
 /// A data entry of a Secret in `namespace`, trimmed.
 async fn secret_value(ctx: &Context, namespace: &str, r: &SecretKeyRef) -> Result<Vec<u8>, Error> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
-    let secret = secrets
-        .get_opt(&r.name)
-        .await
-        .map_err(Error::Kube)?
-        .ok_or_else(|| ConfigError::SecretMissing { namespace: namespace.into(), name: r.name.clone() })?;
+    let secret =
+        secrets.get_opt(&r.name).await.map_err(Step::ReadCredentials.error())?.ok_or_else(|| {
+            ConfigError::SecretMissing { namespace: namespace.into(), name: r.name.clone() }
+        })?;
     let value = secret
         .data
         .and_then(|mut d| d.remove(&r.key))
@@ -48,7 +47,7 @@ pub(super) async fn github_client(whc: &WebhookConfig, ctx: &Context) -> Result<
         let connection = connections
             .get_opt(name)
             .await
-            .map_err(Error::Kube)?
+            .map_err(Step::ReadConnection.error())?
             .ok_or(ConfigError::ConnectionMissing(name.clone()))?;
         let granted = |target: &Target| match target {
             Target::Repository(r) => connection.spec.grants(&ns, Use::Repository(r)),
@@ -134,7 +133,7 @@ pub(super) async fn ensure_keys(
 ) -> Result<Vec<HmacKey>, Error> {
     let name = whc.secret_name();
     let secrets = secrets_api(whc, ctx);
-    let existing = secrets.get_opt(&name).await.map_err(Error::Kube)?;
+    let existing = secrets.get_opt(&name).await.map_err(Step::KeySecret.error())?;
     if let Some(existing) = &existing {
         if !owned_by(existing, whc) {
             return Err(ConfigError::SecretConflict(name).into());
@@ -148,12 +147,12 @@ pub(super) async fn ensure_keys(
     let mut secret = key_secret(&name, &whc.name_any(), &[&key]);
     secret.metadata.owner_references = whc.controller_owner_ref(&()).map(|o| vec![o]);
     match existing {
-        None => secrets.create(&PostParams::default(), &secret).await.map_err(Error::Kube)?,
+        None => secrets.create(&PostParams::default(), &secret).await.map_err(Step::KeySecret.error())?,
         // Ours and keyless (every key removed by hand): a first key again,
         // under the version it was read at.
         Some(s) => {
             secret.metadata.resource_version = s.metadata.resource_version;
-            secrets.replace(&name, &PostParams::default(), &secret).await.map_err(Error::Kube)?
+            secrets.replace(&name, &PostParams::default(), &secret).await.map_err(Step::KeySecret.error())?
         }
     };
     Ok(vec![key])
@@ -177,6 +176,6 @@ pub(super) async fn edit_keys(
     secrets_api(whc, ctx)
         .patch(&whc.secret_name(), &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .map_err(Error::Kube)?;
+        .map_err(Step::KeySecret.error())?;
     Ok(())
 }

@@ -26,7 +26,8 @@ pub fn failure_reason(error: &Error) -> &'static str {
         Error::Config(_) => "InvalidConfig",
         Error::Panicked(_) => "Panicked",
         Error::DeletionBlocked(_) => "DeletionBlocked",
-        Error::Kube(_) | Error::Finalizer(_) => "Error",
+        Error::Kube { .. } => "KubernetesError",
+        Error::Finalizer(_) => "Error",
     }
 }
 
@@ -119,6 +120,31 @@ mod tests {
         ];
         for (error, want) in cases {
             assert_eq!(failure_reason(&error), want, "{error}");
+        }
+    }
+
+    #[test]
+    fn a_kubernetes_error_names_its_step() {
+        let forbidden = || {
+            kube::Error::Api(
+                kube::core::Status::failure("secrets \"t\" is forbidden", "Forbidden").with_code(403).boxed(),
+            )
+        };
+        let cases = [
+            (
+                crate::operator::Step::ReadCredentials,
+                "kube_read_credentials",
+                "reading the credentials Secret",
+            ),
+            (crate::operator::Step::KeySecret, "kube_key_secret", "the key Secret"),
+            (crate::operator::Step::WriteStatus, "kube_write_status", "writing status"),
+        ];
+        for (step, label, says) in cases {
+            let error = step.error()(forbidden());
+            assert_eq!(failure_reason(&error), "KubernetesError");
+            assert_eq!(error.metric_label(), label);
+            let text = error.to_string();
+            assert!(text.contains(says) && text.contains("forbidden"), "{text}");
         }
     }
 }
