@@ -6,7 +6,8 @@
 //! queues durably and dispatches deliveries to downstream agents.
 //!
 //! Modules:
-//! - [`cli`]: the `hookwarden` command line (the binary is five lines).
+//! - [`cli`]: the `hookwarden` command line (the binary is five lines), with
+//!   the admin API's client side and `forward`.
 //! - [`api`]: the custom resource types (the source of the CRD YAML in `crds/`),
 //!   their validation and condition vocabulary.
 //! - [`github`]: the GitHub REST client (hooks, deliveries, `/meta`).
@@ -16,7 +17,8 @@
 //! - [`standard_webhooks`]: the signature on what is sent to agents.
 //! - [`queue`]: the durable queue on Redis (receiver and operator both write it).
 //! - [`operator`]: the operator's controllers.
-//! - [`receiver`]: the receiver: ingest, dispatch, admin API.
+//! - [`receiver`]: the receiver, in three rooms: ingest, dispatch, admin.
+//! - [`orphans`]: hooks hookwarden registered whose WebhookConfig is gone.
 //! - [`sample_agent`]: a recording HTTP sink standing in for an agent.
 //! - [`telemetry`]: logging and metrics.
 //!
@@ -31,17 +33,17 @@
 //! | secret rotation | `operator::webhook_config::rotation::rotate`; receivers report loaded keys in `receiver::report` | `rotation::step`, `ping_outcome`, `keys::replicas_missing` |
 //! | recovery of failed deliveries | `operator::webhook_config::recovery::run` | `recovery::to_recover`, `scan_done`, `due`, `after_pass`, `oldest_pending` |
 //! | status and failures of a WebhookConfig | `operator::webhook_config::status` | `status::failure_reason` |
-//! | ingest (verify, de-duplicate, queue) | `receiver::http::ingest` → `authenticate_request`, `accept` → `queue::Queue::enqueue` (`queue/lua/enqueue.lua`) | `http::admit`, `http::authenticate`, `http::verify` |
+//! | ingest (verify, de-duplicate, queue) | `receiver::ingest::http::ingest` → `authenticate_request`, `accept` → `queue::Queue::enqueue` (`queue/lua/enqueue.lua`) | `http::admit`, `http::authenticate`, `http::verify` |
 //! | routing into agents' lanes | `receiver::dispatch::worker::run` (the router) → `Dispatcher::process` → `Queue::settle` with `routed` (`queue/lua/settle.lua`) | `dispatch::targets`, `worker::free_slots` |
 //! | dispatch per agent (breaker, limits, retries, dead letters) | a lane's worker → `Dispatcher::process` (payload read once: `payload_of`) → `call` → `Queue::settle` | `dispatch::settle`, `backoff::jittered`, `Breaker::try_acquire`, `queue/lua/permit.lua` (GCRA, slots) |
 //! | agent credentials | `receiver::watch` (Secrets labelled `hookwarden.io/agent-headers`) → `Registry::agent_headers` → `Dispatcher::call` | `dispatch::credentials::headers_from` |
-//! | replay of a window | `admin replay --since` → `receiver::replay::replay` ← the history written by `settle.lua` | `replay::pick`, `replay::parse_time` |
+//! | replay of a window | `admin replay --since` → `receiver::admin::replay::replay` ← the history written by `settle.lua` | `replay::pick`, `replay::parse_time` |
 //! | command line | `cli::main` → `cli::commands::run` | `cli::config::{receiver, operator, admin_call}` |
 //! | agent filters (check, apply, try) | `operator::agent_policy::effective_status` → `status.agentFilters` → `receiver::registry` → `dispatch::targets`; `admin filter-test` ← samples written by `settle.lua` | `agent_policy::accepted_filters`, `filter::compile`, `Filters::judge`, `dispatch::targets` |
 //! | kill switch and concurrency | `operator::agent_policy::effective_status` → status → `receiver::registry` → the worker | `effective_status`, `worker::free_slots` |
 //! | leader election | `operator::leader` | — |
-//! | live view: stream, status page | `receiver::stream::stream` (SSE), `receiver::ui` (the page, `ui/`) | `stream::Cursor`, `stream::changes`, `SseParser` |
-//! | forward to a laptop | `forward::Forward::run` ← `receiver::stream::tap` ← the tap written by `enqueue.lua` | `forward::outgoing` |
+//! | live view: stream, status page | `receiver::admin::stream::stream` (SSE), `receiver::admin::ui` (the page, `ui/`) | `stream::Cursor`, `stream::changes`, `SseParser` |
+//! | forward to a laptop | `cli::forward::Forward::run` ← `receiver::admin::stream::tap` (with `--since`: the history first) ← the tap written by `enqueue.lua` | `forward::outgoing` |
 //! | traces of a delivery | spans in `http::ingest`, `accept` (enqueue), `Dispatcher::process` (route, dispatch) and `call`; `trace` carries the context | — |
 //!
 //! # Where each team's boundary is kept (tenancy)
@@ -55,7 +57,7 @@
 //! | agent calls go nowhere else | `receiver::dispatch::Dispatcher::call`, its resolver | `dispatch::destinations::Destinations::check_url` |
 //! | an agent's credentials come only from its policy's namespace and cannot forge what agents verify | `Dispatcher::call` | `dispatch::credentials::headers_from` |
 //! | one agent's backlog or slowness never holds another's | a lane per agent (`queue::lanes`), the payload held once | `worker::free_slots` |
-//! | bounded memory against strangers | `receiver::http::authenticate_request`, `github::read_capped`, `github::EtagCache` | `receiver::body_budget::BodyBudget::reserve` |
+//! | bounded memory against strangers | `receiver::ingest::http::authenticate_request`, `github::read_capped`, `github::EtagCache` | `receiver::ingest::body_budget::BodyBudget::reserve` |
 //! | one object's panic ends only its reconcile | `operator::measured` | — |
 //! | a tenant's filter costs about its payload's size | `filter::compile` (refused otherwise, by the operator) | `filter::Check` |
 
@@ -63,7 +65,6 @@ pub mod api;
 pub mod cli;
 pub mod copies;
 pub mod filter;
-pub mod forward;
 pub mod github;
 pub mod keys;
 pub mod operator;

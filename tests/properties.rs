@@ -8,7 +8,7 @@ use hookwarden::{
     ObjectRef,
     api::Duration,
     queue::Delivery,
-    receiver::{admin::deliveries_query, http::form_payload},
+    receiver::{admin::deliveries_query, ingest::http::form_payload},
     signature,
 };
 use proptest::prelude::*;

@@ -1084,7 +1084,7 @@ async fn a_filter_admits_exactly_the_example_payloads_it_should() {
 
 #[tokio::test]
 async fn a_window_of_history_is_replayed_to_one_agent_and_nothing_to_the_others() {
-    use hookwarden::receiver::replay::{ReplayWindow, replay};
+    use hookwarden::receiver::admin::replay::{ReplayWindow, replay};
     let mut w = world().await;
     w.settings.agents = vec![w.agent("one", &[]), w.agent("other", &[])];
     w.settings.history_ms = 3_600_000;

@@ -25,12 +25,14 @@ use hookwarden::{
     keys::HmacKey,
     queue::{ActivityFilter, Delivery, Queue, TAP_LEN},
     receiver::{
-        drain::{Drain, QUIET},
-        http::{AppState, DEFAULT_BODY_LIMIT, router},
+        ingest::{
+            drain::{Drain, QUIET},
+            http::{AppState, DEFAULT_BODY_LIMIT, router},
+            rejections::{LOGGED_PER_SECOND, Rejections},
+            serve::{Limits, serve},
+            sources::{Allowlist, FailureLimit},
+        },
         registry::{HookInfo, PolicySettings, Registry, Watched},
-        rejections::{LOGGED_PER_SECOND, Rejections},
-        serve::{Limits, serve},
-        sources::{Allowlist, FailureLimit},
     },
     signature,
     telemetry::ReceiverMetrics,
@@ -86,7 +88,7 @@ async fn harness_limited(
         rejections: rejections.clone(),
         failures: Arc::new(failures),
         allowlist: allowlist.clone(),
-        body_budget: Arc::new(hookwarden::receiver::body_budget::BodyBudget::new(
+        body_budget: Arc::new(hookwarden::receiver::ingest::body_budget::BodyBudget::new(
             limits.unauthenticated_bytes,
         )),
     };
@@ -537,7 +539,7 @@ async fn before_its_watches_have_listed_everything_a_receiver_says_not_yet_never
         rejections: Default::default(),
         failures: Arc::new(FailureLimit::off()),
         allowlist: Arc::new(Allowlist::off()),
-        body_budget: Arc::new(hookwarden::receiver::body_budget::BodyBudget::new(64 << 20)),
+        body_budget: Arc::new(hookwarden::receiver::ingest::body_budget::BodyBudget::new(64 << 20)),
     };
     let app = router(state);
     // Nothing loaded yet: the hook may well exist.
@@ -898,7 +900,7 @@ async fn the_failure_limit_never_refuses_githubs_own_addresses() {
 async fn every_reason_and_event_series_is_at_zero_right_after_start() {
     let h = harness().await;
     let text = h.metrics_text().await;
-    for reason in hookwarden::receiver::http::REJECTION_REASONS {
+    for reason in hookwarden::receiver::ingest::http::REJECTION_REASONS {
         let series = format!("hookwarden_rejected_deliveries_total{{reason=\"{reason}\"}} 0");
         assert!(text.contains(&series), "{series} missing");
     }

@@ -21,8 +21,8 @@ use common::{
 };
 use hookwarden::{
     api::AgentPolicy,
+    cli::sse::{SseEvent, SseParser},
     keys::{self, HmacKey},
-    receiver::stream::{SseEvent, SseParser},
     sample_agent::{self, Mode, Sink},
     signature,
     standard_webhooks::SigningKey,
@@ -803,7 +803,7 @@ fn follow(admin: &str, last_event_id: Option<String>) -> std::sync::Arc<std::syn
         assert_eq!(response.status(), 200);
         let mut parser = SseParser::default();
         while let Ok(Some(chunk)) = response.chunk().await {
-            sink.lock().unwrap().extend(parser.push(&String::from_utf8_lossy(&chunk)));
+            sink.lock().unwrap().extend(parser.push(&chunk));
         }
     });
     seen

@@ -1,7 +1,7 @@
 //! GitHub's form encoding (`payload=<urlencoded JSON>`): never panics, and
 //! what it decodes re-encodes to an equivalent form.
 #![no_main]
-use hookwarden::receiver::http::form_payload;
+use hookwarden::receiver::ingest::http::form_payload;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

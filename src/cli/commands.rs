@@ -5,10 +5,11 @@ use std::process::ExitCode;
 
 use crate::{
     ObjectRef, operator,
-    receiver::{self, access::kubeconfig_token, admin, admin_view},
+    receiver::{self, admin::access::kubeconfig_token},
 };
 
 use super::{
+    admin_client, admin_view,
     args::{AdminAction, Cli, Command, OutputFormat},
     config, default_consumer, exit_code, fail, runtime,
 };
@@ -53,7 +54,7 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
                 .filter_map(|(k, v)| Some((k, v?)))
                 .collect();
             runtime().block_on(async {
-                let print = async |event: &crate::receiver::stream::SseEvent| {
+                let print = async |event: &super::sse::SseEvent| {
                     use std::io::Write;
                     let line = match output {
                         OutputFormat::Table => {
@@ -69,9 +70,7 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
                     write!(std::io::stdout(), "{line}").and_then(|()| std::io::stdout().flush()).is_ok()
                 };
                 let trouble = |text: &str| eprintln!("{text}");
-                match crate::receiver::stream::tail(&url, "/admin/stream", &token, &query, print, trouble)
-                    .await
-                {
+                match super::sse::tail(&url, "/admin/stream", &token, &query, print, trouble).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(error) => fail(error),
                 }
@@ -86,12 +85,15 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
                 Ok(policy) => policy,
                 Err(error) => return fail(format!("--policy: {error}")),
             };
-            let since_ms =
-                match since.map(|t| crate::receiver::replay::parse_time(&t, crate::now_ms())).transpose() {
-                    Ok(since_ms) => since_ms,
-                    Err(error) => return fail(format!("--since: {error}")),
-                };
-            let forward = crate::forward::Forward { admin: url, token, policy, to, events, secret, since_ms };
+            let since_ms = match since
+                .map(|t| crate::receiver::admin::replay::parse_time(&t, crate::now_ms()))
+                .transpose()
+            {
+                Ok(since_ms) => since_ms,
+                Err(error) => return fail(format!("--since: {error}")),
+            };
+            let forward =
+                crate::cli::forward::Forward { admin: url, token, policy, to, events, secret, since_ms };
             runtime().block_on(async {
                 let say = |line: &str| println!("{line}");
                 match forward.run(say).await {
@@ -115,7 +117,7 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
                 OutputFormat::Yaml => admin_view::Output::Yaml,
             };
             runtime().block_on(async {
-                match admin::call(&url, &token, call.clone()).await {
+                match admin_client::call(&url, &token, call.clone()).await {
                     Ok(answer) => {
                         // NB: not println!, which panics when a pipe (`| head`) closes early.
                         use std::io::Write;

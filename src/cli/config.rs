@@ -8,10 +8,14 @@ use crate::{
     ObjectRef, PodRef,
     operator::{self, OperatorConfig, webhook_config::RecoveryWay},
     queue::ActivityFilter,
-    receiver::{self, ReceiverConfig, admin, replay},
+    receiver::{
+        self, ReceiverConfig,
+        admin::{self, replay},
+    },
 };
 
 use super::{
+    admin_client,
     args::AdminAction,
     serve_args::{OperatorArgs, ReceiverArgs, Recovery},
 };
@@ -31,7 +35,7 @@ pub(crate) fn receiver(args: ReceiverArgs, default_consumer: String, pod: Option
         consumer,
         shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
         shutdown_delay: Duration::from_secs(args.shutdown_delay_seconds),
-        limits: receiver::serve::Limits {
+        limits: receiver::ingest::serve::Limits {
             header_timeout: Duration::from_secs(args.header_timeout_seconds.max(1)),
             idle_timeout: Duration::from_secs(args.idle_timeout_seconds.max(1)),
             body_timeout: Duration::from_secs(args.body_timeout_seconds.max(1)),
@@ -106,18 +110,18 @@ pub(crate) fn operator(
 }
 
 /// The admin API call an `admin` subcommand makes (not `tail`: a stream).
-pub(crate) fn admin_call(action: AdminAction) -> Result<admin::Call, String> {
+pub(crate) fn admin_call(action: AdminAction) -> Result<admin_client::Call, String> {
     Ok(match action {
-        AdminAction::Policies => admin::Call::Policies,
+        AdminAction::Policies => admin_client::Call::Policies,
         AdminAction::Tail { .. } => unreachable!("tail follows the stream, it is no single call"),
         AdminAction::Enable { policy: p } => {
-            admin::Call::SetEnabled { policy: p.parse::<ObjectRef>()?, enabled: true }
+            admin_client::Call::SetEnabled { policy: p.parse::<ObjectRef>()?, enabled: true }
         }
         AdminAction::Disable { policy: p } => {
-            admin::Call::SetEnabled { policy: p.parse::<ObjectRef>()?, enabled: false }
+            admin_client::Call::SetEnabled { policy: p.parse::<ObjectRef>()?, enabled: false }
         }
         AdminAction::DeadLetters { policy: p, limit } => {
-            admin::Call::DeadLetters { policy: p.parse::<ObjectRef>()?, limit }
+            admin_client::Call::DeadLetters { policy: p.parse::<ObjectRef>()?, limit }
         }
         AdminAction::Replay { policy, id, window_policy, since, until, agent, event, filter, dry_run } => {
             match (window_policy, since, policy, id) {
@@ -131,18 +135,24 @@ pub(crate) fn admin_call(action: AdminAction) -> Result<admin::Call, String> {
                         filter,
                         dry_run,
                     };
-                    admin::Call::ReplayWindow { policy, window }
+                    admin_client::Call::ReplayWindow { policy, window }
                 }
-                (_, _, Some(p), Some(id)) => admin::Call::Replay { policy: p.parse::<ObjectRef>()?, id },
+                (_, _, Some(p), Some(id)) => {
+                    admin_client::Call::Replay { policy: p.parse::<ObjectRef>()?, id }
+                }
                 _ => return Err("name a dead letter (POLICY ID) or a window (--policy P --since T)".into()),
             }
         }
-        AdminAction::Purge { policy: p } => admin::Call::Purge { policy: p.parse::<ObjectRef>()? },
-        AdminAction::FilterTest { policy, agent, limit, filter } => {
-            admin::Call::FilterTest { policy, test: admin::FilterTest { filter, agent, limit: Some(limit) } }
-        }
+        AdminAction::Purge { policy: p } => admin_client::Call::Purge { policy: p.parse::<ObjectRef>()? },
+        AdminAction::FilterTest { policy, agent, limit, filter } => admin_client::Call::FilterTest {
+            policy,
+            test: admin::FilterTest { filter, agent, limit: Some(limit) },
+        },
         AdminAction::Deliveries { status, event, repository, hook, limit } => {
-            admin::Call::Deliveries { filter: ActivityFilter { status, event, repository, hook }, limit }
+            admin_client::Call::Deliveries {
+                filter: ActivityFilter { status, event, repository, hook },
+                limit,
+            }
         }
     })
 }
@@ -207,14 +217,16 @@ mod tests {
         };
         let policy: ObjectRef = "team/default".parse().unwrap();
         match call(&["replay", "team/default", "1-0"]).unwrap() {
-            admin::Call::Replay { policy: p, id } => assert_eq!((p, id.as_str()), (policy.clone(), "1-0")),
+            admin_client::Call::Replay { policy: p, id } => {
+                assert_eq!((p, id.as_str()), (policy.clone(), "1-0"))
+            }
             other => panic!("{other:?}"),
         }
         let before = crate::now_ms();
         match call(&["replay", "--policy", "team/default", "--since", "1h", "--agent", "a", "--dry-run"])
             .unwrap()
         {
-            admin::Call::ReplayWindow { policy: p, window } => {
+            admin_client::Call::ReplayWindow { policy: p, window } => {
                 assert_eq!(p, policy);
                 assert!(
                     window.since_ms <= before - 3_600_000 + 1_000 && window.since_ms + 3_600_000 >= before

@@ -1,16 +1,23 @@
 //! The `hookwarden` command line, which `main.rs` hands over to: the
 //! subcommands and flags (`args`, `serve_args`), flags to configuration
 //! as pure functions (`config`), and each subcommand's run
-//! (`commands`). Nothing here decides anything the library does not.
+//! (`commands`); the admin API's client side: its calls ([`admin_client`]),
+//! their tables ([`admin_view`]), the Server-Sent Events reader ([`sse`])
+//! and `hookwarden forward` ([`forward`]). Nothing here decides anything the
+//! library does not.
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
+pub mod admin_client;
+pub mod admin_view;
 mod args;
 mod commands;
 mod config;
+pub mod forward;
 mod serve_args;
+pub mod sse;
 
 /// Parses the command line and runs the subcommand; the process's exit code.
 pub fn main() -> ExitCode {

@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use crate::receiver::http::DEFAULT_BODY_LIMIT;
+use crate::receiver::ingest::http::DEFAULT_BODY_LIMIT;
 
 /// Replica acknowledgement of queued deliveries (Redis' `WAIT`).
 #[derive(clap::Args)]
@@ -187,7 +187,7 @@ pub(crate) struct ReceiverArgs {
     /// across all connections; a delivery that does not fit is answered 503
     /// with Retry-After before it is read. Large bodies (over an eighth)
     /// share three quarters of it.
-    #[arg(long, env = "HOOKWARDEN_UNAUTHENTICATED_BODY_BYTES", default_value_t = crate::receiver::body_budget::DEFAULT_UNAUTHENTICATED_BYTES)]
+    #[arg(long, env = "HOOKWARDEN_UNAUTHENTICATED_BODY_BYTES", default_value_t = crate::receiver::ingest::body_budget::DEFAULT_UNAUTHENTICATED_BYTES)]
     pub(crate) unauthenticated_body_bytes: usize,
     /// Comma-separated CIDRs agent calls may not go to, besides link-local
     /// and cloud metadata (169.254.0.0/16, fd00:ec2::254/128, always denied)

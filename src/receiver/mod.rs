@@ -1,29 +1,26 @@
 //! `hookwarden receiver`: takes deliveries from GitHub, verifies and queues
 //! them durably, and dispatches them to agents.
 //!
-//! - [`http`]: the axum router (ingest, health, metrics).
-//! - [`crate::queue`] (shared with the operator): Redis Streams: enqueue with
-//!   de-duplication, settle, retries, dead letters.
-//! - [`registry`]: hooks, keys and policy settings, kept current by [`watch`].
-//! - [`dispatch`]: workers, with [`breaker`] and [`backoff`].
+//! Three rooms, and what they share:
+//!
+//! - [`ingest`]: the public listener: verify, de-duplicate, queue (the axum
+//!   router in [`ingest::http`], connections in [`ingest::serve`]).
+//! - [`dispatch`]: routers and lanes that send queued deliveries to agents,
+//!   with breakers, backoff, limits and credentials.
+//! - [`admin`]: the admin listener: the API, the live stream and tap, window
+//!   replays, the status page, and who may do what ([`admin::access`]).
+//! - shared: [`registry`] (hooks, keys and policy settings, kept current by
+//!   [`watch`]), [`report`] (the keys this replica loaded, for rotation), and
+//!   [`crate::queue`] (Redis, shared with the operator).
+//!
+//! The admin API's client side (the CLI's calls, tables, the SSE reader,
+//! `forward`) is in [`crate::cli`].
 
-pub mod access;
 pub mod admin;
-pub mod admin_view;
-pub mod backoff;
-pub mod body_budget;
-pub mod breaker;
 pub mod dispatch;
-pub mod drain;
-pub mod http;
+pub mod ingest;
 pub mod registry;
-pub mod rejections;
-pub mod replay;
 pub mod report;
-pub mod serve;
-pub mod sources;
-pub mod stream;
-pub mod ui;
 pub mod watch;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -54,7 +51,7 @@ pub struct ReceiverConfig {
     /// Time between SIGTERM and closing the webhook listener (see `run`).
     pub shutdown_delay: Duration,
     /// What one client may hold (see `serve`).
-    pub limits: serve::Limits,
+    pub limits: ingest::serve::Limits,
     /// Failed deliveries (unknown hook, bad signature) a source may send a
     /// minute, and in a burst, before it is refused for a while; 0: no limit.
     pub failures_per_minute: u32,
@@ -79,7 +76,7 @@ pub struct ReceiverConfig {
     pub admin_listen: SocketAddr,
     pub admin_token: Option<String>,
     /// Accept Kubernetes identities on the admin API, with the rights RBAC
-    /// gives them on AgentPolicies (see [`access`]).
+    /// gives them on AgentPolicies (see [`admin::access`]).
     pub admin_kubernetes_auth: bool,
     /// Namespace of this replica's Lease reporting its loaded keys.
     pub lease_namespace: String,
@@ -89,7 +86,7 @@ pub struct ReceiverConfig {
 
 /// Runs the receiver until SIGTERM or Ctrl-C, then shuts down gracefully.
 /// First it drains for `shutdown_delay` and until deliveries stop arriving
-/// (see [`drain`]): `/readyz` answers 503 and every answer says
+/// (see [`ingest::drain`]): `/readyz` answers 503 and every answer says
 /// `Connection: close`, but deliveries are still accepted. Then it stops
 /// accepting, lets in-flight dispatches finish within the grace period (the
 /// rest stay pending in Redis for another replica), and returns.
@@ -128,9 +125,11 @@ pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), crate::Ru
         shutdown.clone(),
     ));
 
-    let rejections = Arc::new(rejections::Rejections::default());
-    let access =
-        access::Access::new(config.admin_token.clone(), config.admin_kubernetes_auth.then(|| client.clone()));
+    let rejections = Arc::new(ingest::rejections::Rejections::default());
+    let access = admin::access::Access::new(
+        config.admin_token.clone(),
+        config.admin_kubernetes_auth.then(|| client.clone()),
+    );
     match access.is_on() {
         true => {
             let admin = admin::router(admin::AdminState {
@@ -154,16 +153,16 @@ pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), crate::Ru
     }
 
     let allowlist = Arc::new(match config.github_meta_allowlist {
-        true => sources::Allowlist::enforced(),
-        false => sources::Allowlist::off(),
+        true => ingest::sources::Allowlist::enforced(),
+        false => ingest::sources::Allowlist::off(),
     });
     if config.github_meta_allowlist || config.failures_per_minute > 0 {
         let configmap = &config.github_meta_configmap;
         watch::spawn_allowlist(&client, &config.lease_namespace, configmap, allowlist.clone());
         tracing::info!(configmap, enforced = config.github_meta_allowlist, "reading GitHub's hook ranges");
     }
-    let drain = Arc::new(drain::Drain::default());
-    let state = http::AppState {
+    let drain = Arc::new(ingest::drain::Drain::default());
+    let state = ingest::http::AppState {
         registry,
         queue,
         metrics: metrics.clone(),
@@ -171,20 +170,20 @@ pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), crate::Ru
         drain: drain.clone(),
         limits: config.limits,
         rejections,
-        failures: Arc::new(sources::FailureLimit::new(
+        failures: Arc::new(ingest::sources::FailureLimit::new(
             config.failures_per_minute,
             config.failure_burst,
             config.trusted_proxies.clone(),
         )),
         allowlist,
-        body_budget: Arc::new(body_budget::BodyBudget::new(config.limits.unauthenticated_bytes)),
+        body_budget: Arc::new(ingest::body_budget::BodyBudget::new(config.limits.unauthenticated_bytes)),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|source| crate::RunError::Listen { addr: config.listen, source })?;
     tracing::info!(listen = %config.listen, consumer = %config.consumer, "receiver listening");
     let stop = shutdown.clone();
-    serve::serve(listener, http::router(state), config.limits, metrics, async move {
+    ingest::serve::serve(listener, ingest::http::router(state), config.limits, metrics, async move {
         crate::shutdown_signal().await;
         let delay_seconds = config.shutdown_delay.as_secs_f64();
         tracing::info!(delay_seconds, "shutting down: not ready, still accepting during the delay");

@@ -16,8 +16,8 @@ use kube::{
 
 use super::{
     dispatch::credentials,
+    ingest::sources::Allowlist,
     registry::{HookInfo, PolicySettings, Registry, Watched},
-    sources::Allowlist,
 };
 use crate::{
     ObjectRef,

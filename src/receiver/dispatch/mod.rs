@@ -20,6 +20,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use tokio::{task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 
+pub mod backoff;
+pub mod breaker;
 pub mod credentials;
 pub mod destinations;
 mod settle;
@@ -27,11 +29,7 @@ mod worker;
 
 pub use settle::{Failure, RESULTS, settle};
 
-use super::{
-    backoff,
-    breaker::{Breaker, State},
-    registry::{PolicySettings, Registry},
-};
+use super::registry::{PolicySettings, Registry};
 use crate::{
     ObjectRef,
     api::Agent,
@@ -44,6 +42,7 @@ use crate::{
     standard_webhooks,
     telemetry::ReceiverMetrics,
 };
+use breaker::{Breaker, State};
 
 /// Tuning of the workers.
 #[derive(Clone, Debug)]

@@ -1,6 +1,6 @@
 //! The admin API, on its own listener (never behind the public Ingress),
 //! for the platform's bearer token (compared in constant time) and, when on,
-//! Kubernetes identities with the rights RBAC gives them ([`super::access`]):
+//! Kubernetes identities with the rights RBAC gives them ([`access`]):
 //! every route checks its capability on the policy it names, and lists show
 //! only what the caller may view.
 //!
@@ -15,15 +15,20 @@
 //!   filter evaluated against the policy's recent deliveries
 //!   ([`FilterTestRow`] each), for a caller who may read its payloads.
 //! - `POST /admin/policies/{ns}/{name}/replay` ([`ReplayWindow`]): a window
-//!   of the policy's history sent again ([`super::replay`]), or counted
+//!   of the policy's history sent again ([`replay`]), or counted
 //!   with `dryRun`.
 //! - `GET  /admin/deliveries?status=&event=&repository=&hook=&limit=`:
 //!   recent activity, newest first: the log in Redis, and the requests this
 //!   replica rejected (kept in its memory only).
 
+pub mod access;
+pub mod replay;
+pub mod stream;
+pub mod ui;
+
 use std::{collections::BTreeSet, sync::Arc};
 
-use super::replay::{ReplayError, ReplayWindow};
+use replay::{ReplayError, ReplayWindow};
 
 use axum::{
     Extension, Json, Router,
@@ -37,12 +42,9 @@ use kube::api::{Patch, PatchParams};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{
-    access::{Access, Caller, Capability, Refused},
-    dispatch::Dispatcher,
-    registry::Registry,
-    rejections::Rejections,
-};
+use access::{Access, Caller, Capability, Refused};
+
+use crate::receiver::{dispatch::Dispatcher, ingest::rejections::Rejections, registry::Registry};
 use crate::{
     ObjectRef,
     api::AgentPolicy,
@@ -74,10 +76,10 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/policies/{ns}/{name}/replay", post(replay_window))
         .route("/admin/deliveries", get(deliveries))
         .route("/admin/hooks", get(hooks))
-        .route("/admin/stream", get(super::stream::stream))
-        .route("/admin/policies/{ns}/{name}/tap", get(super::stream::tap))
+        .route("/admin/stream", get(stream::stream))
+        .route("/admin/policies/{ns}/{name}/tap", get(stream::tap))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
-        .merge(super::ui::router())
+        .merge(ui::router())
         .with_state(state)
 }
 
@@ -266,7 +268,7 @@ async fn hooks(State(s): State<AdminState>, Extension(caller): Extension<Caller>
 
 /// The circuit of `agent` of `policy` as `breakers` say (closed when it has none yet).
 pub fn circuit<'b>(
-    breakers: &'b [(ObjectRef, String, super::breaker::State)],
+    breakers: &'b [(ObjectRef, String, crate::receiver::dispatch::breaker::State)],
     policy: &ObjectRef,
     agent: &str,
 ) -> &'b str {
@@ -456,7 +458,7 @@ async fn replay_window(
     }
     let settings =
         s.registry.policy(&policy).ok_or_else(|| AdminError::NotFound(format!("no policy {policy}")))?;
-    match super::replay::replay(&s.queue, &policy, &settings, &window).await {
+    match replay::replay(&s.queue, &policy, &settings, &window).await {
         Ok(report) => Ok(Json(serde_json::to_value(report).unwrap_or_default())),
         Err(ReplayError::Queue(e)) => Err(AdminError::unavailable(e)),
         Err(e @ ReplayError::UnknownAgent(_)) => Err(AdminError::NotFound(e.to_string())),
@@ -522,77 +524,4 @@ async fn deliveries(
     list.sort_by_key(|a| std::cmp::Reverse(a.at_ms));
     list.truncate(limit);
     Ok(Json(list))
-}
-
-/// One admin API call, as the `hookwarden admin` CLI makes it.
-#[derive(Clone, Debug)]
-pub enum Call {
-    Policies,
-    SetEnabled { policy: ObjectRef, enabled: bool },
-    DeadLetters { policy: ObjectRef, limit: usize },
-    Replay { policy: ObjectRef, id: String },
-    Purge { policy: ObjectRef },
-    Deliveries { filter: ActivityFilter, limit: usize },
-    FilterTest { policy: ObjectRef, test: FilterTest },
-    ReplayWindow { policy: ObjectRef, window: ReplayWindow },
-}
-
-/// Makes `call` against the admin API at `base`; returns the JSON answer, or
-/// why not.
-pub async fn call(base: &str, token: &str, call: Call) -> Result<Value, CallError> {
-    let base = base.trim_end_matches('/');
-    let policy_url =
-        |p: &ObjectRef, rest: &str| format!("{base}/admin/policies/{}/{}{rest}", p.namespace, p.name);
-    let http = reqwest::Client::new();
-    let request = match &call {
-        Call::Policies => http.get(format!("{base}/admin/policies")),
-        Call::SetEnabled { policy, enabled } => {
-            http.post(policy_url(policy, if *enabled { "/enable" } else { "/disable" }))
-        }
-        Call::DeadLetters { policy, limit } => {
-            http.get(policy_url(policy, "/dead-letters")).query(&[("limit", limit)])
-        }
-        Call::Replay { policy, id } => http.post(policy_url(policy, &format!("/dead-letters/{id}/replay"))),
-        Call::Purge { policy } => http.delete(policy_url(policy, "/dead-letters")),
-        Call::FilterTest { policy, test } => http.post(policy_url(policy, "/filter-test")).json(test),
-        Call::ReplayWindow { policy, window } => http.post(policy_url(policy, "/replay")).json(window),
-        Call::Deliveries { filter, limit } => {
-            let mut q: Vec<(&str, String)> = vec![("limit", limit.to_string())];
-            for (k, v) in [
-                ("status", &filter.status),
-                ("event", &filter.event),
-                ("repository", &filter.repository),
-                ("hook", &filter.hook),
-            ] {
-                if let Some(v) = v {
-                    q.push((k, v.clone()));
-                }
-            }
-            http.get(format!("{base}/admin/deliveries")).query(&q)
-        }
-    };
-    let unreachable =
-        |e: reqwest::Error| CallError::Unreachable { base: base.to_owned(), cause: e.to_string() };
-    let response = request.bearer_auth(token).send().await.map_err(unreachable)?;
-    let status = response.status().as_u16();
-    let bytes = response.bytes().await.map_err(unreachable)?;
-    let body: Value = serde_json::from_slice(&bytes).map_err(|e| CallError::Unreadable(e.to_string()))?;
-    match status {
-        200..=299 => Ok(body),
-        _ => {
-            let message = body["error"].as_str().unwrap_or("no message").to_owned();
-            Err(CallError::Api { status, message })
-        }
-    }
-}
-
-/// Why an admin call failed, in a line that says what to do.
-#[derive(Debug, thiserror::Error)]
-pub enum CallError {
-    #[error("cannot reach the admin API at {base} ({cause}): is the URL right, and the port forwarded?")]
-    Unreachable { base: String, cause: String },
-    #[error("the admin API's answer is not JSON ({0}): is the URL the admin port?")]
-    Unreadable(String),
-    #[error("HTTP {status}: {message}")]
-    Api { status: u16, message: String },
 }

@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use super::admin::Call;
+use super::admin_client::Call;
 
 /// The form of the output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,7 +90,7 @@ fn table_of(call: &Call, answer: &Value, now_ms: u64) -> String {
     let rows = |f: &dyn Fn(&Value) -> Vec<String>| answer.as_array().into_iter().flatten().map(f).collect();
     match call {
         Call::Policies => {
-            let policies: Vec<super::admin::PolicyView> =
+            let policies: Vec<crate::receiver::admin::PolicyView> =
                 serde_json::from_value(answer.clone()).unwrap_or_default();
             let dash = |s: &str| if s.is_empty() { "-".to_owned() } else { s.to_owned() };
             table(
@@ -144,7 +144,7 @@ fn table_of(call: &Call, answer: &Value, now_ms: u64) -> String {
         Call::Replay { policy, id } => format!("dead letter {id} of {policy} is queued again\n"),
         Call::Purge { policy } => format!("{} dead letters of {policy} deleted\n", text(&answer["purged"])),
         Call::ReplayWindow { policy, window } => {
-            let report: super::replay::ReplayReport =
+            let report: crate::receiver::admin::replay::ReplayReport =
                 serde_json::from_value(answer.clone()).unwrap_or_default();
             let kept = report.kept_since_ms.map_or("nothing is kept yet".to_owned(), |ms| {
                 format!("history kept since {} ago", ago(ms, now_ms))
@@ -161,7 +161,7 @@ fn table_of(call: &Call, answer: &Value, now_ms: u64) -> String {
             }
         }
         Call::FilterTest { policy, .. } => {
-            let rows: Vec<super::admin::FilterTestRow> =
+            let rows: Vec<crate::receiver::admin::FilterTestRow> =
                 serde_json::from_value(answer.clone()).unwrap_or_default();
             let matched = rows.iter().filter(|r| r.result == "match").count();
             let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());

@@ -35,7 +35,6 @@ use tracing::Instrument;
 use super::{
     body_budget::BodyBudget,
     drain::Drain,
-    registry::{HookInfo, Registry},
     rejections::Rejections,
     serve::Limits,
     sources::{Allowlist, FailureLimit, NotAllowed},
@@ -46,6 +45,7 @@ use crate::{
     keys::HmacKey,
     now_ms,
     queue::{Activity, Delivery, Enqueued, Queue, QueueError},
+    receiver::registry::{HookInfo, Registry},
     signature::{self, SignatureError},
     telemetry::ReceiverMetrics,
 };
@@ -569,7 +569,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let redis = tokio::time::timeout(Duration::from_secs(2), state.queue.ping()).await;
     let redis_ok = matches!(redis, Ok(Ok(())));
     let synced = state.registry.is_synced();
-    let keys = state.registry.keys_ready(super::registry::KEYS_GRACE);
+    let keys = state.registry.keys_ready(crate::receiver::registry::KEYS_GRACE);
     let status = if redis_ok && synced && keys { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(json!({ "redis": redis_ok, "kubernetes_synced": synced, "keys_loaded": keys })))
         .into_response()

@@ -16,14 +16,8 @@
 
 use std::time::Duration;
 
-use crate::{
-    ObjectRef,
-    receiver::{
-        admin::CallError,
-        stream::{self, Tapped},
-    },
-    signature,
-};
+use super::{admin_client::CallError, sse};
+use crate::{ObjectRef, receiver::admin::stream::Tapped, signature};
 
 /// How long a delivery waits before it is offered again to a local agent that is down.
 pub const RETRY: Duration = Duration::from_secs(1);
@@ -83,7 +77,7 @@ impl Forward {
         say(&format!("forwarding {}'s deliveries to {}", self.policy, self.to));
         let mut say_trouble = |text: &str| eprintln!("{text}");
         let mut down = false;
-        let on_event = async |event: &stream::SseEvent| {
+        let on_event = async |event: &sse::SseEvent| {
             match event.event.as_str() {
                 "gap" => {
                     let message: serde_json::Value = serde_json::from_str(&event.data).unwrap_or_default();
@@ -149,7 +143,7 @@ impl Forward {
         };
         let query: Vec<(&str, String)> =
             self.since_ms.map(|ms| ("sinceMs", ms.to_string())).into_iter().collect();
-        stream::tail(&self.admin, &path, &self.token, &query, on_event, &mut say_trouble).await
+        sse::tail(&self.admin, &path, &self.token, &query, on_event, &mut say_trouble).await
     }
 }
 

@@ -12,7 +12,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{admin::filter_test_row, dispatch::targets, registry::PolicySettings};
+use super::filter_test_row;
+use crate::receiver::{dispatch::targets, registry::PolicySettings};
 use crate::{
     ObjectRef,
     filter::Filter,

@@ -29,8 +29,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
+    AdminError, AdminState,
     access::{Caller, Capability},
-    admin::{AdminError, AdminState, policies_view},
+    policies_view,
 };
 use crate::{ObjectRef, now_ms, queue::Delivery};
 
@@ -350,7 +351,7 @@ pub struct TapFrom {
 
 /// How far past the tap's start routing must be before the history phase
 /// ends: more than a receiver takes between stamping a delivery and queueing it.
-const SEAM: Duration = Duration::from_secs(2);
+pub const SEAM: Duration = Duration::from_secs(2);
 
 /// The events a task sends on `rx`, as a Server-Sent Events response with a
 /// heartbeat comment every 15 s (proxies close idle connections).
@@ -406,126 +407,11 @@ fn states(s: &AdminState, wanted: &impl Fn(&str) -> bool) -> BTreeMap<String, Po
             let circuits = settings
                 .agents
                 .iter()
-                .map(|a| (a.name.clone(), super::admin::circuit(&breakers, &policy, &a.name).to_owned()))
+                .map(|a| (a.name.clone(), super::circuit(&breakers, &policy, &a.name).to_owned()))
                 .collect();
             Some((policy.to_string(), (json!(settings.enabled), json!(settings.concurrency), circuits)))
         })
         .collect()
-}
-
-/// One Server-Sent Event as a client reads it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SseEvent {
-    pub event: String,
-    pub data: String,
-    pub id: Option<String>,
-}
-
-/// Splits a Server-Sent Events byte stream into events, chunk by chunk
-/// (a chunk may end anywhere, even inside a line).
-#[derive(Default)]
-pub struct SseParser {
-    line: String,
-    current: SseEvent,
-    has_data: bool,
-}
-
-impl SseParser {
-    pub fn push(&mut self, chunk: &str) -> Vec<SseEvent> {
-        let mut out = Vec::new();
-        for c in chunk.chars() {
-            if c != '\n' {
-                self.line.push(c);
-                continue;
-            }
-            let line = std::mem::take(&mut self.line);
-            let line = line.strip_suffix('\r').unwrap_or(&line);
-            if line.is_empty() {
-                if self.has_data {
-                    out.push(std::mem::take(&mut self.current));
-                }
-                self.current = SseEvent::default();
-                self.has_data = false;
-                continue;
-            }
-            let (field, value) = line.split_once(':').unwrap_or((line, ""));
-            let value = value.strip_prefix(' ').unwrap_or(value);
-            match field {
-                "event" => self.current.event = value.to_owned(),
-                "id" => self.current.id = Some(value.to_owned()),
-                "data" => {
-                    if self.has_data {
-                        self.current.data.push('\n');
-                    }
-                    self.current.data.push_str(value);
-                    self.has_data = true;
-                }
-                _ => {} // a comment (heartbeat) or a field we do not use
-            }
-        }
-        out
-    }
-}
-
-/// Follows the event stream at `base` + `path` (`/admin/stream`, or a
-/// policy's tap) until `on_event` says stop (returns false), reconnecting
-/// after a lost connection from the last event handled, so no delivery is
-/// missed or handled twice. `query` is the stream's filter
-/// (`policy=...&event=...`). Connection trouble is told to `on_trouble`.
-pub async fn tail(
-    base: &str,
-    path: &str,
-    token: &str,
-    query: &[(&str, String)],
-    mut on_event: impl AsyncFnMut(&SseEvent) -> bool,
-    mut on_trouble: impl FnMut(&str),
-) -> Result<(), super::admin::CallError> {
-    let url = format!("{}{path}", base.trim_end_matches('/'));
-    let http = reqwest::Client::new();
-    let mut last_id: Option<String> = None;
-    loop {
-        let mut request = http.get(&url).query(query).bearer_auth(token);
-        if let Some(id) = &last_id {
-            request = request.header("last-event-id", id);
-        }
-        let trouble = match request.send().await {
-            Ok(mut response) if response.status().is_success() => {
-                let mut parser = SseParser::default();
-                loop {
-                    match response.chunk().await {
-                        Ok(Some(bytes)) => {
-                            for event in parser.push(&String::from_utf8_lossy(&bytes)) {
-                                if !on_event(&event).await {
-                                    return Ok(());
-                                }
-                                // NB: after the event is handled: a reconnect resumes after it.
-                                if event.id.is_some() {
-                                    last_id.clone_from(&event.id);
-                                }
-                            }
-                        }
-                        Ok(None) => break "the receiver closed the stream".to_owned(),
-                        Err(e) => break format!("the stream broke: {e}"),
-                    }
-                }
-            }
-            Ok(response) => {
-                let status = response.status().as_u16();
-                let body: Value = response.json().await.unwrap_or(Value::Null);
-                let message = body["error"].as_str().unwrap_or("no message").to_owned();
-                return Err(super::admin::CallError::Api { status, message });
-            }
-            Err(e) if last_id.is_none() => {
-                return Err(super::admin::CallError::Unreachable {
-                    base: base.to_owned(),
-                    cause: e.to_string(),
-                });
-            }
-            Err(e) => format!("cannot reach {base}: {e}"),
-        };
-        on_trouble(&format!("{trouble}; reconnecting from the last event seen"));
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
 }
 
 #[cfg(test)]
@@ -577,22 +463,5 @@ mod tests {
             [("team/b".to_owned(), state(true, 1, "closed"))].into();
         let kinds: Vec<&str> = changes(&before, &appeared).into_iter().map(|(k, _)| k).collect();
         assert_eq!(kinds, ["policy", "circuit"], "a new policy is shown whole");
-    }
-
-    #[test]
-    fn events_are_read_whatever_the_chunks() {
-        let text = ": heartbeat\n\nevent: snapshot\ndata: []\n\nevent: delivery\nid: team/a@1-0\ndata: {\"a\":1}\n\nevent: policy\r\ndata: x\r\ndata: y\r\n\r\n";
-        let want = vec![
-            SseEvent { event: "snapshot".into(), data: "[]".into(), id: None },
-            SseEvent { event: "delivery".into(), data: r#"{"a":1}"#.into(), id: Some("team/a@1-0".into()) },
-            SseEvent { event: "policy".into(), data: "x\ny".into(), id: None },
-        ];
-        for size in [1, 3, 7, text.len()] {
-            let mut parser = SseParser::default();
-            let chars: Vec<char> = text.chars().collect();
-            let got: Vec<SseEvent> =
-                chars.chunks(size).flat_map(|c| parser.push(&c.iter().collect::<String>())).collect();
-            assert_eq!(got, want, "chunks of {size}");
-        }
     }
 }
