@@ -1,5 +1,7 @@
 //! What one API call produced, before the common headers are added.
 
+use std::collections::HashMap;
+
 use axum::http::{StatusCode, header};
 use serde_json::{Value, json};
 
@@ -31,4 +33,11 @@ pub(crate) fn message(status: StatusCode, text: &str) -> (StatusCode, Value) {
 
 pub(crate) fn unprocessable(text: &str) -> Answer {
     message(StatusCode::UNPROCESSABLE_ENTITY, text).into()
+}
+
+/// `per_page` (1..=100, default 30) and `page` (from 1) of a list request.
+pub(crate) fn page_params(query: &HashMap<String, String>) -> (usize, usize) {
+    let per_page = query.get("per_page").and_then(|v| v.parse().ok()).unwrap_or(30usize).clamp(1, 100);
+    let page = query.get("page").and_then(|v| v.parse().ok()).unwrap_or(1usize).max(1);
+    (per_page, page)
 }

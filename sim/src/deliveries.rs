@@ -10,9 +10,8 @@ use serde_json::{Value, json};
 
 use crate::{
     DELIVERY_RETENTION, Sim,
-    answer::{Answer, message},
-    hooks::page_params,
-    state::{Delivery, Hook, Owner, guid, timestamp},
+    answer::{Answer, message, page_params},
+    state::{Delivery, Owner, guid, timestamp},
 };
 
 impl Sim {
@@ -107,15 +106,6 @@ impl Sim {
         s.deliveries.retain(|d| d.at.elapsed() < DELIVERY_RETENTION);
         s.deliveries.push(delivery.clone());
         Some(delivery)
-    }
-
-    pub(crate) fn ping_payload(&self, hook: &Hook) -> Value {
-        json!({
-            "zen": "Keep it logically awesome.",
-            "hook_id": hook.id,
-            "hook": self.hook_json(hook),
-            "sender": { "login": "octocat", "id": 1, "type": "User" },
-        })
     }
 }
 

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::{
     HOOKS_PER_EVENT, HOURLY_BUDGET, MASK, Sim,
-    answer::{Answer, message, no_content, unprocessable},
+    answer::{Answer, message, no_content, page_params, unprocessable},
     deliveries,
     state::{Grant, Hook, Inner, Owner, timestamp},
 };
@@ -41,6 +41,16 @@ impl Sim {
             v["last_response"] = h.last_response.clone();
         }
         v
+    }
+
+    /// What a `ping` delivery of `hook` carries.
+    pub(crate) fn ping_payload(&self, hook: &Hook) -> Value {
+        json!({
+            "zen": "Keep it logically awesome.",
+            "hook_id": hook.id,
+            "hook": self.hook_json(hook),
+            "sender": { "login": "octocat", "id": 1, "type": "User" },
+        })
     }
 }
 
@@ -122,12 +132,6 @@ pub(crate) async fn api(
         (Method::POST, [_, "deliveries", d, "attempts"]) => deliveries::redeliver(sim, hook_id.unwrap(), d),
         _ => message(StatusCode::NOT_FOUND, "Not Found").into(),
     }
-}
-
-pub(crate) fn page_params(query: &HashMap<String, String>) -> (usize, usize) {
-    let per_page = query.get("per_page").and_then(|v| v.parse().ok()).unwrap_or(30usize).clamp(1, 100);
-    let page = query.get("page").and_then(|v| v.parse().ok()).unwrap_or(1usize).max(1);
-    (per_page, page)
 }
 
 fn list_hooks(sim: &Sim, owner: &Owner, query: &HashMap<String, String>) -> Answer {

@@ -23,46 +23,29 @@
 
 pub mod access;
 pub mod replay;
+pub mod state;
 pub mod stream;
 pub mod ui;
 
-use std::{collections::BTreeSet, sync::Arc};
+pub use state::{AdminError, AdminState, AgentView, PolicyView, circuit, policies_view};
 
 use replay::{ReplayError, ReplayWindow};
 
 use axum::{
     Extension, Json, Router,
     extract::{Path, Query, RawQuery, Request, State},
-    http::{StatusCode, header},
+    http::header,
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{delete, get, post},
 };
 use kube::api::{Patch, PatchParams};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
-use access::{Access, Caller, Capability, Refused};
+use access::{Caller, Capability};
 
-use crate::receiver::{dispatch::Dispatcher, ingest::rejections::Rejections, registry::Registry};
-use crate::{
-    ObjectRef,
-    api::AgentPolicy,
-    queue::{ActivityFilter, Queue},
-};
-
-/// What the admin handlers share.
-#[derive(Clone)]
-pub struct AdminState {
-    /// Who may call, and what each caller may do.
-    pub access: Arc<Access>,
-    pub client: kube::Client,
-    pub registry: Arc<Registry>,
-    pub queue: Queue,
-    pub dispatcher: Arc<Dispatcher>,
-    /// This replica's recent rejections (kept in memory, not in Redis).
-    pub rejections: Arc<Rejections>,
-}
+use crate::{ObjectRef, api::AgentPolicy, queue::ActivityFilter};
 
 pub fn router(state: AdminState) -> Router {
     Router::new()
@@ -100,154 +83,10 @@ async fn authorize(State(state): State<AdminState>, mut request: Request, next: 
     }
 }
 
-impl AdminState {
-    /// May `caller` do `what` to `policy`? (403 otherwise.)
-    pub async fn may(&self, caller: &Caller, what: Capability, policy: &ObjectRef) -> Result<(), AdminError> {
-        self.access.check(caller, what, policy).await.map_err(AdminError::from)
-    }
-
-    /// The namespaces, of those this receiver serves, in which `caller` may view.
-    pub async fn viewable(&self, caller: &Caller) -> Result<BTreeSet<String>, AdminError> {
-        let served: BTreeSet<String> = self
-            .registry
-            .policy_refs()
-            .into_iter()
-            .chain(self.registry.hooks().into_iter().map(|(h, _)| h))
-            .map(|r| r.namespace)
-            .collect();
-        self.access.namespaces(caller, Capability::View, served).await.map_err(AdminError::from)
-    }
-}
-
-impl From<Refused> for AdminError {
-    fn from(refused: Refused) -> Self {
-        match refused {
-            Refused::Unauthenticated => Self::Unauthorized,
-            Refused::Forbidden(..) => Self::Denied(refused.to_string()),
-            Refused::Unavailable(cause) => Self::Unavailable(cause),
-        }
-    }
-}
-
-/// Why an admin request failed: one `{"error": ...}` answer each. Backend
-/// failures are logged here and shown only as "unavailable".
-#[derive(Debug, thiserror::Error)]
-pub enum AdminError {
-    #[error("missing or wrong bearer token")]
-    Unauthorized,
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("the receiver may not patch AgentPolicies (check its RBAC)")]
-    Forbidden,
-    /// The caller's RBAC does not allow it.
-    #[error("{0}")]
-    Denied(String),
-    #[error("backend unavailable; retry later")]
-    Unavailable(String),
-}
-
-impl AdminError {
-    fn unavailable(error: impl std::fmt::Display) -> Self {
-        Self::Unavailable(error.to_string())
-    }
-}
-
-impl IntoResponse for AdminError {
-    fn into_response(self) -> Response {
-        let status = match &self {
-            Self::Unauthorized => StatusCode::UNAUTHORIZED,
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Forbidden | Self::Denied(_) => StatusCode::FORBIDDEN,
-            Self::Unavailable(cause) => {
-                tracing::warn!(error = %cause, "admin request failed");
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-        };
-        let mut response = (status, Json(json!({ "error": self.to_string() }))).into_response();
-        if matches!(self, Self::Unauthorized) {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
-        }
-        response
-    }
-}
-
 type Answer = Result<Json<Value>, AdminError>;
 
 async fn policies(State(s): State<AdminState>, Extension(caller): Extension<Caller>) -> Answer {
     Ok(Json(policies_view(&s, &s.viewable(&caller).await?).await?))
-}
-
-/// One policy as `GET /admin/policies` (and the live stream's snapshot)
-/// shows it: the handler writes it, the CLI and the status page read it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PolicyView {
-    pub policy: String,
-    pub enabled: bool,
-    pub concurrency: usize,
-    pub queue_limit: u64,
-    pub reason: String,
-    /// Deliveries not yet settled by every agent they go to.
-    pub queued: u64,
-    pub retrying: u64,
-    pub dead_letters: u64,
-    pub agents: Vec<AgentView>,
-}
-
-/// One agent of a [`PolicyView`].
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AgentView {
-    pub name: String,
-    pub url: String,
-    /// The agent's own switch.
-    pub enabled: bool,
-    /// `closed`, `open` or `half_open`.
-    pub circuit: String,
-    /// Deliveries waiting or in flight in its lane.
-    pub queued: u64,
-}
-
-/// Every policy in `namespaces`: effective settings, queue sizes, each
-/// agent's switch, circuit and lane ([`PolicyView`]s, as JSON).
-pub async fn policies_view(s: &AdminState, namespaces: &BTreeSet<String>) -> Result<Value, AdminError> {
-    let breakers = s.dispatcher.breaker_states();
-    let mut out = Vec::new();
-    let mut refs = s.registry.policy_refs();
-    refs.retain(|p| namespaces.contains(&p.namespace));
-    refs.sort();
-    // NB: one round trip per policy (and one for its lanes), all at once.
-    let lengths = s.queue.lengths(&refs).await.map_err(AdminError::unavailable)?;
-    for (policy, held) in refs.into_iter().zip(lengths) {
-        let Some(settings) = s.registry.policy(&policy) else { continue };
-        let lane = |agent: &str| held.lanes.iter().find(|(a, _)| a == agent).map_or(0, |(_, n)| *n);
-        let agents = settings
-            .agents
-            .iter()
-            .map(|a| AgentView {
-                name: a.name.clone(),
-                url: a.url.clone(),
-                enabled: a.enabled,
-                circuit: circuit(&breakers, &policy, &a.name).to_owned(),
-                queued: lane(&a.name),
-            })
-            .collect();
-        out.push(PolicyView {
-            policy: policy.to_string(),
-            enabled: settings.enabled,
-            concurrency: settings.concurrency,
-            queue_limit: settings.queue_limit,
-            reason: settings.reason.clone(),
-            queued: held.queued,
-            retrying: held.retrying,
-            dead_letters: held.dead,
-            agents,
-        });
-    }
-    Ok(serde_json::to_value(out).unwrap_or_default())
 }
 
 /// Every WebhookConfig this receiver serves: its policy, its Ready
@@ -264,18 +103,6 @@ async fn hooks(State(s): State<AdminState>, Extension(caller): Extension<Caller>
         })
     });
     Ok(Json(Value::Array(hooks.collect())))
-}
-
-/// The circuit of `agent` of `policy` as `breakers` say (closed when it has none yet).
-pub fn circuit<'b>(
-    breakers: &'b [(ObjectRef, String, crate::receiver::dispatch::breaker::State)],
-    policy: &ObjectRef,
-    agent: &str,
-) -> &'b str {
-    breakers
-        .iter()
-        .find(|(p, name, _)| p == policy && name == agent)
-        .map_or("closed", |(_, _, st)| st.as_str())
 }
 
 async fn set_enabled(

@@ -29,9 +29,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    AdminError, AdminState,
     access::{Caller, Capability},
-    policies_view,
+    state::{AdminError, AdminState, circuit, policies_view},
 };
 use crate::{ObjectRef, now_ms, queue::Delivery};
 
@@ -407,7 +406,7 @@ fn states(s: &AdminState, wanted: &impl Fn(&str) -> bool) -> BTreeMap<String, Po
             let circuits = settings
                 .agents
                 .iter()
-                .map(|a| (a.name.clone(), super::circuit(&breakers, &policy, &a.name).to_owned()))
+                .map(|a| (a.name.clone(), circuit(&breakers, &policy, &a.name).to_owned()))
                 .collect();
             Some((policy.to_string(), (json!(settings.enabled), json!(settings.concurrency), circuits)))
         })
