@@ -36,11 +36,11 @@ pub(crate) fn receiver(args: ReceiverArgs, default_consumer: String, pod: Option
         shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
         shutdown_delay: Duration::from_secs(args.shutdown_delay_seconds),
         limits: receiver::ingest::serve::Limits {
-            header_timeout: Duration::from_secs(args.header_timeout_seconds.max(1)),
-            idle_timeout: Duration::from_secs(args.idle_timeout_seconds.max(1)),
-            body_timeout: Duration::from_secs(args.body_timeout_seconds.max(1)),
-            max_connections: args.max_connections.max(1),
-            max_in_flight: args.max_in_flight.max(1),
+            header_timeout: Duration::from_secs(args.header_timeout_seconds),
+            idle_timeout: Duration::from_secs(args.idle_timeout_seconds),
+            body_timeout: Duration::from_secs(args.body_timeout_seconds),
+            max_connections: args.max_connections,
+            max_in_flight: args.max_in_flight,
             unauthenticated_bytes: args.unauthenticated_body_bytes,
         },
         failures_per_minute: args.failures_per_minute,
@@ -81,7 +81,7 @@ pub(crate) fn operator(
         allowed_apis,
         github_limits: crate::github::Limits {
             max_response_bytes: args.github_max_response_bytes,
-            max_pages: args.github_max_pages.max(1),
+            max_pages: args.github_max_pages,
             etag_cache_bytes: args.github_etag_cache_bytes,
         },
         namespace: args.scope.namespace,
@@ -94,7 +94,7 @@ pub(crate) fn operator(
         instance,
         pod,
         public_base_url: args.public_base_url,
-        resync: Duration::from_secs(args.resync_seconds.max(1)),
+        resync: Duration::from_secs(args.resync_seconds),
         lease_namespace: args.lease_namespace.clone(),
         lease_duration: Duration::from_secs(args.lease_seconds.max(3)),
         redelivery_interval: (args.redelivery_seconds > 0)
@@ -193,6 +193,34 @@ mod tests {
         }
         let bad = operator(operator_args(&["--github-api-url", "not a url"]), "op".into(), None);
         assert!(bad.unwrap_err().starts_with("--github-api-url"), "the flag is named");
+    }
+
+    #[test]
+    fn a_zero_where_one_is_the_least_is_refused_not_raised() {
+        let cases: [&[&str]; 7] = [
+            &["receiver", "--header-timeout-seconds", "0"],
+            &["receiver", "--idle-timeout-seconds", "0"],
+            &["receiver", "--body-timeout-seconds", "0"],
+            &["receiver", "--max-connections", "0"],
+            &["receiver", "--max-in-flight", "0"],
+            &["operator", "--github-max-pages", "0"],
+            &["operator", "--resync-seconds", "0"],
+        ];
+        for args in cases {
+            let argv = std::iter::once("hookwarden").chain(args.iter().copied());
+            let error =
+                Cli::try_parse_from(argv).err().unwrap_or_else(|| panic!("{args:?} accepted")).to_string();
+            assert!(error.contains(args[1]) && error.contains('0'), "{args:?}: {error}");
+        }
+        parse(&[
+            "receiver",
+            "--redis-url",
+            "redis://r",
+            "--max-connections",
+            "1",
+            "--header-timeout-seconds",
+            "1",
+        ]);
     }
 
     #[test]

@@ -80,7 +80,7 @@ pub(crate) struct OperatorArgs {
     #[arg(long, env = "HOOKWARDEN_PUBLIC_BASE_URL")]
     pub(crate) public_base_url: Option<String>,
     /// Seconds between checks of every hook against GitHub (drift repair).
-    #[arg(long, env = "HOOKWARDEN_RESYNC_SECONDS", default_value_t = 300)]
+    #[arg(long, env = "HOOKWARDEN_RESYNC_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) resync_seconds: u64,
     /// Namespace of the leader-election Lease, where the receivers also
     /// report their loaded keys (default: the pod's namespace, else `default`).
@@ -121,7 +121,7 @@ pub(crate) struct OperatorArgs {
     #[arg(long, env = "HOOKWARDEN_GITHUB_MAX_RESPONSE_BYTES", default_value_t = crate::github::Limits::default().max_response_bytes)]
     pub(crate) github_max_response_bytes: usize,
     /// Pages of a GitHub list (100 entries each) followed before giving up.
-    #[arg(long, env = "HOOKWARDEN_GITHUB_MAX_PAGES", default_value_t = crate::github::Limits::default().max_pages)]
+    #[arg(long, env = "HOOKWARDEN_GITHUB_MAX_PAGES", default_value_t = crate::github::Limits::default().max_pages, value_parser = at_least_one)]
     pub(crate) github_max_pages: usize,
     /// Bytes of GitHub answers kept for conditional requests (least recently used dropped).
     #[arg(long, env = "HOOKWARDEN_GITHUB_ETAG_CACHE_BYTES", default_value_t = crate::github::Limits::default().etag_cache_bytes)]
@@ -167,21 +167,21 @@ pub(crate) struct ReceiverArgs {
     pub(crate) shutdown_delay_seconds: u64,
     /// Seconds a client has to send a request's headers, counted from the
     /// request's first byte.
-    #[arg(long, env = "HOOKWARDEN_HEADER_TIMEOUT", default_value_t = 5)]
+    #[arg(long, env = "HOOKWARDEN_HEADER_TIMEOUT", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) header_timeout_seconds: u64,
     /// Seconds a kept-alive connection may stay idle between requests: longer
     /// than a load balancer in front keeps its idle connections (60 s for AWS
     /// ALB and ingress-nginx, 600 s for Google's), or its requests race the close.
-    #[arg(long, env = "HOOKWARDEN_IDLE_TIMEOUT", default_value_t = 620)]
+    #[arg(long, env = "HOOKWARDEN_IDLE_TIMEOUT", default_value_t = 620, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) idle_timeout_seconds: u64,
     /// Seconds a client has to send a delivery's body (then 408).
-    #[arg(long, env = "HOOKWARDEN_BODY_TIMEOUT", default_value_t = 10)]
+    #[arg(long, env = "HOOKWARDEN_BODY_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) body_timeout_seconds: u64,
     /// Open connections on the webhook port; one more is answered 503 and closed.
-    #[arg(long, env = "HOOKWARDEN_MAX_CONNECTIONS", default_value_t = 4096)]
+    #[arg(long, env = "HOOKWARDEN_MAX_CONNECTIONS", default_value_t = 4096, value_parser = at_least_one)]
     pub(crate) max_connections: usize,
     /// Deliveries handled at a time; one more is answered 503 before it is read.
-    #[arg(long, env = "HOOKWARDEN_MAX_IN_FLIGHT", default_value_t = 1024)]
+    #[arg(long, env = "HOOKWARDEN_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = at_least_one)]
     pub(crate) max_in_flight: usize,
     /// Bytes of request bodies held before their signature is checked,
     /// across all connections; a delivery that does not fit is answered 503
@@ -245,4 +245,14 @@ pub(crate) struct ReceiverArgs {
     /// agents, nothing is exported).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub(crate) otlp_endpoint: Option<String>,
+}
+
+/// A count that must be at least 1: zero is refused with a message, never
+/// raised silently.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
