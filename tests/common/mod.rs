@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 pub mod browser;
+pub mod system;
 
 use std::{
     collections::HashMap,
