@@ -6,6 +6,16 @@
 use serde_json::Value;
 
 use super::admin_client::Call;
+use crate::{
+    queue::Activity,
+    receiver::admin::{DeadLetterView, FilterTestRow, PolicyView, Purged, replay::ReplayReport},
+};
+
+/// The answer as its wire type; an answer of another shape (another
+/// version of the receiver) shows as empty rather than as wrong values.
+fn read<T: serde::de::DeserializeOwned + Default>(answer: &Value) -> T {
+    serde_json::from_value(answer.clone()).unwrap_or_default()
+}
 
 /// The form of the output.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,18 +90,9 @@ pub fn ago(then_ms: u64, now_ms: u64) -> String {
 }
 
 fn table_of(call: &Call, answer: &Value, now_ms: u64) -> String {
-    let text = |v: &Value| match v {
-        Value::Null => "-".to_owned(),
-        Value::String(s) if s.is_empty() => "-".to_owned(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    let when = |v: &Value| v.as_u64().map_or("-".to_owned(), |ms| ago(ms, now_ms));
-    let rows = |f: &dyn Fn(&Value) -> Vec<String>| answer.as_array().into_iter().flatten().map(f).collect();
     match call {
         Call::Policies => {
-            let policies: Vec<crate::receiver::admin::PolicyView> =
-                serde_json::from_value(answer.clone()).unwrap_or_default();
+            let policies: Vec<PolicyView> = read(answer);
             let dash = |s: &str| if s.is_empty() { "-".to_owned() } else { s.to_owned() };
             table(
                 "No policies found.",
@@ -126,26 +127,34 @@ fn table_of(call: &Call, answer: &Value, now_ms: u64) -> String {
                 if *enabled { "dispatch resumes" } else { "dispatch stops; deliveries wait in the queue" };
             format!("{policy}: spec.enabled set to {enabled} ({effect})\n")
         }
-        Call::DeadLetters { policy, .. } => table(
-            &format!("No dead letters in {policy}."),
-            &["ID", "FAILED", "AGENT", "EVENT", "REPOSITORY", "ATTEMPTS", "ERROR"],
-            rows(&|l| {
-                vec![
-                    text(&l["id"]),
-                    when(&l["failedMs"]),
-                    text(&l["agent"]),
-                    text(&l["event"]),
-                    text(&l["repository"]),
-                    text(&l["attempts"]),
-                    text(&l["error"]),
-                ]
-            }),
-        ),
+        Call::DeadLetters { policy, .. } => {
+            let letters: Vec<DeadLetterView> = read(answer);
+            let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
+            table(
+                &format!("No dead letters in {policy}."),
+                &["ID", "FAILED", "AGENT", "EVENT", "REPOSITORY", "ATTEMPTS", "ERROR"],
+                letters
+                    .iter()
+                    .map(|l| {
+                        vec![
+                            l.id.clone(),
+                            ago(l.failed_ms, now_ms),
+                            opt(&l.agent),
+                            l.event.clone(),
+                            opt(&l.repository),
+                            l.attempts.to_string(),
+                            l.error.clone(),
+                        ]
+                    })
+                    .collect(),
+            )
+        }
         Call::Replay { policy, id } => format!("dead letter {id} of {policy} is queued again\n"),
-        Call::Purge { policy } => format!("{} dead letters of {policy} deleted\n", text(&answer["purged"])),
+        Call::Purge { policy } => {
+            format!("{} dead letters of {policy} deleted\n", read::<Purged>(answer).purged)
+        }
         Call::ReplayWindow { policy, window } => {
-            let report: crate::receiver::admin::replay::ReplayReport =
-                serde_json::from_value(answer.clone()).unwrap_or_default();
+            let report: ReplayReport = read(answer);
             let kept = report.kept_since_ms.map_or("nothing is kept yet".to_owned(), |ms| {
                 format!("history kept since {} ago", ago(ms, now_ms))
             });
@@ -161,8 +170,7 @@ fn table_of(call: &Call, answer: &Value, now_ms: u64) -> String {
             }
         }
         Call::FilterTest { policy, .. } => {
-            let rows: Vec<crate::receiver::admin::FilterTestRow> =
-                serde_json::from_value(answer.clone()).unwrap_or_default();
+            let rows: Vec<FilterTestRow> = read(answer);
             let matched = rows.iter().filter(|r| r.result == "match").count();
             let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
             let mut out = table(
@@ -187,22 +195,28 @@ fn table_of(call: &Call, answer: &Value, now_ms: u64) -> String {
             }
             out
         }
-        Call::Deliveries { .. } => table(
-            "No deliveries found.",
-            &["AGE", "STATUS", "EVENT", "REPOSITORY", "HOOK", "AGENT", "GUID", "DETAIL"],
-            rows(&|a| {
-                vec![
-                    when(&a["atMs"]),
-                    text(&a["status"]),
-                    text(&a["event"]),
-                    text(&a["repository"]),
-                    text(&a["hook"]),
-                    text(&a["agent"]),
-                    text(&a["guid"]),
-                    text(&a["detail"]),
-                ]
-            }),
-        ),
+        Call::Deliveries { .. } => {
+            let list: Vec<Activity> = read(answer);
+            let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
+            table(
+                "No deliveries found.",
+                &["AGE", "STATUS", "EVENT", "REPOSITORY", "HOOK", "AGENT", "GUID", "DETAIL"],
+                list.iter()
+                    .map(|a| {
+                        vec![
+                            ago(a.at_ms, now_ms),
+                            a.status.clone(),
+                            a.event.clone(),
+                            opt(&a.repository),
+                            a.hook.clone(),
+                            opt(&a.agent),
+                            a.guid.clone(),
+                            opt(&a.detail),
+                        ]
+                    })
+                    .collect(),
+            )
+        }
     }
 }
 
@@ -272,6 +286,50 @@ mod tests {
         assert_eq!(back["data"]["guid"], "g");
         let odd: Value = serde_json::from_str(&tail_record("gap", "not json", Output::Json)).unwrap();
         assert_eq!(odd["data"], "not json", "data that is not JSON stays a string");
+    }
+
+    #[test]
+    fn dead_letters_deliveries_and_purges_read_their_wire_types() {
+        use crate::receiver::admin::{DeadLetterView, Purged};
+        let policy = ObjectRef::new("team", "agents");
+        let letter = DeadLetterView {
+            id: "1700000000000-0".into(),
+            guid: "g-1".into(),
+            event: "push".into(),
+            hook: "team/hook".into(),
+            repository: Some("octo/app".into()),
+            agent: Some("reviewer".into()),
+            attempts: 5,
+            error: "HTTP 500".into(),
+            failed_ms: NOW - 90_000,
+        };
+        let answer = serde_json::to_value(vec![letter.clone()]).unwrap();
+        assert_eq!(answer[0]["failedMs"], NOW - 90_000, "the wire name the status page reads");
+        let got =
+            render(&Call::DeadLetters { policy: policy.clone(), limit: 10 }, &answer, Output::Table, NOW);
+        for cell in ["1700000000000-0", "1m", "reviewer", "push", "octo/app", "5", "HTTP 500"] {
+            assert!(got.contains(cell), "{cell} in\n{got}");
+        }
+        let activity = crate::queue::Activity {
+            at_ms: NOW - 2_000,
+            guid: "g-2".into(),
+            event: "pull_request".into(),
+            hook: "team/hook".into(),
+            policy: None,
+            repository: None,
+            status: "queued".into(),
+            agent: None,
+            detail: None,
+        };
+        let answer = serde_json::to_value(vec![activity]).unwrap();
+        let call = Call::Deliveries { filter: Default::default(), limit: 10 };
+        let got = render(&call, &answer, Output::Table, NOW);
+        assert!(got.contains("2s") && got.contains("queued") && got.contains("g-2"), "{got}");
+        let purged = serde_json::to_value(Purged { purged: 7 }).unwrap();
+        assert_eq!(
+            render(&Call::Purge { policy }, &purged, Output::Table, NOW),
+            "7 dead letters of team/agents deleted\n"
+        );
     }
 
     #[test]

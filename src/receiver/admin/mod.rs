@@ -26,8 +26,10 @@ pub mod replay;
 pub mod state;
 pub mod stream;
 pub mod ui;
+pub mod wire;
 
-pub use state::{AdminError, AdminState, AgentView, PolicyView, circuit, policies_view};
+pub use state::{AdminError, AdminState, circuit, policies_view};
+pub use wire::{AgentView, DeadLetterView, Enabled, HookView, PolicyView, Purged, Replayed};
 
 use replay::{ReplayError, ReplayWindow};
 
@@ -85,6 +87,11 @@ async fn authorize(State(state): State<AdminState>, mut request: Request, next: 
 
 type Answer = Result<Json<Value>, AdminError>;
 
+/// `value` as the JSON answer: every answer is one of the [`wire`] types.
+fn answer(value: impl serde::Serialize) -> Answer {
+    Ok(Json(serde_json::to_value(value).expect("the wire types serialise")))
+}
+
 async fn policies(State(s): State<AdminState>, Extension(caller): Extension<Caller>) -> Answer {
     Ok(Json(policies_view(&s, &s.viewable(&caller).await?).await?))
 }
@@ -94,15 +101,13 @@ async fn policies(State(s): State<AdminState>, Extension(caller): Extension<Call
 async fn hooks(State(s): State<AdminState>, Extension(caller): Extension<Caller>) -> Answer {
     let viewable = s.viewable(&caller).await?;
     let hooks = s.registry.hooks().into_iter().filter(|(h, _)| viewable.contains(&h.namespace));
-    let hooks = hooks.map(|(hook, info)| {
-        json!({
-            "hook": hook.to_string(),
-            "policy": info.policy.to_string(),
-            "ready": info.ready,
-            "lastDelivery": info.last_delivery,
-        })
+    let hooks = hooks.map(|(hook, info)| HookView {
+        hook: hook.to_string(),
+        policy: info.policy.to_string(),
+        ready: info.ready,
+        last_delivery: info.last_delivery,
     });
-    Ok(Json(Value::Array(hooks.collect())))
+    answer(hooks.collect::<Vec<_>>())
 }
 
 async fn set_enabled(
@@ -117,7 +122,7 @@ async fn set_enabled(
     match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
         Ok(_) => {
             tracing::info!(policy = %ObjectRef::new(&ns, &name), enabled, "spec.enabled patched through the admin API");
-            Ok(Json(json!({ "policy": format!("{ns}/{name}"), "specEnabled": enabled })))
+            answer(Enabled { policy: format!("{ns}/{name}"), spec_enabled: enabled })
         }
         Err(kube::Error::Api(e)) if e.code == 404 => {
             Err(AdminError::NotFound(format!("no AgentPolicy {ns}/{name}")))
@@ -145,20 +150,22 @@ async fn dead_letters(
         .dead_letters(&policy, q.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT))
         .await
         .map_err(AdminError::unavailable)?;
-    Ok(Json(
+    answer(
         letters
             .into_iter()
-            .map(|l| {
-                json!({
-                    "id": l.id, "guid": l.delivery.guid, "event": l.delivery.event,
-                    "hook": l.delivery.hook.to_string(), "repository": l.delivery.repository,
-                    "agent": l.delivery.agent, "attempts": l.delivery.attempt,
-                    "error": l.error, "failedMs": l.failed_ms,
-                })
+            .map(|l| DeadLetterView {
+                id: l.id,
+                guid: l.delivery.guid,
+                event: l.delivery.event,
+                hook: l.delivery.hook.to_string(),
+                repository: l.delivery.repository,
+                agent: l.delivery.agent,
+                attempts: l.delivery.attempt,
+                error: l.error,
+                failed_ms: l.failed_ms,
             })
-            .collect::<Vec<_>>()
-            .into(),
-    ))
+            .collect::<Vec<_>>(),
+    )
 }
 
 /// What `filter-test` evaluates: `filter` on its own, or as `agent`'s
@@ -265,7 +272,7 @@ async fn replay(
     let policy = ObjectRef::new(ns, name);
     s.may(&caller, Capability::DeadLetters, &policy).await?;
     match s.queue.replay(&policy, &id).await.map_err(AdminError::unavailable)? {
-        true => Ok(Json(json!({ "replayed": id }))),
+        true => answer(Replayed { replayed: id }),
         false => Err(AdminError::NotFound(format!("no dead letter {id}"))),
     }
 }
@@ -301,7 +308,7 @@ async fn purge(
     let policy = ObjectRef::new(ns, name);
     s.may(&caller, Capability::DeadLetters, &policy).await?;
     let n = s.queue.purge_dead(&policy).await.map_err(AdminError::unavailable)?;
-    Ok(Json(json!({ "purged": n })))
+    answer(Purged { purged: n })
 }
 
 /// The most entries one list answer holds, and the default.

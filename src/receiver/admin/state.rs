@@ -10,10 +10,12 @@ use axum::{
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::access::{Access, Caller, Capability, Refused};
+use super::{
+    access::{Access, Caller, Capability, Refused},
+    wire::{AgentView, PolicyView},
+};
 use crate::{
     ObjectRef,
     queue::Queue,
@@ -105,37 +107,6 @@ impl IntoResponse for AdminError {
         }
         response
     }
-}
-
-/// One policy as `GET /admin/policies` (and the live stream's snapshot)
-/// shows it: the handler writes it, the CLI and the status page read it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct PolicyView {
-    pub policy: String,
-    pub enabled: bool,
-    pub concurrency: usize,
-    pub queue_limit: u64,
-    pub reason: String,
-    /// Deliveries not yet settled by every agent they go to.
-    pub queued: u64,
-    pub retrying: u64,
-    pub dead_letters: u64,
-    pub agents: Vec<AgentView>,
-}
-
-/// One agent of a [`PolicyView`].
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AgentView {
-    pub name: String,
-    pub url: String,
-    /// The agent's own switch.
-    pub enabled: bool,
-    /// `closed`, `open` or `half_open`.
-    pub circuit: String,
-    /// Deliveries waiting or in flight in its lane.
-    pub queued: u64,
 }
 
 /// Every policy in `namespaces`: effective settings, queue sizes, each
