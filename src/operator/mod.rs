@@ -418,3 +418,6 @@ fn hook_error_policy(whc: Arc<WebhookConfig>, error: &Error, ctx: Arc<Context>) 
 fn error_policy(policy: Arc<AgentPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
     failed(&ctx, "agentpolicy", &kube::ResourceExt::name_any(policy.as_ref()), error, Duration::from_secs(5))
 }
+
+#[cfg(test)]
+mod reconcile_tests;
