@@ -188,8 +188,8 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
     };
     let mut operator_env = shared(&operator_kubeconfig);
     operator_env.push(("HOOKWARDEN_PUBLIC_BASE_URL", j.receiver.clone()));
-    operator_env.push(("HOOKWARDEN_RESYNC_SECONDS", "10".into()));
-    operator_env.push(("HOOKWARDEN_GITHUB_MUTATION_INTERVAL_MS", "200".into()));
+    operator_env.push(("HOOKWARDEN_RESYNC", "10s".into()));
+    operator_env.push(("HOOKWARDEN_GITHUB_MUTATION_INTERVAL", "200ms".into()));
     let vars: Vec<(&str, &str)> = operator_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let operator_listen = format!("127.0.0.1:{}", free_port());
     let mut operator =

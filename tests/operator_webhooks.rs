@@ -30,9 +30,8 @@ const PUBLIC_BASE: &str = "http://127.0.0.1:9/receiver";
 fn start_operator(env: &TestEnv, ns: &TestNamespace, extra: &[&str]) -> (Process, String) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
-    let mut args =
-        vec!["operator", "--listen", &listen, "--public-base-url", PUBLIC_BASE, "--resync-seconds", "2"];
-    args.extend_from_slice(&["--github-mutation-interval-ms", "200"]);
+    let mut args = vec!["operator", "--listen", &listen, "--public-base-url", PUBLIC_BASE, "--resync", "2s"];
+    args.extend_from_slice(&["--github-mutation-interval", "200ms"]);
     args.extend_from_slice(extra);
     let vars = [("HOOKWARDEN_NAMESPACE", ns.name.as_str()), ("POD_NAMESPACE", ns.name.as_str())];
     (Process::start(env, "operator", &args, &vars), format!("http://127.0.0.1:{port}/metrics"))

@@ -34,6 +34,9 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
                     Err(error) => return fail(error),
                 };
             crate::telemetry::init_logging(Some(&traces));
+            for warning in super::serve_args::deprecated(&args.replicas, None) {
+                tracing::warn!("{warning}");
+            }
             let config = config::receiver(args, default_consumer(), crate::PodRef::from_env());
             let code = runtime().block_on(async {
                 match kube::Client::try_default().await {
@@ -196,6 +199,9 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
         }
         Command::Operator(args) => {
             crate::telemetry::init_logging(None);
+            for warning in super::serve_args::deprecated(&args.replicas, Some(&args)) {
+                tracing::warn!("{warning}");
+            }
             let instance = args
                 .instance
                 .clone()

@@ -17,7 +17,7 @@ use crate::{
 use super::{
     admin_client,
     args::AdminAction,
-    serve_args::{OperatorArgs, ReceiverArgs, Recovery},
+    serve_args::{OperatorArgs, ReceiverArgs, Recovery, pick},
 };
 
 /// The receiver's configuration; `default_consumer` names it when
@@ -33,25 +33,25 @@ pub(crate) fn receiver(args: ReceiverArgs, default_consumer: String, pod: Option
         keys_namespace: args.scope.keys_namespace,
         body_limit: args.body_limit,
         consumer,
-        shutdown_grace: Duration::from_secs(args.shutdown_grace_seconds),
-        shutdown_delay: Duration::from_secs(args.shutdown_delay_seconds),
+        shutdown_grace: args.shutdown_grace,
+        shutdown_delay: args.shutdown_delay,
         limits: receiver::ingest::serve::Limits {
-            header_timeout: Duration::from_secs(args.header_timeout_seconds),
-            idle_timeout: Duration::from_secs(args.idle_timeout_seconds),
-            body_timeout: Duration::from_secs(args.body_timeout_seconds),
+            header_timeout: args.header_timeout,
+            idle_timeout: args.idle_timeout,
+            body_timeout: args.body_timeout,
             max_connections: args.max_connections,
             max_in_flight: args.max_in_flight,
             unauthenticated_bytes: args.unauthenticated_body_bytes,
         },
         failures_per_minute: args.failures_per_minute,
         failure_burst: args.failure_burst,
-        replay_window: Duration::from_secs(args.replay_window_seconds),
-        dedup_window: Duration::from_secs(args.dedup.dedup_window_seconds),
+        replay_window: args.replay_window,
+        dedup_window: args.dedup.dedup_window,
         trusted_proxies: args.trusted_proxies,
         github_meta_configmap: args.github_meta_configmap,
         github_meta_allowlist: args.github_meta_allowlist,
         agent_deny: args.agent_deny_cidrs,
-        reclaim_after: Duration::from_secs(args.reclaim_after_seconds),
+        reclaim_after: args.reclaim_after,
         admin_listen: args.admin_listen,
         admin_token: args.admin_token,
         admin_kubernetes_auth: args.admin_kubernetes_auth,
@@ -77,6 +77,16 @@ pub(crate) fn operator(
         Ok(list) => list,
         Err(error) => return Err(format!("--github-api-url: {error}")),
     };
+    let lease_duration =
+        pick(args.lease_duration, args.lease_seconds, Duration::from_secs).unwrap_or(Duration::from_secs(15));
+    if lease_duration < Duration::from_secs(3) {
+        // NB: renewed every third of it; a shorter one would be lost to a GC pause.
+        return Err("--lease-duration must be at least 3s".into());
+    }
+    let redelivery = pick(args.redelivery_interval, args.redelivery_seconds, Duration::from_secs)
+        .unwrap_or(Duration::from_secs(30));
+    let meta_refresh = pick(args.github_meta_refresh, args.github_meta_refresh_seconds, Duration::from_secs)
+        .unwrap_or(Duration::from_secs(3600));
     Ok(OperatorConfig {
         allowed_apis,
         github_limits: crate::github::Limits {
@@ -89,22 +99,27 @@ pub(crate) fn operator(
         redis_url: args.redis_url,
         redis_prefix: args.redis_prefix,
         redis_replicas: args.replicas.get(),
-        dedup_window: Duration::from_secs(args.dedup.dedup_window_seconds),
+        dedup_window: args.dedup.dedup_window,
         listen: args.listen,
         instance,
         pod,
         public_base_url: args.public_base_url,
-        resync: Duration::from_secs(args.resync_seconds),
+        resync: pick(args.resync, args.resync_seconds, Duration::from_secs)
+            .unwrap_or(Duration::from_secs(300)),
         lease_namespace: args.lease_namespace.clone(),
-        lease_duration: Duration::from_secs(args.lease_seconds.max(3)),
-        redelivery_interval: (args.redelivery_seconds > 0)
-            .then(|| Duration::from_secs(args.redelivery_seconds)),
+        lease_duration,
+        redelivery_interval: Some(redelivery).filter(|d| !d.is_zero()),
         recovery,
-        mutation_interval: Duration::from_millis(args.github_mutation_interval_ms),
-        meta: (args.github_meta_refresh_seconds > 0).then(|| operator::meta::MetaConfig {
+        mutation_interval: pick(
+            args.github_mutation_interval,
+            args.github_mutation_interval_ms,
+            Duration::from_millis,
+        )
+        .unwrap_or(Duration::from_secs(1)),
+        meta: Some(meta_refresh).filter(|d| !d.is_zero()).map(|refresh| operator::meta::MetaConfig {
             namespace: args.lease_namespace.clone(),
             configmap: args.github_meta_configmap,
-            refresh: Duration::from_secs(args.github_meta_refresh_seconds),
+            refresh,
         }),
     })
 }
@@ -196,21 +211,92 @@ mod tests {
     }
 
     #[test]
+    fn times_are_durations_and_the_old_names_with_units_still_work_and_say_so() {
+        let op = |args: &[&str]| operator(operator_args(args), "op".into(), None);
+        // (resync, mutation interval, redelivery interval, lease), in seconds and ms.
+        let times = |resync: u64, mutation_ms: u64, redelivery: Option<u64>, lease: u64| {
+            let s = Duration::from_secs;
+            (s(resync), Duration::from_millis(mutation_ms), redelivery.map(s), s(lease))
+        };
+        let new = ["--resync", "90s", "--github-mutation-interval", "250ms", "--redelivery-interval", "0s"];
+        let old =
+            ["--resync-seconds", "2", "--github-mutation-interval-ms", "200", "--redelivery-seconds", "5"];
+        let cases: [(&[&str], _); 5] = [
+            (&[], times(300, 1000, Some(30), 15)),
+            (&new, times(90, 250, None, 15)),
+            (&old, times(2, 200, Some(5), 15)),
+            (&["--lease-duration", "1m"], times(300, 1000, Some(30), 60)),
+            (
+                &["--resync", "1h30m", "--resync-seconds", "2", "--lease-seconds", "4"],
+                times(5400, 1000, Some(30), 4),
+            ),
+        ];
+        for (args, want) in cases {
+            let c = op(args).unwrap();
+            assert_eq!(
+                (c.resync, c.mutation_interval, c.redelivery_interval, c.lease_duration),
+                want,
+                "{args:?}"
+            );
+        }
+        let old = operator_args(&["--resync-seconds", "2", "--github-meta-refresh-seconds", "1"]);
+        let said = crate::cli::serve_args::deprecated(&old.replicas, Some(&old)).join("\n");
+        assert!(said.contains("--resync-seconds") && said.contains("use --resync"), "{said}");
+        assert!(said.contains("--github-meta-refresh-seconds"), "{said}");
+        let new = operator_args(&["--resync", "2s"]);
+        assert!(crate::cli::serve_args::deprecated(&new.replicas, Some(&new)).is_empty());
+        assert!(
+            op(&["--lease-duration", "2s"]).unwrap_err().contains("at least 3s"),
+            "a lease too short is refused"
+        );
+        assert!(op(&["--github-meta-refresh", "0s"]).unwrap().meta.is_none(), "0s turns it off");
+        // The receiver's times: a duration, or a bare number of seconds as the old flags took.
+        let Command::Receiver(args) = parse(&[
+            "receiver",
+            "--redis-url",
+            "redis://r",
+            "--shutdown-grace",
+            "1m",
+            "--body-timeout-seconds",
+            "7",
+            "--replay-window",
+            "0s",
+        ]) else {
+            unreachable!()
+        };
+        let c = receiver(args, "r".into(), None);
+        assert_eq!(
+            (c.shutdown_grace, c.limits.body_timeout, c.replay_window),
+            (Duration::from_secs(60), Duration::from_secs(7), Duration::ZERO)
+        );
+        for bad in [
+            &["receiver", "--redis-url", "r", "--body-timeout", "0s"][..],
+            &["receiver", "--redis-url", "r", "--idle-timeout", "soon"],
+        ] {
+            assert!(
+                Cli::try_parse_from(std::iter::once("hookwarden").chain(bad.iter().copied())).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
     fn a_zero_where_one_is_the_least_is_refused_not_raised() {
         let cases: [&[&str]; 7] = [
-            &["receiver", "--header-timeout-seconds", "0"],
-            &["receiver", "--idle-timeout-seconds", "0"],
+            &["receiver", "--header-timeout", "0"],
+            &["receiver", "--idle-timeout", "0s"],
             &["receiver", "--body-timeout-seconds", "0"],
             &["receiver", "--max-connections", "0"],
             &["receiver", "--max-in-flight", "0"],
             &["operator", "--github-max-pages", "0"],
-            &["operator", "--resync-seconds", "0"],
+            &["operator", "--resync", "0s"],
         ];
         for args in cases {
             let argv = std::iter::once("hookwarden").chain(args.iter().copied());
             let error =
                 Cli::try_parse_from(argv).err().unwrap_or_else(|| panic!("{args:?} accepted")).to_string();
-            assert!(error.contains(args[1]) && error.contains('0'), "{args:?}: {error}");
+            let flag = args[1].trim_end_matches("-seconds");
+            assert!(error.contains(flag) && error.contains('0'), "{args:?}: {error}");
         }
         parse(&[
             "receiver",

@@ -1,5 +1,12 @@
 //! The flags of `hookwarden operator` and `hookwarden receiver`, and the
 //! groups they share (Redis replicas, the de-duplication window, the scope).
+//!
+//! Times are durations as the custom resources write them (`90s`, `15m`,
+//! `1h30m`, `250ms`); a bare number is seconds, as these flags took before.
+//! A flag's environment variable is its name: `--resync` is
+//! `HOOKWARDEN_RESYNC`. The older names that carried a unit
+//! (`--resync-seconds`, `HOOKWARDEN_GITHUB_MUTATION_INTERVAL_MS`, ...) still
+//! work, hidden, and say they are deprecated ([`deprecated`]).
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -13,9 +20,13 @@ pub(crate) struct ReplicaArgs {
     /// acknowledged delivery; a delivery the replicas miss gets a 503.
     #[arg(long, env = "HOOKWARDEN_REDIS_REPLICAS", default_value_t = 0)]
     pub(crate) redis_replicas: u32,
-    /// How long to wait for those replicas, in milliseconds.
-    #[arg(long, env = "HOOKWARDEN_REDIS_REPLICA_TIMEOUT_MS", default_value_t = 1000)]
-    pub(crate) redis_replica_timeout_ms: u64,
+    /// How long to wait for those replicas, as a duration (`1s`, `500ms`)
+    /// [default: 1s].
+    #[arg(long, env = "HOOKWARDEN_REDIS_REPLICA_TIMEOUT", value_parser = duration)]
+    pub(crate) redis_replica_timeout: Option<Duration>,
+    /// Deprecated: --redis-replica-timeout in milliseconds.
+    #[arg(long, env = "HOOKWARDEN_REDIS_REPLICA_TIMEOUT_MS", hide = true)]
+    pub(crate) redis_replica_timeout_ms: Option<u64>,
 }
 
 /// How long delivery GUIDs are remembered; the operator (which queues what
@@ -25,14 +36,15 @@ pub(crate) struct DedupArgs {
     /// How long a delivery GUID is remembered: GitHub's redelivery of it (or
     /// a client's retry) within it is answered 200 and queued once. GitHub
     /// redelivers for 3 days.
-    #[arg(long, env = "HOOKWARDEN_DEDUP_WINDOW", default_value_t = 3 * 24 * 3600,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub(crate) dedup_window_seconds: u64,
+    #[arg(long, alias = "dedup-window-seconds", env = "HOOKWARDEN_DEDUP_WINDOW", default_value = "72h",
+          value_parser = positive_duration)]
+    pub(crate) dedup_window: Duration,
 }
 
 impl ReplicaArgs {
     pub(crate) fn get(&self) -> (u32, Duration) {
-        (self.redis_replicas, Duration::from_millis(self.redis_replica_timeout_ms))
+        let timeout = pick(self.redis_replica_timeout, self.redis_replica_timeout_ms, Duration::from_millis);
+        (self.redis_replicas, timeout.unwrap_or(Duration::from_secs(1)))
     }
 }
 
@@ -79,36 +91,53 @@ pub(crate) struct OperatorArgs {
     /// without spec.url delivers to {base}/hooks/{namespace}/{name}.
     #[arg(long, env = "HOOKWARDEN_PUBLIC_BASE_URL")]
     pub(crate) public_base_url: Option<String>,
-    /// Seconds between checks of every hook against GitHub (drift repair).
-    #[arg(long, env = "HOOKWARDEN_RESYNC_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
-    pub(crate) resync_seconds: u64,
+    /// Time between checks of every hook against GitHub (drift repair)
+    /// [default: 5m].
+    #[arg(long, env = "HOOKWARDEN_RESYNC", value_parser = positive_duration)]
+    pub(crate) resync: Option<Duration>,
+    /// Deprecated: --resync in seconds.
+    #[arg(long, env = "HOOKWARDEN_RESYNC_SECONDS", hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) resync_seconds: Option<u64>,
     /// Namespace of the leader-election Lease, where the receivers also
     /// report their loaded keys (default: the pod's namespace, else `default`).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub(crate) lease_namespace: String,
-    /// Seconds a leader's Lease stays valid without renewal.
-    #[arg(long, env = "HOOKWARDEN_LEASE_SECONDS", default_value_t = 15)]
-    pub(crate) lease_seconds: u64,
-    /// Seconds between recovery passes over each hook's failed deliveries
-    /// (0: off). A pass with nothing new costs no GitHub budget (a 304); a
-    /// failed latest delivery on GitHub starts one early.
-    #[arg(long, env = "HOOKWARDEN_REDELIVERY_SECONDS", default_value_t = 30)]
-    pub(crate) redelivery_seconds: u64,
+    /// How long a leader's Lease stays valid without renewal [default: 15s].
+    #[arg(long, env = "HOOKWARDEN_LEASE_DURATION", value_parser = positive_duration)]
+    pub(crate) lease_duration: Option<Duration>,
+    /// Deprecated: --lease-duration in seconds.
+    #[arg(long, env = "HOOKWARDEN_LEASE_SECONDS", hide = true)]
+    pub(crate) lease_seconds: Option<u64>,
+    /// Time between recovery passes over each hook's failed deliveries
+    /// (`0s`: off) [default: 30s]. A pass with nothing new costs no GitHub
+    /// budget (a 304); a failed latest delivery on GitHub starts one early.
+    #[arg(long, env = "HOOKWARDEN_REDELIVERY_INTERVAL", value_parser = duration)]
+    pub(crate) redelivery_interval: Option<Duration>,
+    /// Deprecated: --redelivery-interval in seconds.
+    #[arg(long, env = "HOOKWARDEN_REDELIVERY_SECONDS", hide = true)]
+    pub(crate) redelivery_seconds: Option<u64>,
     /// How failed deliveries are recovered: `fetch` reads each from GitHub's
     /// API and queues it in Redis (works while GitHub cannot reach the
     /// receivers; needs --redis-url), `redeliver` asks GitHub to send it
     /// again (one a second); `auto` fetches when Redis is configured.
     #[arg(long, env = "HOOKWARDEN_RECOVERY", value_enum, default_value_t = Recovery::Auto)]
     pub(crate) recovery: Recovery,
-    /// Milliseconds between two mutating GitHub calls with the same
-    /// credentials (GitHub asks for at least 1 s).
-    #[arg(long, env = "HOOKWARDEN_GITHUB_MUTATION_INTERVAL_MS", default_value_t = 1000)]
-    pub(crate) github_mutation_interval_ms: u64,
-    /// Seconds between reads of GitHub's hook source ranges (`GET /meta`,
+    /// Time between two mutating GitHub calls with the same credentials
+    /// (GitHub asks for at least 1 s) [default: 1s].
+    #[arg(long, env = "HOOKWARDEN_GITHUB_MUTATION_INTERVAL", value_parser = duration)]
+    pub(crate) github_mutation_interval: Option<Duration>,
+    /// Deprecated: --github-mutation-interval in milliseconds.
+    #[arg(long, env = "HOOKWARDEN_GITHUB_MUTATION_INTERVAL_MS", hide = true)]
+    pub(crate) github_mutation_interval_ms: Option<u64>,
+    /// Time between reads of GitHub's hook source ranges (`GET /meta`,
     /// conditional) for each API URL in use, published in the ConfigMap
-    /// --github-meta-configmap for the receivers' allowlist; 0: off.
-    #[arg(long, env = "HOOKWARDEN_GITHUB_META_REFRESH_SECONDS", default_value_t = 3600)]
-    pub(crate) github_meta_refresh_seconds: u64,
+    /// --github-meta-configmap for the receivers' allowlist; `0s`: off
+    /// [default: 1h].
+    #[arg(long, env = "HOOKWARDEN_GITHUB_META_REFRESH", value_parser = duration)]
+    pub(crate) github_meta_refresh: Option<Duration>,
+    /// Deprecated: --github-meta-refresh in seconds.
+    #[arg(long, env = "HOOKWARDEN_GITHUB_META_REFRESH_SECONDS", hide = true)]
+    pub(crate) github_meta_refresh_seconds: Option<u64>,
     /// The ConfigMap (in the pod's namespace) with GitHub's hook ranges.
     #[arg(long, env = "HOOKWARDEN_GITHUB_META_CONFIGMAP", default_value = crate::github::meta::DEFAULT_CONFIGMAP)]
     pub(crate) github_meta_configmap: String,
@@ -156,27 +185,27 @@ pub(crate) struct ReceiverArgs {
     /// else the host name).
     #[arg(long)]
     pub(crate) consumer: Option<String>,
-    /// Seconds in-flight dispatches may take to finish on SIGTERM.
-    #[arg(long, env = "HOOKWARDEN_SHUTDOWN_GRACE", default_value_t = 25)]
-    pub(crate) shutdown_grace_seconds: u64,
-    /// Seconds between SIGTERM and closing the webhook listener: not ready,
+    /// Time in-flight dispatches may take to finish on SIGTERM.
+    #[arg(long, alias = "shutdown-grace-seconds", env = "HOOKWARDEN_SHUTDOWN_GRACE", default_value = "25s", value_parser = duration)]
+    pub(crate) shutdown_grace: Duration,
+    /// Time between SIGTERM and closing the webhook listener: not ready,
     /// still accepting, while Kubernetes takes the pod out of the Service;
     /// longer while deliveries still arrive (until none for a second, at
     /// most twice this).
-    #[arg(long, env = "HOOKWARDEN_SHUTDOWN_DELAY", default_value_t = 5)]
-    pub(crate) shutdown_delay_seconds: u64,
-    /// Seconds a client has to send a request's headers, counted from the
+    #[arg(long, alias = "shutdown-delay-seconds", env = "HOOKWARDEN_SHUTDOWN_DELAY", default_value = "5s", value_parser = duration)]
+    pub(crate) shutdown_delay: Duration,
+    /// Time a client has to send a request's headers, counted from the
     /// request's first byte.
-    #[arg(long, env = "HOOKWARDEN_HEADER_TIMEOUT", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
-    pub(crate) header_timeout_seconds: u64,
-    /// Seconds a kept-alive connection may stay idle between requests: longer
+    #[arg(long, alias = "header-timeout-seconds", env = "HOOKWARDEN_HEADER_TIMEOUT", default_value = "5s", value_parser = positive_duration)]
+    pub(crate) header_timeout: Duration,
+    /// Time a kept-alive connection may stay idle between requests: longer
     /// than a load balancer in front keeps its idle connections (60 s for AWS
     /// ALB and ingress-nginx, 600 s for Google's), or its requests race the close.
-    #[arg(long, env = "HOOKWARDEN_IDLE_TIMEOUT", default_value_t = 620, value_parser = clap::value_parser!(u64).range(1..))]
-    pub(crate) idle_timeout_seconds: u64,
-    /// Seconds a client has to send a delivery's body (then 408).
-    #[arg(long, env = "HOOKWARDEN_BODY_TIMEOUT", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
-    pub(crate) body_timeout_seconds: u64,
+    #[arg(long, alias = "idle-timeout-seconds", env = "HOOKWARDEN_IDLE_TIMEOUT", default_value = "620s", value_parser = positive_duration)]
+    pub(crate) idle_timeout: Duration,
+    /// Time a client has to send a delivery's body (then 408).
+    #[arg(long, alias = "body-timeout-seconds", env = "HOOKWARDEN_BODY_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub(crate) body_timeout: Duration,
     /// Open connections on the webhook port; one more is answered 503 and closed.
     #[arg(long, env = "HOOKWARDEN_MAX_CONNECTIONS", default_value_t = 4096, value_parser = at_least_one)]
     pub(crate) max_connections: usize,
@@ -205,9 +234,9 @@ pub(crate) struct ReceiverArgs {
     pub(crate) failure_burst: u32,
     /// How long a queued body is remembered: the same signed body under
     /// another X-GitHub-Delivery within it is refused as a replay (409);
-    /// 0 turns the check off.
-    #[arg(long, env = "HOOKWARDEN_REPLAY_WINDOW", default_value_t = 3 * 24 * 3600)]
-    pub(crate) replay_window_seconds: u64,
+    /// `0s` turns the check off.
+    #[arg(long, alias = "replay-window-seconds", env = "HOOKWARDEN_REPLAY_WINDOW", default_value = "72h", value_parser = duration)]
+    pub(crate) replay_window: Duration,
     /// Comma-separated CIDRs of proxies whose X-Forwarded-For names the source.
     #[arg(long, env = "HOOKWARDEN_TRUSTED_PROXIES", value_delimiter = ',')]
     pub(crate) trusted_proxies: Vec<ipnet::IpNet>,
@@ -236,10 +265,10 @@ pub(crate) struct ReceiverArgs {
     /// acts on its own namespaces only.
     #[arg(long, env = "HOOKWARDEN_ADMIN_KUBERNETES_AUTH")]
     pub(crate) admin_kubernetes_auth: bool,
-    /// Seconds beyond the slowest agent's timeout after which a crashed
+    /// Time beyond the slowest agent's timeout after which a crashed
     /// replica's unacknowledged deliveries are taken over.
-    #[arg(long, env = "HOOKWARDEN_RECLAIM_AFTER", default_value_t = 15)]
-    pub(crate) reclaim_after_seconds: u64,
+    #[arg(long, alias = "reclaim-after-seconds", env = "HOOKWARDEN_RECLAIM_AFTER", default_value = "15s", value_parser = duration)]
+    pub(crate) reclaim_after: Duration,
     /// OTLP/HTTP endpoint for the traces of deliveries, e.g.
     /// http://otel-collector:4318 (unset: trace ids are made for logs and
     /// agents, nothing is exported).
@@ -255,4 +284,62 @@ fn at_least_one(text: &str) -> Result<usize, String> {
         Ok(n) => Ok(n),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// A duration as the custom resources write them (`90s`, `15m`, `1h30m`,
+/// `250ms`), or a bare number of seconds.
+pub(crate) fn duration(text: &str) -> Result<Duration, String> {
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    text.parse::<crate::api::Duration>().map(|d| d.get()).map_err(|e| e.to_string())
+}
+
+/// A [`duration`] longer than zero.
+fn positive_duration(text: &str) -> Result<Duration, String> {
+    match duration(text)? {
+        Duration::ZERO => Err("must be longer than 0".into()),
+        d => Ok(d),
+    }
+}
+
+/// The new flag's value, else the deprecated one's in its old unit.
+pub(crate) fn pick(new: Option<Duration>, old: Option<u64>, unit: fn(u64) -> Duration) -> Option<Duration> {
+    new.or(old.map(unit))
+}
+
+/// The deprecated flags (or environment variables) given, each with the
+/// one to use instead: said once at start.
+pub(crate) fn deprecated(replicas: &ReplicaArgs, operator: Option<&OperatorArgs>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut note = |given: bool, old: &str, new: &str| {
+        if given {
+            out.push(format!("{old} is deprecated: use {new} (a duration such as 90s, 15m, 1h30m)"));
+        }
+    };
+    note(
+        replicas.redis_replica_timeout_ms.is_some(),
+        "--redis-replica-timeout-ms (HOOKWARDEN_REDIS_REPLICA_TIMEOUT_MS)",
+        "--redis-replica-timeout",
+    );
+    if let Some(o) = operator {
+        note(o.resync_seconds.is_some(), "--resync-seconds (HOOKWARDEN_RESYNC_SECONDS)", "--resync");
+        note(o.lease_seconds.is_some(), "--lease-seconds (HOOKWARDEN_LEASE_SECONDS)", "--lease-duration");
+        note(
+            o.redelivery_seconds.is_some(),
+            "--redelivery-seconds (HOOKWARDEN_REDELIVERY_SECONDS)",
+            "--redelivery-interval",
+        );
+        note(
+            o.github_mutation_interval_ms.is_some(),
+            "--github-mutation-interval-ms (HOOKWARDEN_GITHUB_MUTATION_INTERVAL_MS)",
+            "--github-mutation-interval",
+        );
+        note(
+            o.github_meta_refresh_seconds.is_some(),
+            "--github-meta-refresh-seconds (HOOKWARDEN_GITHUB_META_REFRESH_SECONDS)",
+            "--github-meta-refresh",
+        );
+    }
+    out
 }

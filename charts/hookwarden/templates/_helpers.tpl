@@ -90,8 +90,8 @@ seccompProfile:
   value: {{ printf "%s-github-meta" (include "hookwarden.fullname" .) | quote }}
 - name: HOOKWARDEN_REDIS_REPLICAS
   value: {{ .Values.redis.ackReplicas | int64 | quote }}
-- name: HOOKWARDEN_REDIS_REPLICA_TIMEOUT_MS
-  value: {{ .Values.redis.ackTimeoutMs | int64 | quote }}
+- name: HOOKWARDEN_REDIS_REPLICA_TIMEOUT
+  value: {{ printf "%dms" (.Values.redis.ackTimeoutMs | int64) | quote }}
 - name: RUST_LOG
   value: {{ .Values.logLevel | quote }}
 {{- end -}}
