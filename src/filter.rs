@@ -1,6 +1,10 @@
 //! CEL filters: which deliveries an agent gets, beyond its `events` and
 //! `repositories`.
 //!
+//! Over 400 lines: compiling with its bounds (a tenant's expression in a
+//! shared process), the variables a delivery binds, and their tests, which
+//! are most of it.
+//!
 //! A filter is a CEL expression over the delivery's headers (`event`,
 //! `action`, `delivery`, `hook`, `repository`) and its whole payload
 //! (`body`), true for the deliveries the agent wants:

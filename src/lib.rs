@@ -43,7 +43,7 @@
 //! | kill switch and concurrency | `operator::agent_policy::effective_status` → status → `receiver::registry` → the worker | `effective_status`, `worker::free_slots` |
 //! | leader election | `operator::leader` | — |
 //! | live view: stream, status page | `receiver::admin::stream::stream` (SSE), `receiver::admin::ui` (the page, `ui/`) | `stream::Cursor`, `stream::changes`, `SseParser` |
-//! | forward to a laptop | `cli::forward::Forward::run` ← `receiver::admin::stream::tap` (with `--since`: the history first) ← the tap written by `enqueue.lua` | `forward::outgoing` |
+//! | forward to a laptop | `cli::forward::Forward::run` ← `receiver::admin::tap::tap` (with `--since`: the history first) ← the tap written by `enqueue.lua` | `forward::outgoing` |
 //! | traces of a delivery | spans in `http::ingest`, `accept` (enqueue), `Dispatcher::process` (route, dispatch) and `call`; `trace` carries the context | — |
 //!
 //! # Where each team's boundary is kept (tenancy)

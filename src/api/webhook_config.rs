@@ -1,5 +1,9 @@
 //! `WebhookConfig`: a GitHub webhook on a repository or an organization, or
 //! one on each of a list of repositories.
+//!
+//! Over 400 lines: the resource's spec and status types, documented field by
+//! field (the CRD, `kubectl explain` and docs/crd-reference.md are generated
+//! from these comments), and their CEL rules.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};

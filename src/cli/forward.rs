@@ -17,7 +17,7 @@
 use std::time::Duration;
 
 use super::{admin_client::CallError, sse};
-use crate::{ObjectRef, receiver::admin::stream::Tapped, signature};
+use crate::{ObjectRef, receiver::admin::tap::Tapped, signature};
 
 /// How long a delivery waits before it is offered again to a local agent that is down.
 pub const RETRY: Duration = Duration::from_secs(1);

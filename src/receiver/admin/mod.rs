@@ -25,6 +25,7 @@ pub mod access;
 pub mod replay;
 pub mod state;
 pub mod stream;
+pub mod tap;
 pub mod ui;
 pub mod wire;
 
@@ -62,7 +63,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/deliveries", get(deliveries))
         .route("/admin/hooks", get(hooks))
         .route("/admin/stream", get(stream::stream))
-        .route("/admin/policies/{ns}/{name}/tap", get(stream::tap))
+        .route("/admin/policies/{ns}/{name}/tap", get(tap::tap))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .merge(ui::router())
         .with_state(state)

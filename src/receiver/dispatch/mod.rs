@@ -1,13 +1,21 @@
-//! Workers: read a policy's queue through the consumer group and deliver each
-//! event, as a CloudEvent, to every agent of the policy that wants it.
+//! Dispatch: a router per policy reads its queue through the consumer group,
+//! applies the filters and puts a reference into the lane of every agent
+//! the delivery is for (`worker`); each lane sends it, as a CloudEvent, to
+//! its agent (`Dispatcher::process`, `Dispatcher::call`).
 //!
-//! One worker per AgentPolicy. It obeys the policy's effective settings live:
-//! with `enabled: false` it dispatches nothing (what it already read is held,
-//! not lost); the number of dispatches in flight follows `concurrency` as it
-//! changes. Each agent has its own timeout and circuit breaker, and agents are
-//! called concurrently, so one failing agent never holds up another. An entry
-//! is settled (acknowledged) only once every matching agent has succeeded, has
-//! a retry scheduled in Redis, or has a dead letter, all in one atomic step.
+//! Everything obeys the policy's effective settings live: with `enabled:
+//! false` nothing is sent (what was read is held, not lost); calls in flight
+//! follow `concurrency` as it changes, per agent. Each agent has its own
+//! lane, timeout, limits ([`crate::queue::limits`]), circuit breaker
+//! ([`breaker`]), retries ([`backoff`]) and dead letters, so one failing
+//! agent never holds up another. An entry is settled (acknowledged) only
+//! once its agent succeeded, has a retry scheduled in Redis, or has a dead
+//! letter, in one atomic step ([`settle()`]).
+//!
+//! Over 400 lines: the dispatcher's one call path (payload read once for all
+//! lanes, credentials, signatures, destinations, the call, its outcome) with
+//! the breaker and pruning state it keeps; the pure pieces are in the
+//! submodules and `settle`.
 
 use std::{
     collections::HashMap,
