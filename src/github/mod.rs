@@ -565,25 +565,14 @@ impl Client {
         }
         let bytes = read_capped(res, self.shared.limits.max_response_bytes).await?;
         let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        // NB: a message shows in conditions and Events: kept short whoever wrote it.
-        let message = short(body["message"].as_str().unwrap_or(""));
-        let limited = |until: i64| {
-            *self.account.blocked_until.lock().unwrap() = until;
-            Err(Error::RateLimited { until })
-        };
-        match status.as_u16() {
-            200..=299 | 304 => Ok((status, headers, body)),
-            401 => Err(Error::BadCredentials),
-            403 | 429 if num("retry-after").is_some() => {
-                limited(now_secs() + num("retry-after").unwrap_or(60))
+        let path = url.trim_start_matches(&self.api_url);
+        match classify(status.as_u16(), &headers, &body, path, now_secs()) {
+            Ok(()) => Ok((status, headers, body)),
+            Err(Error::RateLimited { until }) => {
+                *self.account.blocked_until.lock().unwrap() = until;
+                Err(Error::RateLimited { until })
             }
-            403 | 429 if num("x-ratelimit-remaining") == Some(0) => {
-                limited(num("x-ratelimit-reset").unwrap_or(now_secs() + 60))
-            }
-            403 => Err(Error::Forbidden(message)),
-            404 => Err(Error::NotFound(url.trim_start_matches(&self.api_url).to_owned())),
-            422 => Err(Error::Invalid(message)),
-            other => Err(Error::Unexpected { status: other }),
+            Err(error) => Err(error),
         }
     }
 
@@ -746,6 +735,37 @@ impl Client {
 // (`fuzz/fuzz_targets/github_answers.rs`): whatever a server answers, an
 // error, never a panic.
 
+/// What GitHub's answer to a call on `path` means, from its status and
+/// headers (and the body's `message`) at `now`: usable, or which error. A
+/// rate limit (`retry-after`, or a spent budget) names when calls on the
+/// account may start again. (A body that does not parse as what was asked
+/// is [`Error::BadAnswer`], found by [`parse`], not here.)
+pub fn classify(
+    status: u16,
+    headers: &header::HeaderMap,
+    body: &Value,
+    path: &str,
+    now: i64,
+) -> Result<(), Error> {
+    let num = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()?.trim().parse::<i64>().ok());
+    // NB: a message shows in conditions and Events: kept short whoever wrote it.
+    let message = || short(body["message"].as_str().unwrap_or(""));
+    match status {
+        200..=299 | 304 => Ok(()),
+        401 => Err(Error::BadCredentials),
+        403 | 429 if num("retry-after").is_some() => {
+            Err(Error::RateLimited { until: now + num("retry-after").unwrap_or(60).clamp(1, 3600) })
+        }
+        403 | 429 if num("x-ratelimit-remaining") == Some(0) => {
+            Err(Error::RateLimited { until: num("x-ratelimit-reset").unwrap_or(now + 60) })
+        }
+        403 => Err(Error::Forbidden(message())),
+        404 => Err(Error::NotFound(path.to_owned())),
+        422 => Err(Error::Invalid(message())),
+        other => Err(Error::Unexpected { status: other }),
+    }
+}
+
 /// An answer's JSON body as `T` (a hook, a list of hooks, a deliveries page).
 pub fn parse<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, Error> {
     serde_json::from_value(body).map_err(|e| Error::BadAnswer(short(e)))
@@ -839,6 +859,47 @@ mod tests {
         cache.remove("a");
         assert_eq!(cache.size(), (40, 2));
         assert!(cache.get("a").is_none());
+    }
+
+    #[test]
+    fn what_an_answer_means() {
+        const NOW: i64 = 1_800_000_000;
+        let h = |pairs: &[(&'static str, &str)]| {
+            let mut map = header::HeaderMap::new();
+            for (k, v) in pairs {
+                map.insert(*k, v.parse().unwrap());
+            }
+            map
+        };
+        let body = json!({ "message": "Validation Failed: Hook already exists" });
+        let cases: Vec<(u16, header::HeaderMap, Result<(), Error>)> = vec![
+            (200, h(&[]), Ok(())),
+            (304, h(&[]), Ok(())),
+            (401, h(&[]), Err(Error::BadCredentials)),
+            (403, h(&[("retry-after", "30")]), Err(Error::RateLimited { until: NOW + 30 })),
+            (429, h(&[("retry-after", "999999")]), Err(Error::RateLimited { until: NOW + 3600 })),
+            (
+                403,
+                h(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1800000500")]),
+                Err(Error::RateLimited { until: 1_800_000_500 }),
+            ),
+            (
+                403,
+                h(&[("x-ratelimit-remaining", "12")]),
+                Err(Error::Forbidden("Validation Failed: Hook already exists".into())),
+            ),
+            (404, h(&[]), Err(Error::NotFound("/repos/o/r/hooks".into()))),
+            (422, h(&[]), Err(Error::Invalid("Validation Failed: Hook already exists".into()))),
+            (502, h(&[]), Err(Error::Unexpected { status: 502 })),
+        ];
+        for (status, headers, want) in cases {
+            let got = classify(status, &headers, &body, "/repos/o/r/hooks", NOW);
+            assert_eq!(format!("{got:?}"), format!("{want:?}"), "HTTP {status} {headers:?}");
+        }
+        assert!(
+            matches!(parse::<Hook>(json!({"id": "not a number"})), Err(Error::BadAnswer(_))),
+            "not retried as a network fault"
+        );
     }
 
     #[test]
