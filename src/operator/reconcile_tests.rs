@@ -162,3 +162,69 @@ async fn an_agent_policy_gets_its_effective_settings_and_an_event_when_dispatch_
     assert!(filters.contains("good") && filters.contains("bad"), "both agents' filters reported: {filters}");
     assert_eq!(seen[1].2["reason"], "DispatchEnabled", "{:#}", seen[1].2);
 }
+
+#[tokio::test]
+async fn a_new_webhook_config_gets_the_finalizer_before_anything_is_sent_to_github() {
+    let mut whc = webhook_config("https://api.github.com");
+    whc.metadata.finalizers = None;
+    let object = serde_json::to_value(&whc).unwrap();
+    let (client, seen) = apiserver(vec![("PATCH", WHC.into(), 200, object)]);
+    let ctx = context(client, &["https://api.github.com"]);
+    webhook_config::reconcile(Arc::new(whc), ctx).await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1, "only the finalizer: {seen:#?}");
+    assert!(seen[0].2.to_string().contains(webhook_config::FINALIZER), "{:#}", seen[0].2);
+}
+
+#[tokio::test]
+async fn a_deletion_without_credentials_keeps_the_finalizer_and_says_what_to_do() {
+    let mut whc = webhook_config("https://api.github.com");
+    whc.metadata.deletion_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()));
+    whc.status = Some(crate::api::WebhookConfigStatus { hook_id: Some(4), ..Default::default() });
+    let object = serde_json::to_value(&whc).unwrap();
+    let gone = json!({ "kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+        "code": 404, "message": "secrets \"github-token\" not found" });
+    let (client, seen) = apiserver(vec![
+        ("GET", "/api/v1/namespaces/team/secrets/github-token".into(), 404, gone),
+        ("PATCH", format!("{WHC}/status"), 200, object),
+        ("POST", EVENTS.into(), 201, json!({})),
+    ]);
+    let ctx = context(client, &["https://api.github.com"]);
+    assert!(webhook_config::reconcile(Arc::new(whc), ctx).await.is_err(), "retried later");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 3, "{seen:#?}");
+    assert!(
+        seen.iter().all(|(m, p, _)| !(m == "PATCH" && p == WHC)),
+        "the finalizer stays: the hook still delivers"
+    );
+    let (reason, message) = ready_of(&seen[1].2);
+    assert_eq!(reason, "DeletionBlocked");
+    assert!(
+        message.contains("hook 4")
+            && message.contains("github-token")
+            && message.contains(webhook_config::FINALIZER),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn an_agent_policy_whose_status_is_current_is_not_written_again() {
+    let mut policy: AgentPolicy = serde_json::from_value(json!({
+        "apiVersion": "hookwarden.io/v1alpha1", "kind": "AgentPolicy",
+        "metadata": { "name": "agents", "namespace": "team", "uid": "u-2", "generation": 3 },
+        "spec": { "concurrency": 2, "agents": [{ "name": "a", "url": "http://a/" }] }
+    }))
+    .unwrap();
+    let object = serde_json::to_value(&policy).unwrap();
+    let path = "/apis/hookwarden.io/v1alpha1/namespaces/team/agentpolicies/agents/status";
+    let (client, seen) =
+        apiserver(vec![("PATCH", path.into(), 200, object), ("POST", EVENTS.into(), 201, json!({}))]);
+    agent_policy::reconcile(Arc::new(policy.clone()), context(client, &[])).await.unwrap();
+    let written = seen.lock().unwrap()[0].2["status"].clone();
+    policy.status = Some(serde_json::from_value(written).unwrap());
+    // The same policy with that status: nothing to say, nothing sent.
+    let (client, seen) = apiserver(vec![]);
+    agent_policy::reconcile(Arc::new(policy), context(client, &[])).await.unwrap();
+    assert!(seen.lock().unwrap().is_empty(), "{:#?}", seen.lock().unwrap());
+}
