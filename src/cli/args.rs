@@ -59,7 +59,7 @@ pub(crate) enum Command {
         token: Option<String>,
         /// The AgentPolicy whose deliveries to forward (NAMESPACE/NAME).
         #[arg(long)]
-        policy: String,
+        policy: ObjectRef,
         /// The local agent's URL, e.g. http://localhost:3000/webhook.
         #[arg(long)]
         to: String,
@@ -131,12 +131,12 @@ pub(crate) enum AdminAction {
     /// Every policy: effective settings, queue sizes, circuits.
     Policies,
     /// Set an AgentPolicy's spec.enabled to true (NAMESPACE/NAME).
-    Enable { policy: String },
+    Enable { policy: ObjectRef },
     /// Set an AgentPolicy's spec.enabled to false (NAMESPACE/NAME): the kill switch.
-    Disable { policy: String },
+    Disable { policy: ObjectRef },
     /// List a policy's dead letters.
     DeadLetters {
-        policy: String,
+        policy: ObjectRef,
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
@@ -146,7 +146,7 @@ pub(crate) enum AdminAction {
     /// filters send each delivery to; the original GUID is the ce-id.
     Replay {
         /// NAMESPACE/NAME of the policy holding the dead letter.
-        policy: Option<String>,
+        policy: Option<ObjectRef>,
         /// The dead letter's ID.
         id: Option<String>,
         /// The policy whose history to replay, NAMESPACE/NAME.
@@ -172,7 +172,7 @@ pub(crate) enum AdminAction {
         dry_run: bool,
     },
     /// Delete all of a policy's dead letters.
-    Purge { policy: String },
+    Purge { policy: ObjectRef },
     /// Follow deliveries, policy switches and circuits live (until Ctrl-C);
     /// reconnects without missing or repeating a delivery.
     Tail {

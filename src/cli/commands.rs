@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use crate::{
-    ObjectRef, operator,
+    operator,
     receiver::{self, admin::access::kubeconfig_token},
 };
 
@@ -83,10 +83,6 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
             let token = match token.map_or_else(kubeconfig_token, Ok) {
                 Ok(token) => token,
                 Err(error) => return fail(error),
-            };
-            let policy = match policy.parse::<ObjectRef>() {
-                Ok(policy) => policy,
-                Err(error) => return fail(format!("--policy: {error}")),
             };
             let since_ms = match since
                 .map(|t| crate::receiver::admin::replay::parse_time(&t, crate::now_ms()))

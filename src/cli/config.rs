@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::{
-    ObjectRef, PodRef,
+    PodRef,
     operator::{self, OperatorConfig, webhook_config::RecoveryWay},
     queue::ActivityFilter,
     receiver::{
@@ -129,15 +129,9 @@ pub(crate) fn admin_call(action: AdminAction) -> Result<admin_client::Call, Stri
     Ok(match action {
         AdminAction::Policies => admin_client::Call::Policies,
         AdminAction::Tail { .. } => unreachable!("tail follows the stream, it is no single call"),
-        AdminAction::Enable { policy: p } => {
-            admin_client::Call::SetEnabled { policy: p.parse::<ObjectRef>()?, enabled: true }
-        }
-        AdminAction::Disable { policy: p } => {
-            admin_client::Call::SetEnabled { policy: p.parse::<ObjectRef>()?, enabled: false }
-        }
-        AdminAction::DeadLetters { policy: p, limit } => {
-            admin_client::Call::DeadLetters { policy: p.parse::<ObjectRef>()?, limit }
-        }
+        AdminAction::Enable { policy } => admin_client::Call::SetEnabled { policy, enabled: true },
+        AdminAction::Disable { policy } => admin_client::Call::SetEnabled { policy, enabled: false },
+        AdminAction::DeadLetters { policy, limit } => admin_client::Call::DeadLetters { policy, limit },
         AdminAction::Replay { policy, id, window_policy, since, until, agent, event, filter, dry_run } => {
             match (window_policy, since, policy, id) {
                 (Some(policy), Some(since), _, _) => {
@@ -152,13 +146,11 @@ pub(crate) fn admin_call(action: AdminAction) -> Result<admin_client::Call, Stri
                     };
                     admin_client::Call::ReplayWindow { policy, window }
                 }
-                (_, _, Some(p), Some(id)) => {
-                    admin_client::Call::Replay { policy: p.parse::<ObjectRef>()?, id }
-                }
+                (_, _, Some(policy), Some(id)) => admin_client::Call::Replay { policy, id },
                 _ => return Err("name a dead letter (POLICY ID) or a window (--policy P --since T)".into()),
             }
         }
-        AdminAction::Purge { policy: p } => admin_client::Call::Purge { policy: p.parse::<ObjectRef>()? },
+        AdminAction::Purge { policy } => admin_client::Call::Purge { policy },
         AdminAction::FilterTest { policy, agent, limit, filter } => admin_client::Call::FilterTest {
             policy,
             test: admin::FilterTest { filter, agent, limit: Some(limit) },
@@ -177,7 +169,10 @@ mod tests {
     use clap::Parser;
 
     use super::*;
-    use crate::cli::args::{Cli, Command};
+    use crate::{
+        ObjectRef,
+        cli::args::{Cli, Command},
+    };
 
     fn parse(args: &[&str]) -> Command {
         let argv = std::iter::once("hookwarden").chain(args.iter().copied());
@@ -354,6 +349,11 @@ mod tests {
         }
         assert!(call(&["replay", "--policy", "team/default", "--since", "yesterday"]).is_err());
         assert!(call(&["replay", "team/default"]).unwrap_err().contains("name a dead letter"));
-        assert!(call(&["disable", "no-slash"]).is_err(), "a policy is NAMESPACE/NAME");
+        let refused =
+            Cli::try_parse_from(["hookwarden", "admin", "disable", "no-slash"]).err().unwrap().to_string();
+        assert!(
+            refused.contains("expected NAMESPACE/NAME"),
+            "clap refuses it with ObjectRef's message: {refused}"
+        );
     }
 }
