@@ -51,7 +51,7 @@ use kube::{
 
 use super::{Context, Error, Step};
 use crate::{
-    api::{RepositoryHookState, WebhookConfig, WebhookConfigStatus},
+    api::{HookLocation, RepositoryHookState, WebhookConfig, WebhookConfigStatus},
     github::{self, DesiredHook, Target},
 };
 
@@ -163,7 +163,7 @@ async fn hook_flows(
     let registered = register::register(whc, ctx, github, desired, &keys, status, now).await?;
     let previous_deleted = register::delete_previous(whc, ctx, status, Some(registered.id), now).await;
 
-    let target = register::target(whc);
+    let target = target(whc);
     let member = rotation::Member {
         target: target.clone(),
         id: registered.id,
@@ -219,6 +219,33 @@ async fn fleet_flows(
 /// How soon a reconcile that left repositories for later comes back.
 const MORE_REPOSITORIES: Duration = Duration::from_secs(1);
 
+/// Where the spec puts the hook: its repository or organization.
+pub(super) fn target(whc: &WebhookConfig) -> Target {
+    target_at(&whc.spec.repository, &whc.spec.organization)
+}
+
+/// Every place the spec puts a hook: its repository or organization, or
+/// each of its repositories.
+pub(super) fn targets(whc: &WebhookConfig) -> Vec<Target> {
+    match &whc.spec.repositories {
+        Some(list) => list.iter().cloned().map(Target::Repository).collect(),
+        None => vec![target(whc)],
+    }
+}
+
+pub(super) fn target_of(location: &HookLocation) -> Target {
+    target_at(&location.repository, &location.organization)
+}
+
+fn target_at(repository: &Option<String>, organization: &Option<String>) -> Target {
+    match (repository, organization) {
+        (Some(r), _) => Target::Repository(r.clone()),
+        (None, Some(o)) => Target::Organization(o.clone()),
+        // NB: the schema's CEL rule makes this unreachable for stored objects.
+        (None, None) => Target::Repository(String::new()),
+    }
+}
+
 /// How soon a refused deletion of an earlier spec's hook is tried again.
 const PREVIOUS_RETRY: Duration = Duration::from_secs(15);
 
@@ -237,7 +264,7 @@ async fn cleanup(whc: Arc<WebhookConfig>, ctx: &Context) -> Result<Action, Error
         return Err(Error::DeletionBlocked(message));
     }
     let hooks: Vec<(Target, i64)> = match status.hook_id {
-        Some(id) => vec![(register::target(&whc), id)],
+        Some(id) => vec![(target(&whc), id)],
         None => status
             .repositories
             .iter()

@@ -8,39 +8,13 @@
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{ResourceExt, runtime::events::EventType};
 
-use super::{ConfigError, publish};
+use super::{ConfigError, publish, target, target_of};
 use crate::{
     api::{HookLocation, PreviousHook, WebhookConfig, WebhookConfigStatus, conditions},
-    github::{self, DesiredHook, Hook, Target},
+    github::{self, DesiredHook, Hook},
     keys::HmacKey,
     operator::{Context, Error},
 };
-
-pub(super) fn target(whc: &WebhookConfig) -> Target {
-    target_at(&whc.spec.repository, &whc.spec.organization)
-}
-
-/// Every place the spec puts a hook: its repository or organization, or
-/// each of its repositories.
-pub(super) fn targets(whc: &WebhookConfig) -> Vec<Target> {
-    match &whc.spec.repositories {
-        Some(list) => list.iter().cloned().map(Target::Repository).collect(),
-        None => vec![target(whc)],
-    }
-}
-
-fn target_of(location: &HookLocation) -> Target {
-    target_at(&location.repository, &location.organization)
-}
-
-fn target_at(repository: &Option<String>, organization: &Option<String>) -> Target {
-    match (repository, organization) {
-        (Some(r), _) => Target::Repository(r.clone()),
-        (None, Some(o)) => Target::Organization(o.clone()),
-        // NB: the schema's CEL rule makes this unreachable for stored objects.
-        (None, None) => Target::Repository(String::new()),
-    }
-}
 
 /// The hook the spec asks for; its URL from `spec.url` or the operator's
 /// public base URL.

@@ -7,7 +7,7 @@ use kube::{
     api::{Patch, PatchParams, PostParams},
 };
 
-use super::{ConfigError, register};
+use super::ConfigError;
 use crate::{
     api::{GitHubApp, GitHubConnection, SecretKeyRef, Use, WebhookConfig},
     github::{self, Auth, Target},
@@ -55,7 +55,7 @@ pub(super) async fn github_client(whc: &WebhookConfig, ctx: &Context) -> Result<
         };
         // NB: every listed repository, or none: one outside the grants
         // stops the WebhookConfig before a request is sent.
-        if let Some(target) = register::targets(whc).into_iter().find(|t| !granted(t)) {
+        if let Some(target) = super::targets(whc).into_iter().find(|t| !granted(t)) {
             return Err(ConfigError::ConnectionNotGranted {
                 connection: name.clone(),
                 namespace: ns,
