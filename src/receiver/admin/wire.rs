@@ -88,3 +88,75 @@ pub struct Replayed {
 pub struct Purged {
     pub purged: u64,
 }
+
+#[cfg(test)]
+mod tests {
+    use serde::{Serialize, de::DeserializeOwned};
+    use serde_json::json;
+
+    use super::*;
+
+    /// `value` read back from its JSON is itself, and the JSON has `names`.
+    fn round_trip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(value: T, names: &[&str]) {
+        let wire = serde_json::to_value(&value).unwrap();
+        for name in names {
+            assert!(wire.get(name).is_some(), "{name} in {wire}");
+        }
+        assert_eq!(serde_json::from_value::<T>(wire).unwrap(), value);
+    }
+
+    #[test]
+    fn every_answer_reads_back_as_written_under_the_names_clients_use() {
+        let agent = AgentView {
+            name: "a".into(),
+            url: "http://a/".into(),
+            enabled: true,
+            circuit: "closed".into(),
+            queued: 2,
+        };
+        round_trip(agent.clone(), &["name", "url", "enabled", "circuit", "queued"]);
+        let policy = PolicyView {
+            policy: "t/p".into(),
+            agents: vec![agent],
+            dead_letters: 3,
+            queue_limit: 10,
+            ..PolicyView::default()
+        };
+        round_trip(
+            policy,
+            &[
+                "policy",
+                "enabled",
+                "concurrency",
+                "queueLimit",
+                "reason",
+                "queued",
+                "retrying",
+                "deadLetters",
+                "agents",
+            ],
+        );
+        let delivery: DeliverySummary = serde_json::from_value(json!({
+            "guid": "g", "event": "push", "statusCode": 502, "deliveredAt": "2026-12-05T10:00:00Z"
+        }))
+        .unwrap();
+        let hook = HookView {
+            hook: "t/h".into(),
+            policy: "t/p".into(),
+            ready: Some("True".into()),
+            last_delivery: Some(delivery),
+        };
+        round_trip(hook, &["hook", "policy", "ready", "lastDelivery"]);
+        let letter = DeadLetterView {
+            id: "1-0".into(),
+            attempts: 5,
+            failed_ms: 7,
+            agent: Some("a".into()),
+            ..DeadLetterView::default()
+        };
+        round_trip(letter, &["id", "guid", "event", "hook", "agent", "attempts", "error", "failedMs"]);
+        round_trip(Enabled { policy: "t/p".into(), spec_enabled: false }, &["policy", "specEnabled"]);
+        round_trip(Replayed { replayed: "1-0".into() }, &["replayed"]);
+        round_trip(Purged { purged: 4 }, &["purged"]);
+    }
+}
