@@ -228,3 +228,25 @@ async fn an_agent_policy_whose_status_is_current_is_not_written_again() {
     agent_policy::reconcile(Arc::new(policy), context(client, &[])).await.unwrap();
     assert!(seen.lock().unwrap().is_empty(), "{:#?}", seen.lock().unwrap());
 }
+
+#[tokio::test]
+async fn the_pending_age_is_the_oldest_of_all_the_hooks_and_grows_between_passes() {
+    use crate::api::RecoveryStatus;
+    let (client, _) = apiserver(vec![]);
+    let ctx = context(client, &[]);
+    let whc = webhook_config("https://api.github.com");
+    let at = |secs: i64| RecoveryStatus {
+        oldest_pending_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::from_second(secs).unwrap(),
+        )),
+        ..Default::default()
+    };
+    let gauge = || ctx.metrics.recovery_pending_age.with_label_values(&["team", "svc"]).get();
+    let hooks = [Some(at(1_000)), None, Some(at(1_050)), Some(RecoveryStatus::default())];
+    webhook_config::recovery::report_pending_age(&ctx, &whc, &hooks, 1_100);
+    assert_eq!(gauge(), 100, "the oldest of the hooks");
+    webhook_config::recovery::report_pending_age(&ctx, &whc, &hooks, 1_160);
+    assert_eq!(gauge(), 160, "it grows while nothing is recovered");
+    webhook_config::recovery::report_pending_age(&ctx, &whc, &[None], 1_160);
+    assert_eq!(gauge(), 0, "none pending");
+}

@@ -177,6 +177,7 @@ async fn hook_flows(
     if let Some(newest) = &newest {
         status.last_delivery = Some(status::last_delivery(newest));
     }
+    recovery::report_pending_age(ctx, whc, [&status.recovery], now.as_second());
     let retry_previous = (!previous_deleted).then_some(PREVIOUS_RETRY);
     Ok(rotation.map(|r| [Some(r), next_recovery, retry_previous].into_iter().flatten().min().unwrap_or(r)))
 }
@@ -211,6 +212,7 @@ async fn fleet_flows(
         next = next.min(next_recovery.unwrap_or(ctx.resync));
     }
     recovery::forget_except(ctx, whc, &ids);
+    recovery::report_pending_age(ctx, whc, status.repositories.iter().map(|e| &e.recovery), now.as_second());
     status.last_delivery =
         status.repositories.iter().filter_map(|e| e.last_delivery.clone()).max_by_key(|d| d.delivered_at.0);
     Ok(rotation?.min(next))

@@ -222,11 +222,6 @@ pub(super) async fn run(
     let oldest = oldest_pending(&state, &failed, now_unix);
     state.pending = failed.len() as i64;
     state.oldest_pending_time = oldest.map(|t| Time(Timestamp::from_second(t).unwrap_or_default()));
-    let ns = whc.namespace().unwrap_or_default();
-    ctx.metrics
-        .recovery_pending_age
-        .with_label_values(&[&ns, &whc.name_any()])
-        .set(oldest.map_or(0, |t| (now_unix - t).max(0)));
     if ended != Ended::Done || !pass.recovered.is_empty() {
         tracing::info!(
             whc = %whc.name_any(),
@@ -244,6 +239,27 @@ pub(super) async fn run(
     let next = after_pass(now, memo.as_ref(), ended, interval, evidence);
     ctx.recovery.lock().unwrap().insert(key, next);
     (Some(due(now, Some(&next), evidence).unwrap_or(MORE_WORK_GAP)), pass.newest)
+}
+
+/// Sets the WebhookConfig's pending-age gauge: the oldest failed delivery
+/// not recovered yet among all its hooks' `recoveries`, as of `now` (Unix
+/// seconds); 0 when none.
+pub(crate) fn report_pending_age<'a>(
+    ctx: &Context,
+    whc: &WebhookConfig,
+    recoveries: impl IntoIterator<Item = &'a Option<RecoveryStatus>>,
+    now: i64,
+) {
+    let oldest = recoveries
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r.oldest_pending_time.as_ref().map(|t| t.0.as_second()))
+        .min();
+    let ns = whc.namespace().unwrap_or_default();
+    ctx.metrics
+        .recovery_pending_age
+        .with_label_values(&[&ns, &whc.name_any()])
+        .set(oldest.map_or(0, |t| (now - t).max(0)));
 }
 
 /// Forgets a hook's timing and metrics (its WebhookConfig is gone).
