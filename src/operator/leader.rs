@@ -62,6 +62,27 @@ pub fn expired(observed: &Observed, now: Instant, valid: Duration) -> bool {
     now.duration_since(observed.since) > valid
 }
 
+/// What a replica does with a Lease it read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decision<'a> {
+    /// It holds the Lease: renew it.
+    Renew,
+    /// Nobody holds it, or its holder is gone: take it.
+    Acquire,
+    /// Another replica holds it and is alive: stand by.
+    Follow(&'a str),
+}
+
+/// Whether `me` renews, takes or leaves a Lease held by `holder`, whose
+/// record has `expired` as this replica observed it ([`expired`]).
+pub fn decide<'a>(holder: Option<&'a str>, me: &str, expired: bool) -> Decision<'a> {
+    match holder {
+        Some(h) if h == me => Decision::Renew,
+        Some(h) if !expired => Decision::Follow(h),
+        _ => Decision::Acquire,
+    }
+}
+
 impl Election {
     pub fn new(api: Api<Lease>, name: &str, identity: &str, duration: Duration) -> Self {
         Self {
@@ -175,7 +196,6 @@ impl Election {
         };
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
-        let ours = holder.as_deref() == Some(self.identity.as_str());
         let record = (holder.clone(), spec.renew_time.as_ref().map(|t| t.0.to_string()));
         let valid = Duration::from_secs(spec.lease_duration_seconds.unwrap_or(seconds).max(0) as u64);
         let expired = {
@@ -185,20 +205,20 @@ impl Election {
             *observed = Some(seen);
             gone
         };
-        if !ours && holder.is_some() && !expired {
-            return Ok(Err(holder.unwrap_or_default()));
+        match decide(holder.as_deref(), &self.identity, expired) {
+            Decision::Follow(holder) => return Ok(Err(holder.to_owned())),
+            Decision::Renew => {}
+            Decision::Acquire => {
+                spec.acquire_time = Some(now.clone());
+                spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+                spec.holder_identity = Some(self.identity.clone());
+                lease.metadata.owner_references = self.owners.clone();
+                tracing::info!(lease = %self.name, previous = ?holder, "taking the leader Lease");
+            }
         }
-        if !ours {
-            spec.acquire_time = Some(now.clone());
-            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
-            spec.holder_identity = Some(self.identity.clone());
-            tracing::info!(lease = %self.name, previous = ?holder, "taking the leader Lease");
-        }
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         spec.renew_time = Some(now);
         spec.lease_duration_seconds = Some(seconds);
-        if !ours {
-            lease.metadata.owner_references = self.owners.clone();
-        }
         // NB: replace carries the resourceVersion read above: a race is a 409.
         debug_assert!(lease.meta().resource_version.is_some());
         match self.api.replace(&self.name, &PostParams::default(), &lease).await {
@@ -214,6 +234,20 @@ impl Election {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renew_take_or_stand_by() {
+        let cases = [
+            ("ours: renewed, even when it looks expired", Some("me"), true, Decision::Renew),
+            ("ours and fresh", Some("me"), false, Decision::Renew),
+            ("another's, alive: stand by", Some("other"), false, Decision::Follow("other")),
+            ("another's, gone: taken", Some("other"), true, Decision::Acquire),
+            ("nobody's: taken", None, false, Decision::Acquire),
+        ];
+        for (what, holder, expired, want) in cases {
+            assert_eq!(decide(holder, "me", expired), want, "{what}");
+        }
+    }
 
     #[test]
     fn a_follower_takes_over_only_after_seeing_no_change_for_the_duration_of_its_own_clock() {
