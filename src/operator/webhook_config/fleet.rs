@@ -23,7 +23,7 @@ use kube::runtime::events::EventType;
 
 use super::{
     publish,
-    register::{self, HookChange, Plan, plan, plan_new},
+    register::{self, HookChange, Synced},
     rotation::Member,
 };
 use crate::{
@@ -163,53 +163,27 @@ pub(super) async fn register(
         }
         let (key, switch) = key_for(keys, entry.signing_key_version.as_deref(), signing);
         let secret = String::from_utf8_lossy(key.secret()).into_owned();
-        let step = async {
-            let current = match entry.hook_id {
-                Some(id) => github.get_hook(&target, id).await?,
-                None => None,
-            };
-            let change = match plan(current.as_ref(), desired, switch, spec_seen) {
-                Plan::Keep => None,
-                _ if budget == 0 => return Ok(None),
-                Plan::Update(change) => {
-                    let id = current.as_ref().expect("updated").id;
-                    github.update_hook(&target, id, desired, &secret).await?;
-                    Some((id, change))
-                }
-                Plan::Look => {
-                    let existing = github.list_hooks(&target).await?;
-                    Some(match plan_new(&existing, &desired.url, entry.hook_id) {
-                        // NB: GitHub masks the secret, so adopting means setting ours.
-                        (Some(id), change) => {
-                            (github.update_hook(&target, id, desired, &secret).await?.id, change)
-                        }
-                        (None, change) => (github.create_hook(&target, desired, &secret).await?.id, change),
-                    })
-                }
-            };
-            let failed = current.as_ref().is_some_and(github::Hook::last_delivery_failed);
-            Ok::<_, github::Error>(Some((change, current.map(|h| h.id), failed)))
-        };
-        match step.await {
+        let synced =
+            register::sync(github, &target, entry.hook_id, desired, &secret, switch, spec_seen, budget > 0)
+                .await;
+        match synced {
             Ok(None) => more = true,
-            Ok(Some((change, kept, failed))) => {
-                if let Some((id, change)) = change {
+            Ok(Some(Synced { id, change, last_delivery_failed })) => {
+                if let Some(change) = change {
                     budget -= 1;
                     if entry.hook_id != Some(id) {
                         // A new hook starts with deliveries of its own.
                         entry.recovery = None;
                     }
-                    entry.hook_id = Some(id);
                     entry.signing_key_version = Some(key.version().to_owned());
                     if switch {
                         entry.confirmed_key_version = Some(key.version().to_owned());
                     }
                     changes.push((change, entry.repository.clone()));
-                } else {
-                    entry.hook_id = kept;
                 }
-                if failed {
-                    failing.extend(entry.hook_id);
+                entry.hook_id = Some(id);
+                if last_delivery_failed {
+                    failing.insert(id);
                 }
                 entry.state = State::Registered;
                 entry.message = None;

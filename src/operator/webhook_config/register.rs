@@ -11,7 +11,7 @@ use kube::{ResourceExt, runtime::events::EventType};
 use super::{ConfigError, publish, target, target_of};
 use crate::{
     api::{HookLocation, PreviousHook, WebhookConfig, WebhookConfigStatus, conditions},
-    github::{self, DesiredHook, Hook},
+    github::{self, DesiredHook, Hook, Target},
     keys::HmacKey,
     operator::{Context, Error},
 };
@@ -164,28 +164,9 @@ pub(super) async fn register(
     }
     let (signing, secret_lost) = signing_key(keys, status.signing_key_version.as_deref());
     let secret = String::from_utf8_lossy(signing.secret()).into_owned();
-
-    let current = match known {
-        Some(id) => github.get_hook(&target, id).await?,
-        None => None,
-    };
     let spec_seen = status.observed_generation == whc.metadata.generation;
-    let (id, change) = match plan(current.as_ref(), desired, secret_lost, spec_seen) {
-        Plan::Keep => (current.as_ref().expect("kept").id, None),
-        Plan::Update(change) => {
-            let id = current.as_ref().expect("updated").id;
-            (github.update_hook(&target, id, desired, &secret).await?.id, Some(change))
-        }
-        Plan::Look => {
-            let existing = github.list_hooks(&target).await?;
-            let hook = match plan_new(&existing, &desired.url, known) {
-                // NB: GitHub masks the secret, so adopting means setting ours.
-                (Some(id), change) => (github.update_hook(&target, id, desired, &secret).await?, change),
-                (None, change) => (github.create_hook(&target, desired, &secret).await?, change),
-            };
-            (hook.0.id, Some(hook.1))
-        }
-    };
+    let synced = sync(github, &target, known, desired, &secret, secret_lost, spec_seen, true).await?;
+    let Synced { id, change, last_delivery_failed } = synced.expect("a change is allowed");
     if let Some(change) = change {
         let mut note = format!("hook {id} on {target} delivers to {}", desired.url);
         if let HookChange::Recreated(old) = change {
@@ -222,8 +203,58 @@ pub(super) async fn register(
     );
     let message = "hook registered and secret set";
     conditions::set(&mut status.conditions, conditions::READY, true, "Ready", message, generation, &now);
-    let last_delivery_failed = current.as_ref().is_some_and(Hook::last_delivery_failed);
     Ok(Registered { id, last_delivery_failed })
+}
+
+/// What bringing one hook in line found and did.
+pub(super) struct Synced {
+    pub id: i64,
+    /// What changed on GitHub, if anything.
+    pub change: Option<HookChange>,
+    /// GitHub's word that the hook's latest delivery failed.
+    pub last_delivery_failed: bool,
+}
+
+/// Makes the hook at `target` recorded as `known` match `desired`, signing
+/// with `secret` (`switch`: GitHub must be set to it whatever the rest of
+/// the hook): keep, update or repair it, or adopt one that delivers to the
+/// URL, or create one ([`plan`], [`plan_new`]). `None` when a change is due
+/// and `may_change` is false (a budget of mutations is spent).
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn sync(
+    github: &github::Client,
+    target: &Target,
+    known: Option<i64>,
+    desired: &DesiredHook,
+    secret: &str,
+    switch: bool,
+    spec_seen: bool,
+    may_change: bool,
+) -> Result<Option<Synced>, github::Error> {
+    let current = match known {
+        Some(id) => github.get_hook(target, id).await?,
+        None => None,
+    };
+    let last_delivery_failed = current.as_ref().is_some_and(Hook::last_delivery_failed);
+    let (id, change) = match plan(current.as_ref(), desired, switch, spec_seen) {
+        Plan::Keep => (current.as_ref().expect("kept").id, None),
+        _ if !may_change => return Ok(None),
+        Plan::Update(change) => {
+            let id = current.as_ref().expect("updated").id;
+            (github.update_hook(target, id, desired, secret).await?.id, Some(change))
+        }
+        Plan::Look => {
+            let existing = github.list_hooks(target).await?;
+            match plan_new(&existing, &desired.url, known) {
+                // NB: GitHub masks the secret, so adopting means setting ours.
+                (Some(id), change) => {
+                    (github.update_hook(target, id, desired, secret).await?.id, Some(change))
+                }
+                (None, change) => (github.create_hook(target, desired, secret).await?.id, Some(change)),
+            }
+        }
+    };
+    Ok(Some(Synced { id, change, last_delivery_failed }))
 }
 
 /// Deletes the hooks of earlier locations (`status.previousHooks`), each
