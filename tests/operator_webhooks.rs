@@ -204,6 +204,16 @@ impl World {
         self.http.post(url).json(&body).send().await.unwrap().json().await.unwrap()
     }
 
+    /// A hook `body` made by hand on `owner` (`repos/x/y` or `orgs/x`)
+    /// through GitHub's API with `token`, as someone other than the operator
+    /// would; the hook GitHub answered.
+    async fn hook_by_hand(&self, owner: &str, token: &str, body: Value) -> Value {
+        let url = format!("{}/{owner}/hooks", self.github);
+        let r = self.http.post(url).bearer_auth(token).json(&body).send().await.unwrap();
+        assert!(r.status().is_success(), "{owner}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
     /// `POST /_sim/{path}` of the simulator's control API; its JSON answer, if any.
     async fn sim_post(&self, path: &str, body: Value) -> Value {
         let r = self.http.post(format!("{}/_sim/{path}", self.github)).json(&body).send().await.unwrap();
@@ -366,17 +376,8 @@ async fn an_existing_hook_with_the_same_url_is_adopted_not_duplicated() {
         .await
         .unwrap();
     assert!(r.status().is_success());
-    let created: Value = w
-        .http
-        .post(format!("{}/{owner}/hooks", w.github))
-        .bearer_auth("ghp_by_hand")
-        .json(&json!({ "name": "web", "config": { "url": w.hook_url("org"), "secret": "by-hand" }, "events": ["push"] }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let by_hand = json!({ "name": "web", "config": { "url": w.hook_url("org"), "secret": "by-hand" }, "events": ["push"] });
+    let created = w.hook_by_hand(&owner, "ghp_by_hand", by_hand).await;
     w.apply("org", json!({ "organization": w.org }), json!(["push", "issues"])).await;
     eventually("Ready", WAIT, || async { (w.ready("org").await?.0 == "True").then_some(()) }).await;
     let hooks = w.hooks(&owner).await;
@@ -914,17 +915,9 @@ async fn thirty_repositories_get_a_hook_each_rotate_together_with_none_rejected_
         w.sim_post("repos", json!({ "full_name": r })).await;
     }
     // One repository already has a hook delivering to the URL: adopted, never duplicated.
-    let existing: Value = w
-        .http
-        .post(format!("{}/repos/{}/hooks", w.github, repos[3]))
-        .bearer_auth(&w.token)
-        .json(&json!({ "name": "web", "events": ["push"], "config": { "url": url, "content_type": "json" } }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let by_hand =
+        json!({ "name": "web", "events": ["push"], "config": { "url": url, "content_type": "json" } });
+    let existing = w.hook_by_hand(&format!("repos/{}", repos[3]), &w.token, by_hand).await;
     let spec = json!({ "repositories": repos, "events": ["push"], "url": url,
         "secretRotation": { "interval": "1h", "overlap": "2s" } });
     w.apply_spec("fleet", spec).await;
@@ -1029,13 +1022,8 @@ async fn hooks_left_by_a_removed_finalizer_are_listed_as_orphans_and_deleted_on_
     w.apply("kept", json!({ "repository": w.repo }), json!(["push"])).await;
     w.apply("gone", json!({ "repository": w.repo }), json!(["push"])).await;
     // Someone else's hook on the same repository: no mark, never touched.
-    w.http
-        .post(format!("{}/{repo}/hooks", w.github))
-        .bearer_auth(&w.token)
-        .json(&json!({ "name": "web", "events": ["push"], "config": { "url": "https://ci.example.com/hook", "content_type": "json" } }))
-        .send()
-        .await
-        .unwrap();
+    let theirs = json!({ "name": "web", "events": ["push"], "config": { "url": "https://ci.example.com/hook", "content_type": "json" } });
+    w.hook_by_hand(&repo, &w.token, theirs).await;
     let gone_id = eventually("both hooks registered", WAIT, || async {
         let kept = w.whc("kept").await.status?.hook_id?;
         let gone = w.whc("gone").await.status?.hook_id?;
