@@ -85,21 +85,6 @@ pub async fn find(look: &Look, client: kube::Client) -> Result<Vec<Orphan>, Stri
     Ok(orphans(&hooks, &look.public_base_url, &existing))
 }
 
-/// One line per orphan, for people.
-pub fn table(orphans: &[Orphan]) -> String {
-    let mut out = format!("{:<40} {:>12}  {:<32} {}\n", "TARGET", "HOOK", "WEBHOOKCONFIG (gone)", "URL");
-    for o in orphans {
-        out.push_str(&format!(
-            "{:<40} {:>12}  {:<32} {}\n",
-            o.target.to_string(),
-            o.id,
-            o.owner.to_string(),
-            o.url
-        ));
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

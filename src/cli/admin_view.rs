@@ -222,7 +222,7 @@ fn table_of(call: &Call, answer: &Value, now_ms: u64) -> String {
 
 /// Aligned columns three spaces apart, the last one unpadded; `empty` when
 /// there is no row.
-fn table(empty: &str, headers: &[&str], rows: Vec<Vec<String>>) -> String {
+pub(crate) fn table(empty: &str, headers: &[&str], rows: Vec<Vec<String>>) -> String {
     if rows.is_empty() {
         return format!("{empty}\n");
     }

@@ -160,7 +160,11 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
                     println!("no orphaned hooks");
                     return ExitCode::SUCCESS;
                 }
-                print!("{}", crate::orphans::table(&found));
+                let rows = found
+                    .iter()
+                    .map(|o| vec![o.target.to_string(), o.id.to_string(), o.owner.to_string(), o.url.clone()])
+                    .collect();
+                print!("{}", admin_view::table("", &["TARGET", "HOOK", "WEBHOOKCONFIG (GONE)", "URL"], rows));
                 if !delete {
                     println!("{} orphaned hook(s); --delete removes them", found.len());
                     return ExitCode::SUCCESS;
