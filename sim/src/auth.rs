@@ -27,48 +27,58 @@ pub(crate) fn grant(sim: &Sim, token: Option<&str>) -> Result<Grant, Answer> {
 }
 
 impl Sim {
-    /// `POST /app/installations/{id}/access_tokens`, authenticated by the
-    /// App's RS256 JWT: a one-hour token for the installation's account.
-    pub(crate) fn installation_token(&self, installation: u64, jwt: Option<&str>) -> Answer {
+    /// The App whose RS256 JWT `jwt` is, or GitHub's 401: the issuer names
+    /// the App and its key must have signed the token.
+    pub(crate) fn app_of(&self, jwt: Option<&str>) -> Result<u64, Answer> {
         #[derive(Deserialize)]
         struct Claims {
             iss: Value,
             iat: u64,
             exp: u64,
         }
-        let refuse = |text: &str| message(StatusCode::UNAUTHORIZED, text).into();
-        let Some(jwt) = jwt else { return refuse("A JSON web token could not be decoded") };
+        let refuse = |text: &str| -> Answer { message(StatusCode::UNAUTHORIZED, text).into() };
+        let Some(jwt) = jwt else { return Err(refuse("A JSON web token could not be decoded")) };
         let Ok(header) = jsonwebtoken::decode_header(jwt) else {
-            return refuse("A JSON web token could not be decoded");
+            return Err(refuse("A JSON web token could not be decoded"));
         };
         if header.alg != jsonwebtoken::Algorithm::RS256 {
-            return refuse(
+            return Err(refuse(
                 "'Expiration time' claim ('exp') must be a numeric value representing the future time at which the assertion expires",
-            );
+            ));
         }
-        let mut s = self.inner.lock().unwrap();
-        // The issuer names the App; its key must have signed the token.
         let unverified = jsonwebtoken::dangerous::insecure_decode::<Claims>(jwt);
         let Some(app_id) = unverified.ok().and_then(|t| match t.claims.iss {
             Value::String(s) => s.parse::<u64>().ok(),
             Value::Number(n) => n.as_u64(),
             _ => None,
         }) else {
-            return refuse("'Issuer' claim ('iss') must be an Integer");
+            return Err(refuse("'Issuer' claim ('iss') must be an Integer"));
         };
-        let Some(app) = s.apps.get(&app_id) else { return refuse("Integration not found") };
+        let s = self.inner.lock().unwrap();
+        let Some(app) = s.apps.get(&app_id) else { return Err(refuse("Integration not found")) };
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
         validation.required_spec_claims = ["exp", "iat", "iss"].into_iter().map(str::to_owned).collect();
         validation.leeway = 0;
         let claims = match jsonwebtoken::decode::<Claims>(jwt, &app.public_key, &validation) {
             Ok(t) => t.claims,
-            Err(_) => return refuse("A JSON web token could not be decoded"),
+            Err(_) => return Err(refuse("A JSON web token could not be decoded")),
         };
         // GitHub refuses tokens that live more than 10 minutes or come from the future.
         if claims.exp.saturating_sub(claims.iat) > 600 || claims.iat > now_secs() + 60 {
-            return refuse("'Expiration time' claim ('exp') is too far in the future");
+            return Err(refuse("'Expiration time' claim ('exp') is too far in the future"));
         }
-        let Some(account) = app.installations.get(&installation).cloned() else {
+        Ok(app_id)
+    }
+
+    /// `POST /app/installations/{id}/access_tokens`, authenticated by the
+    /// App's RS256 JWT: a one-hour token for the installation's account.
+    pub(crate) fn installation_token(&self, installation: u64, jwt: Option<&str>) -> Answer {
+        let app_id = match self.app_of(jwt) {
+            Ok(id) => id,
+            Err(answer) => return answer,
+        };
+        let mut s = self.inner.lock().unwrap();
+        let Some(account) = s.apps.get(&app_id).and_then(|a| a.installations.get(&installation)).cloned() else {
             return message(StatusCode::NOT_FOUND, "Not Found").into();
         };
         let token = format!("ghs_{}", hex::encode(rand::random::<[u8; 18]>()));

@@ -58,6 +58,18 @@ pub(crate) async fn control(sim: &Sim, method: &Method, seg: &[&str], body: &[u8
                 .collect();
             Json(hooks).into_response()
         }
+        // An event of an installation of App `id` to its own webhook: the
+        // payload should name the `installation` and `repository`.
+        (Method::POST, ["apps", id, "events"]) => {
+            let Some(hook) = id.parse().ok().and_then(|id| sim.app_hook_id(id)) else {
+                return StatusCode::NOT_FOUND.into_response();
+            };
+            let event = body["event"].as_str().unwrap_or("push").to_owned();
+            match sim.deliver(hook, &event, body["payload"].clone(), None).await {
+                Some(d) => Json(serde_json::to_value(&d).expect("JSON")).into_response(),
+                None => StatusCode::CONFLICT.into_response(),
+            }
+        }
         (Method::POST, ["hooks", id, "events"]) => {
             let Ok(id) = id.parse() else { return StatusCode::NOT_FOUND.into_response() };
             let event = body["event"].as_str().unwrap_or("push").to_owned();

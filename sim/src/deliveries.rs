@@ -30,9 +30,14 @@ impl Sim {
             let target = match &hook.owner {
                 Owner::Repo(r) => s.repos.get(r).copied(),
                 Owner::Org(o) => s.orgs.get(o).copied(),
+                Owner::App(id) => Some(*id),
             };
             (hook, target.unwrap_or(0))
         };
+        // NB: an App whose webhook has no URL yet delivers nothing.
+        if hook.url.is_empty() {
+            return None;
+        }
         let guid = redelivery_of.map_or_else(guid, str::to_owned);
         let json_body = serde_json::to_vec(&payload).expect("JSON");
         let (content_type, body) = if hook.content_type == "json" {
@@ -52,6 +57,7 @@ impl Sim {
                 match hook.owner {
                     Owner::Repo(_) => "repository",
                     Owner::Org(_) => "organization",
+                    Owner::App(_) => "integration",
                 },
             )
             .header("X-GitHub-Hook-Installation-Target-ID", target_id.to_string())
@@ -90,10 +96,18 @@ impl Sim {
             status_code,
             event: event.to_owned(),
             action: payload.get("action").and_then(Value::as_str).map(str::to_owned),
-            installation_id: None,
+            // An App's deliveries name the installation and repository
+            // they are about, as GitHub's delivery list does.
+            installation_id: match hook.owner {
+                Owner::App(_) => payload["installation"]["id"].as_u64(),
+                _ => None,
+            },
             repository_id: match hook.owner {
                 Owner::Repo(_) => Some(target_id),
                 Owner::Org(_) => None,
+                Owner::App(_) => payload["repository"]["full_name"]
+                    .as_str()
+                    .and_then(|r| s.repos.get(r).copied()),
             },
             throttled_at: None,
             hook_id,
@@ -146,7 +160,7 @@ pub(crate) fn list(sim: &Sim, owner: &Owner, hook_id: u64, query: &HashMap<Strin
     let mut answer: Answer = (StatusCode::OK, Value::Array(page)).into();
     if rest.len() > per_page {
         let next = rest[per_page - 1].id;
-        let base = format!("{}/{}/hooks/{hook_id}/deliveries", sim.base, owner.path());
+        let base = format!("{}/{}/deliveries", sim.base, owner.hook_path(hook_id));
         answer
             .headers
             .push((header::LINK, format!("<{base}?per_page={per_page}&cursor={next}>; rel=\"next\"")));
@@ -161,7 +175,7 @@ pub(crate) fn get(sim: &Sim, owner: &Owner, hook_id: u64, d: &str) -> Answer {
         Some(x) => {
             let mut v = serde_json::to_value(x).expect("JSON");
             v["url"] =
-                json!(format!("{}/{}/hooks/{}/deliveries/{}", sim.base, owner.path(), x.hook_id, x.id));
+                json!(format!("{}/{}/deliveries/{}", sim.base, owner.hook_path(x.hook_id), x.id));
             v["request"] = json!({
                 "headers": {
                     "X-GitHub-Event": x.event,

@@ -17,14 +17,14 @@ use crate::{
 
 impl Sim {
     pub(crate) fn hook_json(&self, h: &Hook) -> Value {
-        let base = format!("{}/{}/hooks/{}", self.base, h.owner.path(), h.id);
+        let base = format!("{}/{}", self.base, h.owner.hook_path(h.id));
         let mut config =
             json!({ "url": h.url, "content_type": h.content_type, "insecure_ssl": h.insecure_ssl });
         if h.secret.is_some() {
             config["secret"] = json!(MASK);
         }
         let mut v = json!({
-            "type": match h.owner { Owner::Repo(_) => "Repository", Owner::Org(_) => "Organization" },
+            "type": match h.owner { Owner::Repo(_) => "Repository", Owner::Org(_) => "Organization", Owner::App(_) => "App" },
             "id": h.id,
             "name": "web",
             "active": h.active,
@@ -81,6 +81,7 @@ pub(crate) async fn api(
         match &owner {
             Owner::Repo(r) => s.repos.contains_key(r),
             Owner::Org(o) => s.orgs.contains_key(o),
+            Owner::App(_) => false,
         }
     };
     // NB: like GitHub, a resource the credentials cannot see does not exist.
@@ -121,7 +122,7 @@ pub(crate) async fn api(
         (Method::POST, [_, "tests"]) if matches!(owner, Owner::Repo(_)) => {
             let hook = sim.inner.lock().unwrap().hooks[&hook_id.unwrap()].clone();
             if hook.events.iter().any(|e| e == "push" || e == "*") {
-                let payload = json!({ "ref": "refs/heads/main", "repository": { "full_name": match &owner { Owner::Repo(r) => r.clone(), Owner::Org(_) => String::new() } } });
+                let payload = json!({ "ref": "refs/heads/main", "repository": { "full_name": match &owner { Owner::Repo(r) => r.clone(), _ => String::new() } } });
                 let sim = sim.clone();
                 tokio::spawn(async move { sim.deliver(hook.id, "push", payload, None).await });
             }
@@ -141,7 +142,7 @@ fn list_hooks(sim: &Sim, owner: &Owner, query: &HashMap<String, String>) -> Answ
     let last = all.len().div_ceil(per_page).max(1);
     let items: Vec<Value> = all.into_iter().skip((page - 1) * per_page).take(per_page).collect();
     let mut answer: Answer = (StatusCode::OK, Value::Array(items)).into();
-    let base = format!("{}/{}/hooks", sim.base, owner.path());
+    let base = format!("{}/{}", sim.base, owner.hook_path(0).trim_end_matches("/0"));
     let mut links = Vec::new();
     if page < last {
         links.push(format!("<{base}?per_page={per_page}&page={}>; rel=\"next\"", page + 1));
@@ -222,7 +223,7 @@ async fn create_hook(sim: &Sim, owner: Owner, body: Option<&Value>) -> Answer {
     (StatusCode::CREATED, sim.hook_json(&hook)).into()
 }
 
-fn update_hook(sim: &Sim, id: u64, body: Option<&Value>, config_only: bool) -> Answer {
+pub(crate) fn update_hook(sim: &Sim, id: u64, body: Option<&Value>, config_only: bool) -> Answer {
     let Some(body) = body else { return unprocessable("Invalid request: a body is required") };
     let mut s = sim.inner.lock().unwrap();
     let mut hook = s.hooks[&id].clone();

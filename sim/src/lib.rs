@@ -1,7 +1,8 @@
 //! A stateful GitHub REST simulator for the endpoints hookwarden uses:
 //! repository and organization webhooks (list with `Link` pagination, get,
 //! create, update, update config, delete, ping, test) and their deliveries
-//! (list with cursor pagination, get, redeliver), plus `/rate_limit`.
+//! (list with cursor pagination, get, redeliver), a GitHub App's own webhook
+//! (`/app/hook/config` and `/app/hook/deliveries`), plus `/rate_limit`.
 //!
 //! It behaves like GitHub where GitHub is surprising: `content_type` defaults
 //! to `form`; the secret reads back as `********`; `PATCH /hooks/{id}` with a
@@ -29,6 +30,7 @@
 //! `ETag`, [`limits::account`] and the record of the request.
 
 mod answer;
+mod app_hook;
 mod auth;
 mod control;
 mod deliveries;
@@ -106,7 +108,28 @@ impl Sim {
         let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).expect("RSA key generation");
         let public = key.to_public_key().to_pkcs1_pem(LineEnding::LF).expect("PEM");
         let public_key = jsonwebtoken::DecodingKey::from_rsa_pem(public.as_bytes()).expect("own key");
-        self.inner.lock().unwrap().apps.insert(id, App { public_key, installations });
+        let mut s = self.inner.lock().unwrap();
+        // Its own webhook, with no URL until one is configured.
+        s.next_id += 1;
+        let hook_id = s.next_id;
+        let now = state::timestamp();
+        s.hooks.insert(
+            hook_id,
+            state::Hook {
+                id: hook_id,
+                owner: Owner::App(id),
+                active: true,
+                events: vec!["*".to_owned()],
+                url: String::new(),
+                content_type: "json".to_owned(),
+                insecure_ssl: "0".to_owned(),
+                secret: None,
+                created_at: now.clone(),
+                updated_at: now,
+                last_response: Value::Null,
+            },
+        );
+        s.apps.insert(id, App { public_key, installations, hook_id });
         key.to_pkcs1_pem(LineEnding::LF).expect("PEM").to_string()
     }
 
@@ -215,6 +238,15 @@ fn public(sim: &Sim, request: &Request) -> Option<Answer> {
             Ok(id) => sim.installation_token(id, request.token.as_deref()),
             Err(_) => message(StatusCode::NOT_FOUND, "Not Found").into(),
         }),
+        // The App's own webhook: its JWT, not a token.
+        (_, ["app", "hook", ..]) => app_hook::api(
+            sim,
+            request.token.as_deref(),
+            &request.method,
+            &request.segments(),
+            &request.query(),
+            request.body.as_ref(),
+        ),
         _ => None,
     }
 }

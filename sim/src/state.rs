@@ -17,13 +17,18 @@ pub enum Owner {
     /// `owner/name`
     Repo(String),
     Org(String),
+    /// A GitHub App's own webhook (one per App, id of the App).
+    App(u64),
 }
 
 impl Owner {
-    pub(crate) fn path(&self) -> String {
+    /// The path of hook `id`: `repos/{r}/hooks/{id}`, `orgs/{o}/hooks/{id}`,
+    /// or an App's `app/hook`.
+    pub(crate) fn hook_path(&self, id: u64) -> String {
         match self {
-            Self::Repo(r) => format!("repos/{r}"),
-            Self::Org(o) => format!("orgs/{o}"),
+            Self::Repo(r) => format!("repos/{r}/hooks/{id}"),
+            Self::Org(o) => format!("orgs/{o}/hooks/{id}"),
+            Self::App(_) => "app/hook".to_owned(),
         }
     }
 }
@@ -97,15 +102,18 @@ impl Grant {
         let login = match owner {
             Owner::Repo(r) => r.split('/').next().unwrap_or_default(),
             Owner::Org(o) => o,
+            Owner::App(_) => return false,
         };
         self.account.as_deref().is_none_or(|a| a.eq_ignore_ascii_case(login))
     }
 }
 
-/// A GitHub App: its public key and installations (id → account login).
+/// A GitHub App: its public key, installations (id → account login) and
+/// the id of its own webhook in `hooks`.
 pub(crate) struct App {
     pub(crate) public_key: jsonwebtoken::DecodingKey,
     pub(crate) installations: HashMap<u64, String>,
+    pub(crate) hook_id: u64,
 }
 
 #[derive(Default)]

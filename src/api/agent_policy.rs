@@ -85,6 +85,46 @@ pub struct AgentPolicySpec {
     #[x_kube(validation = kube::core::Rule::new("duration(self) <= duration('168h')")
         .message("history is kept at most 168h"))]
     pub history: Option<Duration>,
+    /// Events of GitHub Apps' own webhooks this policy asks for: each names
+    /// an `AppWebhook` and the repositories (`owner/name` or globs such as
+    /// `acme/*`) whose events it wants. It gets only those its namespace is
+    /// granted by the AppWebhook's GitHubConnection (`status.appWebhooks`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("maxItems" = 16))]
+    pub app_webhooks: Vec<AppWebhookAsk>,
+}
+
+/// Events of one App's own webhook that a policy asks for.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppWebhookAsk {
+    /// Name of the AppWebhook.
+    #[schemars(extend("pattern" = super::DNS_SUBDOMAIN, "maxLength" = 253))]
+    pub name: String,
+    /// Repositories as `owner/name` or globs (`acme/*`), compared without
+    /// regard to case.
+    #[schemars(extend("minItems" = 1, "maxItems" = 256, "items" = {"type": "string", "pattern": r"^[-._/*A-Za-z0-9]+$", "maxLength": 140}))]
+    pub repositories: Vec<String>,
+}
+
+/// What a policy gets of one App's own webhook (written by the operator):
+/// a delivery about repository R is queued for the policy when R matches
+/// one of `repositories` (asked) and one of `granted` (what the
+/// connection's grants allow the policy's namespace).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppWebhookRoute {
+    pub name: String,
+    pub repositories: Vec<String>,
+    pub granted: Vec<String>,
+}
+
+impl AppWebhookRoute {
+    /// Is a delivery about `repository` this policy's?
+    pub fn routes(&self, repository: &str) -> bool {
+        let any = |globs: &[String]| globs.iter().any(|g| super::repository_glob(g, repository));
+        any(&self.repositories) && any(&self.granted)
+    }
 }
 
 /// Automatic safety rules. A tripped rule shows in `status.reason`, the
@@ -343,6 +383,10 @@ pub struct AgentPolicyStatus {
     /// Why the effective values are what they are, in words.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The App webhooks' events this policy gets: each of
+    /// `spec.appWebhooks` the grants allow (see `AppWebhookRoute`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub app_webhooks: Vec<AppWebhookRoute>,
     /// Current state: `Ready`, ...
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

@@ -94,6 +94,19 @@ pub enum Use<'a> {
 }
 
 impl GitHubConnectionSpec {
+    /// The repository globs `namespace` is granted.
+    pub fn granted_repositories(&self, namespace: &str) -> Vec<String> {
+        let mut globs: Vec<String> = self
+            .grants
+            .iter()
+            .filter(|g| g.namespaces.iter().any(|p| glob(p, namespace, false)))
+            .flat_map(|g| g.repositories.iter().cloned())
+            .collect();
+        globs.sort();
+        globs.dedup();
+        globs
+    }
+
     /// May `namespace` use the connection for `target`?
     pub fn grants(&self, namespace: &str, target: Use<'_>) -> bool {
         self.grants.iter().any(|g| {
@@ -107,7 +120,7 @@ impl GitHubConnectionSpec {
 }
 
 /// `owner/name` against `owner-glob/name-glob`: `*` never crosses the `/`.
-fn repository_glob(pattern: &str, repository: &str) -> bool {
+pub fn repository_glob(pattern: &str, repository: &str) -> bool {
     match (pattern.split_once('/'), repository.split_once('/')) {
         (Some((po, pn)), Some((o, n))) => !n.contains('/') && glob(po, o, true) && glob(pn, n, true),
         _ => false,

@@ -7,6 +7,7 @@
 //! controller sees it.
 
 mod agent_policy;
+mod app_webhook;
 pub mod conditions;
 mod duration;
 mod events;
@@ -14,6 +15,7 @@ mod github_connection;
 mod webhook_config;
 
 pub use agent_policy::*;
+pub use app_webhook::*;
 pub use duration::{Duration, DurationError};
 pub use events::GITHUB_EVENTS;
 pub use github_connection::*;
@@ -105,7 +107,7 @@ fn present<T>(crd: &str, probe: Result<T, kube::Error>) -> Result<(), InstallErr
 /// Every CustomResourceDefinition of the API, in a stable order.
 pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> {
-    vec![WebhookConfig::crd(), AgentPolicy::crd(), GitHubConnection::crd()]
+    vec![WebhookConfig::crd(), AgentPolicy::crd(), GitHubConnection::crd(), AppWebhook::crd()]
 }
 
 /// All CRDs as one multi-document YAML stream, as committed in `crds/`.

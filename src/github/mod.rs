@@ -38,27 +38,36 @@ use reqwest::{Method, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-/// Whose hooks: `repos/{owner}/{name}` or `orgs/{org}`.
+/// Whose hooks: `repos/{owner}/{name}`, `orgs/{org}`, or the one webhook
+/// of the GitHub App whose credentials the client has (`app/hook`, called
+/// with the App's JWT; its hook id is ignored).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
     Repository(String),
     Organization(String),
+    App,
 }
 
 impl Target {
-    fn path(&self) -> String {
+    /// The path of hook `id`.
+    fn hook_path(&self, id: i64) -> String {
         match self {
-            Self::Repository(r) => format!("repos/{r}"),
-            Self::Organization(o) => format!("orgs/{o}"),
+            Self::Repository(r) => format!("repos/{r}/hooks/{id}"),
+            Self::Organization(o) => format!("orgs/{o}/hooks/{id}"),
+            Self::App => APP_HOOK_PATH.to_owned(),
         }
     }
 }
+
+/// Where a GitHub App's own webhook is (`/app/hook/config`, `/app/hook/deliveries`).
+const APP_HOOK_PATH: &str = "app/hook";
 
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Repository(r) => write!(f, "repository {r}"),
             Self::Organization(o) => write!(f, "organization {o}"),
+            Self::App => write!(f, "the App's own webhook"),
         }
     }
 }
@@ -475,20 +484,21 @@ impl Client {
         {
             return Ok(token.clone());
         }
-        // iat a minute back for clock drift; GitHub refuses exp beyond 10 minutes.
-        let claims = json!({ "iat": now_secs() - 60, "exp": now_secs() + 540, "iss": app_id.to_string() });
-        let jwt = jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
-            &claims,
-            private_key,
-        )
-        .map_err(|_| Error::BadPrivateKey)?;
+        let jwt = app_jwt(*app_id, private_key)?;
         let url = format!("{}/app/installations/{installation_id}/access_tokens", self.api_url);
         let (_, _, body) =
             self.send("create_installation_token", Method::POST, &url, None, None, &jwt).await?;
         let (token, expires) = parse_installation_token(&body, now_secs())?;
         *cached = Some((token.clone(), expires));
         Ok(token)
+    }
+
+    /// The App's own JWT (for `/app/...` endpoints), signed now.
+    fn app_jwt(&self) -> Result<String, Error> {
+        match &self.auth {
+            Auth::App { app_id, private_key, .. } => app_jwt(*app_id, private_key),
+            Auth::Token(_) => Err(Error::BadAnswer("the App's own webhook needs App credentials".into())),
+        }
     }
 
     /// A call as this account, conditional on `etag` when given; mutations
@@ -505,7 +515,12 @@ impl Client {
         if blocked_until > now_secs() {
             return Err(Error::RateLimited { until: blocked_until });
         }
-        let bearer = self.bearer().await?;
+        // NB: the App's own webhook is the App's, not an installation's.
+        let bearer = if url.starts_with(&format!("{}/{APP_HOOK_PATH}/", self.api_url)) {
+            self.app_jwt()?
+        } else {
+            self.bearer().await?
+        };
         let result = if method == Method::GET {
             self.send(endpoint, method, url, body, etag, &bearer).await
         } else {
@@ -609,7 +624,29 @@ impl Client {
     }
 
     fn hooks_url(&self, target: &Target) -> String {
-        format!("{}/{}/hooks", self.api_url, target.path())
+        let hook = target.hook_path(0);
+        format!("{}/{}", self.api_url, hook.strip_suffix("/0").unwrap_or(&hook))
+    }
+
+    fn hook_url(&self, target: &Target, id: i64) -> String {
+        format!("{}/{}", self.api_url, target.hook_path(id))
+    }
+
+    /// The App's own webhook: its URL and content type.
+    pub async fn app_hook_config(&self) -> Result<HookConfig, Error> {
+        let url = format!("{}/config", self.hook_url(&Target::App, 0));
+        let (body, _) = self.get_cached("get_app_hook_config", &url).await?.ok_or_else(|| {
+            Error::BadAnswer("GitHub has no webhook for this App".into())
+        })?;
+        parse(body)
+    }
+
+    /// Points the App's own webhook at `url` (JSON) and sets its secret.
+    pub async fn update_app_hook_config(&self, url: &str, secret: &str) -> Result<HookConfig, Error> {
+        let endpoint = format!("{}/config", self.hook_url(&Target::App, 0));
+        let body = json!({ "url": url, "content_type": "json", "insecure_ssl": "0", "secret": secret });
+        let (_, _, body) = self.call("update_app_hook_config", Method::PATCH, &endpoint, Some(body), None).await?;
+        parse(body)
     }
 
     /// Every hook of `target`, following `Link: rel="next"` pages.
@@ -633,7 +670,7 @@ impl Client {
     /// One hook; `None` when it no longer exists. Conditional on the last
     /// `ETag`, so an unchanged hook costs no budget.
     pub async fn get_hook(&self, target: &Target, id: i64) -> Result<Option<Hook>, Error> {
-        let url = format!("{}/{id}", self.hooks_url(target));
+        let url = self.hook_url(target, id);
         self.get_cached("get_hook", &url).await?.map(|(body, _)| parse(body)).transpose()
     }
 
@@ -658,7 +695,7 @@ impl Client {
         hook: &DesiredHook,
         secret: &str,
     ) -> Result<Hook, Error> {
-        let url = format!("{}/{id}", self.hooks_url(target));
+        let url = self.hook_url(target, id);
         let (_, _, body) =
             self.call("update_hook", Method::PATCH, &url, Some(hook.body(secret)), None).await?;
         parse(body)
@@ -666,7 +703,7 @@ impl Client {
 
     /// Deletes the hook; one already gone counts as deleted.
     pub async fn delete_hook(&self, target: &Target, id: i64) -> Result<(), Error> {
-        let url = format!("{}/{id}", self.hooks_url(target));
+        let url = self.hook_url(target, id);
         match self.call("delete_hook", Method::DELETE, &url, None, None).await {
             Ok(_) | Err(Error::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
@@ -675,7 +712,7 @@ impl Client {
 
     /// Asks GitHub to send the hook a `ping` event.
     pub async fn ping_hook(&self, target: &Target, id: i64) -> Result<(), Error> {
-        let url = format!("{}/{id}/pings", self.hooks_url(target));
+        let url = format!("{}/pings", self.hook_url(target, id));
         self.call("ping_hook", Method::POST, &url, None, None).await.map(|_| ())
     }
 
@@ -688,7 +725,7 @@ impl Client {
         hook_id: i64,
         cursor: Option<&str>,
     ) -> Result<DeliveryPage, Error> {
-        let mut url = format!("{}/{hook_id}/deliveries?per_page=100", self.hooks_url(target));
+        let mut url = format!("{}/deliveries?per_page=100", self.hook_url(target, hook_id));
         let answer = match cursor {
             None => self.get_cached("list_deliveries", &url).await?,
             Some(c) => {
@@ -715,7 +752,7 @@ impl Client {
         hook_id: i64,
         delivery_id: i64,
     ) -> Result<Option<DeliveryRequest>, Error> {
-        let url = format!("{}/{hook_id}/deliveries/{delivery_id}", self.hooks_url(target));
+        let url = format!("{}/deliveries/{delivery_id}", self.hook_url(target, hook_id));
         let body = match self.call("get_delivery", Method::GET, &url, None, None).await {
             Ok((_, _, body)) => body,
             Err(Error::NotFound(_)) => return Ok(None),
@@ -726,9 +763,17 @@ impl Client {
 
     /// Asks GitHub to deliver delivery `delivery_id` again (same GUID).
     pub async fn redeliver(&self, target: &Target, hook_id: i64, delivery_id: i64) -> Result<(), Error> {
-        let url = format!("{}/{hook_id}/deliveries/{delivery_id}/attempts", self.hooks_url(target));
+        let url = format!("{}/deliveries/{delivery_id}/attempts", self.hook_url(target, hook_id));
         self.call("redeliver", Method::POST, &url, None, None).await.map(|_| ())
     }
+}
+
+/// A JWT of App `app_id` for GitHub's `/app` endpoints: issued a minute
+/// back for clock drift; GitHub refuses one that lives beyond 10 minutes.
+fn app_jwt(app_id: i64, private_key: &jsonwebtoken::EncodingKey) -> Result<String, Error> {
+    let claims = json!({ "iat": now_secs() - 60, "exp": now_secs() + 540, "iss": app_id.to_string() });
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256), &claims, private_key)
+        .map_err(|_| Error::BadPrivateKey)
 }
 
 // The parsers of GitHub's answers, public for the fuzz target

@@ -16,7 +16,7 @@ use kube::{
 use super::{Context, Error, apply_status};
 use crate::{
     ObjectRef,
-    api::{AgentPolicy, AgentPolicySpec, AgentPolicyStatus, conditions},
+    api::{AgentPolicy, AgentPolicySpec, AgentPolicyStatus, AppWebhookRoute, conditions},
 };
 
 /// Reason of the `Dispatching` condition when the safety rule tripped.
@@ -129,8 +129,55 @@ pub fn effective_status(policy: &AgentPolicy, dead: DeadLetters, now: &Time) -> 
         reason: Some(reason),
         filter: filters.policy,
         agent_filters: filters.agents,
+        app_webhooks: Vec::new(),
         conditions: conds,
     }
+}
+
+/// Reason of `Ready=False` when an asked App webhook is not granted.
+pub const REASON_APP_WEBHOOK_NOT_GRANTED: &str = "AppWebhookNotGranted";
+
+/// What the policy's namespace is granted of each asked App webhook: the
+/// repository globs of its connection's grants, or why none (`Err`).
+pub type AppGrants = std::collections::BTreeMap<String, Result<Vec<String>, String>>;
+
+/// The App webhooks' events the policy gets: each ask whose connection
+/// grants the namespace some repositories; one line per ask that gets none.
+pub fn app_routes(spec: &AgentPolicySpec, grants: &AppGrants) -> (Vec<AppWebhookRoute>, Vec<String>) {
+    let mut routes = Vec::new();
+    let mut refused = Vec::new();
+    for ask in &spec.app_webhooks {
+        match grants.get(&ask.name) {
+            Some(Ok(granted)) if !granted.is_empty() => routes.push(AppWebhookRoute {
+                name: ask.name.clone(),
+                repositories: ask.repositories.clone(),
+                granted: granted.clone(),
+            }),
+            Some(Err(why)) => refused.push(format!("AppWebhook {}: {why}", ask.name)),
+            _ => refused.push(format!("AppWebhook {}: its connection grants this namespace no repository", ask.name)),
+        }
+    }
+    (routes, refused)
+}
+
+/// What the namespace of a policy is granted of App webhook `name`.
+async fn app_grants(ctx: &Context, spec: &AgentPolicySpec, namespace: &str) -> Result<AppGrants, Error> {
+    use crate::api::{AppWebhook, GitHubConnection};
+    let mut grants = AppGrants::new();
+    for ask in &spec.app_webhooks {
+        let hooks: kube::Api<AppWebhook> = kube::Api::all(ctx.client.clone());
+        let Some(hook) = hooks.get_opt(&ask.name).await.map_err(super::Step::ReadConnection.error())? else {
+            grants.insert(ask.name.clone(), Err("no such AppWebhook".to_owned()));
+            continue;
+        };
+        let connections: kube::Api<GitHubConnection> = kube::Api::all(ctx.client.clone());
+        let granted = match connections.get_opt(&hook.spec.connection).await.map_err(super::Step::ReadConnection.error())? {
+            Some(c) => Ok(c.spec.granted_repositories(namespace)),
+            None => Err(format!("its GitHubConnection {} does not exist", hook.spec.connection)),
+        };
+        grants.insert(ask.name.clone(), granted);
+    }
+    Ok(grants)
 }
 
 pub async fn reconcile(policy: Arc<AgentPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -147,7 +194,21 @@ pub async fn reconcile(policy: Arc<AgentPolicy>, ctx: Arc<Context>) -> Result<Ac
             }
         },
     };
-    let status = effective_status(&policy, dead, &Time(Timestamp::now()));
+    let now = Time(Timestamp::now());
+    let mut status = effective_status(&policy, dead, &now);
+    let (routes, refused) = app_routes(&policy.spec, &app_grants(&ctx, &policy.spec, &namespace).await?);
+    status.app_webhooks = routes;
+    if !refused.is_empty() && status.conditions.iter().any(|c| c.type_ == conditions::READY && c.status == "True") {
+        // NB: set on the conditions as they were, so that its time moves
+        // only when it flips.
+        let mut was = policy.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+        let generation = policy.meta().generation;
+        let message = refused.join("; ");
+        conditions::set(&mut was, conditions::READY, false, REASON_APP_WEBHOOK_NOT_GRANTED, message, generation, &now);
+        let ready = was.into_iter().find(|c| c.type_ == conditions::READY);
+        status.conditions.retain(|c| c.type_ != conditions::READY);
+        status.conditions.extend(ready);
+    }
     if policy.status.as_ref() != Some(&status) {
         apply_status(&ctx.client, policy.as_ref(), &status).await?;
         let was = policy.status.as_ref().and_then(|s| s.enabled);

@@ -52,6 +52,7 @@ pub(super) async fn github_client(whc: &WebhookConfig, ctx: &Context) -> Result<
         let granted = |target: &Target| match target {
             Target::Repository(r) => connection.spec.grants(&ns, Use::Repository(r)),
             Target::Organization(o) => connection.spec.grants(&ns, Use::Organization(o)),
+            Target::App => false,
         };
         // NB: every listed repository, or none: one outside the grants
         // stops the WebhookConfig before a request is sent.
