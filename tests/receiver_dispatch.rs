@@ -59,6 +59,7 @@ impl World {
             },
             filters: Default::default(),
             history_ms: 0,
+            app_webhooks: vec![],
         };
         Self {
             redis_url: redis_url.to_owned(),

@@ -475,6 +475,7 @@ async fn a_full_queue_answers_503_with_retry_after() {
         retry: RetryPolicy::default(),
         filters: Default::default(),
         history_ms: 0,
+        app_webhooks: vec![],
     };
     h.registry.set_policy(h.policy.clone(), settings.clone());
     let body = |n: u32| format!(r#"{{"action":"opened","number":{n}}}"#).into_bytes();

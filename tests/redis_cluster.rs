@@ -219,6 +219,7 @@ fn settings(agent_url: &str) -> PolicySettings {
         retry: RetryPolicy { max_attempts: 100, ..RetryPolicy::default() },
         filters: Default::default(),
         history_ms: 0,
+        app_webhooks: vec![],
     }
 }
 

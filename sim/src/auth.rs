@@ -78,7 +78,8 @@ impl Sim {
             Err(answer) => return answer,
         };
         let mut s = self.inner.lock().unwrap();
-        let Some(account) = s.apps.get(&app_id).and_then(|a| a.installations.get(&installation)).cloned() else {
+        let Some(account) = s.apps.get(&app_id).and_then(|a| a.installations.get(&installation)).cloned()
+        else {
             return message(StatusCode::NOT_FOUND, "Not Found").into();
         };
         let token = format!("ghs_{}", hex::encode(rand::random::<[u8; 18]>()));

@@ -105,9 +105,9 @@ impl Sim {
             repository_id: match hook.owner {
                 Owner::Repo(_) => Some(target_id),
                 Owner::Org(_) => None,
-                Owner::App(_) => payload["repository"]["full_name"]
-                    .as_str()
-                    .and_then(|r| s.repos.get(r).copied()),
+                Owner::App(_) => {
+                    payload["repository"]["full_name"].as_str().and_then(|r| s.repos.get(r).copied())
+                }
             },
             throttled_at: None,
             hook_id,
@@ -174,8 +174,7 @@ pub(crate) fn get(sim: &Sim, owner: &Owner, hook_id: u64, d: &str) -> Answer {
     match s.deliveries.iter().find(|x| x.hook_id == hook_id && d.parse() == Ok(x.id)) {
         Some(x) => {
             let mut v = serde_json::to_value(x).expect("JSON");
-            v["url"] =
-                json!(format!("{}/{}/deliveries/{}", sim.base, owner.hook_path(x.hook_id), x.id));
+            v["url"] = json!(format!("{}/{}/deliveries/{}", sim.base, owner.hook_path(x.hook_id), x.id));
             v["request"] = json!({
                 "headers": {
                     "X-GitHub-Event": x.event,

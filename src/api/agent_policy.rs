@@ -114,8 +114,11 @@ pub struct AppWebhookAsk {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AppWebhookRoute {
+    /// Name of the AppWebhook.
     pub name: String,
+    /// The repositories the policy asks for (`spec.appWebhooks`).
     pub repositories: Vec<String>,
+    /// The repository globs the AppWebhook's connection grants the policy's namespace.
     pub granted: Vec<String>,
 }
 

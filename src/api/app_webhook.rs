@@ -46,6 +46,7 @@ pub struct AppWebhookSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AppWebhookStatus {
+    /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// The URL GitHub delivers to.
@@ -64,13 +65,37 @@ pub struct AppWebhookStatus {
     /// When GitHub was switched to `signingKeyVersion`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rotation_time: Option<Time>,
+    /// The last `hookwarden.io/rotate` annotation value acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_request: Option<String>,
     /// GitHub's latest delivery.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_delivery: Option<DeliverySummary>,
     /// Recovery of failed deliveries, as for a hook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovery: Option<RecoveryStatus>,
+    /// Current state: `Ready`, `SecretInSync`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// The namespace part of the hook reference an App's webhook deliveries
+/// carry (`@app/{name}`): no Kubernetes namespace can be called so, so it
+/// never stands for a WebhookConfig.
+pub const APP_HOOK_NAMESPACE: &str = "@app";
+
+/// The hook reference of AppWebhook `name`'s deliveries.
+pub fn app_hook_ref(name: &str) -> crate::ObjectRef {
+    crate::ObjectRef::new(APP_HOOK_NAMESPACE, name)
+}
+
+/// Does `policy` get the deliveries of AppWebhook `name` about `repository`
+/// (by its status, which only the operator writes)?
+pub fn routes(policy: &super::AgentPolicy, name: &str, repository: &str) -> bool {
+    policy
+        .status
+        .iter()
+        .flat_map(|s| &s.app_webhooks)
+        .any(|route| route.name == name && route.routes(repository))
 }

@@ -84,14 +84,25 @@ pub async fn check_installed(client: &kube::Client, namespace: Option<&str>) -> 
     )
 }
 
-/// The operator also reads GitHubConnections (cluster-scoped): fails fast
-/// when their CRD is missing, e.g. after a `helm upgrade`, which leaves
-/// CRDs as they were.
+/// The operator also reads GitHubConnections and AppWebhooks
+/// (cluster-scoped): fails fast when their CRD is missing, e.g. after a
+/// `helm upgrade`, which leaves CRDs as they were.
 pub async fn check_connections_installed(client: &kube::Client) -> Result<(), InstallError> {
     let probe = kube::api::ListParams::default().limit(1);
     present(
         "githubconnections.hookwarden.io",
         kube::Api::<GitHubConnection>::all(client.clone()).list_metadata(&probe).await,
+    )?;
+    check_app_webhooks_installed(client).await
+}
+
+/// Receivers and the operator read AppWebhooks: fails fast when their CRD
+/// is missing.
+pub async fn check_app_webhooks_installed(client: &kube::Client) -> Result<(), InstallError> {
+    let probe = kube::api::ListParams::default().limit(1);
+    present(
+        "appwebhooks.hookwarden.io",
+        kube::Api::<AppWebhook>::all(client.clone()).list_metadata(&probe).await,
     )
 }
 

@@ -87,7 +87,16 @@ pub(crate) fn operator(
         .unwrap_or(Duration::from_secs(30));
     let meta_refresh = pick(args.github_meta_refresh, args.github_meta_refresh_seconds, Duration::from_secs)
         .unwrap_or(Duration::from_secs(3600));
+    // NB: cluster-scoped, so one operator per cluster should have them: by
+    // default the one that watches every namespace.
+    let app_webhooks = match args.app_webhooks.as_deref() {
+        None if args.scope.namespace.is_none() => Some(String::new()),
+        None | Some("none") => None,
+        Some("all") => Some(String::new()),
+        Some(selector) => Some(selector.to_owned()),
+    };
     Ok(OperatorConfig {
+        app_webhooks,
         allowed_apis,
         github_limits: crate::github::Limits {
             max_response_bytes: args.github_max_response_bytes,

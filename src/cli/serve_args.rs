@@ -91,6 +91,11 @@ pub(crate) struct OperatorArgs {
     /// without spec.url delivers to {base}/hooks/{namespace}/{name}.
     #[arg(long, env = "HOOKWARDEN_PUBLIC_BASE_URL")]
     pub(crate) public_base_url: Option<String>,
+    /// Which AppWebhooks (cluster-scoped) this operator manages: `all`,
+    /// `none`, or a label selector [default: all when watching every
+    /// namespace, none when watching one].
+    #[arg(long, env = "HOOKWARDEN_APP_WEBHOOKS")]
+    pub(crate) app_webhooks: Option<String>,
     /// Time between checks of every hook against GitHub (drift repair)
     /// [default: 5m].
     #[arg(long, env = "HOOKWARDEN_RESYNC", value_parser = positive_duration)]

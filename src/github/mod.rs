@@ -635,9 +635,10 @@ impl Client {
     /// The App's own webhook: its URL and content type.
     pub async fn app_hook_config(&self) -> Result<HookConfig, Error> {
         let url = format!("{}/config", self.hook_url(&Target::App, 0));
-        let (body, _) = self.get_cached("get_app_hook_config", &url).await?.ok_or_else(|| {
-            Error::BadAnswer("GitHub has no webhook for this App".into())
-        })?;
+        let (body, _) = self
+            .get_cached("get_app_hook_config", &url)
+            .await?
+            .ok_or_else(|| Error::BadAnswer("GitHub has no webhook for this App".into()))?;
         parse(body)
     }
 
@@ -645,7 +646,8 @@ impl Client {
     pub async fn update_app_hook_config(&self, url: &str, secret: &str) -> Result<HookConfig, Error> {
         let endpoint = format!("{}/config", self.hook_url(&Target::App, 0));
         let body = json!({ "url": url, "content_type": "json", "insecure_ssl": "0", "secret": secret });
-        let (_, _, body) = self.call("update_app_hook_config", Method::PATCH, &endpoint, Some(body), None).await?;
+        let (_, _, body) =
+            self.call("update_app_hook_config", Method::PATCH, &endpoint, Some(body), None).await?;
         parse(body)
     }
 

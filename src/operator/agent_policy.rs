@@ -154,7 +154,8 @@ pub fn app_routes(spec: &AgentPolicySpec, grants: &AppGrants) -> (Vec<AppWebhook
                 granted: granted.clone(),
             }),
             Some(Err(why)) => refused.push(format!("AppWebhook {}: {why}", ask.name)),
-            _ => refused.push(format!("AppWebhook {}: its connection grants this namespace no repository", ask.name)),
+            _ => refused
+                .push(format!("AppWebhook {}: its connection grants this namespace no repository", ask.name)),
         }
     }
     (routes, refused)
@@ -171,7 +172,11 @@ async fn app_grants(ctx: &Context, spec: &AgentPolicySpec, namespace: &str) -> R
             continue;
         };
         let connections: kube::Api<GitHubConnection> = kube::Api::all(ctx.client.clone());
-        let granted = match connections.get_opt(&hook.spec.connection).await.map_err(super::Step::ReadConnection.error())? {
+        let granted = match connections
+            .get_opt(&hook.spec.connection)
+            .await
+            .map_err(super::Step::ReadConnection.error())?
+        {
             Some(c) => Ok(c.spec.granted_repositories(namespace)),
             None => Err(format!("its GitHubConnection {} does not exist", hook.spec.connection)),
         };
@@ -198,13 +203,23 @@ pub async fn reconcile(policy: Arc<AgentPolicy>, ctx: Arc<Context>) -> Result<Ac
     let mut status = effective_status(&policy, dead, &now);
     let (routes, refused) = app_routes(&policy.spec, &app_grants(&ctx, &policy.spec, &namespace).await?);
     status.app_webhooks = routes;
-    if !refused.is_empty() && status.conditions.iter().any(|c| c.type_ == conditions::READY && c.status == "True") {
+    if !refused.is_empty()
+        && status.conditions.iter().any(|c| c.type_ == conditions::READY && c.status == "True")
+    {
         // NB: set on the conditions as they were, so that its time moves
         // only when it flips.
         let mut was = policy.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
         let generation = policy.meta().generation;
         let message = refused.join("; ");
-        conditions::set(&mut was, conditions::READY, false, REASON_APP_WEBHOOK_NOT_GRANTED, message, generation, &now);
+        conditions::set(
+            &mut was,
+            conditions::READY,
+            false,
+            REASON_APP_WEBHOOK_NOT_GRANTED,
+            message,
+            generation,
+            &now,
+        );
         let ready = was.into_iter().find(|c| c.type_ == conditions::READY);
         status.conditions.retain(|c| c.type_ != conditions::READY);
         status.conditions.extend(ready);

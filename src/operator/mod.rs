@@ -7,6 +7,7 @@
 //! them ([`leader`]); the others serve health and metrics and stand by.
 
 pub mod agent_policy;
+pub mod app_webhook;
 mod error;
 pub mod leader;
 pub mod meta;
@@ -80,11 +81,15 @@ pub struct OperatorConfig {
     pub allowed_apis: crate::github::endpoints::AllowedApis,
     /// How much of GitHub's answers is read and kept.
     pub github_limits: crate::github::Limits,
+    /// The label selector of the AppWebhooks managed (`""`: all; `None`: none).
+    pub app_webhooks: Option<String>,
 }
 
 /// What every reconcile gets.
 pub struct Context {
     pub client: Client,
+    /// The one namespace watched (`None`: all).
+    pub namespace: Option<String>,
     pub recorder: Recorder,
     pub metrics: Arc<OperatorMetrics>,
     /// Set once Redis answers; until then the safety rule cannot be evaluated.
@@ -134,6 +139,7 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::Ru
     };
     let ctx = Arc::new(Context {
         client: client.clone(),
+        namespace: config.namespace.clone(),
         recorder: Recorder::new(client.clone(), reporter),
         metrics: metrics.clone(),
         queue,
@@ -181,7 +187,33 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::Ru
     tracing::info!(lease = LEADER_LEASE, namespace = %config.lease_namespace, "leading");
 
     let policies = crate::scoped_api::<AgentPolicy>(&client, config.namespace.as_deref());
-    let policy_controller = Controller::new(policies, watcher::Config::default())
+    let policy_controller = Controller::new(policies, watcher::Config::default());
+    // An AppWebhook or a connection changed: the policies asking for App
+    // webhooks' events are granted anew (a revoked grant stops them at once).
+    fn asking<K>(
+        store: kube::runtime::reflector::Store<AgentPolicy>,
+    ) -> impl Fn(K) -> Vec<kube::runtime::reflector::ObjectRef<AgentPolicy>> {
+        move |_| {
+            store
+                .state()
+                .into_iter()
+                .filter(|p| !p.spec.app_webhooks.is_empty())
+                .map(|p| kube::runtime::reflector::ObjectRef::from_obj(p.as_ref()))
+                .collect()
+        }
+    }
+    let store = policy_controller.store();
+    let policy_controller = policy_controller
+        .watches(
+            kube::Api::<crate::api::GitHubConnection>::all(client.clone()),
+            watcher::Config::default(),
+            asking(store.clone()),
+        )
+        .watches(
+            kube::Api::<crate::api::AppWebhook>::all(client.clone()),
+            watcher::Config::default(),
+            asking(store),
+        )
         .graceful_shutdown_on(crate::shutdown_signal())
         .run(instrumented_reconcile, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
@@ -219,7 +251,7 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::Ru
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(crate::shutdown_signal())
-        .run(reconcile_hook, hook_error_policy, ctx)
+        .run(reconcile_hook, hook_error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
     let publisher = config.meta.clone().map(|m| {
         tokio::spawn(meta::run(client.clone(), config.namespace.clone(), config.allowed_apis.clone(), m))
@@ -233,8 +265,17 @@ pub async fn run(config: OperatorConfig, client: Client) -> Result<(), crate::Ru
             })
         })
         .collect();
+    let app_controller = async {
+        let Some(selector) = &config.app_webhooks else { return };
+        let apps = kube::Api::<crate::api::AppWebhook>::all(client.clone());
+        Controller::new(apps, watcher::Config::default().labels(selector))
+            .graceful_shutdown_on(crate::shutdown_signal())
+            .run(reconcile_app, app_error_policy, ctx.clone())
+            .for_each(|_| futures::future::ready(()))
+            .await
+    };
     let lost = tokio::select! {
-        _ = futures::future::join(policy_controller, hook_controller) => false,
+        _ = futures::future::join3(policy_controller, hook_controller, app_controller) => false,
         () = election.keep() => true,
     };
     for task in publisher.into_iter().chain(mirrors) {
@@ -321,6 +362,20 @@ fn hook_error_policy(whc: Arc<WebhookConfig>, error: &Error, ctx: Arc<Context>) 
         &ctx,
         "webhookconfig",
         &kube::ResourceExt::name_any(whc.as_ref()),
+        error,
+        webhook_config::retry_delay(error),
+    )
+}
+
+async fn reconcile_app(awh: Arc<crate::api::AppWebhook>, ctx: Arc<Context>) -> Result<Action, Error> {
+    measured(&ctx, "appwebhook", app_webhook::reconcile(awh, ctx.clone())).await
+}
+
+fn app_error_policy(awh: Arc<crate::api::AppWebhook>, error: &Error, ctx: Arc<Context>) -> Action {
+    failed(
+        &ctx,
+        "appwebhook",
+        &kube::ResourceExt::name_any(awh.as_ref()),
         error,
         webhook_config::retry_delay(error),
     )

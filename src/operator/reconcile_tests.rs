@@ -51,6 +51,7 @@ fn context(client: Client, allowed: &[&str]) -> Arc<Context> {
     let reporter = kube::runtime::events::Reporter { controller: "test".into(), instance: None };
     Arc::new(Context {
         client: client.clone(),
+        namespace: None,
         recorder: Recorder::new(client, reporter),
         metrics: metrics.clone(),
         queue: Arc::new(OnceCell::new()),

@@ -92,6 +92,7 @@ pub struct ReceiverConfig {
 /// rest stay pending in Redis for another replica), and returns.
 pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), crate::RunError> {
     crate::api::check_installed(&client, config.namespace.as_deref()).await?;
+    crate::api::check_app_webhooks_installed(&client).await?;
     let queue = connect_redis(&config).await;
     let registry = Arc::new(Registry::new());
     let metrics = Arc::new(ReceiverMetrics::new());

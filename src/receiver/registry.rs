@@ -31,6 +31,14 @@ pub struct HookInfo {
     pub last_delivery: Option<crate::api::DeliverySummary>,
 }
 
+/// What ingest needs of a hook: where its keys are, and the policy its
+/// deliveries go to (`None`: an App's webhook, routed by repository).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IngestHook {
+    pub secret: ObjectRef,
+    pub policy: Option<ObjectRef>,
+}
+
 /// The effective settings of one AgentPolicy. The switch, the concurrency and
 /// the queue limit come from its **status** only: the operator is their one
 /// writer. Without a status, nothing is dispatched and deliveries wait.
@@ -47,6 +55,8 @@ pub struct PolicySettings {
     pub filters: Filters,
     /// How long deliveries are kept for replays (ms; 0: none kept).
     pub history_ms: u64,
+    /// The App webhooks' deliveries it gets (status: the operator's grants).
+    pub app_webhooks: Vec<crate::api::AppWebhookRoute>,
 }
 
 impl PolicySettings {
@@ -66,6 +76,7 @@ impl PolicySettings {
             retry: policy.spec.retry.clone(),
             filters: filters_of(status),
             history_ms: policy.spec.history.as_ref().map_or(0, |h| h.get().as_millis() as u64),
+            app_webhooks: status.map(|s| s.app_webhooks.clone()).unwrap_or_default(),
         }
     }
 }
@@ -89,6 +100,9 @@ pub const KEYS_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 #[derive(Default)]
 pub struct Registry {
     hooks: RwLock<HashMap<ObjectRef, HookInfo>>,
+    /// Apps' own webhooks (`@app/{name}`): the Secret with their keys, once
+    /// the operator has written it in status.
+    app_hooks: RwLock<HashMap<ObjectRef, Option<ObjectRef>>>,
     keys: RwLock<HashMap<ObjectRef, Arc<[HmacKey]>>>,
     /// Agents' Standard Webhooks keys, by Secret.
     signing_keys: RwLock<HashMap<ObjectRef, Arc<[SigningKey]>>>,
@@ -116,11 +130,12 @@ pub enum Watched {
     Policies,
     SigningKeys,
     AgentHeaders,
+    AppHooks,
 }
 
 impl Watched {
-    pub const ALL: [Self; 5] =
-        [Self::Hooks, Self::Keys, Self::Policies, Self::SigningKeys, Self::AgentHeaders];
+    pub const ALL: [Self; 6] =
+        [Self::Hooks, Self::Keys, Self::Policies, Self::SigningKeys, Self::AgentHeaders, Self::AppHooks];
 }
 
 /// The request headers an agent's credentials Secret adds to every call
@@ -156,6 +171,48 @@ impl Registry {
 
     pub fn remove_hook(&self, hook: &ObjectRef) {
         self.hooks.write().unwrap().remove(hook);
+    }
+
+    /// Where deliveries to `hook` are verified: a WebhookConfig's hook
+    /// (its key Secret and its policy), or an App's own webhook (its key
+    /// Secret; its policies follow from each delivery's repository).
+    pub fn ingest_hook(&self, hook: &ObjectRef) -> Option<IngestHook> {
+        if hook.namespace == crate::api::APP_HOOK_NAMESPACE {
+            let secret = self.app_hooks.read().unwrap().get(hook).cloned()?;
+            // NB: before the operator wrote where its keys are, none verify.
+            let secret = secret.unwrap_or_else(|| hook.clone());
+            return Some(IngestHook { secret, policy: None });
+        }
+        let info = self.hook(hook)?;
+        Some(IngestHook { secret: info.secret, policy: Some(info.policy) })
+    }
+
+    pub fn set_app_hook(&self, hook: ObjectRef, secret: Option<ObjectRef>) {
+        self.app_hooks.write().unwrap().insert(hook, secret);
+    }
+
+    pub fn app_hook_refs(&self) -> Vec<ObjectRef> {
+        self.app_hooks.read().unwrap().keys().cloned().collect()
+    }
+
+    pub fn remove_app_hook(&self, hook: &ObjectRef) {
+        self.app_hooks.write().unwrap().remove(hook);
+    }
+
+    /// The policies a delivery of App webhook `name` about `repository`
+    /// goes to, sorted: those the operator granted it to in their status.
+    pub fn app_routes(&self, name: &str, repository: Option<&str>) -> Vec<ObjectRef> {
+        let Some(repository) = repository else { return vec![] };
+        let policies = self.policies.read().unwrap();
+        let mut routed: Vec<ObjectRef> = policies
+            .iter()
+            .filter(|(_, settings)| {
+                settings.borrow().app_webhooks.iter().any(|r| r.name == name && r.routes(repository))
+            })
+            .map(|(policy, _)| policy.clone())
+            .collect();
+        routed.sort();
+        routed
     }
 
     /// The keys of Secret `secret`; empty when none are loaded.

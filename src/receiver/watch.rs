@@ -21,7 +21,7 @@ use super::{
 };
 use crate::{
     ObjectRef,
-    api::{AgentPolicy, WebhookConfig},
+    api::{AgentPolicy, AppWebhook, WebhookConfig},
     copies::{self, Kind},
     github::meta,
     keys::keys_from_secret,
@@ -112,7 +112,7 @@ impl SecretSource {
     }
 }
 
-/// Starts the five watches; they run until the process ends, riding out
+/// Starts the six watches; they run until the process ends, riding out
 /// API errors with backoff. With `keys_namespace`, Secrets are read only
 /// there (the operator's copies).
 pub fn spawn(
@@ -184,6 +184,22 @@ pub fn spawn(
         },
         Registry::remove_agent_headers,
     );
+
+    // Apps' own webhooks are cluster-scoped; a receiver that serves one
+    // namespace verifies them too, for its namespace's policies.
+    tokio::spawn(follow(
+        Api::<AppWebhook>::all(client.clone()),
+        watcher::Config::default(),
+        |awh| Some(crate::api::app_hook_ref(&awh.name_any())),
+        registry.clone(),
+        Watched::AppHooks,
+        Registry::app_hook_refs,
+        |r, at, awh| {
+            let secret = awh.status.as_ref().and_then(|s| s.key_secret.as_deref()?.parse().ok());
+            r.set_app_hook(at, secret);
+        },
+        Registry::remove_app_hook,
+    ));
 
     let policies = crate::scoped_api::<AgentPolicy>(client, namespace);
     tokio::spawn(follow(

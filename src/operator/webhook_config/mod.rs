@@ -100,10 +100,10 @@ pub async fn reconcile(whc: Arc<WebhookConfig>, ctx: Arc<Context>) -> Result<Act
 }
 
 /// A registered hook and how to reach it.
-struct HookRef<'a> {
-    github: &'a github::Client,
-    target: &'a Target,
-    id: i64,
+pub(crate) struct HookRef<'a> {
+    pub github: &'a github::Client,
+    pub target: &'a Target,
+    pub id: i64,
 }
 
 async fn apply(whc: Arc<WebhookConfig>, ctx: &Context) -> Result<Action, Error> {
@@ -172,8 +172,14 @@ async fn hook_flows(
     };
     let rotation = rotation::rotate(whc, ctx, github, desired, &mut [member], keys, status, now).await;
     let hook = HookRef { github, target: &target, id: registered.id };
-    let (next_recovery, newest) =
-        recovery::run(whc, ctx, &hook, &mut status.recovery, registered.last_delivery_failed).await;
+    let (next_recovery, newest) = recovery::run(
+        recovery::Owner::Hook(whc),
+        ctx,
+        &hook,
+        &mut status.recovery,
+        registered.last_delivery_failed,
+    )
+    .await;
     if let Some(newest) = &newest {
         status.last_delivery = Some(status::last_delivery(newest));
     }
@@ -205,7 +211,8 @@ async fn fleet_flows(
         let target = Target::Repository(entry.repository.clone());
         let hook = HookRef { github, target: &target, id };
         let evidence = registered.failing.contains(&id);
-        let (next_recovery, newest) = recovery::run(whc, ctx, &hook, &mut entry.recovery, evidence).await;
+        let (next_recovery, newest) =
+            recovery::run(recovery::Owner::Hook(whc), ctx, &hook, &mut entry.recovery, evidence).await;
         if let Some(newest) = &newest {
             entry.last_delivery = Some(status::last_delivery(newest));
         }

@@ -39,11 +39,81 @@ use kube::{Api, ResourceExt, runtime::events::EventType};
 use super::{HookRef, publish};
 use crate::{
     ObjectRef,
-    api::{AgentPolicy, RecoveryScan, RecoveryStatus, WebhookConfig},
+    api::{AgentPolicy, AppWebhook, RecoveryScan, RecoveryStatus, WebhookConfig},
     github::{self, Delivery, RateLimit},
     operator::Context,
     queue::{self, Enqueued, QueueError},
 };
+
+/// Whose hook is recovered: a WebhookConfig's (its deliveries go to its
+/// AgentPolicy), or an App's own webhook (each delivery to every policy
+/// the grants route it to).
+#[derive(Clone, Copy)]
+pub enum Owner<'a> {
+    Hook(&'a WebhookConfig),
+    App(&'a AppWebhook),
+}
+
+impl Owner<'_> {
+    /// The reference deliveries carry as their hook (and memos are kept under).
+    fn hook_ref(&self) -> ObjectRef {
+        match self {
+            Self::Hook(whc) => ObjectRef::of(*whc),
+            Self::App(awh) => crate::api::app_hook_ref(&awh.name_any()),
+        }
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Self::Hook(whc) => whc.name_any(),
+            Self::App(awh) => awh.name_any(),
+        }
+    }
+
+    /// The namespace label of the metrics (none for an App's webhook).
+    fn namespace(&self) -> String {
+        match self {
+            Self::Hook(whc) => whc.namespace().unwrap_or_default(),
+            Self::App(_) => String::new(),
+        }
+    }
+
+    async fn publish(&self, ctx: &Context, reason: &str, note: String) {
+        match self {
+            Self::Hook(whc) => publish(ctx, whc, EventType::Normal, reason, note).await,
+            Self::App(awh) => crate::operator::app_webhook::publish(ctx, awh, reason, note).await,
+        }
+    }
+
+    /// The policies a delivery about `repository` is queued for, with their
+    /// queue limits.
+    async fn policies(&self, ctx: &Context, repository: Option<&str>) -> Vec<(ObjectRef, u64)> {
+        match self {
+            Self::Hook(whc) => {
+                let ns = whc.namespace().unwrap_or_default();
+                let name = whc.spec.agent_policy.clone();
+                let api: Api<AgentPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+                let limit = match api.get_opt(&name).await {
+                    Ok(Some(p)) => p.effective_queue_limit(),
+                    _ => crate::api::DEFAULT_QUEUE_LIMIT,
+                };
+                vec![(ObjectRef::new(ns, name), limit)]
+            }
+            Self::App(awh) => {
+                let Some(repository) = repository else { return vec![] };
+                let api = crate::scoped_api::<AgentPolicy>(&ctx.client, ctx.namespace.as_deref());
+                let policies =
+                    api.list(&kube::api::ListParams::default()).await.map(|l| l.items).unwrap_or_default();
+                let name = awh.name_any();
+                policies
+                    .iter()
+                    .filter(|p| crate::api::routes(p, &name, repository))
+                    .map(|p| (ObjectRef::of(p), p.effective_queue_limit()))
+                    .collect()
+            }
+        }
+    }
+}
 
 /// GitHub keeps deliveries (and serves them) for 3 days.
 pub const RETENTION_SECS: i64 = 3 * 24 * 3600;
@@ -194,15 +264,15 @@ pub fn oldest_pending(recovery: &RecoveryStatus, failed: &[Delivery], now: i64) 
 /// that fails does not fail the reconcile: it says why in status and an
 /// Event, and is tried again with backoff. Returns how soon to look again
 /// and the newest delivery read.
-pub(super) async fn run(
-    whc: &WebhookConfig,
+pub(crate) async fn run(
+    owner: Owner<'_>,
     ctx: &Context,
     hook: &HookRef<'_>,
     recovery: &mut Option<RecoveryStatus>,
     evidence: bool,
 ) -> (Option<Duration>, Option<Delivery>) {
     let Some(interval) = ctx.redelivery_interval else { return (None, None) };
-    let key = (ObjectRef::of(whc), hook.id);
+    let key = (owner.hook_ref(), hook.id);
     let now = Instant::now();
     let memo = {
         let mut memos = ctx.recovery.lock().unwrap();
@@ -216,7 +286,7 @@ pub(super) async fn run(
         return (Some(wait), None);
     }
     let mut state = recovery.clone().unwrap_or_default();
-    let mut pass = Pass { whc, ctx, hook, recovered: Vec::new(), newest: None };
+    let mut pass = Pass { owner, ctx, hook, recovered: Vec::new(), newest: None };
     let (ended, failed) = pass.read(&mut state).await;
     let now_unix = Timestamp::now().as_second();
     let oldest = oldest_pending(&state, &failed, now_unix);
@@ -224,7 +294,7 @@ pub(super) async fn run(
     state.oldest_pending_time = oldest.map(|t| Time(Timestamp::from_second(t).unwrap_or_default()));
     if ended != Ended::Done || !pass.recovered.is_empty() {
         tracing::info!(
-            whc = %whc.name_any(),
+            owner = %owner.name(),
             hook = hook.id,
             ended = ?ended,
             recovered = pass.recovered.len(),
@@ -278,7 +348,7 @@ pub(super) fn forget_except(ctx: &Context, whc: &WebhookConfig, hooks: &[i64]) {
 
 /// One pass over one hook.
 struct Pass<'a> {
-    whc: &'a WebhookConfig,
+    owner: Owner<'a>,
     ctx: &'a Context,
     hook: &'a HookRef<'a>,
     /// GUIDs recovered, by way.
@@ -367,7 +437,7 @@ impl Pass<'_> {
         error: &Failure,
         left: Vec<Delivery>,
     ) -> (Ended, Vec<Delivery>) {
-        tracing::warn!(whc = %self.whc.name_any(), hook = self.hook.id, %error, "recovery pass stopped");
+        tracing::warn!(owner = %self.owner.name(), hook = self.hook.id, %error, "recovery pass stopped");
         state.last_error = Some(error.to_string());
         // GitHub said when to come back: that, not a guess.
         let ended = match error {
@@ -381,20 +451,15 @@ impl Pass<'_> {
     /// error and what is left.
     async fn recover(&mut self, failed: &[Delivery]) -> Result<(), (Failure, Vec<Delivery>)> {
         let way = self.ctx.recovery_way;
-        let policy = match way {
-            Way::Fetch if !failed.is_empty() => Some(self.policy().await),
-            _ => None,
-        };
         let this = &*self;
         // NB: boxed, so the compiler can see the stream is Send.
         let attempts: Vec<BoxFuture<'_, (&Delivery, Result<Way, Failure>)>> = failed
             .iter()
             .map(|d| {
-                let policy = &policy;
                 async move {
-                    let result = match policy {
-                        Some((policy, limit)) => this.fetch(d, policy, *limit).await,
-                        None => this.redeliver(d).await.map(|()| Way::Redeliver),
+                    let result = match way {
+                        Way::Fetch => this.fetch(d).await,
+                        Way::Redeliver => this.redeliver(d).await.map(|()| Way::Redeliver),
                     };
                     (d, result)
                 }
@@ -410,7 +475,7 @@ impl Pass<'_> {
         for (d, result) in results {
             match result {
                 Ok(way) => {
-                    let ns = self.whc.namespace().unwrap_or_default();
+                    let ns = self.owner.namespace();
                     self.ctx.metrics.redeliveries.with_label_values(&[&ns, way.label()]).inc();
                     self.recovered.push((way, d.guid.clone()));
                 }
@@ -426,21 +491,9 @@ impl Pass<'_> {
         }
     }
 
-    /// The hook's AgentPolicy and its queue limit.
-    async fn policy(&self) -> (ObjectRef, u64) {
-        let ns = self.whc.namespace().unwrap_or_default();
-        let name = self.whc.spec.agent_policy.clone();
-        let api: Api<AgentPolicy> = Api::namespaced(self.ctx.client.clone(), &ns);
-        let limit = match api.get_opt(&name).await {
-            Ok(Some(p)) => p.effective_queue_limit(),
-            _ => crate::api::DEFAULT_QUEUE_LIMIT,
-        };
-        (ObjectRef::new(ns, name), limit)
-    }
-
-    /// Queues `d` as GitHub recorded it; asks GitHub to redeliver it instead
-    /// when GitHub no longer shows its payload.
-    async fn fetch(&self, d: &Delivery, policy: &ObjectRef, limit: u64) -> Result<Way, Failure> {
+    /// Queues `d` as GitHub recorded it, for each policy it goes to; asks
+    /// GitHub to redeliver it instead when GitHub no longer shows its payload.
+    async fn fetch(&self, d: &Delivery) -> Result<Way, Failure> {
         let queue = self.ctx.queue.get().ok_or(Failure::NoQueue)?;
         let Some(request) = self.hook.github.delivery(self.hook.target, self.hook.id, d.id).await? else {
             return Ok(Way::Fetch); // gone from GitHub: nothing left to recover
@@ -448,7 +501,7 @@ impl Pass<'_> {
         let Some(payload) = request.payload else {
             return self.redeliver(d).await.map(|()| Way::Redeliver);
         };
-        let hook = ObjectRef::of(self.whc);
+        let hook = self.owner.hook_ref();
         // NB: the payload is whatever the API answered. One that is not an
         // event (not an object: `"x"`, `[]`) is not queued as GitHub's word;
         // GitHub is asked to send it again, through the receiver's checks.
@@ -456,13 +509,16 @@ impl Pass<'_> {
             .ok()
             .and_then(|b| queue::Delivery::parse(&request.guid, &request.event, &hook, Bytes::from(b)).ok());
         let Some(delivery) = parsed else {
-            tracing::warn!(whc = %self.whc.name_any(), guid = %request.guid, "GitHub showed a payload that is not an event; asking for a redelivery");
+            tracing::warn!(owner = %self.owner.name(), guid = %request.guid, "GitHub showed a payload that is not an event; asking for a redelivery");
             return self.redeliver(d).await.map(|()| Way::Redeliver);
         };
-        // NB: fetched from GitHub's API, not signed: no replay check (None).
-        match queue.enqueue(policy, &delivery, limit, None).await? {
-            Enqueued::Queued(_) | Enqueued::Duplicate | Enqueued::Replay => Ok(Way::Fetch),
+        for (policy, limit) in self.owner.policies(self.ctx, delivery.repository.as_deref()).await {
+            // NB: fetched from GitHub's API, not signed: no replay check (None).
+            match queue.enqueue(&policy, &delivery, limit, None).await? {
+                Enqueued::Queued(_) | Enqueued::Duplicate | Enqueued::Replay => {}
+            }
         }
+        Ok(Way::Fetch)
     }
 
     async fn redeliver(&self, d: &Delivery) -> Result<(), Failure> {
@@ -488,7 +544,7 @@ impl Pass<'_> {
             let more =
                 if guids.len() > 10 { format!(" and {} more", guids.len() - 10) } else { String::new() };
             let note = format!("{verb} {} failed deliveries: {shown}{more}", guids.len());
-            publish(self.ctx, self.whc, EventType::Normal, reason, note).await;
+            self.owner.publish(self.ctx, reason, note).await;
         }
     }
 }

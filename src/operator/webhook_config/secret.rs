@@ -90,7 +90,7 @@ pub(super) async fn github_client(whc: &WebhookConfig, ctx: &Context) -> Result<
 }
 
 /// A token, or an App installation's key, read from `namespace`.
-async fn credentials(
+pub(crate) async fn credentials(
     ctx: &Context,
     namespace: &str,
     token: Option<&SecretKeyRef>,

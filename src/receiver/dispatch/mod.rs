@@ -182,9 +182,18 @@ fn rfc3339_ms(ms: u64) -> String {
 /// or a hook moved to another policy since): it is dead-lettered, never sent
 /// with this policy's signing keys. A hook no longer known (its
 /// WebhookConfig deleted after the delivery was queued) in the policy's own
-/// namespace is delivered.
+/// namespace is delivered. An App's webhook delivery ([`app_routes`]) goes
+/// by the policy's grants as they are now.
 pub fn routes(hook: &ObjectRef, policy: &ObjectRef, hook_policy: Option<&ObjectRef>) -> bool {
     hook.namespace == policy.namespace && hook_policy.is_none_or(|p| p == policy)
+}
+
+/// May a delivery of App webhook `hook` about `repository` be delivered
+/// by a policy with `settings`? Only while its status still grants it (a
+/// grant revoked meanwhile stops what was queued under it).
+pub fn app_routes(hook: &ObjectRef, repository: Option<&str>, settings: &PolicySettings) -> bool {
+    let Some(repository) = repository else { return false };
+    settings.app_webhooks.iter().any(|r| r.name == hook.name && r.routes(repository))
 }
 
 /// The workers of one receiver replica.
@@ -442,7 +451,11 @@ impl Dispatcher {
             let seconds = started.elapsed().as_secs_f64();
             self.metrics.filter_seconds.with_label_values(&[policy_label.as_str()]).observe(seconds);
         }
-        let routed = routes(&d.hook, &policy, self.registry.hook(&d.hook).map(|h| h.policy).as_ref());
+        let routed = if d.hook.namespace == crate::api::APP_HOOK_NAMESPACE {
+            app_routes(&d.hook, d.repository.as_deref(), &settings)
+        } else {
+            routes(&d.hook, &policy, self.registry.hook(&d.hook).map(|h| h.policy).as_ref())
+        };
         // The router copies a delivery into its agents' lanes; a lane calls its agent.
         let (mut into_lanes, mut outcomes, mut calls) = (Vec::new(), Vec::new(), Vec::new());
         for target in &targets {

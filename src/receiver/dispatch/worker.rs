@@ -355,6 +355,7 @@ mod tests {
             retry: RetryPolicy::default(),
             filters: Default::default(),
             history_ms: 0,
+            app_webhooks: vec![],
         }
     }
 

@@ -45,7 +45,7 @@ use crate::{
     keys::HmacKey,
     now_ms,
     queue::{Activity, Delivery, Enqueued, Queue, QueueError},
-    receiver::registry::{HookInfo, Registry},
+    receiver::registry::{IngestHook, Registry},
     signature::{self, SignatureError},
     telemetry::ReceiverMetrics,
 };
@@ -122,6 +122,13 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/hooks/{namespace}/{name}",
             post(ingest).layer(axum::middleware::from_fn_with_state(
+                (in_flight.clone(), state.metrics.clone()),
+                limit_in_flight,
+            )),
+        )
+        .route(
+            "/app-hooks/{name}",
+            post(ingest_app).layer(axum::middleware::from_fn_with_state(
                 (in_flight, state.metrics.clone()),
                 limit_in_flight,
             )),
@@ -251,8 +258,29 @@ async fn ingest(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    ingest_to(state, ObjectRef::new(namespace, name), extensions, headers, body).await
+}
+
+/// `POST /app-hooks/{name}`: a GitHub App's own webhook (an AppWebhook),
+/// each delivery queued for every policy granted its repository.
+async fn ingest_app(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    extensions: axum::http::Extensions,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    ingest_to(state, crate::api::app_hook_ref(&name), extensions, headers, body).await
+}
+
+async fn ingest_to(
+    state: AppState,
+    hook: ObjectRef,
+    extensions: axum::http::Extensions,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     state.drain.saw_delivery();
-    let hook = ObjectRef::new(namespace, name);
     // NB: the connection's peer is known when served by `serve::serve`.
     let source = extensions
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
@@ -359,11 +387,11 @@ pub fn admit(
     hook_ref: &ObjectRef,
     headers: &HeaderMap,
     body_limit: usize,
-) -> Result<HookInfo, IngestError> {
+) -> Result<IngestHook, IngestError> {
     if !registry.is_synced() {
         return Err(IngestError::NotSynced);
     }
-    let hook = registry.hook(hook_ref).ok_or_else(|| IngestError::UnknownHook(hook_ref.clone()))?;
+    let hook = registry.ingest_hook(hook_ref).ok_or_else(|| IngestError::UnknownHook(hook_ref.clone()))?;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|len| len > body_limit) {
         return Err(IngestError::TooLarge(body_limit));
@@ -394,7 +422,7 @@ pub enum Verified {
 /// current keys, on the raw bytes, before anything in it is believed.
 pub fn authenticate(
     registry: &Registry,
-    hook: &HookInfo,
+    hook: &IngestHook,
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Signed, IngestError> {
@@ -441,7 +469,7 @@ async fn authenticate_request(
     hook_ref: &ObjectRef,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(HookInfo, Bytes, Signed), IngestError> {
+) -> Result<(IngestHook, Bytes, Signed), IngestError> {
     let hook = admit(&state.registry, hook_ref, headers, state.body_limit)?;
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
     // NB: held until the body is authenticated (or refused), then the bytes
@@ -468,7 +496,7 @@ async fn authenticate_request(
 async fn accept(
     state: &AppState,
     hook_ref: &ObjectRef,
-    hook: &HookInfo,
+    hook: &IngestHook,
     headers: &HeaderMap,
     body: Bytes,
     signed: Signed,
@@ -486,29 +514,50 @@ async fn accept(
         }
         Verified::Delivery { delivery, mac } => (delivery, mac),
     };
-    let span = tracing::info_span!(target: crate::trace::TARGET, "enqueue", policy = %hook.policy);
-    // Dispatch continues the trace from here, across the queue.
-    delivery.trace = crate::trace::traceparent(&span);
-    let (guid, event) = (delivery.guid.as_str(), delivery.event.as_str());
-    state.metrics.received.with_label_values(&[event]).inc();
-    let limit = state.registry.policy(&hook.policy).map_or(DEFAULT_QUEUE_LIMIT, |p| p.queue_limit);
-    match state.queue.enqueue(&hook.policy, &delivery, limit, Some(&mac)).instrument(span).await {
-        Ok(Enqueued::Queued(id)) => {
-            tracing::info!(hook = %hook_ref, delivery_id = %guid, event, entry = %id, "delivery queued");
-            Ok((StatusCode::ACCEPTED, "queued"))
+    let policies = match &hook.policy {
+        Some(policy) => vec![policy.clone()],
+        None => state.registry.app_routes(&hook_ref.name, delivery.repository.as_deref()),
+    };
+    let (guid, event) = (delivery.guid.clone(), delivery.event.clone());
+    state.metrics.received.with_label_values(&[&event]).inc();
+    if policies.is_empty() {
+        // An App's delivery that no policy asks for and is granted: GitHub
+        // did its part; nobody here wants it.
+        tracing::info!(hook = %hook_ref, delivery_id = %guid, event, repository = delivery.repository.as_deref().unwrap_or(""), "no policy is granted this delivery");
+        return Ok((StatusCode::ACCEPTED, "no policy"));
+    }
+    // NB: each policy its own script call (its own slot in a Redis Cluster).
+    // A failure for one answers 503: GitHub's retry or the operator's
+    // recovery brings it again, and the policies that queued it already
+    // see a duplicate.
+    let mut queued = false;
+    for policy in &policies {
+        let span = tracing::info_span!(target: crate::trace::TARGET, "enqueue", policy = %policy);
+        // Dispatch continues the trace from here, across the queue.
+        delivery.trace = crate::trace::traceparent(&span);
+        let limit = state.registry.policy(policy).map_or(DEFAULT_QUEUE_LIMIT, |p| p.queue_limit);
+        match state.queue.enqueue(policy, &delivery, limit, Some(&mac)).instrument(span).await {
+            Ok(Enqueued::Queued(id)) => {
+                tracing::info!(hook = %hook_ref, %policy, delivery_id = %guid, event, entry = %id, "delivery queued");
+                queued = true;
+            }
+            Ok(Enqueued::Duplicate) => {
+                tracing::info!(hook = %hook_ref, %policy, delivery_id = %guid, event, "duplicate delivery not queued again");
+            }
+            Ok(Enqueued::Replay) => return Err(IngestError::Replay),
+            Err(QueueError::Full { .. }) => return Err(IngestError::QueueFull),
+            Err(QueueError::DeadLettersFull { .. }) => return Err(IngestError::DeadLettersFull),
+            Err(error) => {
+                tracing::error!(hook = %hook_ref, %policy, delivery_id = %guid, %error, "could not queue delivery");
+                return Err(IngestError::QueueUnavailable);
+            }
         }
-        Ok(Enqueued::Duplicate) => {
-            state.metrics.duplicates.with_label_values(&[event]).inc();
-            tracing::info!(hook = %hook_ref, delivery_id = %guid, event, "duplicate delivery not queued again");
-            Ok((StatusCode::OK, "duplicate"))
-        }
-        Ok(Enqueued::Replay) => Err(IngestError::Replay),
-        Err(QueueError::Full { .. }) => Err(IngestError::QueueFull),
-        Err(QueueError::DeadLettersFull { .. }) => Err(IngestError::DeadLettersFull),
-        Err(error) => {
-            tracing::error!(hook = %hook_ref, delivery_id = %guid, %error, "could not queue delivery");
-            Err(IngestError::QueueUnavailable)
-        }
+    }
+    if queued {
+        Ok((StatusCode::ACCEPTED, "queued"))
+    } else {
+        state.metrics.duplicates.with_label_values(&[&event]).inc();
+        Ok((StatusCode::OK, "duplicate"))
     }
 }
 
@@ -596,7 +645,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{keys::HmacKey, receiver::registry::Watched};
+    use crate::{
+        keys::HmacKey,
+        receiver::registry::{HookInfo, Watched},
+    };
 
     const KEY: &str = "a key";
     const LIMIT: usize = 64;
