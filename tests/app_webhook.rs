@@ -309,7 +309,39 @@ async fn an_apps_webhook_reaches_only_the_granted_teams_rotates_with_nothing_rej
     assert!(before.is_disjoint(&failed));
     assert!(got(&sink, "b").is_disjoint(&failed) && got(&sink, "c").is_empty());
 
+    // A stranger's delivery is refused: a wrong signature, an unknown App webhook.
+    let stranger = |path: String| {
+        let http = http.clone();
+        async move {
+            let body = json!({"repository": {"full_name": "acme/x"}}).to_string();
+            http.post(path)
+                .header("x-github-event", "push")
+                .header("x-github-delivery", common::guid())
+                .header("content-type", "application/json")
+                .header("x-hub-signature-256", hookwarden::signature::sign(b"not the key", body.as_bytes()))
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(stranger(want_url.clone()).await, 401);
+    assert_eq!(stranger(format!("{receiver_url}/app-hooks/nobody-{id}")).await, 404);
+
     // Every request the operator sent matches GitHub's OpenAPI description.
+    let requests: Vec<Value> =
+        http.get(format!("{github}/_sim/requests")).send().await.unwrap().json().await.unwrap();
+    let app_calls: HashSet<String> = requests
+        .iter()
+        .filter(|r| r["path"].as_str().is_some_and(|p| p.starts_with("/app/hook")))
+        .map(|r| format!("{} {}", r["method"].as_str().unwrap(), r["path"].as_str().unwrap()))
+        .collect();
+    for call in ["GET /app/hook/config", "PATCH /app/hook/config", "GET /app/hook/deliveries"] {
+        assert!(app_calls.contains(call), "no {call} among {app_calls:?}");
+    }
+    assert!(app_calls.iter().any(|c| c.starts_with("GET /app/hook/deliveries/")), "no delivery fetched");
     let violations: Vec<String> = http
         .get(format!("{github}/_sim/openapi-violations/app/hook"))
         .send()

@@ -97,6 +97,13 @@ async fn samples_are_accepted_with_defaults_applied() {
     let many = whc.get("payments").await.expect("repositories sample stored");
     assert_eq!(many.spec.repositories.as_ref().map(Vec::len), Some(3));
 
+    // The cluster-scoped sample: stored with its defaults, then removed (it
+    // is the cluster's, not the test namespace's).
+    let apps: Api<hookwarden::api::AppWebhook> = Api::all(client.clone());
+    let app = apps.get("acme-app").await.expect("AppWebhook sample stored");
+    assert_eq!((app.spec.connection.as_str(), app.spec.url.as_deref()), ("acme", None));
+    env.kubectl_ok(&["delete", "appwebhook", "acme-app"]);
+
     let policy = Api::<AgentPolicy>::namespaced(client, &ns.name).get("default").await.unwrap();
     assert_eq!(policy.spec.agents[0].name, "reviewer");
     let rate = policy.spec.agents[0].rate_limit.clone().expect("the sample's rate limit");
@@ -392,6 +399,18 @@ async fn invalid_resources_are_rejected_with_the_schemas_message() {
             &ap,
             json!({"spec": {"retry": {"initialDelay": "10m", "maxDelay": "1m"}}}),
             &["initialDelay must not exceed maxDelay"],
+        ),
+        (
+            "an App webhook asked for no repository",
+            &ap,
+            json!({"spec": {"appWebhooks": [{"name": "acme-app", "repositories": []}]}}),
+            &["spec.appWebhooks[0].repositories", "at least 1"],
+        ),
+        (
+            "an App webhook's repository with a space",
+            &ap,
+            json!({"spec": {"appWebhooks": [{"name": "acme-app", "repositories": ["acme/a b"]}]}}),
+            &["spec.appWebhooks[0].repositories[0]", "should match"],
         ),
     ];
 

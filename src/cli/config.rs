@@ -215,6 +215,22 @@ mod tests {
     }
 
     #[test]
+    fn app_webhooks_are_managed_by_the_operator_of_every_namespace_unless_told() {
+        let rows: [(&[&str], Option<&str>); 6] = [
+            (&[], Some("")),
+            (&["--namespace", "team-a"], None),
+            (&["--namespace", "team-a", "--app-webhooks", "all"], Some("")),
+            (&["--app-webhooks", "none"], None),
+            (&["--namespace", "team-a", "--app-webhooks", "tier=one"], Some("tier=one")),
+            (&["--app-webhooks", "tier=one"], Some("tier=one")),
+        ];
+        for (args, want) in rows {
+            let got = operator(operator_args(args), "op".into(), None).unwrap().app_webhooks;
+            assert_eq!(got.as_deref(), want, "{args:?}");
+        }
+    }
+
+    #[test]
     fn times_are_durations_and_the_old_names_with_units_still_work_and_say_so() {
         let op = |args: &[&str]| operator(operator_args(args), "op".into(), None);
         // (resync, mutation interval, redelivery interval, lease), in seconds and ms.

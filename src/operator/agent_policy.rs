@@ -272,6 +272,38 @@ mod tests {
     }
 
     #[test]
+    fn a_policy_gets_the_app_webhooks_it_asks_for_and_is_granted() {
+        let p = policy(json!({"agents": [], "appWebhooks": [
+            {"name": "granted", "repositories": ["acme/*"]},
+            {"name": "nothing-granted", "repositories": ["*/*"]},
+            {"name": "gone", "repositories": ["*/*"]},
+            {"name": "unknown", "repositories": ["*/*"]},
+        ]}));
+        let grants: AppGrants = [
+            ("granted".to_owned(), Ok(vec!["acme/api".to_owned(), "beta/*".to_owned()])),
+            ("nothing-granted".to_owned(), Ok(vec![])),
+            ("gone".to_owned(), Err("no such AppWebhook".to_owned())),
+        ]
+        .into();
+        let (routes, refused) = app_routes(&p.spec, &grants);
+        assert_eq!(routes.len(), 1);
+        let route = &routes[0];
+        assert_eq!((route.name.as_str(), route.granted.len()), ("granted", 2));
+        // Asked and granted, both: acme/api only.
+        assert!(route.routes("acme/api") && route.routes("ACME/Api"));
+        assert!(!route.routes("acme/web"), "asked, not granted");
+        assert!(!route.routes("beta/web"), "granted, not asked");
+        assert!(!route.routes("acme/api/x") && !route.routes("acme"));
+        assert_eq!(refused.len(), 3, "{refused:?}");
+        assert!(
+            refused[0].contains("nothing-granted")
+                && refused[0].contains("grants this namespace no repository")
+        );
+        assert!(refused[1].contains("no such AppWebhook"));
+        assert!(refused[2].starts_with("AppWebhook unknown"));
+    }
+
+    #[test]
     fn copies_spec_into_status() {
         let s = effective_status(
             &policy(json!({"concurrency": 7, "queueLimit": 50})),
