@@ -128,6 +128,12 @@ impl AppWebhookRoute {
         let any = |globs: &[String]| globs.iter().any(|g| super::repository_glob(g, repository));
         any(&self.repositories) && any(&self.granted)
     }
+
+    /// Do `routes` (a policy's status) take a delivery of AppWebhook `name`
+    /// about `repository`? One about no repository goes to nobody.
+    pub fn any_takes(routes: &[Self], name: &str, repository: Option<&str>) -> bool {
+        repository.is_some_and(|repository| routes.iter().any(|r| r.name == name && r.routes(repository)))
+    }
 }
 
 /// Automatic safety rules. A tripped rule shows in `status.reason`, the

@@ -89,13 +89,3 @@ pub const APP_HOOK_NAMESPACE: &str = "@app";
 pub fn app_hook_ref(name: &str) -> crate::ObjectRef {
     crate::ObjectRef::new(APP_HOOK_NAMESPACE, name)
 }
-
-/// Does `policy` get the deliveries of AppWebhook `name` about `repository`
-/// (by its status, which only the operator writes)?
-pub fn routes(policy: &super::AgentPolicy, name: &str, repository: &str) -> bool {
-    policy
-        .status
-        .iter()
-        .flat_map(|s| &s.app_webhooks)
-        .any(|route| route.name == name && route.routes(repository))
-}

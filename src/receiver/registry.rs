@@ -202,12 +202,11 @@ impl Registry {
     /// The policies a delivery of App webhook `name` about `repository`
     /// goes to, sorted: those the operator granted it to in their status.
     pub fn app_routes(&self, name: &str, repository: Option<&str>) -> Vec<ObjectRef> {
-        let Some(repository) = repository else { return vec![] };
         let policies = self.policies.read().unwrap();
         let mut routed: Vec<ObjectRef> = policies
             .iter()
             .filter(|(_, settings)| {
-                settings.borrow().app_webhooks.iter().any(|r| r.name == name && r.routes(repository))
+                crate::api::AppWebhookRoute::any_takes(&settings.borrow().app_webhooks, name, repository)
             })
             .map(|(policy, _)| policy.clone())
             .collect();

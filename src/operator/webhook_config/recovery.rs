@@ -39,7 +39,7 @@ use kube::{Api, ResourceExt, runtime::events::EventType};
 use super::{HookRef, publish};
 use crate::{
     ObjectRef,
-    api::{AgentPolicy, AppWebhook, RecoveryScan, RecoveryStatus, WebhookConfig},
+    api::{AgentPolicy, AppWebhook, AppWebhookRoute, RecoveryScan, RecoveryStatus, WebhookConfig},
     github::{self, Delivery, RateLimit},
     operator::Context,
     queue::{self, Enqueued, QueueError},
@@ -85,33 +85,55 @@ impl Owner<'_> {
         }
     }
 
-    /// The policies a delivery about `repository` is queued for, with their
-    /// queue limits.
-    async fn policies(&self, ctx: &Context, repository: Option<&str>) -> Vec<(ObjectRef, u64)> {
+    /// The policies this pass may queue recovered deliveries for (read once
+    /// per pass): a WebhookConfig's one policy, or every policy in the
+    /// operator's reach with its current grants.
+    async fn destinations(&self, ctx: &Context) -> Result<Vec<Destination>, Failure> {
         match self {
             Self::Hook(whc) => {
                 let ns = whc.namespace().unwrap_or_default();
                 let name = whc.spec.agent_policy.clone();
                 let api: Api<AgentPolicy> = Api::namespaced(ctx.client.clone(), &ns);
+                // NB: a policy not there yet takes the default limit.
                 let limit = match api.get_opt(&name).await {
                     Ok(Some(p)) => p.effective_queue_limit(),
                     _ => crate::api::DEFAULT_QUEUE_LIMIT,
                 };
-                vec![(ObjectRef::new(ns, name), limit)]
+                Ok(vec![Destination { policy: ObjectRef::new(ns, name), limit, routes: None }])
             }
-            Self::App(awh) => {
-                let Some(repository) = repository else { return vec![] };
+            Self::App(_) => {
                 let api = crate::scoped_api::<AgentPolicy>(&ctx.client, ctx.namespace.as_deref());
+                // NB: unlike a missing policy, an unanswered list is not
+                // "nobody": the recovery fails and is tried again.
                 let policies =
-                    api.list(&kube::api::ListParams::default()).await.map(|l| l.items).unwrap_or_default();
-                let name = awh.name_any();
-                policies
-                    .iter()
-                    .filter(|p| crate::api::routes(p, &name, repository))
-                    .map(|p| (ObjectRef::of(p), p.effective_queue_limit()))
-                    .collect()
+                    api.list(&kube::api::ListParams::default()).await.map_err(Failure::Policies)?;
+                Ok(policies
+                    .items
+                    .into_iter()
+                    .filter(|p| p.status.as_ref().is_some_and(|s| !s.app_webhooks.is_empty()))
+                    .map(|p| Destination {
+                        policy: ObjectRef::of(&p),
+                        limit: p.effective_queue_limit(),
+                        routes: p.status.map(|s| s.app_webhooks),
+                    })
+                    .collect())
             }
         }
+    }
+}
+
+/// A policy recovered deliveries may be queued for.
+pub struct Destination {
+    policy: ObjectRef,
+    limit: u64,
+    /// Its App webhook routes; `None`: it takes every delivery (a hook's policy).
+    routes: Option<Vec<AppWebhookRoute>>,
+}
+
+impl Destination {
+    /// Does a delivery of `hook` about `repository` go here?
+    fn takes(&self, hook: &ObjectRef, repository: Option<&str>) -> bool {
+        self.routes.as_deref().is_none_or(|routes| AppWebhookRoute::any_takes(routes, &hook.name, repository))
     }
 }
 
@@ -366,6 +388,8 @@ enum Failure {
     Queue(#[from] QueueError),
     #[error("Redis is not reachable yet")]
     NoQueue,
+    #[error("could not list AgentPolicies: {0}")]
+    Policies(#[source] kube::Error),
 }
 
 impl Pass<'_> {
@@ -451,14 +475,22 @@ impl Pass<'_> {
     /// error and what is left.
     async fn recover(&mut self, failed: &[Delivery]) -> Result<(), (Failure, Vec<Delivery>)> {
         let way = self.ctx.recovery_way;
+        let destinations = match way {
+            Way::Fetch if !failed.is_empty() => match self.owner.destinations(self.ctx).await {
+                Ok(d) => d,
+                Err(error) => return Err((error, failed.to_vec())),
+            },
+            _ => vec![],
+        };
         let this = &*self;
         // NB: boxed, so the compiler can see the stream is Send.
         let attempts: Vec<BoxFuture<'_, (&Delivery, Result<Way, Failure>)>> = failed
             .iter()
             .map(|d| {
+                let destinations = &destinations;
                 async move {
                     let result = match way {
-                        Way::Fetch => this.fetch(d).await,
+                        Way::Fetch => this.fetch(d, destinations).await,
                         Way::Redeliver => this.redeliver(d).await.map(|()| Way::Redeliver),
                     };
                     (d, result)
@@ -493,7 +525,7 @@ impl Pass<'_> {
 
     /// Queues `d` as GitHub recorded it, for each policy it goes to; asks
     /// GitHub to redeliver it instead when GitHub no longer shows its payload.
-    async fn fetch(&self, d: &Delivery) -> Result<Way, Failure> {
+    async fn fetch(&self, d: &Delivery, destinations: &[Destination]) -> Result<Way, Failure> {
         let queue = self.ctx.queue.get().ok_or(Failure::NoQueue)?;
         let Some(request) = self.hook.github.delivery(self.hook.target, self.hook.id, d.id).await? else {
             return Ok(Way::Fetch); // gone from GitHub: nothing left to recover
@@ -512,9 +544,10 @@ impl Pass<'_> {
             tracing::warn!(owner = %self.owner.name(), guid = %request.guid, "GitHub showed a payload that is not an event; asking for a redelivery");
             return self.redeliver(d).await.map(|()| Way::Redeliver);
         };
-        for (policy, limit) in self.owner.policies(self.ctx, delivery.repository.as_deref()).await {
+        let repository = delivery.repository.as_deref();
+        for to in destinations.iter().filter(|to| to.takes(&hook, repository)) {
             // NB: fetched from GitHub's API, not signed: no replay check (None).
-            match queue.enqueue(&policy, &delivery, limit, None).await? {
+            match queue.enqueue(&to.policy, &delivery, to.limit, None).await? {
                 Enqueued::Queued(_) | Enqueued::Duplicate | Enqueued::Replay => {}
             }
         }

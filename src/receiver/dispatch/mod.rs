@@ -192,8 +192,7 @@ pub fn routes(hook: &ObjectRef, policy: &ObjectRef, hook_policy: Option<&ObjectR
 /// by a policy with `settings`? Only while its status still grants it (a
 /// grant revoked meanwhile stops what was queued under it).
 pub fn app_routes(hook: &ObjectRef, repository: Option<&str>, settings: &PolicySettings) -> bool {
-    let Some(repository) = repository else { return false };
-    settings.app_webhooks.iter().any(|r| r.name == hook.name && r.routes(repository))
+    crate::api::AppWebhookRoute::any_takes(&settings.app_webhooks, &hook.name, repository)
 }
 
 /// The workers of one receiver replica.
