@@ -334,6 +334,8 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
     let operator_exactly = [
         "agentpolicies.hookwarden.io [get list watch]",
         "agentpolicies.hookwarden.io/status [get patch update]",
+        "appwebhooks.hookwarden.io [get list watch]",
+        "appwebhooks.hookwarden.io/status [get patch update]",
         "configmaps [get create patch]",
         "events.events.k8s.io [create patch]",
         "githubconnections.hookwarden.io [get list watch]",
@@ -344,6 +346,7 @@ async fn a_platform_engineer_installs_with_helm_and_runs_webhooks_end_to_end() {
     ];
     let receiver_exactly = [
         "agentpolicies.hookwarden.io [get list watch patch]",
+        "appwebhooks.hookwarden.io [get list watch]",
         "configmaps [get list watch]",
         "leases.coordination.k8s.io [get create patch delete]",
         // Who calls the admin API, and what RBAC lets them do there.
