@@ -557,8 +557,10 @@ async fn before_its_watches_have_listed_everything_a_receiver_says_not_yet_never
     assert_eq!(send(&app, signed("push", &guid(), b"{}")).await.0, StatusCode::SERVICE_UNAVAILABLE);
     registry.mark_synced(Watched::SigningKeys);
     assert_eq!(send(&app, signed("push", &guid(), b"{}")).await.0, StatusCode::SERVICE_UNAVAILABLE);
-    // Everything listed: now an unknown hook is truly unknown.
     registry.mark_synced(Watched::AgentHeaders);
+    assert_eq!(send(&app, signed("push", &guid(), b"{}")).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    // Everything listed (Apps' webhooks last): now an unknown hook is truly unknown.
+    registry.mark_synced(Watched::AppHooks);
     let (status, reply, _) = send(&app, signed("push", &guid(), b"{}")).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{reply}");
 }
