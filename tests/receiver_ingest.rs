@@ -1044,3 +1044,50 @@ async fn de_duplication_holds_for_thousands_of_deliveries_and_forgets_after_its_
         assert!(matches!(again, Enqueued::Queued(_)), "{again:?}");
     }
 }
+
+/// A receiver upgraded within a window still refuses what one of the
+/// layout before accepted: GUIDs and bodies it remembered in its strings of
+/// 12-byte records are found, until those expire.
+#[tokio::test]
+async fn what_the_layout_before_remembered_is_still_refused() {
+    use hookwarden::queue::{Enqueued, seen};
+    let url = TestEnv::load().var("REDIS_URL").to_owned();
+    let prefix = redis_prefix();
+    let queue = Queue::connect(&url, &prefix).await.unwrap();
+    let policy = ObjectRef::new("team", "default");
+    let hook = ObjectRef::new("team", "repo-hook");
+    let delivery = |guid: String, body: &str| Delivery {
+        guid,
+        event: "push".into(),
+        hook: hook.clone(),
+        repository: None,
+        action: None,
+        payload: bytes::Bytes::from(body.to_owned()),
+        received_ms: 1,
+        agent: None,
+        attempt: 0,
+        trace: None,
+    };
+    let (seen_guid, seen_body) = (guid(), r#"{"n":"seen before"}"#);
+    let mac = signature::digest(signature::sign(KEY.as_bytes(), seen_body.as_bytes()).as_bytes()).unwrap();
+    // What an older receiver wrote: a record appended to the string of its
+    // shard in the bucket two before the current one.
+    let window = hookwarden::queue::DEDUP_TTL_SECS;
+    let bucket = seen::buckets(hookwarden::now_ms() / 1000, window)[2];
+    let mut conn =
+        redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    for (kind, value) in [(seen::Kind::Guid, seen_guid.as_bytes()), (seen::Kind::Body, &mac[..])] {
+        let record = seen::record(kind, &hook.to_string(), value).legacy;
+        let key = format!("{prefix}:{{{policy}}}:{}:{bucket}:{:03x}", kind.name(), record.shard);
+        // Another record before it: found at a record's boundary only.
+        let _: i64 = redis::cmd("APPEND").arg(&key).arg(&[9u8; 12][..]).query_async(&mut conn).await.unwrap();
+        let _: i64 =
+            redis::cmd("APPEND").arg(&key).arg(&record.bytes[..]).query_async(&mut conn).await.unwrap();
+    }
+    let again = queue.enqueue(&policy, &delivery(seen_guid, "{}"), 1_000, None).await.unwrap();
+    assert_eq!(again, Enqueued::Duplicate, "a GUID the layout before remembered");
+    let replayed = queue.enqueue(&policy, &delivery(guid(), seen_body), 1_000, Some(&mac)).await.unwrap();
+    assert_eq!(replayed, Enqueued::Replay, "a body the layout before remembered");
+    let fresh = queue.enqueue(&policy, &delivery(guid(), r#"{"n":"new"}"#), 1_000, None).await.unwrap();
+    assert!(matches!(fresh, Enqueued::Queued(_)), "{fresh:?}");
+}

@@ -15,9 +15,11 @@
 //!   policy asks for it ([`history`]).
 //! - `p:{ns/policy}:retry`: sorted set of scheduled retries (score: due time).
 //! - `p:{ns/policy}:dead`: the dead-letter stream.
-//! - `p:{ns/policy}:guids:{bucket}:{shard}`: delivery GUIDs seen through each
-//!   hook in the last 3 days, and `p:{ns/policy}:bodies:{bucket}:{shard}`: the
-//!   signed bodies queued (replays), 12 bytes each in shard strings ([`seen`]).
+//! - `p:{ns/policy}:guidset:{bucket}:{shard}`: delivery GUIDs seen through
+//!   each hook in the last 3 days, and `p:{ns/policy}:bodyset:{bucket}:{shard}`:
+//!   the signed bodies queued (replays), an 8-byte member each in sets of
+//!   integers ([`seen`]; `guids:`/`bodies:` strings, the layout before, are
+//!   read until they expire).
 //! - `p:{ns/policy}:activity`: the activity log ([`activity`]).
 //! - `p:{ns/policy}:agent:{name}:slots|rate|paused`: an agent's limits
 //!   across replicas ([`limits`]).
@@ -208,8 +210,9 @@ impl Queue {
         }
     }
 
-    /// The shard keys of `record` in the buckets a lookup at `now` reads,
-    /// the current one first, and when the current one expires.
+    /// The keys of `record` in the buckets a lookup at `now` reads, the
+    /// current one first: its sets, and the layout before's strings; and
+    /// when the current set expires.
     fn seen_keys(
         &self,
         policy: &ObjectRef,
@@ -217,10 +220,13 @@ impl Queue {
         record: &seen::Record,
         now_secs: u64,
         window_secs: u64,
-    ) -> ([String; seen::LOOKED_AT], u64) {
+    ) -> ([String; seen::LOOKED_AT], [String; seen::LOOKED_AT], u64) {
         let buckets = seen::buckets(now_secs, window_secs);
-        let keys = buckets.map(|b| self.key(policy, &format!("{}:{b}:{:03x}", kind.name(), record.shard)));
-        (keys, seen::expires_at(buckets[0], window_secs))
+        let sets =
+            buckets.map(|b| self.key(policy, &format!("{}:{b}:{:04x}", kind.set_name(), record.shard)));
+        let legacy =
+            buckets.map(|b| self.key(policy, &format!("{}:{b}:{:03x}", kind.name(), record.legacy.shard)));
+        (sets, legacy, seen::expires_at(buckets[0], window_secs))
     }
 
     /// Is Redis answering?
@@ -247,16 +253,16 @@ impl Queue {
         let now = crate::now_ms() / 1000;
         let hook = delivery.hook.to_string();
         let guid = seen::record(seen::Kind::Guid, &hook, delivery.guid.as_bytes());
-        let (guid_keys, guid_expiry) =
+        let (guid_sets, guid_legacy, guid_expiry) =
             self.seen_keys(policy, seen::Kind::Guid, &guid, now, self.dedup_window_secs);
-        // NB: without a MAC (or with replays not checked) the body's shards
+        // NB: without a MAC (or with replays not checked) the body's keys
         // are not read; they are passed all the same, as scripts declare
         // every key they may touch.
         let body = signed_mac
             .filter(|_| self.replay_window_secs > 0)
             .map(|mac| seen::record(seen::Kind::Body, &hook, mac));
         let body_window = self.replay_window_secs.max(1);
-        let (body_keys, body_expiry) =
+        let (body_sets, body_legacy, body_expiry) =
             self.seen_keys(policy, seen::Kind::Body, body.as_ref().unwrap_or(&guid), now, body_window);
         script
             .key(self.key(policy, "events"))
@@ -265,12 +271,14 @@ impl Queue {
             .key(self.key(policy, "tap:on"))
             .key(self.key(policy, "retry"))
             .key(self.key(policy, "dead"));
-        for key in guid_keys.iter().chain(&body_keys) {
+        for key in guid_sets.iter().chain(&body_sets).chain(&guid_legacy).chain(&body_legacy) {
             script.key(key);
         }
         script.arg(limit).arg(ACTIVITY_LEN).arg(TAP_LEN);
-        script.arg(&guid.bytes[..]).arg(guid_expiry);
-        script.arg(body.as_ref().map_or(&[][..], |b| &b.bytes[..])).arg(body_expiry);
+        script.arg(guid.member).arg(guid_expiry);
+        script.arg(body.as_ref().map_or(String::new(), |b| b.member.to_string())).arg(body_expiry);
+        script.arg(&guid.legacy.bytes[..]);
+        script.arg(body.as_ref().map_or(&[][..], |b| &b.legacy.bytes[..]));
         for (k, v) in delivery.to_fields() {
             script.arg(k).arg(v);
         }

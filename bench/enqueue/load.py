@@ -1,0 +1,59 @@
+"""Writes, as Redis protocol on stdout, what bench/enqueue sends: the fill of
+a policy's de-duplication state as a window at a steady rate leaves it, then
+N calls of the enqueue script with the keys and arguments the receiver gives
+it (a distinct GUID and body each, a 6.7 KB payload), for one layout:
+
+  load.py fill sets|strings MEMBERS          MEMBERS records per shard and bucket
+  load.py calls sets|strings N SHA           the script calls
+
+Only the shards the calls use are filled (64 per bucket and kind): what a
+lookup costs depends on the size of the shards it reads, not on how many
+there are."""
+import base64, os, random, sys
+
+P = "bench:{bench/default}"
+SHARDS = 64
+
+
+def resp(*args):
+    out = [f"*{len(args)}\r\n".encode()]
+    for a in args:
+        b = a if isinstance(a, bytes) else str(a).encode()
+        out.append(f"${len(b)}\r\n".encode() + b + b"\r\n")
+    return b"".join(out)
+
+
+def i64():
+    return str(int.from_bytes(os.urandom(8), "big", signed=True))
+
+
+w = sys.stdout.buffer
+mode, layout = sys.argv[1], sys.argv[2]
+if mode == "fill":
+    members = int(sys.argv[3])
+    for kind in ("guid", "body"):
+        for bucket in range(4):
+            for shard in range(SHARDS):
+                if layout == "sets":
+                    for i in range(0, members, 500):
+                        batch = [i64() for _ in range(min(500, members - i))]
+                        w.write(resp("SADD", f"{P}:{kind}set:{bucket}:{shard:04x}", *batch))
+                elif members:
+                    name = "guids" if kind == "guid" else "bodies"
+                    w.write(resp("SET", f"{P}:{name}:{bucket}:{shard:03x}", os.urandom(12 * members)))
+    sys.exit()
+n, sha = int(sys.argv[3]), sys.argv[4]
+payload = base64.b64encode(os.urandom(5000)).decode()
+for _ in range(n):
+    g, b = random.randrange(SHARDS), random.randrange(SHARDS)
+    keys = [f"{P}:{k}" for k in ("events", "activity", "tap", "tap:on", "retry", "dead")]
+    fields = ["guid", os.urandom(16).hex(), "event", "push", "hook", "bench/hook", "received", "1",
+              "attempt", "0", "payload_lz4", payload, "repository", "acme/x", "action", "opened"]
+    if layout == "sets":
+        keys += [f"{P}:guidset:{k}:{g:04x}" for k in range(4)] + [f"{P}:bodyset:{k}:{b:04x}" for k in range(4)]
+        keys += [f"{P}:guids:{k}:{g:03x}" for k in range(4, 8)] + [f"{P}:bodies:{k}:{b:03x}" for k in range(4, 8)]
+        args = [10_000_000, 10_000, 1_000, i64(), 9_999_999_999, i64(), 9_999_999_999, os.urandom(12), os.urandom(12)]
+    else:
+        keys += [f"{P}:guids:{k}:{g:03x}" for k in range(4)] + [f"{P}:bodies:{k}:{b:03x}" for k in range(4)]
+        args = [10_000_000, 10_000, 1_000, os.urandom(12), 9_999_999_999, os.urandom(12), 9_999_999_999]
+    w.write(resp("EVALSHA", sha, len(keys), *keys, *args, *fields))
