@@ -17,15 +17,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use k8s_openapi::{
-    ByteString,
-    api::{coordination::v1::Lease, core::v1::Secret},
-    apimachinery::pkg::apis::meta::v1::Time,
-    jiff::Timestamp,
-};
+use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{ListParams, Patch, PatchParams, PostParams},
+    api::{Patch, PatchParams, PostParams},
     runtime::{
         controller::Action,
         events::{Event, EventType},
@@ -37,14 +32,14 @@ use super::{
     webhook_config::{
         HookRef, recovery,
         rotation::{self, Facts},
-        secret::credentials,
+        secret::{credentials, patch_keys},
         status::last_delivery,
     },
 };
 use crate::{
     api::{AppWebhook, AppWebhookStatus, GitHubConnection, ROTATE_ANNOTATION, conditions},
     github::{self, Auth, Delivery, Target},
-    keys::{HmacKey, MANAGED_BY, key_secret, keys_from_secret, receiver_lease_selector, replicas_missing},
+    keys::{HmacKey, MANAGED_BY, key_secret, keys_from_secret},
 };
 
 /// Label naming the AppWebhook a key Secret belongs to.
@@ -274,22 +269,8 @@ async fn edit_keys(
     add: Option<&HmacKey>,
     remove: &[&HmacKey],
 ) -> Result<(), Error> {
-    let mut data = serde_json::Map::new();
-    if let Some(key) = add {
-        data.insert(key.entry_name(), serde_json::to_value(ByteString(key.secret().to_vec())).expect("JSON"));
-    }
-    for key in remove {
-        data.insert(key.entry_name(), serde_json::Value::Null);
-    }
-    Api::<Secret>::namespaced(ctx.client.clone(), &ctx.lease_namespace)
-        .patch(
-            &secret_name(&awh.name_any()),
-            &PatchParams::default(),
-            &Patch::Merge(&serde_json::json!({ "data": data })),
-        )
-        .await
-        .map_err(Step::KeySecret.error())?;
-    Ok(())
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ctx.lease_namespace);
+    patch_keys(&secrets, &secret_name(&awh.name_any()), add, remove).await
 }
 
 /// The next steps of the rotation (the first switch included: a new App
@@ -348,19 +329,8 @@ async fn rotate(
             rotation::Step::Switch { to } => {
                 // Already rotating: a request is served by the rotation under way.
                 status.rotation_request.clone_from(&requested);
-                let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.lease_namespace);
-                let leases = leases
-                    .list(&ListParams::default().labels(&receiver_lease_selector()))
-                    .await
-                    .map_err(Step::ReceiverLeases.error())?;
                 let secret = format!("{}/{}", ctx.lease_namespace, secret_name(&awh.name_any()));
-                let missing = replicas_missing(&leases.items, now, &secret, &to);
-                if !missing.is_empty() {
-                    let message = format!(
-                        "key {to} is in the Secret; {} receiver(s) have not loaded it yet: {}",
-                        missing.len(),
-                        missing.join(", ")
-                    );
+                if let Some(message) = rotation::receivers_lacking(ctx, &secret, &to, now).await? {
                     in_sync(status, false, "WaitingForReceivers", message);
                     return Ok(POLL);
                 }

@@ -109,6 +109,30 @@ pub fn ping_outcome(deliveries: &[Delivery], switched: i64, now: i64) -> Ping<'_
     Ping::Waiting { last: newest.map(|d| d.status_code), again: now - last_ping >= REPING_AFTER_SECS }
 }
 
+/// Why GitHub cannot be switched to key `version` of Secret `secret`
+/// (`namespace/name`) yet: the live receivers that have not loaded it, in
+/// words; `None` when every one has.
+pub(crate) async fn receivers_lacking(
+    ctx: &Context,
+    secret: &str,
+    version: &str,
+    now: Timestamp,
+) -> Result<Option<String>, Error> {
+    let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.lease_namespace);
+    let leases = leases
+        .list(&ListParams::default().labels(&receiver_lease_selector()))
+        .await
+        .map_err(operator::Step::ReceiverLeases.error())?;
+    let missing = replicas_missing(&leases.items, now, secret, version);
+    Ok((!missing.is_empty()).then(|| {
+        format!(
+            "key {version} is in the Secret; {} receiver(s) have not loaded it yet: {}",
+            missing.len(),
+            missing.join(", ")
+        )
+    }))
+}
+
 /// One hook a rotation switches: every hook of the WebhookConfig signs with
 /// the same key, and a key is confirmed once a ping of each one succeeded.
 pub(super) struct Member {
@@ -188,19 +212,8 @@ pub(super) async fn rotate(
                     // Already rotating: this request is served by the rotation under way.
                     status.rotation_request.clone_from(&requested);
                 }
-                let leases: Api<Lease> = Api::namespaced(ctx.client.clone(), &ctx.lease_namespace);
-                let leases = leases
-                    .list(&ListParams::default().labels(&receiver_lease_selector()))
-                    .await
-                    .map_err(operator::Step::ReceiverLeases.error())?;
                 let secret = format!("{}/{}", whc.namespace().unwrap_or_default(), whc.secret_name());
-                let missing = replicas_missing(&leases.items, now, &secret, &to);
-                if !missing.is_empty() {
-                    let message = format!(
-                        "key {to} is in the Secret; {} receiver(s) have not loaded it yet: {}",
-                        missing.len(),
-                        missing.join(", ")
-                    );
+                if let Some(message) = receivers_lacking(ctx, &secret, &to, now).await? {
                     in_sync(status, false, "WaitingForReceivers", message);
                     return Ok(ROTATION_POLL);
                 }

@@ -166,6 +166,16 @@ pub(super) async fn edit_keys(
     add: Option<&HmacKey>,
     remove: &[&HmacKey],
 ) -> Result<(), Error> {
+    patch_keys(&secrets_api(whc, ctx), &whc.secret_name(), add, remove).await
+}
+
+/// Adds `add` to key Secret `name` and removes the keys `remove`, in one patch.
+pub(crate) async fn patch_keys(
+    secrets: &Api<Secret>,
+    name: &str,
+    add: Option<&HmacKey>,
+    remove: &[&HmacKey],
+) -> Result<(), Error> {
     let mut data = serde_json::Map::new();
     if let Some(key) = add {
         data.insert(key.entry_name(), serde_json::to_value(ByteString(key.secret().to_vec())).expect("JSON"));
@@ -174,8 +184,8 @@ pub(super) async fn edit_keys(
         data.insert(key.entry_name(), serde_json::Value::Null);
     }
     let patch = serde_json::json!({ "data": data });
-    secrets_api(whc, ctx)
-        .patch(&whc.secret_name(), &PatchParams::default(), &Patch::Merge(&patch))
+    secrets
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(Step::KeySecret.error())?;
     Ok(())
