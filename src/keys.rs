@@ -125,6 +125,12 @@ impl fmt::Debug for HmacKey {
 /// Secret `name` of WebhookConfig `webhook_config` holding `keys`: the
 /// labels receivers select on and one entry per key.
 pub fn key_secret(name: &str, webhook_config: &str, keys: &[&HmacKey]) -> Secret {
+    labelled_key_secret(name, (WEBHOOK_CONFIG_LABEL, webhook_config), keys)
+}
+
+/// Secret `name` holding `keys`, labelled as hookwarden's and with `owner`
+/// (`label`, the owner's name).
+pub fn labelled_key_secret(name: &str, (label, owner): (&str, &str), keys: &[&HmacKey]) -> Secret {
     let mut secret = Secret {
         data: Some(
             keys.iter().map(|k| (k.entry_name(), k8s_openapi::ByteString(k.secret().to_vec()))).collect(),
@@ -133,11 +139,7 @@ pub fn key_secret(name: &str, webhook_config: &str, keys: &[&HmacKey]) -> Secret
     };
     secret.metadata.name = Some(name.to_owned());
     secret.metadata.labels = Some(
-        [
-            (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
-            (WEBHOOK_CONFIG_LABEL.to_owned(), webhook_config.to_owned()),
-        ]
-        .into(),
+        [(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()), (label.to_owned(), owner.to_owned())].into(),
     );
     secret
 }

@@ -142,7 +142,7 @@ fn list_hooks(sim: &Sim, owner: &Owner, query: &HashMap<String, String>) -> Answ
     let last = all.len().div_ceil(per_page).max(1);
     let items: Vec<Value> = all.into_iter().skip((page - 1) * per_page).take(per_page).collect();
     let mut answer: Answer = (StatusCode::OK, Value::Array(items)).into();
-    let base = format!("{}/{}", sim.base, owner.hook_path(0).trim_end_matches("/0"));
+    let base = format!("{}/{}", sim.base, owner.hooks_path());
     let mut links = Vec::new();
     if page < last {
         links.push(format!("<{base}?per_page={per_page}&page={}>; rel=\"next\"", page + 1));

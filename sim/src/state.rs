@@ -22,13 +22,21 @@ pub enum Owner {
 }
 
 impl Owner {
+    /// The path of the owner's hooks (an App has one, no list).
+    pub(crate) fn hooks_path(&self) -> String {
+        match self {
+            Self::Repo(r) => format!("repos/{r}/hooks"),
+            Self::Org(o) => format!("orgs/{o}/hooks"),
+            Self::App(_) => "app/hook".to_owned(),
+        }
+    }
+
     /// The path of hook `id`: `repos/{r}/hooks/{id}`, `orgs/{o}/hooks/{id}`,
     /// or an App's `app/hook`.
     pub(crate) fn hook_path(&self, id: u64) -> String {
         match self {
-            Self::Repo(r) => format!("repos/{r}/hooks/{id}"),
-            Self::Org(o) => format!("orgs/{o}/hooks/{id}"),
-            Self::App(_) => "app/hook".to_owned(),
+            Self::App(_) => self.hooks_path(),
+            _ => format!("{}/{id}", self.hooks_path()),
         }
     }
 }

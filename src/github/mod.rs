@@ -49,12 +49,20 @@ pub enum Target {
 }
 
 impl Target {
+    /// The path of the target's hooks (an App has one, no list).
+    fn hooks_path(&self) -> String {
+        match self {
+            Self::Repository(r) => format!("repos/{r}/hooks"),
+            Self::Organization(o) => format!("orgs/{o}/hooks"),
+            Self::App => APP_HOOK_PATH.to_owned(),
+        }
+    }
+
     /// The path of hook `id`.
     fn hook_path(&self, id: i64) -> String {
         match self {
-            Self::Repository(r) => format!("repos/{r}/hooks/{id}"),
-            Self::Organization(o) => format!("orgs/{o}/hooks/{id}"),
             Self::App => APP_HOOK_PATH.to_owned(),
+            _ => format!("{}/{id}", self.hooks_path()),
         }
     }
 }
@@ -624,8 +632,7 @@ impl Client {
     }
 
     fn hooks_url(&self, target: &Target) -> String {
-        let hook = target.hook_path(0);
-        format!("{}/{}", self.api_url, hook.strip_suffix("/0").unwrap_or(&hook))
+        format!("{}/{}", self.api_url, target.hooks_path())
     }
 
     fn hook_url(&self, target: &Target, id: i64) -> String {

@@ -164,14 +164,14 @@ pub fn app_routes(spec: &AgentPolicySpec, grants: &AppGrants) -> (Vec<AppWebhook
 /// What the namespace of a policy is granted of App webhook `name`.
 async fn app_grants(ctx: &Context, spec: &AgentPolicySpec, namespace: &str) -> Result<AppGrants, Error> {
     use crate::api::{AppWebhook, GitHubConnection};
+    let hooks: kube::Api<AppWebhook> = kube::Api::all(ctx.client.clone());
+    let connections: kube::Api<GitHubConnection> = kube::Api::all(ctx.client.clone());
     let mut grants = AppGrants::new();
     for ask in &spec.app_webhooks {
-        let hooks: kube::Api<AppWebhook> = kube::Api::all(ctx.client.clone());
         let Some(hook) = hooks.get_opt(&ask.name).await.map_err(super::Step::ReadConnection.error())? else {
             grants.insert(ask.name.clone(), Err("no such AppWebhook".to_owned()));
             continue;
         };
-        let connections: kube::Api<GitHubConnection> = kube::Api::all(ctx.client.clone());
         let granted = match connections
             .get_opt(&hook.spec.connection)
             .await

@@ -20,7 +20,7 @@ use std::{sync::Arc, time::Duration};
 use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{
     Api, Resource, ResourceExt,
-    api::{Patch, PatchParams, PostParams},
+    api::{Patch, PatchParams},
     runtime::{
         controller::Action,
         events::{Event, EventType},
@@ -32,14 +32,14 @@ use super::{
     webhook_config::{
         HookRef, recovery,
         rotation::{self, Facts},
-        secret::{credentials, patch_keys},
+        secret::{credentials, keys_or_first, patch_keys},
         status::last_delivery,
     },
 };
 use crate::{
     api::{AppWebhook, AppWebhookStatus, GitHubConnection, ROTATE_ANNOTATION, conditions},
     github::{self, Auth, Delivery, Target},
-    keys::{HmacKey, MANAGED_BY, key_secret, keys_from_secret},
+    keys::HmacKey,
 };
 
 /// Label naming the AppWebhook a key Secret belongs to.
@@ -231,35 +231,9 @@ async fn sync(
 async fn ensure_keys(awh: &AppWebhook, ctx: &Context, now: Timestamp) -> Result<Vec<HmacKey>, Failure> {
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.lease_namespace);
     let name = secret_name(&awh.name_any());
-    let existing = secrets.get_opt(&name).await.map_err(Step::KeySecret.error())?;
-    if let Some(existing) = &existing {
-        let labels = existing.labels();
-        let controller = existing.owner_references().iter().find(|o| o.controller == Some(true));
-        let ours = labels.get(MANAGED_BY.0).map(String::as_str) == Some(MANAGED_BY.1)
-            && labels.get(APP_WEBHOOK_LABEL) == Some(&awh.name_any())
-            && controller.is_none_or(|o| awh.metadata.uid.as_deref() == Some(o.uid.as_str()));
-        if !ours {
-            return Err(Failure::Refused(Refusal::SecretConflict(name)));
-        }
-        let keys = keys_from_secret(existing);
-        if !keys.is_empty() {
-            return Ok(keys);
-        }
-    }
-    let key = HmacKey::generate(now.as_second() as u64);
-    let mut secret = key_secret(&name, "", &[&key]);
-    let labels = secret.metadata.labels.get_or_insert_default();
-    labels.remove(crate::keys::WEBHOOK_CONFIG_LABEL);
-    labels.insert(APP_WEBHOOK_LABEL.to_owned(), awh.name_any());
-    secret.metadata.owner_references = awh.controller_owner_ref(&()).map(|o| vec![o]);
-    match existing {
-        None => secrets.create(&PostParams::default(), &secret).await.map_err(Step::KeySecret.error())?,
-        Some(s) => {
-            secret.metadata.resource_version = s.metadata.resource_version;
-            secrets.replace(&name, &PostParams::default(), &secret).await.map_err(Step::KeySecret.error())?
-        }
-    };
-    Ok(vec![key])
+    keys_or_first(&secrets, &name, APP_WEBHOOK_LABEL, awh, now)
+        .await?
+        .ok_or(Failure::Refused(Refusal::SecretConflict(name)))
 }
 
 /// Adds `add` to the key Secret and removes `remove`, in one patch.

@@ -11,7 +11,7 @@ use super::ConfigError;
 use crate::{
     api::{GitHubApp, GitHubConnection, SecretKeyRef, Use, WebhookConfig},
     github::{self, Auth, Target},
-    keys::{HmacKey, MANAGED_BY, WEBHOOK_CONFIG_LABEL, key_secret, keys_from_secret},
+    keys::{HmacKey, MANAGED_BY, WEBHOOK_CONFIG_LABEL, keys_from_secret, labelled_key_secret},
     operator::{Context, Error, Step},
 };
 
@@ -116,12 +116,18 @@ pub(crate) async fn credentials(
 /// the chart or an earlier version made)? Only such a Secret is ever
 /// changed: a Secret of the same name made by someone else is theirs.
 pub fn owned_by(secret: &Secret, whc: &WebhookConfig) -> bool {
+    labelled_for(secret, WEBHOOK_CONFIG_LABEL, whc)
+}
+
+/// Is `secret` labelled as hookwarden's, with `label` naming `owner`, and
+/// controlled by `owner` (or by nothing yet)?
+fn labelled_for<K: Resource>(secret: &Secret, label: &str, owner: &K) -> bool {
     let labels = secret.metadata.labels.as_ref();
-    let label = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
+    let value = |k: &str| labels.and_then(|l| l.get(k)).map(String::as_str);
     let controller = secret.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true));
-    label(MANAGED_BY.0) == Some(MANAGED_BY.1)
-        && label(WEBHOOK_CONFIG_LABEL) == Some(whc.name_any().as_str())
-        && controller.is_none_or(|o| whc.metadata.uid.as_deref() == Some(o.uid.as_str()))
+    value(MANAGED_BY.0) == Some(MANAGED_BY.1)
+        && value(label) == Some(owner.name_any().as_str())
+        && controller.is_none_or(|o| owner.meta().uid.as_deref() == Some(o.uid.as_str()))
 }
 
 /// The keys of the key Secret, oldest first; the Secret is created (with a
@@ -133,30 +139,45 @@ pub(super) async fn ensure_keys(
     now: Timestamp,
 ) -> Result<Vec<HmacKey>, Error> {
     let name = whc.secret_name();
-    let secrets = secrets_api(whc, ctx);
-    let existing = secrets.get_opt(&name).await.map_err(Step::KeySecret.error())?;
+    keys_or_first(&secrets_api(whc, ctx), &name, WEBHOOK_CONFIG_LABEL, whc, now)
+        .await?
+        .ok_or_else(|| ConfigError::SecretConflict(name).into())
+}
+
+/// The keys of key Secret `name` of `owner` (whose name label `label`
+/// carries), oldest first; the Secret is made, labelled and controlled by
+/// `owner`, with a first key versioned `now` when it is missing or keyless.
+/// `None`: a Secret of that name is not `owner`'s, and is left untouched.
+pub(crate) async fn keys_or_first<K: Resource<DynamicType = ()>>(
+    secrets: &Api<Secret>,
+    name: &str,
+    label: &str,
+    owner: &K,
+    now: Timestamp,
+) -> Result<Option<Vec<HmacKey>>, Error> {
+    let existing = secrets.get_opt(name).await.map_err(Step::KeySecret.error())?;
     if let Some(existing) = &existing {
-        if !owned_by(existing, whc) {
-            return Err(ConfigError::SecretConflict(name).into());
+        if !labelled_for(existing, label, owner) {
+            return Ok(None);
         }
         let keys = keys_from_secret(existing);
         if !keys.is_empty() {
-            return Ok(keys);
+            return Ok(Some(keys));
         }
     }
     let key = HmacKey::generate(now.as_second() as u64);
-    let mut secret = key_secret(&name, &whc.name_any(), &[&key]);
-    secret.metadata.owner_references = whc.controller_owner_ref(&()).map(|o| vec![o]);
+    let mut secret = labelled_key_secret(name, (label, &owner.name_any()), &[&key]);
+    secret.metadata.owner_references = owner.controller_owner_ref(&()).map(|o| vec![o]);
     match existing {
         None => secrets.create(&PostParams::default(), &secret).await.map_err(Step::KeySecret.error())?,
         // Ours and keyless (every key removed by hand): a first key again,
         // under the version it was read at.
         Some(s) => {
             secret.metadata.resource_version = s.metadata.resource_version;
-            secrets.replace(&name, &PostParams::default(), &secret).await.map_err(Step::KeySecret.error())?
+            secrets.replace(name, &PostParams::default(), &secret).await.map_err(Step::KeySecret.error())?
         }
     };
-    Ok(vec![key])
+    Ok(Some(vec![key]))
 }
 
 /// Adds `add` to the key Secret and removes the keys `remove`, in one patch.

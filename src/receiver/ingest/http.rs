@@ -518,12 +518,11 @@ async fn accept(
         Some(policy) => vec![policy.clone()],
         None => state.registry.app_routes(&hook_ref.name, delivery.repository.as_deref()),
     };
-    let (guid, event) = (delivery.guid.clone(), delivery.event.clone());
-    state.metrics.received.with_label_values(&[&event]).inc();
+    state.metrics.received.with_label_values(&[&delivery.event]).inc();
     if policies.is_empty() {
         // An App's delivery that no policy asks for and is granted: GitHub
         // did its part; nobody here wants it.
-        tracing::info!(hook = %hook_ref, delivery_id = %guid, event, repository = delivery.repository.as_deref().unwrap_or(""), "no policy is granted this delivery");
+        tracing::info!(hook = %hook_ref, delivery_id = %delivery.guid, event = %delivery.event, repository = delivery.repository.as_deref().unwrap_or(""), "no policy is granted this delivery");
         return Ok((StatusCode::ACCEPTED, "no policy"));
     }
     // NB: each policy its own script call (its own slot in a Redis Cluster).
@@ -538,17 +537,17 @@ async fn accept(
         let limit = state.registry.policy(policy).map_or(DEFAULT_QUEUE_LIMIT, |p| p.queue_limit);
         match state.queue.enqueue(policy, &delivery, limit, Some(&mac)).instrument(span).await {
             Ok(Enqueued::Queued(id)) => {
-                tracing::info!(hook = %hook_ref, %policy, delivery_id = %guid, event, entry = %id, "delivery queued");
+                tracing::info!(hook = %hook_ref, %policy, delivery_id = %delivery.guid, event = %delivery.event, entry = %id, "delivery queued");
                 queued = true;
             }
             Ok(Enqueued::Duplicate) => {
-                tracing::info!(hook = %hook_ref, %policy, delivery_id = %guid, event, "duplicate delivery not queued again");
+                tracing::info!(hook = %hook_ref, %policy, delivery_id = %delivery.guid, event = %delivery.event, "duplicate delivery not queued again");
             }
             Ok(Enqueued::Replay) => return Err(IngestError::Replay),
             Err(QueueError::Full { .. }) => return Err(IngestError::QueueFull),
             Err(QueueError::DeadLettersFull { .. }) => return Err(IngestError::DeadLettersFull),
             Err(error) => {
-                tracing::error!(hook = %hook_ref, %policy, delivery_id = %guid, %error, "could not queue delivery");
+                tracing::error!(hook = %hook_ref, %policy, delivery_id = %delivery.guid, %error, "could not queue delivery");
                 return Err(IngestError::QueueUnavailable);
             }
         }
@@ -556,7 +555,7 @@ async fn accept(
     if queued {
         Ok((StatusCode::ACCEPTED, "queued"))
     } else {
-        state.metrics.duplicates.with_label_values(&[&event]).inc();
+        state.metrics.duplicates.with_label_values(&[&delivery.event]).inc();
         Ok((StatusCode::OK, "duplicate"))
     }
 }
