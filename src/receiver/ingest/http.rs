@@ -108,6 +108,9 @@ pub const REJECTION_REASONS: &[&str] = &[
 
 /// The receiver's router.
 pub fn router(state: AppState) -> Router {
+    // NB: axum clones the state for each handler and layer of a request: one
+    // reference count, not one per field.
+    let state = Arc::new(state);
     for reason in REJECTION_REASONS {
         state.metrics.rejected.with_label_values(&[reason]);
     }
@@ -252,7 +255,7 @@ impl IntoResponse for IngestError {
 }
 
 async fn ingest(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path((namespace, name)): Path<(String, String)>,
     extensions: axum::http::Extensions,
     headers: HeaderMap,
@@ -264,7 +267,7 @@ async fn ingest(
 /// `POST /app-hooks/{name}`: a GitHub App's own webhook (an AppWebhook),
 /// each delivery queued for every policy granted its repository.
 async fn ingest_app(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     extensions: axum::http::Extensions,
     headers: HeaderMap,
@@ -274,7 +277,7 @@ async fn ingest_app(
 }
 
 async fn ingest_to(
-    state: AppState,
+    state: Arc<AppState>,
     hook: ObjectRef,
     extensions: axum::http::Extensions,
     headers: HeaderMap,
@@ -603,14 +606,14 @@ async fn limit_in_flight(
 
 /// While draining, a client's next request opens a new connection, which
 /// the Service sends to a replica that is staying.
-async fn close_when_draining(State(state): State<AppState>, mut response: Response) -> Response {
+async fn close_when_draining(State(state): State<Arc<AppState>>, mut response: Response) -> Response {
     if state.drain.is_draining() {
         response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     response
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if state.drain.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "draining": true }))).into_response();
     }
@@ -623,7 +626,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     // The queue gauges are read from Redis at scrape time, so an alert sees
     // a queue fill up at once. Redis down: the last values stay.
     let policies = state.registry.queue_policies();
