@@ -1047,7 +1047,8 @@ async fn de_duplication_holds_for_thousands_of_deliveries_and_forgets_after_its_
 
 /// A receiver upgraded within a window still refuses what one of the
 /// layout before accepted: GUIDs and bodies it remembered in its strings of
-/// 12-byte records are found, until those expire.
+/// 12-byte records are found, until no record of theirs can be within the
+/// window any more; then the strings are no longer read.
 #[tokio::test]
 async fn what_the_layout_before_remembered_is_still_refused() {
     use hookwarden::queue::{Enqueued, seen};
@@ -1084,10 +1085,21 @@ async fn what_the_layout_before_remembered_is_still_refused() {
         let _: i64 =
             redis::cmd("APPEND").arg(&key).arg(&record.bytes[..]).query_async(&mut conn).await.unwrap();
     }
-    let again = queue.enqueue(&policy, &delivery(seen_guid, "{}"), 1_000, None).await.unwrap();
+    let again = queue.enqueue(&policy, &delivery(seen_guid.clone(), "{}"), 1_000, None).await.unwrap();
     assert_eq!(again, Enqueued::Duplicate, "a GUID the layout before remembered");
     let replayed = queue.enqueue(&policy, &delivery(guid(), seen_body), 1_000, Some(&mac)).await.unwrap();
     assert_eq!(replayed, Enqueued::Replay, "a body the layout before remembered");
     let fresh = queue.enqueue(&policy, &delivery(guid(), r#"{"n":"new"}"#), 1_000, None).await.unwrap();
     assert!(matches!(fresh, Enqueued::Queued(_)), "{fresh:?}");
+    // The first enqueue marked when this layout started here...
+    let marker = format!("{prefix}:seen:sets-since");
+    let since: u64 = redis::cmd("GET").arg(&marker).query_async(&mut conn).await.unwrap();
+    assert!(since.abs_diff(hookwarden::now_ms() / 1000) < 60, "{since}");
+    // ...and once no record of an older process can be within the window,
+    // the strings are no longer read (a process that asks after that).
+    let long_ago = since - seen::UPGRADE_GRACE_SECS - window - 3600;
+    let _: () = redis::cmd("SET").arg(&marker).arg(long_ago).query_async(&mut conn).await.unwrap();
+    let later = Queue::connect(&url, &prefix).await.unwrap();
+    let queued = later.enqueue(&policy, &delivery(seen_guid, "{}"), 1_000, None).await.unwrap();
+    assert!(matches!(queued, Enqueued::Queued(_)), "the strings were read: {queued:?}");
 }

@@ -4,7 +4,8 @@ N calls of the enqueue script with the keys and arguments the receiver gives
 it (a distinct GUID and body each, a 6.7 KB payload), for one layout:
 
   load.py fill sets|strings MEMBERS          MEMBERS records per shard and bucket
-  load.py calls sets|strings N SHA           the script calls
+  load.py calls sets|sets-only|strings N SHA the script calls (sets-only: once
+                                             the strings are no longer read)
 
 Only the shards the calls use are filled (64 per bucket and kind): what a
 lookup costs depends on the size of the shards it reads, not on how many
@@ -34,7 +35,7 @@ if mode == "fill":
     for kind in ("guid", "body"):
         for bucket in range(4):
             for shard in range(SHARDS):
-                if layout == "sets":
+                if layout.startswith("sets"):
                     for i in range(0, members, 500):
                         batch = [i64() for _ in range(min(500, members - i))]
                         w.write(resp("SADD", f"{P}:{kind}set:{bucket}:{shard:04x}", *batch))
@@ -49,10 +50,12 @@ for _ in range(n):
     keys = [f"{P}:{k}" for k in ("events", "activity", "tap", "tap:on", "retry", "dead")]
     fields = ["guid", os.urandom(16).hex(), "event", "push", "hook", "bench/hook", "received", "1",
               "attempt", "0", "payload_lz4", payload, "repository", "acme/x", "action", "opened"]
-    if layout == "sets":
+    if layout in ("sets", "sets-only"):
         keys += [f"{P}:guidset:{k}:{g:04x}" for k in range(4)] + [f"{P}:bodyset:{k}:{b:04x}" for k in range(4)]
-        keys += [f"{P}:guids:{k}:{g:03x}" for k in range(4, 8)] + [f"{P}:bodies:{k}:{b:03x}" for k in range(4, 8)]
-        args = [10_000_000, 10_000, 1_000, i64(), 9_999_999_999, i64(), 9_999_999_999, os.urandom(12), os.urandom(12)]
+        args = [10_000_000, 10_000, 1_000, i64(), 9_999_999_999, i64(), 9_999_999_999, "", ""]
+        if layout == "sets":  # the strings of the layout before still read
+            keys += [f"{P}:guids:{k}:{g:03x}" for k in range(4, 8)] + [f"{P}:bodies:{k}:{b:03x}" for k in range(4, 8)]
+            args[7:9] = [os.urandom(12), os.urandom(12)]
     else:
         keys += [f"{P}:guids:{k}:{g:03x}" for k in range(4)] + [f"{P}:bodies:{k}:{b:03x}" for k in range(4)]
         args = [10_000_000, 10_000, 1_000, os.urandom(12), 9_999_999_999, os.urandom(12), 9_999_999_999]

@@ -161,6 +161,9 @@ pub struct Queue {
     dedup_window_secs: u64,
     /// How long a signed body is remembered against replays (s; 0: off).
     replay_window_secs: u64,
+    /// When the first process of this de-duplication layout started on this
+    /// Redis (Unix s; see [`seen::reads_legacy`]): asked once, when first needed.
+    sets_since: Arc<tokio::sync::OnceCell<u64>>,
 }
 
 impl Queue {
@@ -174,6 +177,7 @@ impl Queue {
             replicas: None,
             dedup_window_secs: DEDUP_TTL_SECS,
             replay_window_secs: DEDUP_TTL_SECS,
+            sets_since: Arc::default(),
         })
     }
 
@@ -222,8 +226,8 @@ impl Queue {
     }
 
     /// The keys of `record` in the buckets a lookup at `now` reads, the
-    /// current one first: its sets, and the layout before's strings; and
-    /// when the current set expires.
+    /// current one first: its sets, then (with `legacy`) the layout
+    /// before's strings; and when the current set expires.
     fn seen_keys(
         &self,
         policy: &ObjectRef,
@@ -231,13 +235,38 @@ impl Queue {
         record: &seen::Record,
         now_secs: u64,
         window_secs: u64,
-    ) -> ([String; seen::LOOKED_AT], [String; seen::LOOKED_AT], u64) {
+        legacy: bool,
+    ) -> (Vec<String>, u64) {
         let buckets = seen::buckets(now_secs, window_secs);
-        let sets =
-            buckets.map(|b| self.key(policy, &format!("{}:{b}:{:04x}", kind.set_name(), record.shard)));
-        let legacy =
-            buckets.map(|b| self.key(policy, &format!("{}:{b}:{:03x}", kind.name(), record.legacy.shard)));
-        (sets, legacy, seen::expires_at(buckets[0], window_secs))
+        let mut keys: Vec<String> = buckets
+            .iter()
+            .map(|b| self.key(policy, &format!("{}:{b}:{:04x}", kind.set_name(), record.shard)))
+            .collect();
+        if legacy {
+            keys.extend(
+                buckets
+                    .iter()
+                    .map(|b| self.key(policy, &format!("{}:{b}:{:03x}", kind.name(), record.legacy.shard))),
+            );
+        }
+        (keys, seen::expires_at(buckets[0], window_secs))
+    }
+
+    /// When the first process of this de-duplication layout started on this
+    /// Redis: set by the first to ask (`SET NX GET`), read by the others;
+    /// `None` while Redis cannot tell (lookups read the layout before meanwhile).
+    async fn sets_since(&self, now_secs: u64) -> Option<u64> {
+        let ask = || async {
+            let before: Option<u64> = redis::cmd("SET")
+                .arg(format!("{}:seen:sets-since", self.prefix))
+                .arg(now_secs)
+                .arg("NX")
+                .arg("GET")
+                .query_async(&mut self.conn.get())
+                .await?;
+            Ok::<_, redis::RedisError>(before.unwrap_or(now_secs))
+        };
+        self.sets_since.get_or_try_init(ask).await.ok().copied()
     }
 
     /// Is Redis answering?
@@ -264,8 +293,10 @@ impl Queue {
         let now = crate::now_ms() / 1000;
         let hook = delivery.hook.to_string();
         let guid = seen::record(seen::Kind::Guid, &hook, delivery.guid.as_bytes());
-        let (guid_sets, guid_legacy, guid_expiry) =
-            self.seen_keys(policy, seen::Kind::Guid, &guid, now, self.dedup_window_secs);
+        let window = self.dedup_window_secs.max(self.replay_window_secs);
+        let legacy = seen::reads_legacy(self.sets_since(now).await, now, window);
+        let (guid_keys, guid_expiry) =
+            self.seen_keys(policy, seen::Kind::Guid, &guid, now, self.dedup_window_secs, legacy);
         // NB: without a MAC (or with replays not checked) the body's keys
         // are not read; they are passed all the same, as scripts declare
         // every key they may touch.
@@ -273,8 +304,14 @@ impl Queue {
             .filter(|_| self.replay_window_secs > 0)
             .map(|mac| seen::record(seen::Kind::Body, &hook, mac));
         let body_window = self.replay_window_secs.max(1);
-        let (body_sets, body_legacy, body_expiry) =
-            self.seen_keys(policy, seen::Kind::Body, body.as_ref().unwrap_or(&guid), now, body_window);
+        let (body_keys, body_expiry) = self.seen_keys(
+            policy,
+            seen::Kind::Body,
+            body.as_ref().unwrap_or(&guid),
+            now,
+            body_window,
+            legacy,
+        );
         script
             .key(self.key(policy, "events"))
             .key(self.key(policy, "activity"))
@@ -282,14 +319,17 @@ impl Queue {
             .key(self.key(policy, "tap:on"))
             .key(self.key(policy, "retry"))
             .key(self.key(policy, "dead"));
-        for key in guid_sets.iter().chain(&body_sets).chain(&guid_legacy).chain(&body_legacy) {
+        // The sets of both kinds, then (while read) the strings of both.
+        let (guid_sets, guid_legacy) = guid_keys.split_at(seen::LOOKED_AT);
+        let (body_sets, body_legacy) = body_keys.split_at(seen::LOOKED_AT);
+        for key in guid_sets.iter().chain(body_sets).chain(guid_legacy).chain(body_legacy) {
             script.key(key);
         }
         script.arg(limit).arg(ACTIVITY_LEN).arg(TAP_LEN);
         script.arg(guid.member).arg(guid_expiry);
         script.arg(body.as_ref().map_or(String::new(), |b| b.member.to_string())).arg(body_expiry);
-        script.arg(&guid.legacy.bytes[..]);
-        script.arg(body.as_ref().map_or(&[][..], |b| &b.legacy.bytes[..]));
+        script.arg(if legacy { &guid.legacy.bytes[..] } else { &[][..] });
+        script.arg(body.as_ref().filter(|_| legacy).map_or(&[][..], |b| &b.legacy.bytes[..]));
         for (k, v) in delivery.to_fields() {
             script.arg(k).arg(v);
         }

@@ -35,7 +35,12 @@
 //! The layout before (strings of 12-byte records, [`Legacy`]) is still read
 //! by lookups, never written, so that a receiver upgraded within a window
 //! still refuses what an older one accepted; its strings expire by
-//! themselves within a window and a third.
+//! themselves within a window and a third. It is read only as long as an
+//! older receiver's record can still be within the window ([`reads_legacy`]):
+//! Redis remembers when the first process of this layout started
+//! (`{prefix}:seen:sets-since`); a day for the older ones still running
+//! through a rolling upgrade, and the window, after that the eight lookups
+//! of absent strings are no longer made.
 
 use sha2::Digest;
 
@@ -45,6 +50,10 @@ pub const SHARDS: u16 = 32_768;
 pub const LOOKED_AT: usize = 4;
 /// Added to a shard's expiry, for receivers whose clocks differ a little.
 const CLOCK_SLACK_SECS: u64 = 60;
+/// How long older receivers (and operators) may still write the layout
+/// before once the first process of this layout has started: a rolling
+/// upgrade's old pods, with room to spare.
+pub const UPGRADE_GRACE_SECS: u64 = 24 * 3600;
 /// Bytes of one record of the layout before (strings of records).
 pub const LEGACY_RECORD_LEN: usize = 12;
 
@@ -130,6 +139,14 @@ pub fn expires_at(bucket: u64, window_secs: u64) -> u64 {
     (bucket + LOOKED_AT as u64) * bucket_secs(window_secs) + CLOCK_SLACK_SECS
 }
 
+/// Whether a lookup at `now` still reads the layout before: while a record
+/// an older process wrote can be younger than `window_secs`. `sets_since`:
+/// when the first process of this layout started on this Redis (`None`:
+/// not known yet, so read them: the safe side).
+pub fn reads_legacy(sets_since: Option<u64>, now_secs: u64, window_secs: u64) -> bool {
+    sets_since.is_none_or(|since| now_secs < since + UPGRADE_GRACE_SECS + window_secs + CLOCK_SLACK_SECS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -156,6 +173,28 @@ mod tests {
                 // the window, when three divides it) and the slack.
                 assert!(expires_at(at, window) - written <= 4 * bucket + CLOCK_SLACK_SECS);
             }
+        }
+    }
+
+    #[test]
+    fn the_layout_before_is_read_while_an_older_record_can_be_in_the_window() {
+        let (since, window) = (1_000_000, 3 * 24 * 3600);
+        // The last record an older process may write, and the last lookup
+        // that may need it.
+        let last_written = since + UPGRADE_GRACE_SECS;
+        let last_needed = last_written + window - 1;
+        for (what, sets_since, now, reads) in [
+            ("not known", None, since + 100 * window, true),
+            ("at the start", Some(since), since, true),
+            ("during the upgrade", Some(since), last_written, true),
+            ("its last record's last lookup", Some(since), last_needed, true),
+            ("within the clocks' slack", Some(since), last_needed + CLOCK_SLACK_SECS, true),
+            ("after", Some(since), last_needed + CLOCK_SLACK_SECS + 1, false),
+            ("long after", Some(since), since + 10 * window, false),
+            ("a short window", Some(since), last_written + 61 + CLOCK_SLACK_SECS, false),
+        ] {
+            let window = if what == "a short window" { 60 } else { window };
+            assert_eq!(reads_legacy(sets_since, now, window), reads, "{what}");
         }
     }
 

@@ -10,13 +10,13 @@
 -- ARGV[3] + 99), KEYS[5] its retry set, KEYS[6] its dead-letter stream,
 -- KEYS[7..10] the GUID's set in the current bucket and the three before,
 -- KEYS[11..14] the body's, likewise; KEYS[15..18] and KEYS[19..22] the same
--- in the layout before (strings of records, read until they expire; see
--- queue/seen.rs).
+-- in the layout before (strings of records), passed only while they can
+-- hold a record within the window (see queue/seen.rs).
 -- ARGV[1] queue limit, ARGV[2] activity length, ARGV[3] the tap's length,
 -- ARGV[4] the GUID's member, ARGV[5] when its current set expires (Unix s),
 -- ARGV[6] the body's member ('' : not checked), ARGV[7] when its set
 -- expires, ARGV[8] and ARGV[9] the GUID's and the body's record of the
--- layout before, ARGV[10..] the entry's field/value pairs (guid, event,
+-- layout before ('' without its keys), ARGV[10..] the entry's field/value pairs (guid, event,
 -- hook, and repository when set, are copied into the activity log).
 -- Returns the entry id, 'dup', 'replay', 'full' or 'dead_full'. A replay is not logged
 -- here: the receiver keeps it with its other rejections.
@@ -35,8 +35,14 @@ local function log(status, detail)
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(record))
 end
 -- The layout before's strings and the tap's switch, in one command:
--- KEYS[15..22] as old[1..8], KEYS[4] as old[9].
-local old = redis.call('MGET', KEYS[15], KEYS[16], KEYS[17], KEYS[18], KEYS[19], KEYS[20], KEYS[21], KEYS[22], KEYS[4])
+-- KEYS[15..22] as old[1..8], KEYS[4] as old[9]; the switch alone once
+-- the strings are no longer read.
+local old = {}
+if #KEYS > 14 then
+  old = redis.call('MGET', KEYS[15], KEYS[16], KEYS[17], KEYS[18], KEYS[19], KEYS[20], KEYS[21], KEYS[22], KEYS[4])
+else
+  old[9] = redis.call('GET', KEYS[4])
+end
 -- Whether `member` is in one of the sets KEYS[first..first+3], or `record`
 -- in one of old[legacy..legacy+3] (at a record's boundary: a match across
 -- two records is not one).
