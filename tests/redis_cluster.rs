@@ -337,6 +337,8 @@ async fn a_policys_slot_moves_to_another_master_while_deliveries_flow_and_nothin
         .into_iter()
         .filter(|k| !policies.iter().any(|p| k.starts_with(&format!("{prefix}:{{{p}}}"))))
         .collect();
-    assert!(stray.is_empty(), "keys outside a policy's slot: {stray:?}");
+    // NB: one key is nobody's: since when the de-duplication layout is
+    // written (queue::seen), read and written alone.
+    assert_eq!(stray, [format!("{prefix}:seen:sets-since")], "keys outside a policy's slot");
     stop.cancel();
 }

@@ -19,7 +19,8 @@
 //!   each hook in the last 3 days, and `p:{ns/policy}:bodyset:{bucket}:{shard}`:
 //!   the signed bodies queued (replays), an 8-byte member each in sets of
 //!   integers ([`seen`]; `guids:`/`bodies:` strings, the layout before, are
-//!   read until they expire).
+//!   read while they can hold a record within the window: `p:seen:sets-since`,
+//!   outside any policy's slot, says since when this layout is written).
 //! - `p:{ns/policy}:activity`: the activity log ([`activity`]).
 //! - `p:{ns/policy}:agent:{name}:slots|rate|paused`: an agent's limits
 //!   across replicas ([`limits`]).
