@@ -376,14 +376,21 @@ pub async fn read_capped(mut res: reqwest::Response, cap: usize) -> Result<bytes
     if res.content_length().is_some_and(|n| n > cap as u64) {
         return Err(too_large());
     }
-    let mut body = bytes::BytesMut::new();
+    // NB: the chunks as they came, joined once at the end: a buffer grown
+    // by doubling would hold half as much again while it copies (an
+    // allocator without mremap, as mimalloc, copies every time).
+    let (mut chunks, mut len) = (Vec::new(), 0);
     while let Some(chunk) = res.chunk().await.map_err(|e| Error::Transport(e.without_url().to_string()))? {
-        if body.len() + chunk.len() > cap {
+        len += chunk.len();
+        if len > cap {
             return Err(too_large());
         }
-        body.extend_from_slice(&chunk);
+        chunks.push(chunk);
     }
-    Ok(body.freeze())
+    Ok(match chunks.len() {
+        1 => chunks.remove(0),
+        _ => chunks.concat().into(),
+    })
 }
 
 /// Cached answers by key, bounded in bytes; the least recently used go first.
