@@ -182,7 +182,6 @@ ensure_tools() {
   ensure_jaeger
 }
 
-# free_port: ask the kernel for an unused loopback port.
 # The cluster (control plane and node) with hookwarden's CRDs applied, and
 # Redis; exports KUBECONFIG, REDIS_URL and the node's details. What e2e/up
 # starts with, and all a benchmark that runs hookwarden from this tree needs.
@@ -201,8 +200,23 @@ cluster_and_redis_up() {
   eval "$("$E2E_DIR/redis" env)"
 }
 
+# free_port: an unused loopback port below the kernel's ephemeral range (as
+# tests/common's free_port): a port the kernel picks for bind(0) is in that
+# range, where any outgoing connection made before the listener binds it
+# (the operator's, kubectl's) can take it as its own local port.
 free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+  python3 -c '
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+while True:
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", random.randrange(10000, max(low, 10001))))
+    except OSError:
+        continue
+    print(s.getsockname()[1])
+    break
+'
 }
 
 # wait_for DESCRIPTION SECONDS CMD...: poll CMD until it succeeds; on
