@@ -82,6 +82,8 @@ pub struct ReceiverMetrics {
     pub filter_seconds: HistogramVec,
     /// Time from acceptance to the end of a dispatch, by agent.
     pub duration: HistogramVec,
+    /// Deliveries queued by one call to Redis (`queue::batch`).
+    pub enqueue_batch: prometheus::Histogram,
     /// Deliveries waiting or in flight, by policy.
     pub queue_length: IntGaugeVec,
     /// Deliveries waiting or in flight in an agent's lane.
@@ -119,6 +121,15 @@ impl ReceiverMetrics {
         )
         .expect("valid metric");
         let filter_seconds = registered(&registry, filter_seconds);
+        let enqueue_batch = prometheus::Histogram::with_opts(
+            HistogramOpts::new(
+                "hookwarden_enqueue_batch_deliveries",
+                "Deliveries for one policy queued by one call to Redis (more under load)",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+        )
+        .expect("valid metric");
+        let enqueue_batch = registered(&registry, enqueue_batch);
         Self {
             received: counter(
                 "github_webhooks_total",
@@ -152,6 +163,7 @@ impl ReceiverMetrics {
             ),
             filter_seconds,
             duration,
+            enqueue_batch,
             queue_length: gauge(
                 "github_webhook_queue_length",
                 "Deliveries waiting or in flight",

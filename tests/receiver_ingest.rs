@@ -78,10 +78,12 @@ async fn harness_limited(
     let drain = Arc::new(Drain::default());
     let rejections = Arc::new(Rejections::default());
     let allowlist = Arc::new(Allowlist::off());
+    let metrics = Arc::new(ReceiverMetrics::new());
+    let queue = queue.batch_sizes(metrics.enqueue_batch.clone());
     let state = AppState {
         registry: registry.clone(),
         queue: queue.clone(),
-        metrics: Arc::new(ReceiverMetrics::new()),
+        metrics,
         body_limit,
         drain: drain.clone(),
         limits,
@@ -465,18 +467,7 @@ async fn a_draining_receiver_keeps_accepting_until_deliveries_stop_arriving() {
 #[tokio::test]
 async fn a_full_queue_answers_503_with_retry_after() {
     let h = harness().await;
-    let settings = PolicySettings {
-        enabled: true,
-        concurrency: 1,
-        queue_limit: 2,
-        reason: String::new(),
-        agents: vec![],
-        circuit_breaker: CircuitBreaker::default(),
-        retry: RetryPolicy::default(),
-        filters: Default::default(),
-        history_ms: 0,
-        app_webhooks: vec![],
-    };
+    let settings = limited(2);
     h.registry.set_policy(h.policy.clone(), settings.clone());
     let body = |n: u32| format!(r#"{{"action":"opened","number":{n}}}"#).into_bytes();
     let first = guid();
@@ -495,6 +486,82 @@ async fn a_full_queue_answers_503_with_retry_after() {
     h.registry.set_policy(h.policy.clone(), PolicySettings { queue_limit: 3, ..settings });
     assert_eq!(send(&h.app, signed("issues", &refused, &body(3))).await.0, StatusCode::ACCEPTED);
     assert_eq!(h.queue.len(&h.policy).await.unwrap(), 3);
+}
+
+/// The policy's settings with `queue_limit`.
+fn limited(queue_limit: u64) -> PolicySettings {
+    PolicySettings {
+        enabled: true,
+        concurrency: 1,
+        queue_limit,
+        reason: String::new(),
+        agents: vec![],
+        circuit_breaker: CircuitBreaker::default(),
+        retry: RetryPolicy::default(),
+        filters: Default::default(),
+        history_ms: 0,
+        app_webhooks: vec![],
+    }
+}
+
+/// A metric's value in `/metrics`.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn deliveries_arriving_together_are_queued_in_batches_each_once_and_within_the_limit() {
+    let h = harness().await;
+    h.registry.set_policy(h.policy.clone(), limited(10_000));
+    let body = |n: usize| format!(r#"{{"action":"opened","number":{n}}}"#).into_bytes();
+    // 300 distinct deliveries; the first 100 also twice more under their
+    // GUID (GitHub's redeliveries), and bodies 200..250 once more under a
+    // new GUID (replays): all 550 at once, the copies of a body side by side.
+    let guids: Vec<String> = (0..300).map(|_| guid()).collect();
+    let mut sends: Vec<(usize, String)> = guids.iter().cloned().enumerate().collect();
+    for _ in 0..2 {
+        sends.extend(guids[..100].iter().cloned().enumerate());
+    }
+    sends.extend((200..250).map(|n| (n, guid())));
+    let seed = guids[0].bytes().fold(0u64, |a, b| a.wrapping_mul(31).wrapping_add(b as u64));
+    sends.sort_by_key(|(n, g)| (seed ^ (*n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15), g.clone()));
+    let answers = futures::future::join_all(
+        sends.iter().map(|(n, g)| async { send(&h.app, signed("issues", g, &body(*n))).await.0 }),
+    )
+    .await;
+    let mut accepted = std::collections::HashMap::<usize, Vec<StatusCode>>::new();
+    for ((n, _), status) in sends.iter().zip(&answers) {
+        accepted.entry(*n).or_default().push(*status);
+    }
+    for (n, statuses) in &accepted {
+        let queued = statuses.iter().filter(|s| **s == StatusCode::ACCEPTED).count();
+        assert_eq!(queued, 1, "body {n} queued once: {statuses:?}");
+        let expected_others = if *n < 100 { StatusCode::OK } else { StatusCode::CONFLICT };
+        assert!(
+            statuses.iter().all(|s| *s == StatusCode::ACCEPTED || *s == expected_others),
+            "body {n}: the others are {expected_others}: {statuses:?}"
+        );
+    }
+    assert_eq!(h.queue.len(&h.policy).await.unwrap(), 300, "one entry per distinct body");
+    let text = h.metrics_text().await;
+    let (batched, calls) = (
+        metric(&text, "hookwarden_enqueue_batch_deliveries_sum"),
+        metric(&text, "hookwarden_enqueue_batch_deliveries_count"),
+    );
+    assert_eq!(batched, sends.len() as f64, "every delivery went to Redis once");
+    assert!(calls < batched / 4.0, "deliveries arriving together share calls: {calls} for {batched}");
+
+    // At the limit, deliveries arriving together are refused exactly
+    // beyond it: 200 distinct ones with room for 100.
+    h.registry.set_policy(h.policy.clone(), limited(400));
+    let more: Vec<(usize, String)> = (300..500).map(|n| (n, guid())).collect();
+    let answers = futures::future::join_all(
+        more.iter().map(|(n, g)| async { send(&h.app, signed("issues", g, &body(*n))).await.0 }),
+    )
+    .await;
+    let count = |status| answers.iter().filter(|s| **s == status).count();
+    assert_eq!((count(StatusCode::ACCEPTED), count(StatusCode::SERVICE_UNAVAILABLE)), (100, 100));
+    assert_eq!(h.queue.len(&h.policy).await.unwrap(), 400);
 }
 
 #[tokio::test]

@@ -48,6 +48,7 @@ use crate::ObjectRef;
 use connection::Connection;
 
 pub mod activity;
+pub mod batch;
 pub mod connection;
 pub mod history;
 pub mod lanes;
@@ -121,6 +122,10 @@ static DROP: LazyLock<Script> = LazyLock::new(|| {
     )
 });
 
+/// `enqueue.lua`'s reply per delivery, and how many replicas acknowledged
+/// them of how many wanted (when any must).
+type Replies = (Vec<String>, Option<(u32, u32)>);
+
 /// The set of a policy's agents with a lane, and how many lane copies
 /// still refer to each routed entry of the policy's stream.
 const LANES: &str = "lanes";
@@ -165,6 +170,10 @@ pub struct Queue {
     /// When the first process of this de-duplication layout started on this
     /// Redis (Unix s; see [`seen::reads_legacy`]): asked once, when first needed.
     sets_since: Arc<tokio::sync::OnceCell<u64>>,
+    /// Each policy's task that sends its deliveries in batches.
+    tasks: Arc<batch::Tasks>,
+    /// Where the deliveries per batch are counted, if anywhere.
+    batch_sizes: Option<prometheus::Histogram>,
 }
 
 impl Queue {
@@ -179,6 +188,8 @@ impl Queue {
             dedup_window_secs: DEDUP_TTL_SECS,
             replay_window_secs: DEDUP_TTL_SECS,
             sets_since: Arc::default(),
+            tasks: Arc::default(),
+            batch_sizes: None,
         })
     }
 
@@ -193,6 +204,12 @@ impl Queue {
     /// under another GUID is refused as a replay; 0 turns the check off.
     pub fn replay_window(mut self, window: std::time::Duration) -> Self {
         self.replay_window_secs = window.as_secs();
+        self
+    }
+
+    /// Counts the deliveries of each enqueue call ([`batch`]) in `sizes`.
+    pub fn batch_sizes(mut self, sizes: prometheus::Histogram) -> Self {
+        self.batch_sizes = Some(sizes);
         self
     }
 
@@ -290,7 +307,6 @@ impl Queue {
         limit: u64,
         signed_mac: Option<&[u8; 32]>,
     ) -> Result<Enqueued> {
-        let mut script = ENQUEUE.prepare_invoke();
         let now = crate::now_ms() / 1000;
         let hook = delivery.hook.to_string();
         let guid = seen::record(seen::Kind::Guid, &hook, delivery.guid.as_bytes());
@@ -313,6 +329,65 @@ impl Queue {
             body_window,
             legacy,
         );
+        // The sets of both kinds, then (while read) the strings of both.
+        let (guid_sets, guid_legacy) = guid_keys.split_at(seen::LOOKED_AT);
+        let (body_sets, body_legacy) = body_keys.split_at(seen::LOOKED_AT);
+        let keys: Vec<String> =
+            guid_sets.iter().chain(body_sets).chain(guid_legacy).chain(body_legacy).cloned().collect();
+        let fields = delivery.to_fields();
+        let mut args: Vec<Vec<u8>> = Vec::with_capacity(batch::HEADER + 2 * fields.len());
+        args.push(limit.to_string().into_bytes());
+        args.push(keys.len().to_string().into_bytes());
+        args.push(guid.member.to_string().into_bytes());
+        args.push(guid_expiry.to_string().into_bytes());
+        args.push(body.as_ref().map_or(String::new(), |b| b.member.to_string()).into_bytes());
+        args.push(body_expiry.to_string().into_bytes());
+        args.push(if legacy { guid.legacy.bytes.to_vec() } else { vec![] });
+        args.push(body.as_ref().filter(|_| legacy).map_or(vec![], |b| b.legacy.bytes.to_vec()));
+        args.push((2 * fields.len()).to_string().into_bytes());
+        debug_assert_eq!(args.len(), batch::HEADER);
+        for (k, v) in fields {
+            args.push(k.as_bytes().to_vec());
+            args.push(v);
+        }
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        self.tasks.send(policy, batch::Part { keys, args, limit, answer }, |parts| {
+            tokio::spawn(self.clone().send_batches(policy.clone(), parts));
+        });
+        answered.await.unwrap_or_else(|_| {
+            Err(QueueError::Redis(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                "the batch of this delivery was abandoned",
+            ))))
+        })
+    }
+
+    /// `policy`'s task: sends its deliveries in batches ([`batch`]) until
+    /// idle.
+    async fn send_batches(
+        self,
+        policy: ObjectRef,
+        mut parts: tokio::sync::mpsc::UnboundedReceiver<batch::Part>,
+    ) {
+        loop {
+            let first = match tokio::time::timeout(batch::IDLE, parts.recv()).await {
+                Ok(Some(part)) => part,
+                Ok(None) => return,
+                Err(_idle) if self.tasks.retire(&policy, &parts) => return,
+                Err(_idle) => continue,
+            };
+            let mut parts_of_batch = vec![first];
+            batch::fill(&mut parts_of_batch, &mut parts);
+            self.send_batch(&policy, parts_of_batch).await;
+        }
+    }
+
+    /// One call of `enqueue.lua` for `parts`, each answered.
+    async fn send_batch(&self, policy: &ObjectRef, parts: Vec<batch::Part>) {
+        if let Some(sizes) = &self.batch_sizes {
+            sizes.observe(parts.len() as f64);
+        }
+        let mut script = ENQUEUE.prepare_invoke();
         script
             .key(self.key(policy, "events"))
             .key(self.key(policy, "activity"))
@@ -320,47 +395,54 @@ impl Queue {
             .key(self.key(policy, "tap:on"))
             .key(self.key(policy, "retry"))
             .key(self.key(policy, "dead"));
-        // The sets of both kinds, then (while read) the strings of both.
-        let (guid_sets, guid_legacy) = guid_keys.split_at(seen::LOOKED_AT);
-        let (body_sets, body_legacy) = body_keys.split_at(seen::LOOKED_AT);
-        for key in guid_sets.iter().chain(body_sets).chain(guid_legacy).chain(body_legacy) {
+        for key in parts.iter().flat_map(|p| &p.keys) {
             script.key(key);
         }
-        script.arg(limit).arg(ACTIVITY_LEN).arg(TAP_LEN);
-        script.arg(guid.member).arg(guid_expiry);
-        script.arg(body.as_ref().map_or(String::new(), |b| b.member.to_string())).arg(body_expiry);
-        script.arg(if legacy { &guid.legacy.bytes[..] } else { &[][..] });
-        script.arg(body.as_ref().filter(|_| legacy).map_or(&[][..], |b| &b.legacy.bytes[..]));
-        for (k, v) in delivery.to_fields() {
-            script.arg(k).arg(v);
+        script.arg(ACTIVITY_LEN).arg(TAP_LEN);
+        for arg in parts.iter().flat_map(|p| &p.args) {
+            script.arg(&arg[..]);
         }
-        let reply: String = match self.replicas {
-            None => script.invoke_async(&mut self.conn.get()).await?,
+        let answer = self.call_enqueue(&script).await;
+        let answer = answer.and_then(|(replies, replicas)| {
+            if replies.len() == parts.len() {
+                Ok((replies, replicas))
+            } else {
+                Err(redis::RedisError::from((redis::ErrorKind::UnexpectedReturnType, "a reply per delivery")))
+            }
+        });
+        match answer {
+            Ok((replies, replicas)) => {
+                for (part, reply) in parts.into_iter().zip(replies) {
+                    let _gone = part.answer.send(batch::outcome(reply, part.limit, replicas));
+                }
+            }
+            Err(e) => {
+                for part in parts {
+                    let _gone = part.answer.send(Err(QueueError::Redis(e.clone())));
+                }
+            }
+        }
+    }
+
+    /// Calls `enqueue.lua` (and waits for the replicas): a reply per
+    /// delivery and, when replicas must have them, how many of how many do.
+    async fn call_enqueue(&self, script: &redis::ScriptInvocation<'_>) -> redis::RedisResult<Replies> {
+        match self.replicas {
+            None => script.invoke_async(&mut self.conn.get()).await.map(|replies| (replies, None)),
             Some((wanted, timeout_ms)) => {
                 // NB: one pipeline, so WAIT runs on the connection that wrote.
                 let mut conn = self.conn.get();
                 let mut pipe = redis::pipe();
-                pipe.invoke_script(&script).cmd("WAIT").arg(wanted).arg(timeout_ms);
-                let answer: redis::RedisResult<(String, u32)> = pipe.query_async(&mut conn).await;
-                let (reply, acked) = match answer {
+                pipe.invoke_script(script).cmd("WAIT").arg(wanted).arg(timeout_ms);
+                let answer: redis::RedisResult<(Vec<String>, u32)> = match pipe.query_async(&mut conn).await {
                     Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
                         script.load_async(&mut conn).await?;
-                        pipe.query_async(&mut conn).await?
+                        pipe.query_async(&mut conn).await
                     }
-                    other => other?,
+                    other => other,
                 };
-                if acked < wanted && reply != "full" && reply != "dead_full" {
-                    return Err(QueueError::NotReplicated { acked, wanted });
-                }
-                reply
+                answer.map(|(replies, acked)| (replies, Some((acked, wanted))))
             }
-        };
-        match reply.as_str() {
-            "dup" => Ok(Enqueued::Duplicate),
-            "replay" => Ok(Enqueued::Replay),
-            "full" => Err(QueueError::Full { limit }),
-            "dead_full" => Err(QueueError::DeadLettersFull { limit }),
-            _ => Ok(Enqueued::Queued(reply)),
         }
     }
 

@@ -93,9 +93,9 @@ pub struct ReceiverConfig {
 pub async fn run(config: ReceiverConfig, client: Client) -> Result<(), crate::RunError> {
     crate::api::check_installed(&client, config.namespace.as_deref()).await?;
     crate::api::check_app_webhooks_installed(&client).await?;
-    let queue = connect_redis(&config).await;
-    let registry = Arc::new(Registry::new());
     let metrics = Arc::new(ReceiverMetrics::new());
+    let queue = connect_redis(&config).await.batch_sizes(metrics.enqueue_batch.clone());
+    let registry = Arc::new(Registry::new());
     watch::spawn(&client, config.namespace.as_deref(), config.keys_namespace.as_deref(), registry.clone());
 
     let shutdown = CancellationToken::new();

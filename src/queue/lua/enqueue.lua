@@ -1,30 +1,35 @@
--- Queues one delivery unless its GUID was seen, its body was already queued
--- under another GUID (a replay), or the queue is full: the deliveries queued
--- and those waiting for a retry together, or the dead letters alone, reach
--- the queue limit (each stays bounded by it; nothing is dropped: GitHub is
--- told 503, and the operator's recovery brings the delivery back later).
--- Every key is in the policy's hash slot.
+-- Queues a batch of deliveries for one policy, in order, each unless its
+-- GUID was seen (by an earlier one of the batch too), its body was already
+-- queued under another GUID (a replay), or the queue is full: the
+-- deliveries queued and those waiting for a retry together, or the dead
+-- letters alone, reach the delivery's queue limit (each stays bounded by
+-- it; nothing is dropped: GitHub is told 503, and the operator's recovery
+-- brings the delivery back later). Every key is in the policy's hash slot.
 -- KEYS[1] the policy's events stream, KEYS[2] its activity log, KEYS[3] its
 -- tap, KEYS[4] its switch (a queued delivery is copied to the tap while the
--- switch exists: someone follows it; the tap keeps the last ARGV[3] to
--- ARGV[3] + 99), KEYS[5] its retry set, KEYS[6] its dead-letter stream,
--- KEYS[7..10] the GUID's set in the current bucket and the three before,
--- KEYS[11..14] the body's, likewise; KEYS[15..18] and KEYS[19..22] the same
--- in the layout before (strings of records), passed only while they can
--- hold a record within the window (see queue/seen.rs).
--- ARGV[1] queue limit, ARGV[2] activity length, ARGV[3] the tap's length,
--- ARGV[4] the GUID's member, ARGV[5] when its current set expires (Unix s),
--- ARGV[6] the body's member ('' : not checked), ARGV[7] when its set
--- expires, ARGV[8] and ARGV[9] the GUID's and the body's record of the
--- layout before ('' without its keys), ARGV[10..] the entry's field/value pairs (guid, event,
--- hook, and repository when set, are copied into the activity log).
--- Returns the entry id, 'dup', 'replay', 'full' or 'dead_full'. A replay is not logged
--- here: the receiver keeps it with its other rejections.
-local FIELDS = 10
+-- switch exists: someone follows it; the tap keeps the last ARGV[2] to
+-- ARGV[2] + 99), KEYS[5] its retry set, KEYS[6] its dead-letter stream;
+-- then each delivery's lookup keys: the GUID's set in the current bucket
+-- and the three before, the body's likewise, then the same in the layout
+-- before (strings of records), passed only while they can hold a record
+-- within the window (see queue/seen.rs): 8 or 16 keys.
+-- ARGV[1] activity length, ARGV[2] the tap's length; then each delivery:
+-- its queue limit, its number of lookup keys, the GUID's member, when its
+-- current set expires (Unix s), the body's member ('' : not checked), when
+-- its set expires, the GUID's and the body's record of the layout before
+-- ('' without their keys), the number N of the entry's arguments, and the
+-- entry's N/2 field/value pairs (guid, event, hook, and repository when
+-- set, are copied into the activity log).
+-- Returns one reply per delivery: the entry id, 'dup', 'replay', 'full' or
+-- 'dead_full'. A replay is not logged here: the receiver keeps it with its
+-- other rejections.
+local HEADER = 9
 local LEGACY_RECORD = 12
+-- The entry's arguments of the delivery at hand: ARGV[first..last].
+local first, last
 local function log(status, detail)
   local record = {'status', status}
-  for i = FIELDS, #ARGV, 2 do
+  for i = first, last, 2 do
     local name = ARGV[i]
     if name == 'guid' or name == 'event' or name == 'hook' or name == 'repository' then
       record[#record + 1] = name
@@ -32,26 +37,16 @@ local function log(status, detail)
     end
   end
   if detail then record[#record + 1] = 'detail'; record[#record + 1] = detail end
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(record))
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', unpack(record))
 end
--- The layout before's strings and the tap's switch, in one command:
--- KEYS[15..22] as old[1..8], KEYS[4] as old[9]; the switch alone once
--- the strings are no longer read.
-local old = {}
-if #KEYS > 14 then
-  old = redis.call('MGET', KEYS[15], KEYS[16], KEYS[17], KEYS[18], KEYS[19], KEYS[20], KEYS[21], KEYS[22], KEYS[4])
-else
-  old[9] = redis.call('GET', KEYS[4])
-end
--- Whether `member` is in one of the sets KEYS[first..first+3], or `record`
--- in one of old[legacy..legacy+3] (at a record's boundary: a match across
--- two records is not one).
-local function seen(first, member, legacy, record)
-  for k = first, first + 3 do
+-- Whether `member` is in one of the sets KEYS[set..set+3], or `record` in
+-- one of `strings` (the layout before's, at a record's boundary: a match
+-- across two records is not one).
+local function seen(set, member, strings, record)
+  for k = set, set + 3 do
     if redis.call('SISMEMBER', KEYS[k], member) == 1 then return true end
   end
-  for k = legacy, legacy + 3 do
-    local shard = old[k]
+  for _, shard in ipairs(strings) do
     if shard then
       local from = 1
       while true do
@@ -69,28 +64,53 @@ local function remember(key, member, expires)
   redis.call('SADD', key, member)
   redis.call('EXPIREAT', key, expires, 'NX')
 end
-if seen(7, ARGV[4], 1, ARGV[8]) then log('duplicate'); return 'dup' end
-local body = ARGV[6]
-if body ~= '' and seen(11, body, 5, ARGV[9]) then return 'replay' end
-local limit = tonumber(ARGV[1])
-if redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[5]) >= limit then
-  log('rejected', 'queue_full'); return 'full'
+local tapped = redis.call('GET', KEYS[4])
+local queued = redis.call('XLEN', KEYS[1]) + redis.call('ZCARD', KEYS[5])
+local dead = redis.call('XLEN', KEYS[6])
+local replies = {}
+local key, at = 7, 3
+while at <= #ARGV do
+  local limit, keys = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
+  local guid, guid_expires, body, body_expires = ARGV[at + 2], ARGV[at + 3], ARGV[at + 4], ARGV[at + 5]
+  first = at + HEADER
+  last = first + tonumber(ARGV[at + 8]) - 1
+  -- The layout before's strings: the GUID's four, the body's four.
+  local guid_strings, body_strings = {}, {}
+  if keys > 8 then
+    local old = redis.call('MGET', unpack(KEYS, key + 8, key + 15))
+    guid_strings = {old[1], old[2], old[3], old[4]}
+    body_strings = {old[5], old[6], old[7], old[8]}
+  end
+  local reply
+  if seen(key, guid, guid_strings, ARGV[at + 6]) then
+    log('duplicate'); reply = 'dup'
+  elseif body ~= '' and seen(key + 4, body, body_strings, ARGV[at + 7]) then
+    reply = 'replay'
+  elseif queued >= limit then
+    log('rejected', 'queue_full'); reply = 'full'
+  elseif dead >= limit then
+    log('rejected', 'dead_letters_full'); reply = 'dead_full'
+  else
+    reply = redis.call('XADD', KEYS[1], '*', unpack(ARGV, first, last))
+    queued = queued + 1
+    remember(KEYS[key], guid, guid_expires)
+    if body ~= '' then remember(KEYS[key + 4], body, body_expires) end
+    if tapped then redis.call('XADD', KEYS[3], '*', unpack(ARGV, first, last)) end
+    log('queued')
+  end
+  replies[#replies + 1] = reply
+  key = key + keys
+  at = last + 1
 end
-if redis.call('XLEN', KEYS[6]) >= limit then log('rejected', 'dead_letters_full'); return 'dead_full' end
-local id = redis.call('XADD', KEYS[1], '*', unpack(ARGV, FIELDS))
-remember(KEYS[7], ARGV[4], ARGV[5])
-if body ~= '' then remember(KEYS[11], body, ARGV[7]) end
-if old[9] then
-  redis.call('XADD', KEYS[3], '*', unpack(ARGV, FIELDS))
+if tapped then
   -- Trimmed with XDEL, a hundred or more at a time, not with MAXLEN: XDEL
   -- records the newest entry it removed (XINFO's max-deleted-entry-id), what
   -- tells a follower back too late that it missed some; trimming does not.
-  local excess = redis.call('XLEN', KEYS[3]) - tonumber(ARGV[3])
+  local excess = redis.call('XLEN', KEYS[3]) - tonumber(ARGV[2])
   if excess >= 100 then
     local ids = {}
     for i, entry in ipairs(redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', excess)) do ids[i] = entry[1] end
     redis.call('XDEL', KEYS[3], unpack(ids))
   end
 end
-log('queued')
-return id
+return replies
