@@ -33,7 +33,7 @@
 //! | secret rotation | `operator::webhook_config::rotation::rotate`; receivers report loaded keys in `receiver::report` | `rotation::step`, `ping_outcome`, `keys::replicas_missing` |
 //! | recovery of failed deliveries | `operator::webhook_config::recovery::run` | `recovery::to_recover`, `scan_done`, `due`, `after_pass`, `oldest_pending` |
 //! | status and failures of a WebhookConfig | `operator::webhook_config::status` | `status::failure_reason` |
-//! | ingest (verify, de-duplicate, queue) | `receiver::ingest::http::ingest` → `authenticate_request`, `accept` → `queue::Queue::enqueue` (`queue/lua/enqueue.lua`) | `http::admit`, `http::authenticate`, `http::verify` |
+//! | ingest (verify, de-duplicate, queue) | `receiver::ingest::http::ingest` → `authenticate_request`, `accept` → `queue::Queue::enqueue` → the policy's task (`queue::batch`) → `queue/lua/enqueue.lua` | `http::admit`, `http::authenticate`, `http::verify`, `batch::fill`, `batch::outcome` |
 //! | routing into agents' lanes | `receiver::dispatch::worker::run` (the router) → `Dispatcher::process` → `Queue::settle` with `routed` (`queue/lua/settle.lua`) | `dispatch::targets`, `worker::free_slots` |
 //! | dispatch per agent (breaker, limits, retries, dead letters) | a lane's worker → `Dispatcher::process` (payload read once: `payload_of`) → `call` → `Queue::settle` | `dispatch::settle`, `backoff::jittered`, `Breaker::try_acquire`, `queue/lua/permit.lua` (GCRA, slots) |
 //! | agent credentials | `receiver::watch` (Secrets labelled `hookwarden.io/agent-headers`) → `Registry::agent_headers` → `Dispatcher::call` | `dispatch::credentials::headers_from` |

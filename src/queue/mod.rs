@@ -29,7 +29,8 @@
 //!   policy with `hookwarden forward`, see [`Queue::tap_after`]).
 //!
 //! Every multi-step change is one Lua script, so a crash never leaves a
-//! delivery half-queued or half-settled.
+//! delivery half-queued or half-settled. Deliveries of one policy arriving
+//! together are queued by one call of the enqueue script ([`batch`]).
 //!
 //! Over 400 lines: one short method per Redis operation that the receiver,
 //! the operator and the admin API use; what they exchange ([`model`]) and the
