@@ -875,7 +875,7 @@ async fn an_agents_retry_after_pauses_it_on_every_receiver_and_only_it() {
     w.sink.set_mode("busy", Mode::Busy(3));
     w.apply();
     let _a = w.start("a");
-    let guids = w.enqueue("push", 20).await;
+    let mut guids = w.enqueue("push", 2).await;
     eventually("busy to have been called", WAIT, || async {
         (!w.sink.calls("busy").is_empty()).then_some(())
     })
@@ -885,8 +885,12 @@ async fn an_agents_retry_after_pauses_it_on_every_receiver_and_only_it() {
     let throttled = || w.metrics.errors.with_label_values(&["team/default", "busy", "throttled"]).get();
     eventually("the 503 to come back", WAIT, || async { (throttled() >= 1).then_some(()) }).await;
     w.sink.set_mode("busy", Mode::Ok);
-    // ...a second receiver, which never got a 503 itself, holds its calls too.
+    // ...a second receiver, which never got a 503 itself, holds its calls
+    // too: the deliveries that arrive now are shared by both.
+    // NB: they arrive after the pause, or every call could have started
+    // before the first answer came back.
     let _b = w.start("b");
+    guids.extend(w.enqueue("push", 18).await);
     w.until_received("calm", &guids).await;
     w.until_received("busy", &guids).await;
     let calls = w.sink.calls("busy");
