@@ -18,7 +18,7 @@ use axum::{
     body::Body,
     http::{Request, StatusCode},
 };
-use common::{PrivateRedis, TestEnv, eventually, guid, redis_prefix, webhook_examples};
+use common::{PrivateRedis, TestEnv, eventually, guid, redis_prefix, sample, webhook_examples};
 use hookwarden::{
     ObjectRef,
     api::{CircuitBreaker, RetryPolicy},
@@ -504,11 +504,6 @@ fn limited(queue_limit: u64) -> PolicySettings {
     }
 }
 
-/// A metric's value in `/metrics`.
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()).unwrap_or(0.0)
-}
-
 #[tokio::test]
 async fn deliveries_arriving_together_are_queued_in_batches_each_once_and_within_the_limit() {
     let h = harness().await;
@@ -544,9 +539,10 @@ async fn deliveries_arriving_together_are_queued_in_batches_each_once_and_within
     }
     assert_eq!(h.queue.len(&h.policy).await.unwrap(), 300, "one entry per distinct body");
     let text = h.metrics_text().await;
+    let series = |name| sample(&text, name).unwrap_or_else(|| panic!("{name} missing from:\n{text}"));
     let (batched, calls) = (
-        metric(&text, "hookwarden_enqueue_batch_deliveries_sum"),
-        metric(&text, "hookwarden_enqueue_batch_deliveries_count"),
+        series("hookwarden_enqueue_batch_deliveries_sum"),
+        series("hookwarden_enqueue_batch_deliveries_count"),
     );
     assert_eq!(batched, sends.len() as f64, "every delivery went to Redis once");
     assert!(calls < batched / 4.0, "deliveries arriving together share calls: {calls} for {batched}");

@@ -331,10 +331,11 @@ impl Queue {
             legacy,
         );
         // The sets of both kinds, then (while read) the strings of both.
-        let (guid_sets, guid_legacy) = guid_keys.split_at(seen::LOOKED_AT);
-        let (body_sets, body_legacy) = body_keys.split_at(seen::LOOKED_AT);
+        let (mut guid_sets, mut body_sets) = (guid_keys, body_keys);
+        let guid_legacy = guid_sets.split_off(seen::LOOKED_AT);
+        let body_legacy = body_sets.split_off(seen::LOOKED_AT);
         let keys: Vec<String> =
-            guid_sets.iter().chain(body_sets).chain(guid_legacy).chain(body_legacy).cloned().collect();
+            guid_sets.into_iter().chain(body_sets).chain(guid_legacy).chain(body_legacy).collect();
         let fields = delivery.to_fields();
         let mut args: Vec<Vec<u8>> = Vec::with_capacity(batch::HEADER + 2 * fields.len());
         args.push(limit.to_string().into_bytes());
