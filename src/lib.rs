@@ -21,6 +21,7 @@
 //! - [`orphans`]: hooks hookwarden registered whose WebhookConfig is gone.
 //! - [`sample_agent`]: a recording HTTP sink standing in for an agent.
 //! - [`telemetry`]: logging and metrics.
+//! - [`cpu`]: work on large inputs kept off the threads requests run on.
 //!
 //! # Flows
 //!
@@ -64,6 +65,7 @@
 pub mod api;
 pub mod cli;
 pub mod copies;
+pub mod cpu;
 pub mod filter;
 pub mod github;
 pub mod keys;

@@ -560,6 +560,35 @@ async fn deliveries_arriving_together_are_queued_in_batches_each_once_and_within
     assert_eq!(h.queue.len(&h.policy).await.unwrap(), 400);
 }
 
+/// A receiver runs its requests on one thread by default
+/// (`--worker-threads`): a large delivery's hashing, parsing and compression
+/// run apart (`hookwarden::cpu`), so the deliveries that arrive meanwhile are
+/// answered while it is still being worked on, not after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_large_delivery_does_not_hold_up_the_others_on_a_one_thread_receiver() {
+    let h = harness().await;
+    let large = serde_json::to_vec(&json!({"action": "opened", "padding": "x".repeat(8 << 20)})).unwrap();
+    let app = h.app.clone();
+    let large_guid = guid();
+    let large_one = tokio::spawn(async move { send(&app, signed("push", &large_guid, &large)).await.0 });
+    // NB: on the one thread, this timer fires only once the large one's work
+    // has left it.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let small: Vec<_> = (0..20)
+        .map(|n| {
+            let app = h.app.clone();
+            let body = format!(r#"{{"action":"opened","number":{n}}}"#).into_bytes();
+            tokio::spawn(async move { send(&app, signed("push", &guid(), &body)).await.0 })
+        })
+        .collect();
+    for answer in small {
+        assert_eq!(answer.await.unwrap(), StatusCode::ACCEPTED);
+    }
+    assert!(!large_one.is_finished(), "the small deliveries were answered only after the large one");
+    assert_eq!(large_one.await.unwrap(), StatusCode::ACCEPTED);
+    assert_eq!(h.queue.len(&h.policy).await.unwrap(), 21, "each queued once");
+}
+
 #[tokio::test]
 async fn redis_down_means_503_never_a_silent_2xx() {
     // A Redis of this test's own, so stopping it disturbs no other test.

@@ -11,7 +11,7 @@ use crate::{
 use super::{
     admin_client, admin_view,
     args::{AdminAction, Cli, Command, OutputFormat},
-    config, default_consumer, exit_code, fail, runtime,
+    config, default_consumer, exit_code, fail, runtime, runtime_with,
 };
 
 pub(crate) fn run(cli: Cli) -> ExitCode {
@@ -37,8 +37,9 @@ pub(crate) fn run(cli: Cli) -> ExitCode {
             for warning in super::serve_args::deprecated(&args.replicas, None) {
                 tracing::warn!("{warning}");
             }
+            let workers = args.worker_threads;
             let config = config::receiver(args, default_consumer(), crate::PodRef::from_env());
-            let code = runtime().block_on(async {
+            let code = runtime_with(Some(workers)).block_on(async {
                 match kube::Client::try_default().await {
                     Ok(client) => exit_code(receiver::run(config, client).await),
                     Err(error) => fail(error),

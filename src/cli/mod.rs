@@ -25,7 +25,18 @@ pub fn main() -> ExitCode {
 }
 
 pub(crate) fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime")
+    runtime_with(None)
+}
+
+/// The runtime, its tasks run by `workers` threads (`None`: one per CPU
+/// this process may use). Work on large inputs ([`crate::cpu`]) gets
+/// threads of its own besides.
+pub(crate) fn runtime_with(workers: Option<usize>) -> tokio::runtime::Runtime {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers);
+    }
+    builder.enable_all().build().expect("tokio runtime")
 }
 
 /// This process's name: the pod's (POD_NAME, HOSTNAME), else a random one.

@@ -217,6 +217,13 @@ pub(crate) struct ReceiverArgs {
     /// Deliveries handled at a time; one more is answered 503 before it is read.
     #[arg(long, env = "HOOKWARDEN_MAX_IN_FLIGHT", default_value_t = 1024, value_parser = at_least_one)]
     pub(crate) max_in_flight: usize,
+    /// Threads that run the receiver's requests and dispatch: one handles
+    /// a core's worth (thousands of deliveries a second); more cost CPU per
+    /// delivery in hand-offs between them. Scale out with replicas; raise
+    /// it for a pod given several cores. Large bodies' hashing, parsing and
+    /// compression run on threads of their own, not these.
+    #[arg(long, env = "HOOKWARDEN_WORKER_THREADS", default_value_t = 1, value_parser = at_least_one)]
+    pub(crate) worker_threads: usize,
     /// Bytes of request bodies held before their signature is checked,
     /// across all connections; a delivery that does not fit is answered 503
     /// with Retry-After before it is read. Large bodies (over an eighth)

@@ -336,7 +336,7 @@ impl Queue {
         let body_legacy = body_sets.split_off(seen::LOOKED_AT);
         let keys: Vec<String> =
             guid_sets.into_iter().chain(body_sets).chain(guid_legacy).chain(body_legacy).collect();
-        let fields = delivery.to_fields();
+        let fields = crate::cpu::heavy(delivery.payload.len(), || delivery.to_fields());
         let mut args: Vec<Vec<u8>> = Vec::with_capacity(batch::HEADER + 2 * fields.len());
         args.push(limit.to_string().into_bytes());
         args.push(keys.len().to_string().into_bytes());

@@ -105,7 +105,9 @@ impl Delivery {
             trace: text("traceparent"),
             payload: match map.remove("payload_lz4") {
                 Some(packed) => {
-                    Bytes::from(lz4_flex::decompress_size_prepended(&packed).map_err(|_| corrupt("payload"))?)
+                    let size = lz4_flex::block::uncompressed_size(&packed).map_or(0, |(size, _)| size);
+                    let unpacked = crate::cpu::heavy(size, || lz4_flex::decompress_size_prepended(&packed));
+                    Bytes::from(unpacked.map_err(|_| corrupt("payload"))?)
                 }
                 None => map.remove("payload").map(Bytes::from).ok_or_else(|| corrupt("payload"))?,
             },

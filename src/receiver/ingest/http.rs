@@ -491,7 +491,7 @@ async fn authenticate_request(
                 IngestError::BodyRead
             }
         })?;
-    let signed = authenticate(&state.registry, &hook, headers, &body)?;
+    let signed = crate::cpu::heavy(body.len(), || authenticate(&state.registry, &hook, headers, &body))?;
     Ok((hook, body, signed))
 }
 
@@ -504,7 +504,8 @@ async fn accept(
     body: Bytes,
     signed: Signed,
 ) -> Result<(StatusCode, &'static str), IngestError> {
-    let (mut delivery, mac) = match verify(hook_ref, headers, body, signed)? {
+    let (mut delivery, mac) = match crate::cpu::heavy(body.len(), || verify(hook_ref, headers, body, signed))?
+    {
         Verified::Ping { delivery, key_version } => {
             state.metrics.received.with_label_values(&["ping"]).inc();
             // Answered, not dispatched: the operator reads the ping's delivery
