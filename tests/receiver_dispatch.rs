@@ -48,18 +48,13 @@ impl World {
             enabled: true,
             concurrency: 4,
             queue_limit: 10_000,
-            reason: String::new(),
-            agents: vec![],
-            circuit_breaker: CircuitBreaker::default(),
             retry: RetryPolicy {
                 strategy: RetryStrategy::Fixed,
                 max_attempts: 5,
                 initial_delay: "100ms".parse().unwrap(),
                 max_delay: "1s".parse().unwrap(),
             },
-            filters: Default::default(),
-            history_ms: 0,
-            app_webhooks: vec![],
+            ..PolicySettings::default()
         };
         Self {
             redis_url: redis_url.to_owned(),

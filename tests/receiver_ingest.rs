@@ -21,7 +21,6 @@ use axum::{
 use common::{PrivateRedis, TestEnv, eventually, guid, redis_prefix, sample, webhook_examples};
 use hookwarden::{
     ObjectRef,
-    api::{CircuitBreaker, RetryPolicy},
     keys::HmacKey,
     queue::{ActivityFilter, Delivery, Queue, TAP_LEN},
     receiver::{
@@ -490,18 +489,7 @@ async fn a_full_queue_answers_503_with_retry_after() {
 
 /// The policy's settings with `queue_limit`.
 fn limited(queue_limit: u64) -> PolicySettings {
-    PolicySettings {
-        enabled: true,
-        concurrency: 1,
-        queue_limit,
-        reason: String::new(),
-        agents: vec![],
-        circuit_breaker: CircuitBreaker::default(),
-        retry: RetryPolicy::default(),
-        filters: Default::default(),
-        history_ms: 0,
-        app_webhooks: vec![],
-    }
+    PolicySettings { enabled: true, queue_limit, ..PolicySettings::default() }
 }
 
 #[tokio::test]

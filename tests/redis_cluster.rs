@@ -201,7 +201,6 @@ fn settings(agent_url: &str) -> PolicySettings {
         enabled: true,
         concurrency: 8,
         queue_limit: 100_000,
-        reason: String::new(),
         agents: vec![Agent {
             name: "agent".into(),
             url: agent_url.to_owned(),
@@ -217,9 +216,7 @@ fn settings(agent_url: &str) -> PolicySettings {
         }],
         circuit_breaker: CircuitBreaker { volume_threshold: 100_000, ..CircuitBreaker::default() },
         retry: RetryPolicy { max_attempts: 100, ..RetryPolicy::default() },
-        filters: Default::default(),
-        history_ms: 0,
-        app_webhooks: vec![],
+        ..PolicySettings::default()
     }
 }
 

@@ -59,6 +59,29 @@ pub struct PolicySettings {
     pub app_webhooks: Vec<crate::api::AppWebhookRoute>,
 }
 
+/// Why a policy without a status dispatches nothing.
+const WAITING: &str = "waiting for the operator to write the policy's status";
+
+/// What a policy with no status and an empty spec has
+/// ([`PolicySettings::from_policy`]): off, one at a time, the default queue
+/// limit, no agents.
+impl Default for PolicySettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            concurrency: 1,
+            queue_limit: crate::api::DEFAULT_QUEUE_LIMIT,
+            reason: WAITING.to_owned(),
+            agents: vec![],
+            circuit_breaker: CircuitBreaker::default(),
+            retry: RetryPolicy::default(),
+            filters: Filters::default(),
+            history_ms: 0,
+            app_webhooks: vec![],
+        }
+    }
+}
+
 impl PolicySettings {
     pub fn from_policy(policy: &AgentPolicy) -> Self {
         let status = policy.status.as_ref();
@@ -68,7 +91,7 @@ impl PolicySettings {
             concurrency: status.and_then(|s| s.concurrency).map_or(1, |c| c.max(1) as usize),
             queue_limit: policy.effective_queue_limit(),
             reason: match (enabled, status.and_then(|s| s.reason.clone())) {
-                (None, _) => "waiting for the operator to write the policy's status".to_owned(),
+                (None, _) => WAITING.to_owned(),
                 (Some(_), reason) => reason.unwrap_or_default(),
             },
             agents: policy.spec.agents.clone(),
@@ -390,6 +413,13 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn the_default_settings_are_a_policy_without_status_or_spec() {
+        let policy =
+            AgentPolicy::new("default", serde_json::from_value(serde_json::json!({"agents": []})).unwrap());
+        assert_eq!(PolicySettings::from_policy(&policy), PolicySettings::default());
+    }
 
     fn hook(registry: &Registry, name: &str, ready: Option<&str>) {
         registry.set_hook(

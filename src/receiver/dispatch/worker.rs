@@ -342,21 +342,9 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{CircuitBreaker, RetryPolicy};
 
     fn settings(enabled: bool, concurrency: usize) -> PolicySettings {
-        PolicySettings {
-            enabled,
-            concurrency,
-            queue_limit: 10,
-            reason: String::new(),
-            agents: vec![],
-            circuit_breaker: CircuitBreaker::default(),
-            retry: RetryPolicy::default(),
-            filters: Default::default(),
-            history_ms: 0,
-            app_webhooks: vec![],
-        }
+        PolicySettings { enabled, concurrency, queue_limit: 10, ..PolicySettings::default() }
     }
 
     #[test]
