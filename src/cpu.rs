@@ -1,6 +1,7 @@
 //! Work on large inputs off the runtime's threads. A receiver runs its
-//! requests on one thread by default (`--worker-threads`): a 25 MB delivery's
-//! HMAC, JSON check and compression take tens of milliseconds, and on that
+//! requests and dispatch on one thread by default (`--worker-threads`): a
+//! 25 MB delivery's HMAC, JSON check and compression, and on dispatch its
+//! unpacking and its agents' filters, take tens of milliseconds, and on that
 //! thread every other request would wait for them. From [`APART_BYTES`] on,
 //! [`heavy`] runs the work where it blocks nothing else; below, where it is
 //! (a hand-off would cost more than the work).

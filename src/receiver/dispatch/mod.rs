@@ -444,7 +444,8 @@ impl Dispatcher {
         let settings = self.registry.policy(&policy)?;
         let d = &entry.delivery;
         let started = std::time::Instant::now();
-        let Targets { go: targets, refused } = targets(&settings, d);
+        // NB: filters on a large body parse it: apart from the requests' thread.
+        let Targets { go: targets, refused } = crate::cpu::heavy(d.payload.len(), || targets(&settings, d));
         let policy_label = policy.to_string();
         if !settings.filters.is_empty() && d.agent.is_none() {
             let seconds = started.elapsed().as_secs_f64();
