@@ -504,8 +504,8 @@ async fn accept(
     body: Bytes,
     signed: Signed,
 ) -> Result<(StatusCode, &'static str), IngestError> {
-    let (mut delivery, mac) = match crate::cpu::heavy(body.len(), || verify(hook_ref, headers, body, signed))?
-    {
+    let verified = crate::cpu::heavy(body.len(), || verify(hook_ref, headers, body, signed))?;
+    let (mut delivery, mac) = match verified {
         Verified::Ping { delivery, key_version } => {
             state.metrics.received.with_label_values(&["ping"]).inc();
             // Answered, not dispatched: the operator reads the ping's delivery
