@@ -134,7 +134,9 @@ pub fn targets<'s>(settings: &'s PolicySettings, d: &Delivery) -> Targets<'s> {
     }
     let facts = settings.filters.facts(d);
     let names: Vec<&str> = wanting.iter().map(|a| a.name.as_str()).collect();
-    let verdicts = settings.filters.judge(&names, &facts);
+    // NB: filters read the body: a large one's parse and checks run apart
+    // from the requests' thread.
+    let verdicts = crate::cpu::heavy(d.payload.len(), || settings.filters.judge(&names, &facts));
     let mut targets = Targets::default();
     for (agent, (_, verdict)) in wanting.into_iter().zip(verdicts) {
         match verdict {
@@ -444,8 +446,7 @@ impl Dispatcher {
         let settings = self.registry.policy(&policy)?;
         let d = &entry.delivery;
         let started = std::time::Instant::now();
-        // NB: filters on a large body parse it: apart from the requests' thread.
-        let Targets { go: targets, refused } = crate::cpu::heavy(d.payload.len(), || targets(&settings, d));
+        let Targets { go: targets, refused } = targets(&settings, d);
         let policy_label = policy.to_string();
         if !settings.filters.is_empty() && d.agent.is_none() {
             let seconds = started.elapsed().as_secs_f64();
