@@ -313,7 +313,7 @@ impl Queue {
         let guid = seen::record(seen::Kind::Guid, &hook, delivery.guid.as_bytes());
         let window = self.dedup_window_secs.max(self.replay_window_secs);
         let legacy = seen::reads_legacy(self.sets_since(now).await, now, window);
-        let (guid_keys, guid_expiry) =
+        let (mut guid_keys, guid_expiry) =
             self.seen_keys(policy, seen::Kind::Guid, &guid, now, self.dedup_window_secs, legacy);
         // NB: without a MAC (or with replays not checked) the body's keys
         // are not read; they are passed all the same, as scripts declare
@@ -322,7 +322,7 @@ impl Queue {
             .filter(|_| self.replay_window_secs > 0)
             .map(|mac| seen::record(seen::Kind::Body, &hook, mac));
         let body_window = self.replay_window_secs.max(1);
-        let (body_keys, body_expiry) = self.seen_keys(
+        let (mut body_keys, body_expiry) = self.seen_keys(
             policy,
             seen::Kind::Body,
             body.as_ref().unwrap_or(&guid),
@@ -331,11 +331,10 @@ impl Queue {
             legacy,
         );
         // The sets of both kinds, then (while read) the strings of both.
-        let (mut guid_sets, mut body_sets) = (guid_keys, body_keys);
-        let guid_legacy = guid_sets.split_off(seen::LOOKED_AT);
-        let body_legacy = body_sets.split_off(seen::LOOKED_AT);
+        let guid_legacy = guid_keys.split_off(seen::LOOKED_AT);
+        let body_legacy = body_keys.split_off(seen::LOOKED_AT);
         let keys: Vec<String> =
-            guid_sets.into_iter().chain(body_sets).chain(guid_legacy).chain(body_legacy).collect();
+            guid_keys.into_iter().chain(body_keys).chain(guid_legacy).chain(body_legacy).collect();
         let fields = crate::cpu::heavy(delivery.payload.len(), || delivery.to_fields());
         let mut args: Vec<Vec<u8>> = Vec::with_capacity(batch::HEADER + 2 * fields.len());
         args.push(limit.to_string().into_bytes());
